@@ -1,0 +1,32 @@
+# Ricochet: the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all setup build test lint unit demo fuzz bench clean
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --workspace --all-targets
+
+## The test command (README, .ci/run): formatting, lints, every test.
+test: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
+
+## The main job: set up, build, run the lab demo.
+demo: setup
+	$(CARGO) build --workspace --release
+	bash scripts/demo.sh
+
+## Bounded fuzzing of every parser and state machine (about a minute per target).
+fuzz: setup
+	bash scripts/fuzz.sh
+
+clean:
+	$(CARGO) clean

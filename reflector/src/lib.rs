@@ -1,0 +1,1 @@
+//! Ricochet's data plane library (filled by the data-plane work).
