@@ -225,7 +225,10 @@ mod tests {
 
     #[test]
     fn ipv6_capture_decodes_addresses_and_hop_limit() {
-        let cap = read_pcap(&interop_file("perfsonar-5.2.3", "twamp-open-v6-port8620.pcap"));
+        let cap = read_pcap(&interop_file(
+            "perfsonar-5.2.3",
+            "twamp-open-v6-port8620.pcap",
+        ));
         assert_eq!(cap.tcp[0].server, "[::1]:8620".parse().unwrap());
         assert!(cap.udp.iter().all(|d| d.ttl == 255 && d.src.is_ipv6()));
     }
@@ -236,6 +239,9 @@ mod tests {
             "perfsonar-5.2.3",
             "twamp-open-v4-pad200-dscpEF.pcap",
         ));
-        assert!(cap.udp.iter().all(|d| d.tos == 0xb8 && d.payload.len() == 214));
+        assert!(cap
+            .udp
+            .iter()
+            .all(|d| d.tos == 0xb8 && d.payload.len() == 214));
     }
 }

@@ -1,0 +1,4 @@
+//! Ricochet's measuring tools: the session-sender client (`ricochet-ping`)
+//! and the benchmark (`ricochet-bench`). Shared pieces live here.
+
+pub mod stats;
