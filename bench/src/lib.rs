@@ -1,4 +1,5 @@
 //! Ricochet's measuring tools: the session-sender client (`ricochet-ping`)
 //! and the benchmark (`ricochet-bench`). Shared pieces live here.
 
+pub mod pace;
 pub mod stats;
