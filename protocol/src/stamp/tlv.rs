@@ -586,3 +586,38 @@ pub fn process_tlvs_in_place<H: TlvHandler + ?Sized>(
     }
     summary
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_lengths() {
+        assert!(length_valid(tlv_type::CLASS_OF_SERVICE, 4));
+        assert!(!length_valid(tlv_type::ACCESS_REPORT, 2));
+        assert!(length_valid(tlv_type::DIRECT_MEASUREMENT, 12));
+        assert!(!length_valid(tlv_type::HMAC, 32));
+        assert!(length_valid(tlv_type::DESTINATION_NODE_ADDRESS, 16));
+        assert!(!length_valid(tlv_type::DESTINATION_NODE_ADDRESS, 8));
+        assert!(!length_valid(tlv_type::LOCATION, 3));
+        assert!(length_valid(tlv_type::EXTRA_PADDING, 0));
+        assert!(!length_valid(253, 3));
+        assert!(length_valid(240, 2));
+    }
+
+    #[test]
+    fn view_setters() {
+        let mut b = [0u8; 6];
+        let mut t = Tlv::new_unchecked(&mut b[..]);
+        t.set_tlv_type(tlv_type::EXTRA_PADDING);
+        t.set_length(2);
+        t.set_unrecognized(true);
+        t.set_integrity_failed(true);
+        t.value_mut().copy_from_slice(&[7, 8]);
+        t.set_integrity_failed(false);
+        assert_eq!(b, [FLAG_U, 1, 0, 2, 7, 8]);
+        let t = Tlv::new_checked(&b[..]).unwrap();
+        assert!(t.unrecognized() && !t.malformed() && !t.integrity_failed());
+        assert_eq!(t.value(), &[7, 8]);
+    }
+}

@@ -214,3 +214,62 @@ impl SessionFormat {
         Timestamp::from_tai_ns(tai_ns, offset, self.timestamp_format).to_bytes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_and_padding_offsets_per_rfc() {
+        let open = SessionFormat::new(TestSecurity::Unauthenticated);
+        assert_eq!(
+            (open.sender_header_len(), open.reflector_header_len()),
+            (14, 41)
+        );
+        assert_eq!((open.sender_padding_offset(), open.t3_offset()), (14, 4));
+        for s in [TestSecurity::Authenticated, TestSecurity::Encrypted] {
+            let f = SessionFormat::new(s);
+            assert_eq!((f.sender_header_len(), f.reflector_header_len()), (48, 112));
+            assert_eq!(f.t3_offset(), 16);
+        }
+        let monitored = SessionFormat {
+            dscp_ecn_monitoring: true,
+            ..open
+        };
+        assert_eq!(monitored.reflector_header_len(), 44);
+        // Symmetrical Size MBZ: 27, or 28 with RFC 7750; 64 authenticated.
+        let sym = SessionFormat {
+            symmetrical_size: true,
+            ..open
+        };
+        assert_eq!(sym.sender_mbz_len(), 27);
+        assert_eq!(
+            SessionFormat {
+                dscp_ecn_monitoring: true,
+                ..sym
+            }
+            .sender_mbz_len(),
+            28
+        );
+        assert_eq!(
+            SessionFormat {
+                symmetrical_size: true,
+                ..SessionFormat::new(TestSecurity::Encrypted)
+            }
+            .sender_mbz_len(),
+            64
+        );
+    }
+
+    #[test]
+    fn reply_len_truncates_27_and_64() {
+        let open = SessionFormat::default();
+        assert_eq!(open.reply_len(14), 41);
+        assert_eq!(open.reply_len(41), 41);
+        assert_eq!(open.reply_len(214), 214);
+        let auth = SessionFormat::new(TestSecurity::Authenticated);
+        assert_eq!(auth.reply_len(48), 112);
+        assert_eq!(auth.reply_len(112), 112);
+        assert_eq!(auth.reply_len(usize::MAX), usize::MAX);
+    }
+}

@@ -4,7 +4,7 @@
 //! * [`packet`]: zero-copy views and `Repr`s of the Session-Sender and
 //!   Session-Reflector packets in the unauthenticated and the
 //!   authenticated/encrypted layouts.
-//! * [`format`]: [`SessionFormat`], everything a test session negotiated
+//! * [`format`](mod@format): [`SessionFormat`], everything a test session negotiated
 //!   that changes the octets on the wire.
 //! * [`reflect`]: [`reflect_twamp`] (stateful, TWAMP-Control sessions),
 //!   [`reflect_twamp_light`] (stateless, RFC 5357 Appendix I) and [`set_t3`].
