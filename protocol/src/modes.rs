@@ -58,7 +58,10 @@ impl Modes {
         (Modes::AUTHENTICATED, "AUTHENTICATED"),
         (Modes::ENCRYPTED, "ENCRYPTED"),
         (Modes::MIXED, "MIXED"),
-        (Modes::INDIVIDUAL_SESSION_CONTROL, "INDIVIDUAL_SESSION_CONTROL"),
+        (
+            Modes::INDIVIDUAL_SESSION_CONTROL,
+            "INDIVIDUAL_SESSION_CONTROL",
+        ),
         (Modes::REFLECT_OCTETS, "REFLECT_OCTETS"),
         (Modes::SYMMETRICAL_SIZE, "SYMMETRICAL_SIZE"),
         (Modes::IKEV2_DERIVED, "IKEV2_DERIVED"),
@@ -235,7 +238,9 @@ impl SecurityMode {
     /// The security mode of `modes` if it holds exactly one security bit
     /// (feature bits are ignored).
     pub fn from_modes(modes: Modes) -> Option<SecurityMode> {
-        SecurityMode::ALL.into_iter().find(|m| modes.security() == m.bit())
+        SecurityMode::ALL
+            .into_iter()
+            .find(|m| modes.security() == m.bit())
     }
 
     /// True if TWAMP-Control is encrypted and authenticated (AES-CBC stream

@@ -191,11 +191,7 @@ pub fn client_command(
         Command::StartNSessions
         | Command::StopNSessions
         | Command::StartNAck
-        | Command::StopNAck => Some(n_sessions::header_len(
-            command,
-            first_block,
-            max_sessions,
-        )?),
+        | Command::StopNAck => Some(n_sessions::header_len(command, first_block, max_sessions)?),
         Command::Experimentation | Command::RequestTwMicroSessions | Command::Unknown(_) => None,
     };
     Ok(CommandHeader { command, len })
@@ -226,8 +222,12 @@ pub fn server_reply_len(
     match reply {
         ServerReply::AcceptSession => Ok(accept_session::LEN),
         ServerReply::StartAck => Ok(start_stop::START_ACK_LEN),
-        ServerReply::StartNAck => n_sessions::header_len(Command::StartNAck, first_block, max_sessions),
-        ServerReply::StopNAck => n_sessions::header_len(Command::StopNAck, first_block, max_sessions),
+        ServerReply::StartNAck => {
+            n_sessions::header_len(Command::StartNAck, first_block, max_sessions)
+        }
+        ServerReply::StopNAck => {
+            n_sessions::header_len(Command::StopNAck, first_block, max_sessions)
+        }
     }
 }
 

@@ -199,7 +199,11 @@ fn emit_list<T: AsRef<[u8]> + AsMut<[u8]>>(
     sids: &[Sid],
     hmac: [u8; HMAC_LEN],
 ) {
-    packet.set_header(command, octet_1, u32::try_from(sids.len()).unwrap_or(u32::MAX));
+    packet.set_header(
+        command,
+        octet_1,
+        u32::try_from(sids.len()).unwrap_or(u32::MAX),
+    );
     for (i, sid) in sids.iter().enumerate() {
         packet.set_sid(i, *sid);
     }

@@ -107,10 +107,7 @@ mod tests {
         assert_eq!(sid.to_string(), "7f000001eeb381c8397cd466d566e888");
         assert_eq!(sid.address_part(), [127, 0, 0, 1]);
         assert_eq!(sid.timestamp_part().to_bits(), 0xeeb381c8_397cd466);
-        assert_eq!(
-            format!("{sid:?}"),
-            "Sid(7f000001eeb381c8397cd466d566e888)"
-        );
+        assert_eq!(format!("{sid:?}"), "Sid(7f000001eeb381c8397cd466d566e888)");
     }
 
     #[test]
