@@ -15,6 +15,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use ricochet_protocol::time::{ErrorEstimate, TaiOffset, TimeFormat, Timestamp};
 
@@ -200,6 +201,109 @@ impl ClockState {
     /// covering [`Self::error_ns`] (Multiplier never 0).
     pub fn error_estimate(&self, format: TimeFormat) -> ErrorEstimate {
         ErrorEstimate::from_error_ns(self.synchronized, format, self.error_ns())
+    }
+}
+
+/// The clock state shared between the housekeeping task that refreshes it
+/// and the packet handlers that read it for every reply: lock-free, no
+/// system call on the read side, and never a torn mix of two states (a
+/// sequence lock over atomics).
+#[derive(Debug, Default)]
+pub struct ClockCell {
+    seq: AtomicU64,
+    /// TAI offset (bits 0–31), synchronized (32), source (33–34), leap
+    /// (35–36), PHC present (37).
+    word: AtomicU64,
+    est_error_ns: AtomicU64,
+    max_error_ns: AtomicU64,
+}
+
+impl ClockCell {
+    /// A cell holding `state`.
+    pub fn new(state: &ClockState) -> ClockCell {
+        let c = ClockCell::default();
+        c.store(state);
+        c
+    }
+
+    /// Publishes a new state (writers are serialized).
+    pub fn store(&self, st: &ClockState) {
+        let mut seq = self.seq.load(Ordering::Relaxed);
+        loop {
+            if seq & 1 == 1 {
+                std::hint::spin_loop();
+                seq = self.seq.load(Ordering::Relaxed);
+                continue;
+            }
+            match self.seq.compare_exchange_weak(
+                seq,
+                seq.wrapping_add(1),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => seq = now,
+            }
+        }
+        fence(Ordering::Release);
+        let source = match st.source {
+            ClockSource::Unsynchronized => 0u64,
+            ClockSource::KernelDiscipline => 1,
+            ClockSource::Pps => 2,
+            ClockSource::External => 3,
+        };
+        let leap = match st.leap {
+            LeapState::None => 0u64,
+            LeapState::Insert => 1,
+            LeapState::Delete => 2,
+            LeapState::InProgress => 3,
+        };
+        let word = u64::from(st.tai_offset_s as u32)
+            | (u64::from(st.synchronized) << 32)
+            | (source << 33)
+            | (leap << 35)
+            | (u64::from(st.phc_present) << 37);
+        self.word.store(word, Ordering::Relaxed);
+        self.est_error_ns.store(st.est_error_ns, Ordering::Relaxed);
+        self.max_error_ns.store(st.max_error_ns, Ordering::Relaxed);
+        self.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// The last published state.
+    pub fn load(&self) -> ClockState {
+        loop {
+            let before = self.seq.load(Ordering::Acquire);
+            if before & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let word = self.word.load(Ordering::Relaxed);
+            let est_error_ns = self.est_error_ns.load(Ordering::Relaxed);
+            let max_error_ns = self.max_error_ns.load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) != before {
+                continue;
+            }
+            return ClockState {
+                tai_offset_s: word as u32 as i32,
+                synchronized: (word >> 32) & 1 == 1,
+                est_error_ns,
+                max_error_ns,
+                source: match (word >> 33) & 3 {
+                    0 => ClockSource::Unsynchronized,
+                    1 => ClockSource::KernelDiscipline,
+                    2 => ClockSource::Pps,
+                    _ => ClockSource::External,
+                },
+                leap: match (word >> 35) & 3 {
+                    0 => LeapState::None,
+                    1 => LeapState::Insert,
+                    2 => LeapState::Delete,
+                    _ => LeapState::InProgress,
+                },
+                phc_present: (word >> 37) & 1 == 1,
+            };
+        }
     }
 }
 
@@ -452,5 +556,55 @@ mod tests {
         assert_eq!(timespec_ns(0, -1), None);
         assert_eq!(timespec_ns(0, 1_000_000_000), None);
         assert_eq!(timespec_ns(i64::MAX, 0), None);
+    }
+
+    #[test]
+    fn cell_round_trips_every_field() {
+        let states = [
+            kc(libc::TIME_OK, libc::STA_PLL).into_state(true),
+            kc(libc::TIME_ERROR, libc::STA_UNSYNC).into_state(false),
+            KernelClock {
+                tai: -3,
+                ..kc(libc::TIME_OOP, libc::STA_PPSTIME)
+            }
+            .into_state(true),
+            kc(libc::TIME_DEL, 0).into_state(false),
+            kc(libc::TIME_INS, 0).into_state(false),
+        ];
+        let cell = ClockCell::default();
+        for st in &states {
+            cell.store(st);
+            assert_eq!(&cell.load(), st);
+        }
+        assert_eq!(ClockCell::new(&states[2]).load(), states[2]);
+    }
+
+    #[test]
+    fn cell_readers_never_see_a_torn_state() {
+        use std::sync::Arc;
+        let a = kc(libc::TIME_OK, libc::STA_PLL).into_state(true);
+        let b = KernelClock {
+            tai: 0,
+            esterror_us: 16_000_000,
+            maxerror_us: 16_000_000,
+            ..kc(libc::TIME_ERROR, libc::STA_UNSYNC)
+        }
+        .into_state(false);
+        let cell = Arc::new(ClockCell::new(&a));
+        let writer = {
+            let cell = Arc::clone(&cell);
+            std::thread::spawn(move || {
+                for i in 0..20_000 {
+                    cell.store(if i % 2 == 0 { &b } else { &a });
+                }
+            })
+        };
+        for _ in 0..50_000 {
+            let s = cell.load();
+            assert!(s == a || s == b, "torn: {s:?}");
+        }
+        writer.join().unwrap();
+        let last = cell.load();
+        assert_eq!(last, a);
     }
 }

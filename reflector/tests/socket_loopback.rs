@@ -278,8 +278,9 @@ fn sixty_four_datagrams_in_one_syscall_each_way() {
     });
     assert_eq!(seen, (0..64).collect::<Vec<u8>>(), "all, in order");
     assert!(calls < 64, "{calls} recvmmsg calls for 64 datagrams");
-    assert_eq!(calls, 1, "loopback delivers synchronously: one batch");
-    assert_eq!(rx.syscalls(), 1);
+    // Loopback usually delivers within the send call, so this is one batch;
+    // a softirq deferred to ksoftirqd on a busy host may split it.
+    assert_eq!(rx.syscalls(), calls as u64);
     assert_eq!(tx.syscalls(), 1);
 }
 

@@ -90,10 +90,18 @@ fn zeroed_slice<T: Zeroed>(n: usize) -> Box<[T]> {
 pub enum RxError {
     /// The datagram was longer than the buffer (`MSG_TRUNC`).
     #[error("datagram longer than the {buf_len}-octet receive buffer (MSG_TRUNC)")]
-    Truncated { buf_len: usize },
+    Truncated {
+        /// The receive buffer's size.
+        buf_len: usize,
+    },
     /// The source address is not IPv4 or IPv6 (or its length is short).
     #[error("source address of family {family} and length {len} is not IP")]
-    BadAddress { family: i32, len: usize },
+    BadAddress {
+        /// The address family the kernel reported.
+        family: i32,
+        /// The address length the kernel reported.
+        len: usize,
+    },
 }
 
 /// One received datagram and what the kernel said about it.
@@ -461,7 +469,12 @@ pub enum TxError {
     Full,
     /// The filler claimed more octets than the buffer has.
     #[error("reply length {len} exceeds the {buf_len}-octet buffer")]
-    TooLong { len: usize, buf_len: usize },
+    TooLong {
+        /// The length the filler returned.
+        len: usize,
+        /// The slot's size.
+        buf_len: usize,
+    },
 }
 
 /// The outcome of [`super::BatchSocket::send_batch`].

@@ -62,8 +62,11 @@ pub const TX_CONTROL_LEN: usize = cmsg_space(20) + cmsg_space(4);
 /// One control message: level, type and its data octets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cmsg<'a> {
+    /// `cmsg_level` (`SOL_SOCKET`, `IPPROTO_IP`, `IPPROTO_IPV6`).
     pub level: libc::c_int,
+    /// `cmsg_type`.
     pub ty: libc::c_int,
+    /// The data octets (`cmsg_len` minus the header).
     pub data: &'a [u8],
 }
 

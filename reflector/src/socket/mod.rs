@@ -16,6 +16,39 @@
 //! early as possible (kernel or NIC stamp), Sender TTL from the received
 //! header, reply with TTL 255 and the negotiated DSCP, from the address the
 //! test packet was sent to.
+//!
+//! ```no_run
+//! use ricochet_reflector::socket::{
+//!     tos_from_dscp, BatchSocket, ReflectorConfig, ReplyTos, RxPacket, SocketKey,
+//!     SocketOptions, SocketReflector,
+//! };
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut reflector = SocketReflector::new(&ReflectorConfig::default())?;
+//! let handle = reflector.handle();
+//! let data_plane = std::thread::spawn(move || {
+//!     // An echo handler; a TWAMP one would build the reflector packet here
+//!     // from rx.payload, rx.rx_stamp (T2), rx.ttl and a late T3.
+//!     let mut echo = |_key: SocketKey, rx: &RxPacket<'_>, tx: &mut [u8]| {
+//!         tx[..rx.payload.len()].copy_from_slice(rx.payload);
+//!         Some(rx.payload.len())
+//!     };
+//!     reflector.run(&mut echo)
+//! });
+//! // The control plane binds a session socket (port 0: any free port) with
+//! // the session's DSCP and hands it over.
+//! let opts = SocketOptions { tos: tos_from_dscp(46, 0), ..SocketOptions::default() };
+//! let socket = BatchSocket::bind("[::]:0".parse()?, &opts)?;
+//! let port = socket.local_addr().port();
+//! handle.add(1, socket, ReplyTos::Socket)?.recv()??;
+//! # let _ = port;
+//! // ... session runs ...
+//! let stats = handle.remove(1)?.recv()?;
+//! handle.shutdown()?;
+//! data_plane.join().expect("data plane thread")?;
+//! # let _ = stats;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod batch;
 pub mod cmsg;
