@@ -1,1 +1,4 @@
 //! Ricochet's data plane library (filled by the data-plane work).
+
+pub mod clock;
+pub mod socket;
