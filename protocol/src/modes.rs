@@ -11,6 +11,8 @@
 //! registry is different (IKEv2-derived is bit 4 there, bit 7 here).
 
 use core::fmt;
+
+use crate::twamp_test::TestSecurity;
 use core::ops::{BitAnd, BitOr, BitOrAssign, Not};
 
 use thiserror::Error;
@@ -195,17 +197,6 @@ pub enum SecurityMode {
     Mixed,
 }
 
-/// How TWAMP-Test packets of a session are protected (RFC 5357 §4.1.2,
-/// RFC 5618 §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TestProtection {
-    /// Unauthenticated packet formats, no crypto.
-    None,
-    /// Authenticated formats: first block ECB-encrypted, HMAC.
-    Authenticated,
-    /// Encrypted formats: CBC over the covered blocks, HMAC.
-    Encrypted,
-}
 
 impl SecurityMode {
     /// All four, in bit order.
@@ -251,11 +242,11 @@ impl SecurityMode {
     }
 
     /// Which TWAMP-Test protection this mode uses.
-    pub const fn test_protection(self) -> TestProtection {
+    pub const fn test_security(self) -> TestSecurity {
         match self {
-            SecurityMode::Unauthenticated | SecurityMode::Mixed => TestProtection::None,
-            SecurityMode::Authenticated => TestProtection::Authenticated,
-            SecurityMode::Encrypted => TestProtection::Encrypted,
+            SecurityMode::Unauthenticated | SecurityMode::Mixed => TestSecurity::Unauthenticated,
+            SecurityMode::Authenticated => TestSecurity::Authenticated,
+            SecurityMode::Encrypted => TestSecurity::Encrypted,
         }
     }
 }
@@ -405,13 +396,13 @@ mod tests {
         assert!(Authenticated.protects_control());
         assert!(Encrypted.protects_control());
         assert!(Mixed.protects_control());
-        assert_eq!(Unauthenticated.test_protection(), TestProtection::None);
-        assert_eq!(Mixed.test_protection(), TestProtection::None);
+        assert_eq!(Unauthenticated.test_security(), TestSecurity::Unauthenticated);
+        assert_eq!(Mixed.test_security(), TestSecurity::Unauthenticated);
         assert_eq!(
-            Authenticated.test_protection(),
-            TestProtection::Authenticated
+            Authenticated.test_security(),
+            TestSecurity::Authenticated
         );
-        assert_eq!(Encrypted.test_protection(), TestProtection::Encrypted);
+        assert_eq!(Encrypted.test_security(), TestSecurity::Encrypted);
         assert_eq!(SecurityMode::from_modes(Modes(0x82)), Some(Authenticated));
         assert_eq!(SecurityMode::from_modes(Modes(0x03)), None);
         assert_eq!(SecurityMode::from_modes(Modes(0x80)), None);
