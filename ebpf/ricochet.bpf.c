@@ -607,32 +607,37 @@ static __always_inline int reflect(struct xdp_md *ctx, struct pkt *pk,
 		if (pad_src > hdr) /* would drop octets the reply must carry */
 			pad_src = hdr;
 	}
+	/* twamp-test.md §4: reply = max(received, H) octets; the sender
+	 * padding is reused from its start, the tail is truncated. */
+	__u32 len_out = len_in > hdr ? len_in : hdr;
+
+	/* RFC 6038 §4.2: the L octets to reflect must fit the reply's padding
+	 * (the sender MUST send at least 27 + L octets of padding). */
 	if ((flags & RC_F_REFLECT_OCTETS) &&
-	    len_in < pad_src + e->reflect_octets) {
+	    len_out < hdr + e->reflect_octets) {
 		__sync_fetch_and_add(&e->stats.bad_length, 1);
 		count(RC_CNT_DROP_BAD_LENGTH);
 		return XDP_DROP;
 	}
-	/* twamp-test.md §4: reply = max(received, H) octets; the sender
-	 * padding is reused from its start, the tail is truncated. */
-	__u32 len_out = len_in > hdr ? len_in : hdr;
 	__u32 copy_len = len_out - hdr;
 
 	/* Fields of the sender packet that the rewrite overwrites. */
 	__u8 *p = data + pay_off;
 
-	if (pay_off > RC_MAX_L4_OFF + 8 || (void *)(p + TW_SENDER_HDR + 2) > data_end)
-		return XDP_PASS; /* cannot happen: length checked by caller */
-	__u8 s_seq[4], s_ts[8], s_ee[2], ssid[2];
+	if (pay_off > RC_MAX_L4_OFF + 8 ||
+	    (void *)(p + TW_SENDER_HDR) > data_end) {
+		count(RC_CNT_ERROR); /* cannot happen: the caller checked */
+		return XDP_PASS;
+	}
+	__u8 s_seq[4], s_ts[8], s_ee[2], ssid[2] = {};
 
 	__builtin_memcpy(s_seq, p + TW_SEQ, 4);
 	__builtin_memcpy(s_ts, p + TW_TS, 8);
 	__builtin_memcpy(s_ee, p + TW_EE, 2);
-	/* STAMP SSID (RFC 8972 §3): copied; for a 14-octet probe it is absent */
-	if (stamp && len_in >= TW_MBZ1 + 2)
+	/* STAMP SSID (RFC 8972 §3): copied; a 14-octet probe has none */
+	if (stamp && len_in >= TW_MBZ1 + 2 &&
+	    (void *)(p + TW_MBZ1 + 2) <= data_end)
 		__builtin_memcpy(ssid, p + TW_MBZ1, 2);
-	else
-		ssid[0] = ssid[1] = 0;
 
 	/* 1. padding: keep the lowest-numbered sender octets */
 	if (copy_len && pad_src != hdr &&
