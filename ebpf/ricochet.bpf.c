@@ -283,18 +283,18 @@ static __always_inline __s64 packet_sum(struct xdp_md *ctx, __u32 off,
 
 /* Moves `len` packet octets from `from` to `to` (overlap allowed). */
 static __always_inline int packet_move(struct xdp_md *ctx, __u32 from,
-				       __u32 to, __u32 len)
+				       __u32 to, __u64 len)
 {
 	__u32 zero = 0;
 	struct rc_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
 
 	if (!s)
 		return -1;
+	/* 64-bit length: its bounds survive a stack spill and refill */
+	barrier_var(len);
 	if (len == 0 || len > RC_SCRATCH_MAX)
 		return -1;
 	if (bpf_xdp_load_bytes(ctx, from, s->b, len))
-		return -1;
-	if (len == 0 || len > RC_SCRATCH_MAX) /* re-proved for the verifier */
 		return -1;
 	return bpf_xdp_store_bytes(ctx, to, s->b, len) ? -1 : 0;
 }
@@ -648,8 +648,23 @@ static __always_inline int reflect(struct xdp_md *ctx, struct pkt *pk,
 	int delta = (int)(pay_off + len_out) -
 		    (int)((long)ctx->data_end - (long)ctx->data);
 
-	if (delta && bpf_xdp_adjust_tail(ctx, delta))
+	if (delta > 0 && bpf_xdp_adjust_tail(ctx, delta)) {
+		/* No tailroom (veth and generic XDP hand over tight skbs):
+		 * grow at the front, where XDP guarantees 256 octets of
+		 * headroom, and slide the frame up. The octets left behind
+		 * at the end are all inside the reflector header, which is
+		 * written in full below. */
+		__u32 flen = pay_off + len_out - delta; /* current length */
+
+		if (bpf_xdp_adjust_head(ctx, -delta)) {
+			count(RC_CNT_ERROR);
+			return XDP_PASS; /* nothing modified yet */
+		}
+		if (packet_move(ctx, delta, 0, flen))
+			goto err;
+	} else if (delta < 0 && bpf_xdp_adjust_tail(ctx, delta)) {
 		goto err;
+	}
 
 	/* 3. drop IPv4 options / IPv6 extension headers: they describe the
 	 *    forward path (source routes, records) and must not be echoed. */

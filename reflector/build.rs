@@ -40,6 +40,9 @@ fn main() {
         .unwrap_or_else(|e| panic!("building {}: {e:#}", src.display()));
 
     println!("cargo:rerun-if-changed={}", src.display());
-    println!("cargo:rerun-if-changed={}", ebpf.join("ricochet.h").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        ebpf.join("ricochet.h").display()
+    );
     println!("cargo:rerun-if-env-changed=RICOCHET_CLANG");
 }

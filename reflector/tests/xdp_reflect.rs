@@ -12,8 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use proptest::prelude::*;
 use ricochet_reflector::bpf::{
-    ClockState, Counter, EntryConfig, EntryFlags, Family, ListenerKey, Mode, SessionKey,
-    XdpAction, XdpMeta,
+    ClockState, Counter, EntryConfig, EntryFlags, Family, ListenerKey, Mode, SessionKey, XdpAction,
+    XdpMeta,
 };
 use xdp_util::*;
 
@@ -93,22 +93,50 @@ fn reflector_payload(
 
 fn reply_v4(vlans: &[(u16, u16)], tos: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = eth(MAC_PEER, MAC_US, vlans, 0x0800);
-    f.extend_from_slice(&ipv4_udp(V4_US, V4_PEER, 255, tos, &[], PORT_US, PORT_PEER, payload));
+    f.extend_from_slice(&ipv4_udp(
+        V4_US,
+        V4_PEER,
+        255,
+        tos,
+        &[],
+        PORT_US,
+        PORT_PEER,
+        payload,
+    ));
     f
 }
 
 fn reply_v6(vlans: &[(u16, u16)], tclass: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = eth(MAC_PEER, MAC_US, vlans, 0x86dd);
-    f.extend_from_slice(&ipv6_udp(V6_US, V6_PEER, 255, tclass, &[], PORT_US, PORT_PEER, payload));
+    f.extend_from_slice(&ipv6_udp(
+        V6_US,
+        V6_PEER,
+        255,
+        tclass,
+        &[],
+        PORT_US,
+        PORT_PEER,
+        payload,
+    ));
     f
 }
 
 fn probe_v4(vlans: &[(u16, u16)], ttl: u8, tos: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
-    frame_v4(vlans, ipv4_udp(V4_PEER, V4_US, ttl, tos, options, PORT_PEER, PORT_US, payload))
+    frame_v4(
+        vlans,
+        ipv4_udp(
+            V4_PEER, V4_US, ttl, tos, options, PORT_PEER, PORT_US, payload,
+        ),
+    )
 }
 
 fn probe_v6(ext: &[(u8, Vec<u8>)], hop: u8, tclass: u8, payload: &[u8]) -> Vec<u8> {
-    frame_v6(&[], ipv6_udp(V6_PEER, V6_US, hop, tclass, ext, PORT_PEER, PORT_US, payload))
+    frame_v6(
+        &[],
+        ipv6_udp(
+            V6_PEER, V6_US, hop, tclass, ext, PORT_PEER, PORT_US, payload,
+        ),
+    )
 }
 
 fn out_payload(frame: &[u8]) -> &[u8] {
@@ -120,7 +148,10 @@ fn assert_ntp_times(payload: &[u8], before_utc: u64, after_utc: u64) {
     let t3 = ntp_to_ns(&payload[4..12]);
     let t2 = ntp_to_ns(&payload[16..24]);
     // the fraction truncates: allow one nanosecond of rounding
-    assert!(t2 + 1 >= before_utc && t2 <= after_utc + 1, "T2 {t2} not within [{before_utc}, {after_utc}]");
+    assert!(
+        t2 + 1 >= before_utc && t2 <= after_utc + 1,
+        "T2 {t2} not within [{before_utc}, {after_utc}]"
+    );
     assert!(t3 + 1 >= t2, "T3 {t3} before T2 {t2}");
     assert!(t3 <= after_utc + 1, "T3 {t3} after {after_utc}");
     assert_eq!(payload[12] & 0x40, 0, "Z bit clear for NTP");
@@ -170,7 +201,16 @@ fn twamp_v4_41_stays_41() {
     let sender = twamp_sender(1, T1, EE_SENDER, &pattern(27, 0x40));
     let (act, out) = run(&p, &probe_v4(&[], 64, 0, &[], &sender));
     assert_eq!(act, XdpAction::Tx);
-    let want = reflector_payload(out_payload(&out), 0, EE_CLOCK, [0, 0], &sender, 64, None, &[]);
+    let want = reflector_payload(
+        out_payload(&out),
+        0,
+        EE_CLOCK,
+        [0, 0],
+        &sender,
+        64,
+        None,
+        &[],
+    );
     assert_eq!(out, reply_v4(&[], 0, &want));
     assert_checksums(&out);
 }
@@ -187,7 +227,16 @@ fn twamp_v4_214_stays_214_keeping_the_padding_prefix() {
     assert_eq!(act, XdpAction::Tx);
     assert_eq!(out_payload(&out).len(), 214);
     // RFC 5357 §4.2.1: the lowest-numbered 173 sender padding octets
-    let want = reflector_payload(out_payload(&out), 0, EE_CLOCK, [0, 0], &sender, 64, None, &padding[..173]);
+    let want = reflector_payload(
+        out_payload(&out),
+        0,
+        EE_CLOCK,
+        [0, 0],
+        &sender,
+        64,
+        None,
+        &padding[..173],
+    );
     assert_eq!(out, reply_v4(&[], 0, &want));
     assert_checksums(&out);
 }
@@ -203,7 +252,16 @@ fn ethernet_trailer_is_trimmed() {
     probe.resize(60, 0xee); // minimum Ethernet frame: 4 octets of trailer
     let (act, out) = run(&p, &probe);
     assert_eq!(act, XdpAction::Tx);
-    let want = reflector_payload(out_payload(&out), 0, EE_CLOCK, [0, 0], &sender, 64, None, &[]);
+    let want = reflector_payload(
+        out_payload(&out),
+        0,
+        EE_CLOCK,
+        [0, 0],
+        &sender,
+        64,
+        None,
+        &[],
+    );
     assert_eq!(out, reply_v4(&[], 0, &want));
     assert_checksums(&out);
 }
@@ -226,7 +284,10 @@ fn ptp_timestamps_are_tai_with_z_bit() {
     let pl = out_payload(&out);
     let t2 = ptp_to_ns(&pl[16..24]);
     let t3 = ptp_to_ns(&pl[4..12]);
-    assert!(before <= t2 && t2 <= t3 && t3 <= after, "{before} {t2} {t3} {after}");
+    assert!(
+        before <= t2 && t2 <= t3 && t3 <= after,
+        "{before} {t2} {t3} {after}"
+    );
     let want = reflector_payload(pl, 0, EE_CLOCK | 0x4000, [0, 0], &sender, 64, None, &[]);
     assert_eq!(out, reply_v4(&[], 0, &want));
     assert_checksums(&out);
@@ -263,7 +324,10 @@ fn multiplier_zero_is_never_sent() {
             updated_ns: 0,
         })
         .unwrap();
-    let (act, out) = run(&p, &probe_v4(&[], 64, 0, &[], &twamp_sender(0, T1, EE_SENDER, &[])));
+    let (act, out) = run(
+        &p,
+        &probe_v4(&[], 64, 0, &[], &twamp_sender(0, T1, EE_SENDER, &[])),
+    );
     assert_eq!(act, XdpAction::Tx);
     assert_eq!(&out_payload(&out)[12..14], &[0x80, 0x01]);
 }
@@ -281,7 +345,16 @@ fn stamp_44_stateful_session_copies_ssid() {
         let (act, out) = run(&p, &probe_v4(&[], 60, 0, &[], &sender));
         assert_eq!(act, XdpAction::Tx);
         assert_eq!(out_payload(&out).len(), 44);
-        let want = reflector_payload(out_payload(&out), i, EE_CLOCK, [0xbe, 0xef], &sender, 60, Some([0; 3]), &[]);
+        let want = reflector_payload(
+            out_payload(&out),
+            i,
+            EE_CLOCK,
+            [0xbe, 0xef],
+            &sender,
+            60,
+            Some([0; 3]),
+            &[],
+        );
         assert_eq!(out, reply_v4(&[], 0, &want));
         assert_checksums(&out);
     }
@@ -295,7 +368,10 @@ fn stamp_listener_is_stateless_and_copies_tlvs() {
     let p = load();
     write_clock(&p, kernel_tai_offset());
     p.maps()
-        .insert_listener(&ListenerKey::any(Family::V4, PORT_US), &EntryConfig::new(Mode::Stamp, 0))
+        .insert_listener(
+            &ListenerKey::any(Family::V4, PORT_US),
+            &EntryConfig::new(Mode::Stamp, 0),
+        )
         .unwrap();
     // an Extra Padding TLV (type 1, length 12) after the base packet
     let mut tlv = vec![0x80, 1, 0, 12];
@@ -304,10 +380,23 @@ fn stamp_listener_is_stateless_and_copies_tlvs() {
     let (act, out) = run(&p, &probe_v4(&[], 64, 0, &[], &sender));
     assert_eq!(act, XdpAction::Tx);
     // stateless: the sender's sequence number is copied (RFC 8762 §4.3.1)
-    let want = reflector_payload(out_payload(&out), 4242, EE_CLOCK, [0, 7], &sender, 64, Some([0; 3]), &tlv);
+    let want = reflector_payload(
+        out_payload(&out),
+        4242,
+        EE_CLOCK,
+        [0, 7],
+        &sender,
+        64,
+        Some([0; 3]),
+        &tlv,
+    );
     assert_eq!(out, reply_v4(&[], 0, &want));
     assert_checksums(&out);
-    let e = p.maps().listener(&ListenerKey::any(Family::V4, PORT_US)).unwrap().unwrap();
+    let e = p
+        .maps()
+        .listener(&ListenerKey::any(Family::V4, PORT_US))
+        .unwrap()
+        .unwrap();
     assert_eq!((e.seq, e.stats.reflected), (0, 1));
 }
 
@@ -320,7 +409,16 @@ fn stamp_short_probe_gets_the_44_octet_base() {
     let sender = twamp_sender(5, T1, EE_SENDER, &[]); // 14-octet TWAMP-Light probe
     let (act, out) = run(&p, &probe_v4(&[], 64, 0, &[], &sender));
     assert_eq!(act, XdpAction::Tx);
-    let want = reflector_payload(out_payload(&out), 0, EE_CLOCK, [0, 0], &sender, 64, Some([0; 3]), &[]);
+    let want = reflector_payload(
+        out_payload(&out),
+        0,
+        EE_CLOCK,
+        [0, 0],
+        &sender,
+        64,
+        Some([0; 3]),
+        &[],
+    );
     assert_eq!(out, reply_v4(&[], 0, &want));
     assert_checksums(&out);
 }
@@ -352,8 +450,11 @@ fn ipv6_twamp_with_extension_headers_stripped() {
     let sender = twamp_sender(9, T1, EE_SENDER, &pattern(50, 1));
     for ext in [
         vec![],
-        vec![(0u8, vec![1, 4, 0, 0, 0, 0])],                            // hop-by-hop, PadN
-        vec![(0u8, vec![1, 4, 0, 0, 0, 0]), (60u8, vec![1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])], // + dest opts
+        vec![(0u8, vec![1, 4, 0, 0, 0, 0])], // hop-by-hop, PadN
+        vec![
+            (0u8, vec![1, 4, 0, 0, 0, 0]),
+            (60u8, vec![1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        ], // + dest opts
         vec![(43u8, vec![0, 0, 0, 0, 0, 0])], // routing, Segments Left 0
     ] {
         let probe = probe_v6(&ext, 57, 0x2e << 2, &sender);
@@ -361,7 +462,16 @@ fn ipv6_twamp_with_extension_headers_stripped() {
         assert_eq!(act, XdpAction::Tx, "ext {ext:?}");
         let pl = out_payload(&out);
         let seq = u32::from_be_bytes([pl[0], pl[1], pl[2], pl[3]]);
-        let want = reflector_payload(pl, seq, EE_CLOCK, [0, 0], &sender, 57, None, &pattern(50, 1)[..23]);
+        let want = reflector_payload(
+            pl,
+            seq,
+            EE_CLOCK,
+            [0, 0],
+            &sender,
+            57,
+            None,
+            &pattern(50, 1)[..23],
+        );
         // DSCP EF kept (no DSCP configured), ECN Not-ECT
         assert_eq!(out, reply_v6(&[], 0x2e << 2, &want));
         assert_checksums(&out);
@@ -374,7 +484,12 @@ fn ipv6_routing_header_with_segments_left_passes() {
         return;
     }
     let p = setup(twamp(0));
-    let probe = probe_v6(&[(43u8, vec![0, 1, 0, 0, 0, 0])], 64, 0, &twamp_sender(0, T1, 1, &[]));
+    let probe = probe_v6(
+        &[(43u8, vec![0, 1, 0, 0, 0, 0])],
+        64,
+        0,
+        &twamp_sender(0, T1, 1, &[]),
+    );
     let (act, out) = run(&p, &probe);
     assert_eq!(act, XdpAction::Pass);
     assert_eq!(out, probe);
@@ -387,7 +502,10 @@ fn vlan_tags_one_and_two_are_kept() {
     }
     let p = setup(twamp(0));
     let sender = twamp_sender(1, T1, EE_SENDER, &[]);
-    for vlans in [vec![(0x8100u16, 0x2064u16)], vec![(0x88a8, 0x00c8), (0x8100, 0x6065)]] {
+    for vlans in [
+        vec![(0x8100u16, 0x2064u16)],
+        vec![(0x88a8, 0x00c8), (0x8100, 0x6065)],
+    ] {
         let (act, out) = run(&p, &probe_v4(&vlans, 64, 0, &[], &sender));
         assert_eq!(act, XdpAction::Tx);
         let pl = out_payload(&out);
@@ -412,7 +530,16 @@ fn ipv4_options_are_not_echoed() {
             assert_eq!(act, XdpAction::Tx);
             let pl = out_payload(&out);
             let seq = u32::from_be_bytes([pl[0], pl[1], pl[2], pl[3]]);
-            let want = reflector_payload(pl, seq, EE_CLOCK, [0, 0], &sender, 64, None, &pattern(30, 9)[..3]);
+            let want = reflector_payload(
+                pl,
+                seq,
+                EE_CLOCK,
+                [0, 0],
+                &sender,
+                64,
+                None,
+                &pattern(30, 9)[..3],
+            );
             assert_eq!(out, reply_v4(&vlans, 0, &want));
             assert_checksums(&out);
         }
@@ -428,7 +555,7 @@ fn dscp_is_set_or_kept_and_ecn_cleared() {
     }
     let sender = twamp_sender(0, T1, EE_SENDER, &[]);
     let received_tos = (10 << 2) | 0b11; // AF11, CE
-    // kept
+                                         // kept
     let p = setup(twamp(0));
     let (_, out) = run(&p, &probe_v4(&[], 64, received_tos, &[], &sender));
     assert_eq!(out[15], 10 << 2);
@@ -444,7 +571,11 @@ fn dscp_is_set_or_kept_and_ecn_cleared() {
     let (_, out) = run(&p, &probe_v6(&[], 64, received_tos, &sender));
     let tclass = (out[14] << 4) | (out[15] >> 4);
     assert_eq!(tclass, 46 << 2);
-    assert_eq!((out[15] & 0x0f, out[16], out[17]), (0, 0x12, 0x34), "flow label kept");
+    assert_eq!(
+        (out[15] & 0x0f, out[16], out[17]),
+        (0, 0x12, 0x34),
+        "flow label kept"
+    );
     assert_checksums(&out);
 }
 
@@ -466,7 +597,16 @@ fn rfc7750_dscp_ecn_monitoring_reports_the_received_byte() {
         assert_eq!(pl.len(), (14 + pad).max(44));
         let seq = u32::from_be_bytes([pl[0], pl[1], pl[2], pl[3]]);
         let tail = &padding[..pad.saturating_sub(30)];
-        let want = reflector_payload(pl, seq, EE_CLOCK, [0, 0], &sender, 64, Some([tos, 0, 0]), tail);
+        let want = reflector_payload(
+            pl,
+            seq,
+            EE_CLOCK,
+            [0, 0],
+            &sender,
+            64,
+            Some([tos, 0, 0]),
+            tail,
+        );
         assert_eq!(out, reply_v4(&[], 34 << 2, &want));
         assert_checksums(&out);
     }
@@ -490,12 +630,24 @@ fn rfc6038_symmetrical_size_and_reflect_octets() {
     let (act, out) = run(&p, &probe_v4(&[], 64, 0, &[], &sender));
     assert_eq!(act, XdpAction::Tx);
     assert_eq!(out_payload(&out).len(), 51, "equal size");
-    let want = reflector_payload(out_payload(&out), 0, EE_CLOCK, [0, 0], &sender, 64, None, &padding);
+    let want = reflector_payload(
+        out_payload(&out),
+        0,
+        EE_CLOCK,
+        [0, 0],
+        &sender,
+        64,
+        None,
+        &padding,
+    );
     assert_eq!(out, reply_v4(&[], 0, &want));
     assert_checksums(&out);
     // 2 octets of padding cannot carry L = 4: dropped, counted
     let short = twamp_sender(1, T1, EE_SENDER, &[0u8; 29]);
-    assert_eq!(run(&p, &probe_v4(&[], 64, 0, &[], &short)).0, XdpAction::Drop);
+    assert_eq!(
+        run(&p, &probe_v4(&[], 64, 0, &[], &short)).0,
+        XdpAction::Drop
+    );
     assert_eq!(p.maps().counters().unwrap().get(Counter::DropBadLength), 1);
     let e = p.maps().session(&key_v4()).unwrap().unwrap();
     assert_eq!(e.stats.bad_length, 1);
@@ -518,7 +670,16 @@ fn rfc7750_symmetrical_sender_with_28_mbz() {
     let sender = twamp_sender(0, T1, EE_SENDER, &body);
     let (act, out) = run(&p, &probe_v4(&[], 64, 0, &[], &sender));
     assert_eq!(act, XdpAction::Tx);
-    let want = reflector_payload(out_payload(&out), 0, EE_CLOCK, [0, 0], &sender, 64, Some([0, 0, 0]), &padding[..10]);
+    let want = reflector_payload(
+        out_payload(&out),
+        0,
+        EE_CLOCK,
+        [0, 0],
+        &sender,
+        64,
+        Some([0, 0, 0]),
+        &padding[..10],
+    );
     assert_eq!(out, reply_v4(&[], 0, &want));
     assert_checksums(&out);
 }
@@ -551,19 +712,60 @@ fn foreign_and_malformed_traffic_passes_untouched() {
     assert_passes(&p, &arp_unicast, "ARP");
     let mut tcp = vec![0x9c, 0x40, 0x03, 0x5e];
     tcp.extend_from_slice(&[0; 16]);
-    assert_passes(&p, &frame_v4(&[], ipv4(V4_PEER, V4_US, 64, 0, 6, &[], &tcp)), "TCP");
+    assert_passes(
+        &p,
+        &frame_v4(&[], ipv4(V4_PEER, V4_US, 64, 0, 6, &[], &tcp)),
+        "TCP",
+    );
     let icmp = [8, 0, 0xf7, 0xff, 0, 0, 0, 0];
-    assert_passes(&p, &frame_v4(&[], ipv4(V4_PEER, V4_US, 64, 0, 1, &[], &icmp)), "ICMP");
-    let non_udp = p.maps().counters().unwrap().since(&before).get(Counter::PassNotUdp);
+    assert_passes(
+        &p,
+        &frame_v4(&[], ipv4(V4_PEER, V4_US, 64, 0, 1, &[], &icmp)),
+        "ICMP",
+    );
+    let non_udp = p
+        .maps()
+        .counters()
+        .unwrap()
+        .since(&before)
+        .get(Counter::PassNotUdp);
     assert_eq!(non_udp, 3);
 
     // unknown session: wrong remote port, wrong local port, wrong peer
     let c0 = p.maps().counters().unwrap();
-    assert_passes(&p, &frame_v4(&[], ipv4_udp(V4_PEER, V4_US, 64, 0, &[], 40001, PORT_US, &sender)), "remote port");
-    assert_passes(&p, &frame_v4(&[], ipv4_udp(V4_PEER, V4_US, 64, 0, &[], PORT_PEER, 863, &sender)), "local port");
+    assert_passes(
+        &p,
+        &frame_v4(
+            &[],
+            ipv4_udp(V4_PEER, V4_US, 64, 0, &[], 40001, PORT_US, &sender),
+        ),
+        "remote port",
+    );
+    assert_passes(
+        &p,
+        &frame_v4(
+            &[],
+            ipv4_udp(V4_PEER, V4_US, 64, 0, &[], PORT_PEER, 863, &sender),
+        ),
+        "local port",
+    );
     let other = std::net::Ipv4Addr::new(198, 19, 0, 3);
-    assert_passes(&p, &frame_v4(&[], ipv4_udp(other, V4_US, 64, 0, &[], PORT_PEER, PORT_US, &sender)), "peer");
-    assert_eq!(p.maps().counters().unwrap().since(&c0).get(Counter::PassNoMatch), 3);
+    assert_passes(
+        &p,
+        &frame_v4(
+            &[],
+            ipv4_udp(other, V4_US, 64, 0, &[], PORT_PEER, PORT_US, &sender),
+        ),
+        "peer",
+    );
+    assert_eq!(
+        p.maps()
+            .counters()
+            .unwrap()
+            .since(&c0)
+            .get(Counter::PassNoMatch),
+        3
+    );
 
     // malformed / truncated
     let c0 = p.maps().counters().unwrap();
@@ -596,7 +798,11 @@ fn foreign_and_malformed_traffic_passes_untouched() {
     v6_nock[l.l4 + 6] = 0;
     v6_nock[l.l4 + 7] = 0;
     assert_passes(&p, &v6_nock, "IPv6 UDP checksum 0");
-    assert_passes(&p, &probe_v6(&[(44u8, vec![0, 0, 0, 0, 0, 1])], 64, 0, &sender), "IPv6 fragment header");
+    assert_passes(
+        &p,
+        &probe_v6(&[(44u8, vec![0, 0, 0, 0, 0, 1])], 64, 0, &sender),
+        "IPv6 fragment header",
+    );
     let d = p.maps().counters().unwrap().since(&c0);
     assert_eq!(d.get(Counter::PassMalformed), 9);
     assert_eq!(d.get(Counter::PassNotUdp), 1); // the fragment header
@@ -608,8 +814,22 @@ fn foreign_and_malformed_traffic_passes_untouched() {
     assert_passes(&p, &mcast, "multicast MAC");
     assert_passes(&p, &arp_bcast, "broadcast ARP");
     let group = std::net::Ipv4Addr::new(224, 0, 0, 1);
-    assert_passes(&p, &frame_v4(&[], ipv4_udp(V4_PEER, group, 64, 0, &[], PORT_PEER, PORT_US, &sender)), "multicast IP");
-    assert_eq!(p.maps().counters().unwrap().since(&c0).get(Counter::PassNotUnicast), 3);
+    assert_passes(
+        &p,
+        &frame_v4(
+            &[],
+            ipv4_udp(V4_PEER, group, 64, 0, &[], PORT_PEER, PORT_US, &sender),
+        ),
+        "multicast IP",
+    );
+    assert_eq!(
+        p.maps()
+            .counters()
+            .unwrap()
+            .since(&c0)
+            .get(Counter::PassNotUnicast),
+        3
+    );
 
     // nothing above was reflected
     let all = p.maps().counters().unwrap().since(&before);
@@ -630,11 +850,18 @@ fn a_wildcard_listener_answers_only_its_port_and_family() {
     let sender = twamp_sender(77, T1, EE_SENDER, &[]);
     let (act, out) = run(&p, &probe_v4(&[], 64, 0, &[], &sender));
     assert_eq!(act, XdpAction::Tx);
-    assert_eq!(&out_payload(&out)[0..4], &77u32.to_be_bytes(), "stateless: copied");
+    assert_eq!(
+        &out_payload(&out)[0..4],
+        &77u32.to_be_bytes(),
+        "stateless: copied"
+    );
     assert_passes(&p, &probe_v6(&[], 64, 0, &sender), "IPv6 has no listener");
     let exact = ListenerKey::exact(SocketAddr::new(IpAddr::V4(V4_US), 5000));
     p.maps().insert_listener(&exact, &twamp(0)).unwrap();
-    let f = frame_v4(&[], ipv4_udp(V4_PEER, V4_US, 64, 0, &[], PORT_PEER, 5000, &sender));
+    let f = frame_v4(
+        &[],
+        ipv4_udp(V4_PEER, V4_US, 64, 0, &[], PORT_PEER, 5000, &sender),
+    );
     assert_eq!(run(&p, &f).0, XdpAction::Tx);
     assert!(p.maps().remove_listener(&exact).unwrap());
     assert!(!p.maps().remove_listener(&exact).unwrap());
@@ -684,7 +911,10 @@ fn token_bucket_limits_reflection() {
     assert_eq!(&acts[..3], &[XdpAction::Tx; 3]);
     assert_eq!(&acts[3..], &[XdpAction::Drop; 3]);
     let c = p.maps().counters().unwrap();
-    assert_eq!((c.get(Counter::Reflected), c.get(Counter::DropRateLimited)), (3, 3));
+    assert_eq!(
+        (c.get(Counter::Reflected), c.get(Counter::DropRateLimited)),
+        (3, 3)
+    );
     let e = p.maps().session(&key_v4()).unwrap().unwrap();
     assert_eq!((e.stats.rate_limited, e.seq), (3, 3));
     // updating the configuration keeps the state (sequence, counters)
@@ -723,10 +953,19 @@ fn secured_session_without_socket_falls_back_to_pass_with_metadata() {
     assert_eq!((m.slot, m.generation), (17, 3));
     assert_eq!(usize::from(m.payload_off), 14 + 20 + 8);
     assert!(before <= m.rx_ts_ns && m.rx_ts_ns <= after);
-    assert_eq!(m.ts_source().unwrap(), ricochet_reflector::bpf::TsSource::KernelTai);
-    assert_eq!(m.origin().unwrap(), ricochet_reflector::bpf::Origin::Session);
+    assert_eq!(
+        m.ts_source().unwrap(),
+        ricochet_reflector::bpf::TsSource::KernelTai
+    );
+    assert_eq!(
+        m.origin().unwrap(),
+        ricochet_reflector::bpf::Origin::Session
+    );
     let c = p.maps().counters().unwrap();
-    assert_eq!((c.get(Counter::RedirectNoXsk), c.get(Counter::Redirected)), (1, 0));
+    assert_eq!(
+        (c.get(Counter::RedirectNoXsk), c.get(Counter::Redirected)),
+        (1, 0)
+    );
 }
 
 #[test]

@@ -379,9 +379,17 @@ impl SessionKey {
         let r = self.raw();
         let mut b = vec![0u8; size_of::<RawSessionKey>()];
         put(&mut b, offset_of!(RawSessionKey, local_addr), &r.local_addr);
-        put(&mut b, offset_of!(RawSessionKey, remote_addr), &r.remote_addr);
+        put(
+            &mut b,
+            offset_of!(RawSessionKey, remote_addr),
+            &r.remote_addr,
+        );
         put(&mut b, offset_of!(RawSessionKey, local_port), &r.local_port);
-        put(&mut b, offset_of!(RawSessionKey, remote_port), &r.remote_port);
+        put(
+            &mut b,
+            offset_of!(RawSessionKey, remote_port),
+            &r.remote_port,
+        );
         b[offset_of!(RawSessionKey, family)] = r.family;
         b
     }
@@ -448,7 +456,11 @@ impl ListenerKey {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = vec![0u8; size_of::<RawListenerKey>()];
         if let Some(a) = &self.addr {
-            put(&mut b, offset_of!(RawListenerKey, local_addr), &addr_bytes(a));
+            put(
+                &mut b,
+                offset_of!(RawListenerKey, local_addr),
+                &addr_bytes(a),
+            );
         }
         put(
             &mut b,
@@ -718,7 +730,11 @@ impl ClockState {
             offset_of!(ClockState, error_estimate),
             &self.error_estimate.to_ne_bytes(),
         );
-        put(&mut b, offset_of!(ClockState, flags), &self.flags.to_ne_bytes());
+        put(
+            &mut b,
+            offset_of!(ClockState, flags),
+            &self.flags.to_ne_bytes(),
+        );
         put(
             &mut b,
             offset_of!(ClockState, updated_ns),
@@ -767,7 +783,9 @@ mod tests {
                     MemberAttr::BitField { offset, .. } => offset,
                 };
                 (
-                    m.name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    m.name
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
                     off as usize / 8,
                 )
             })
@@ -795,7 +813,14 @@ mod tests {
         check!(
             "rc_session_key",
             RawSessionKey,
-            [local_addr, remote_addr, local_port, remote_port, family, _pad]
+            [
+                local_addr,
+                remote_addr,
+                local_port,
+                remote_port,
+                family,
+                _pad
+            ]
         );
         check!(
             "rc_listener_key",
@@ -805,7 +830,14 @@ mod tests {
         check!(
             "rc_entry_stats",
             EntryStats,
-            [rx_packets, reflected, redirected, rate_limited, bad_length, rx_bytes]
+            [
+                rx_packets,
+                reflected,
+                redirected,
+                rate_limited,
+                bad_length,
+                rx_bytes
+            ]
         );
         check!(
             "rc_entry",
@@ -838,7 +870,15 @@ mod tests {
         check!(
             "rc_xdp_meta",
             XdpMeta,
-            [rx_ts_ns, slot, generation, payload_off, ts_source, origin, magic]
+            [
+                rx_ts_ns,
+                slot,
+                generation,
+                payload_off,
+                ts_source,
+                origin,
+                magic
+            ]
         );
     }
 
@@ -903,7 +943,10 @@ mod tests {
         b.push(2);
         b.extend_from_slice(&XdpMeta::MAGIC.to_ne_bytes());
         let m = XdpMeta::parse(&b).unwrap();
-        assert_eq!((m.rx_ts_ns, m.slot, m.generation, m.payload_off), (123, 5, 9, 42));
+        assert_eq!(
+            (m.rx_ts_ns, m.slot, m.generation, m.payload_off),
+            (123, 5, 9, 42)
+        );
         assert_eq!(m.ts_source().unwrap(), TsSource::KernelTai);
         assert_eq!(m.origin().unwrap(), Origin::Listener);
         assert_eq!(XdpMeta::parse(&b[..20]), Err(MetaError::Truncated(20)));

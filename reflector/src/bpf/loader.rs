@@ -148,7 +148,7 @@ impl XdpProgram {
         }
         let obj = open.load().map_err(|source| BpfError::Libbpf {
             what: format!(
-                "load XDP program {prog} (stale pins in {} from another version must be removed)",
+                "load XDP program {prog} (verifier log above; or stale pins in {} from another version)",
                 opts.pin_dir.display()
             ),
             source,
@@ -211,15 +211,21 @@ impl XdpProgram {
                 source,
             })?;
         let idx = i32::try_from(ifindex).map_err(|_| BpfError::NoInterface(ifindex.to_string()))?;
-        let try_mode = |flags: XdpFlags| Xdp::new(fd.as_fd()).attach(idx, flags | XdpFlags::UPDATE_IF_NOEXIST);
+        let try_mode =
+            |flags: XdpFlags| Xdp::new(fd.as_fd()).attach(idx, flags | XdpFlags::UPDATE_IF_NOEXIST);
         let flags = match mode {
             AttachMode::Native => {
-                try_mode(XdpFlags::DRV_MODE).map_err(err(format!("attach native XDP to ifindex {ifindex}")))?;
+                try_mode(XdpFlags::DRV_MODE)
+                    .map_err(err(format!("attach native XDP to ifindex {ifindex}")))?;
                 XdpFlags::DRV_MODE
             }
             AttachMode::Generic => {
-                tracing::warn!(ifindex, "attaching XDP in GENERIC (skb) mode: slow path, for testing only");
-                try_mode(XdpFlags::SKB_MODE).map_err(err(format!("attach generic XDP to ifindex {ifindex}")))?;
+                tracing::warn!(
+                    ifindex,
+                    "attaching XDP in GENERIC (skb) mode: slow path, for testing only"
+                );
+                try_mode(XdpFlags::SKB_MODE)
+                    .map_err(err(format!("attach generic XDP to ifindex {ifindex}")))?;
                 XdpFlags::SKB_MODE
             }
             AttachMode::NativeOrGeneric => match try_mode(XdpFlags::DRV_MODE) {
@@ -312,7 +318,9 @@ impl Attachment {
 impl Drop for Attachment {
     fn drop(&mut self) {
         if self.attached {
-            if let Err(e) = Xdp::new(self.fd.as_fd()).detach(self.ifindex, XdpFlags::from_bits_retain(self.flags)) {
+            if let Err(e) = Xdp::new(self.fd.as_fd())
+                .detach(self.ifindex, XdpFlags::from_bits_retain(self.flags))
+            {
                 tracing::warn!(ifindex = self.ifindex, error = %e, "XDP detach failed");
             }
         }

@@ -7,9 +7,7 @@ use std::path::Path;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use super::abi::{
-    ClockState, Counter, Entry, EntryConfig, ListenerKey, RawEntry, SessionKey,
-};
+use super::abi::{ClockState, Counter, Entry, EntryConfig, ListenerKey, RawEntry, SessionKey};
 use super::BpfError;
 
 /// Names of the maps that are pinned (file names under the pin directory).

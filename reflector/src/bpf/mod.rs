@@ -27,8 +27,7 @@ pub use abi::{
     MetaError, Mode, Origin, SessionKey, TsSource, XdpMeta,
 };
 pub use loader::{
-    ifindex, AttachMode, Attachment, LoadOptions, TestRun, XdpAction, XdpProgram,
-    DEFAULT_PIN_DIR,
+    ifindex, AttachMode, Attachment, LoadOptions, TestRun, XdpAction, XdpProgram, DEFAULT_PIN_DIR,
 };
 pub use maps::{Counters, Maps, PINNED_MAPS};
 

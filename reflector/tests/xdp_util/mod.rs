@@ -71,12 +71,16 @@ pub fn pin_dir() -> PathBuf {
 
 pub fn load() -> TestProg {
     let dir = pin_dir();
-    let prog = XdpProgram::load(&LoadOptions {
+    match XdpProgram::load(&LoadOptions {
         pin_dir: dir.clone(),
         bind_ifindex: None,
-    })
-    .expect("load XDP program");
-    TestProg { prog, dir }
+    }) {
+        Ok(prog) => TestProg { prog, dir },
+        Err(e) => {
+            let _ = std::fs::remove_dir(&dir);
+            panic!("load XDP program: {e}");
+        }
+    }
 }
 
 // ---- checksums (RFC 1071) ------------------------------------------------
@@ -147,7 +151,15 @@ pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 /// IPv4 header (+ options) and the L4 bytes; header checksum filled.
-pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, tos: u8, proto: u8, options: &[u8], l4: &[u8]) -> Vec<u8> {
+pub fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    tos: u8,
+    proto: u8,
+    options: &[u8],
+    l4: &[u8],
+) -> Vec<u8> {
     assert_eq!(options.len() % 4, 0);
     let ihl = 5 + options.len() / 4;
     let mut h = vec![(0x40 | ihl) as u8, tos];
@@ -165,7 +177,17 @@ pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, tos: u8, proto: u8, options: 
 }
 
 /// A UDP datagram over IPv4 with both checksums correct.
-pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, tos: u8, options: &[u8], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+#[allow(clippy::too_many_arguments)]
+pub fn ipv4_udp(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    tos: u8,
+    options: &[u8],
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut u = udp(sport, dport, payload);
     let c = udp_checksum(&src.octets(), &dst.octets(), &u);
     u[6..8].copy_from_slice(&c.to_be_bytes());
@@ -174,7 +196,17 @@ pub fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, tos: u8, options: &[u8], 
 
 /// IPv6 header, extension headers (type, body without the 2-octet
 /// next/length prefix, padded to 8n by the caller) and a UDP datagram.
-pub fn ipv6_udp(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, tclass: u8, ext: &[(u8, Vec<u8>)], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+#[allow(clippy::too_many_arguments)]
+pub fn ipv6_udp(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop: u8,
+    tclass: u8,
+    ext: &[(u8, Vec<u8>)],
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut u = udp(sport, dport, payload);
     let c = udp_checksum(&src.octets(), &dst.octets(), &u);
     u[6..8].copy_from_slice(&c.to_be_bytes());
@@ -267,7 +299,11 @@ pub fn layout(frame: &[u8]) -> Layout {
         }
         o
     };
-    Layout { l3, l4, payload: l4 + 8 }
+    Layout {
+        l3,
+        l4,
+        payload: l4 + 8,
+    }
 }
 
 /// Checks, with the independent implementation above, the IPv4 header
@@ -335,6 +371,9 @@ pub fn ntp_to_ns(b: &[u8]) -> u64 {
 pub fn ptp_to_ns(b: &[u8]) -> u64 {
     let secs = u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
     let ns = u64::from(u32::from_be_bytes([b[4], b[5], b[6], b[7]]));
-    assert!(ns < 1_000_000_000, "PTP nanoseconds field {ns} out of range");
+    assert!(
+        ns < 1_000_000_000,
+        "PTP nanoseconds field {ns} out of range"
+    );
     secs * 1_000_000_000 + ns
 }
