@@ -886,6 +886,11 @@ static __always_inline int ricochet(struct xdp_md *ctx, const int hwts)
 	}
 	__u32 len_in = pk.udp_len - sizeof(struct udphdr);
 
+	/* Larger than the scratch buffer: cannot be checksummed here. */
+	if (pk.udp_len > RC_SCRATCH_MAX) {
+		count(RC_CNT_ERROR);
+		return XDP_PASS;
+	}
 	__sync_fetch_and_add(&e->stats.rx_packets, 1);
 	__sync_fetch_and_add(&e->stats.rx_bytes, len_in);
 

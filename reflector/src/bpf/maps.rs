@@ -2,7 +2,7 @@
 //! from their pins (the control plane is a separate process and opens the
 //! pins; the maps are the only contract between the two).
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
@@ -147,11 +147,6 @@ impl Maps {
     /// Unregisters the socket of `queue`; `Ok(false)` if there was none.
     pub fn remove_xsk(&self, queue: u32) -> Result<bool, BpfError> {
         remove(&self.xsks, "xsks", &queue.to_ne_bytes())
-    }
-
-    /// The `sessions` map, for callers that need the raw handle.
-    pub fn sessions_fd(&self) -> BorrowedFd<'_> {
-        self.sessions.as_fd()
     }
 }
 
