@@ -1,4 +1,6 @@
-//! Ricochet's data plane library (filled by the data-plane work).
+//! Ricochet's data plane: the XDP loader and pinned maps (`bpf`), the
+//! portable socket reflector (`socket`) and the host clock state (`clock`).
 
+pub mod bpf;
 pub mod clock;
 pub mod socket;
