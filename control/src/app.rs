@@ -176,7 +176,6 @@ impl HandlerFactory for DaemonFactory {
         let old = &self.config;
         for (changed, what) in [
             (old.listen != new.listen, "listen"),
-            (old.v6only != new.v6only, "v6only"),
             (old.test_ports != new.test_ports, "test_ports"),
             (old.metrics != new.metrics, "metrics"),
         ] {

@@ -5,36 +5,8 @@
 //! validates; [`Config::validate`] returns every problem found at once, each
 //! saying what to change.
 //!
-//! ```toml
-//! listen = ["[::]:862", "0.0.0.0:862"]   # RFC 5357 §3.1: TCP 862
-//! v6only = true
-//! test_ports = "18760-19960"
-//! log_level = "info"
-//!
-//! [timers]            # seconds
-//! servwait = 900      # RFC 5357 §3.1 SERVWAIT
-//! refwait = 900       # RFC 5357 §3.1 / RFC 5938 §4.2 REFWAIT
-//! stall = 60          # an incomplete control message must complete within this
-//!
-//! [security]
-//! modes = ["unauthenticated", "authenticated", "encrypted", "mixed"]
-//! pbkdf2_count = 2048
-//! key_file = "/etc/ricochet/twamp.pfs"
-//!
-//! [identities.lab-probe]
-//! modes = ["encrypted"]
-//!
-//! [policy]
-//! allow = ["192.0.2.0/24", "2001:db8::/32"]
-//! deny = ["192.0.2.66/32"]
-//! max_connections = 1000
-//! max_connections_per_client = 32
-//! max_sessions = 1000
-//! max_sessions_per_client = 100
-//!
-//! [metrics]
-//! listen = "127.0.0.1:9862"
-//! ```
+//! `control.example.toml` (beside `Cargo.toml`) documents every key with
+//! its default; a unit test keeps it valid.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -878,6 +850,67 @@ listen = "127.0.0.1:19862"
         assert_eq!(c, again);
         let d = Config::default();
         assert_eq!(Config::parse(&d.to_toml()).expect("parses"), d);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            if let Ok(c) = Config::parse(&text) {
+                let _ = c.validate();
+                let _ = c.warnings();
+            }
+        }
+
+        #[test]
+        fn tomlish_text_never_panics(
+            key in "(listen|test_ports|v6only|log_level|timers|policy|security|metrics)",
+            value in "(\\[|\\]|\"|[0-9a-z:.,/= -]){0,40}",
+        ) {
+            let text = format!("{key} = {value}\n[policy]\nallow = [{value}]");
+            let _ = Config::parse(&text).map(|c| c.validate());
+        }
+
+        #[test]
+        fn rendered_values_parse_back(
+            first in 1u16..=65535,
+            span in 0u16..2000,
+            servwait in 1u64..100_000,
+            stall in 1u64..=MAX_STALL_SECS,
+            limits in proptest::array::uniform4(1u32..1_000_000),
+            v4 in proptest::array::uniform4(proptest::num::u8::ANY),
+            len in 0u8..=32,
+        ) {
+            let mut c = Config {
+                test_ports: PortRange::new(first, first.saturating_add(span)).expect("range"),
+                ..Config::default()
+            };
+            c.timers.servwait = servwait;
+            c.timers.stall = stall;
+            c.policy.max_connections = limits[0];
+            c.policy.max_connections_per_client = limits[1];
+            c.policy.max_sessions = limits[2];
+            c.policy.max_sessions_per_client = limits[3];
+            let net = ipnet::Ipv4Net::new(v4.into(), len).expect("prefix").trunc();
+            c.policy.deny = vec![IpNet::V4(net)];
+            proptest::prop_assert!(c.validate().is_ok());
+            proptest::prop_assert_eq!(Config::parse(&c.to_toml()).expect("parses"), c);
+        }
+    }
+
+    #[test]
+    fn example_file_is_valid() {
+        let c = Config::parse(include_str!("../control.example.toml")).expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.security.offered_bits(), 0x0f);
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        let mut defaults = c.clone();
+        defaults.security = Security::default();
+        defaults.identities.clear();
+        assert_eq!(
+            defaults,
+            Config::default(),
+            "the example documents the defaults"
+        );
     }
 
     #[test]

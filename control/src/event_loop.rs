@@ -59,6 +59,8 @@ const SIGNALS: Token = Token(MAX_LISTENERS + 1);
 const CONN_BASE: usize = MAX_LISTENERS + 2;
 /// Octets read from a socket per `read` call.
 const READ_CHUNK: usize = 4096;
+/// Octets read from one connection before the others get a turn.
+const READ_BUDGET: usize = 64 * 1024;
 
 const FLAG_STOP: u8 = 1;
 const FLAG_RELOAD: u8 = 2;
@@ -186,7 +188,9 @@ impl Action {
 pub enum Activity {
     /// Between messages, no test running: SERVWAIT applies.
     Idle,
-    /// Part of a message received: the stall timer applies.
+    /// Part of a message received: the stall timer applies. Report it
+    /// whenever a message is incomplete, also while testing: a message must
+    /// complete within `stall` of its first octet.
     Partial,
     /// Sessions started: SERVWAIT suspended, REFWAIT sweep applies.
     Testing,
@@ -524,11 +528,18 @@ impl<H: ConnectionHandler> Conn<H> {
         }
     }
 
-    fn on_readable(&mut self, shared: &mut Shared, now: Instant) {
+    /// Read until the socket is drained or the budget is spent. Returns
+    /// true when data may remain (the caller must come back: readiness is
+    /// edge-triggered).
+    fn on_readable(&mut self, shared: &mut Shared, now: Instant) -> bool {
         let mut buf = [0u8; READ_CHUNK];
+        let mut budget = READ_BUDGET;
         loop {
             if matches!(self.phase, Phase::Done(_)) {
-                return;
+                return false;
+            }
+            if budget == 0 {
+                return true;
             }
             match self.stream.read(&mut buf) {
                 Ok(0) => {
@@ -537,9 +548,10 @@ impl<H: ConnectionHandler> Conn<H> {
                         Phase::Closing { reason, .. } => self.phase = Phase::Done(reason),
                         Phase::Done(_) => {}
                     }
-                    return;
+                    return false;
                 }
                 Ok(n) => {
+                    budget = budget.saturating_sub(n);
                     if !matches!(self.phase, Phase::Open) {
                         continue; // closing: discard what the peer still sends
                     }
@@ -547,12 +559,12 @@ impl<H: ConnectionHandler> Conn<H> {
                     let action = self.call(shared, now, true, |h, ctx| h.on_bytes(ctx, data));
                     self.apply(shared, now, action);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::debug!(conn = self.info.id, error = %e, "read failed");
                     self.hard_close(shared, now, CloseReason::IoError);
-                    return;
+                    return false;
                 }
             }
         }
@@ -641,6 +653,8 @@ pub struct Server<F: HandlerFactory> {
     accept_paused_until: Option<Instant>,
     next_sweep: Instant,
     stopping_until: Option<Instant>,
+    /// Connections (key, id) that spent their read budget with data left.
+    ready: Vec<(usize, u64)>,
 }
 
 impl<F: HandlerFactory> Server<F> {
@@ -690,6 +704,7 @@ impl<F: HandlerFactory> Server<F> {
             next_id: 1,
             accept_paused_until: None,
             stopping_until: None,
+            ready: Vec::new(),
         })
     }
 
@@ -739,6 +754,11 @@ impl<F: HandlerFactory> Server<F> {
                 return Err(e);
             }
             let now = Instant::now();
+            for (key, id) in std::mem::take(&mut self.ready) {
+                if self.conns.get(key).is_some_and(|c| c.info.id == id) {
+                    self.conn_event(key, now, true, false);
+                }
+            }
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
@@ -771,6 +791,9 @@ impl<F: HandlerFactory> Server<F> {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
         let mut next = self.next_sweep;
         if let Some(Reverse((t, _, _))) = self.timers.peek() {
             next = next.min(*t);
@@ -884,8 +907,8 @@ impl<F: HandlerFactory> Server<F> {
         }
         let info = ConnInfo {
             id: self.next_id,
-            peer,
-            local,
+            peer: canonical(peer),
+            local: canonical(local),
             client,
         };
         self.next_id += 1;
@@ -919,8 +942,8 @@ impl<F: HandlerFactory> Server<F> {
         if writable && conn.pending() > 0 {
             conn.flush(&mut self.shared, now);
         }
-        if readable {
-            conn.on_readable(&mut self.shared, now);
+        if readable && conn.on_readable(&mut self.shared, now) {
+            self.ready.push((key, conn.info.id));
         }
         self.settle(key, now);
     }
@@ -962,12 +985,31 @@ impl<F: HandlerFactory> Server<F> {
         }
     }
 
+    /// Entries of closed connections stay in the heap until due; under
+    /// connection churn rebuild it from the live connections so its size
+    /// stays proportional to them.
+    fn compact_timers(&mut self) {
+        if self.timers.len() <= 4 * self.conns.len() + 64 {
+            return;
+        }
+        let settings = &self.shared.settings;
+        self.timers = self
+            .conns
+            .iter_mut()
+            .filter_map(|(key, conn)| {
+                conn.scheduled = conn.deadline(settings).map(|(due, _)| due);
+                conn.scheduled.map(|due| Reverse((due, key, conn.info.id)))
+            })
+            .collect();
+    }
+
     fn finalize(&mut self, key: usize, reason: CloseReason) {
         if !self.conns.contains(key) {
             return;
         }
         let mut conn = self.conns.remove(key);
         deregister(self.poll.registry(), &mut conn.stream);
+        self.compact_timers();
         self.shared.policy.release_connection(conn.info.client);
         self.shared.metrics.connection_closed(reason);
         tracing::debug!(conn = conn.info.id, peer = %conn.info.peer, reason = reason.label(), "connection closed");
@@ -1074,6 +1116,19 @@ impl<F: HandlerFactory> Server<F> {
     }
 }
 
+/// `addr` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a
+/// dual-stack socket reports for IPv4 peers) turned into plain IPv4; other
+/// addresses (and IPv6 scope ids) unchanged.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
 fn deregister(registry: &Registry, source: &mut impl mio::event::Source) {
     if let Err(e) = registry.deregister(source) {
         tracing::debug!(error = %e, "deregister failed");
@@ -1117,6 +1172,19 @@ mod tests {
             v4.is_ok(),
             "IPv4 wildcard must bind beside a v6only wildcard: {v4:?}"
         );
+    }
+
+    #[test]
+    fn canonical_unmaps_ipv4_mapped_addresses() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:862".parse().expect("addr");
+        assert_eq!(
+            canonical(mapped),
+            "192.0.2.1:862".parse::<SocketAddr>().expect("addr")
+        );
+        let v6: SocketAddr = "[fe80::1%2]:862".parse().expect("addr");
+        assert_eq!(canonical(v6), v6, "scope id kept");
+        let v4: SocketAddr = "198.51.100.1:1".parse().expect("addr");
+        assert_eq!(canonical(v4), v4);
     }
 
     #[test]

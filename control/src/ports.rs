@@ -379,6 +379,13 @@ mod tests {
         }
 
         #[test]
+        fn range_parsing_never_panics_and_round_trips(text in "\\PC{0,20}", a in 1u16.., b in 1u16..) {
+            let _ = text.parse::<PortRange>();
+            let r = range(a.min(b), a.max(b));
+            prop_assert_eq!(r.to_string().parse::<PortRange>(), Ok(r));
+        }
+
+        #[test]
         fn exhausts_exactly_at_range_len(first in 1u16..65000, len in 1u16..300, req in any::<u16>()) {
             let last = first.saturating_add(len - 1);
             let r = range(first, last);

@@ -50,6 +50,31 @@ fn serves_200_concurrent_connections() {
 }
 
 #[test]
+fn large_bursts_are_read_completely_across_turns() {
+    // 1 MiB in one burst exceeds the per-turn read budget (64 KiB): the loop
+    // must come back to the connection by itself (readiness is
+    // edge-triggered, no new event would arrive).
+    let h = Harness::start(Options {
+        settings: ricochet_control::event_loop::LoopSettings {
+            max_output: 4 * AMPLIFY,
+            ..settings()
+        },
+        ..Options::default()
+    });
+    let mut c = greeted(h.addr);
+    let mut w = c.try_clone().expect("clone");
+    let burst: Vec<u8> = (0..AMPLIFY)
+        .map(|i| b'a' + (i / BLOCK % 20) as u8)
+        .collect();
+    let sent = burst.clone();
+    let writer = std::thread::spawn(move || w.write_all(&sent));
+    let mut echo = vec![0u8; AMPLIFY];
+    c.read_exact(&mut echo).expect("whole echo");
+    assert!(echo == burst, "echo differs");
+    writer.join().expect("writer").expect("write");
+}
+
+#[test]
 fn client_stalling_mid_message_is_closed_after_the_stall_timeout() {
     let stall = Duration::from_millis(300);
     let h = Harness::start(Options {
