@@ -37,16 +37,17 @@ fn serves_200_concurrent_connections() {
     for _ in 0..200 {
         assert_eq!(h.next_close().1, CloseReason::PeerClosed);
     }
+    let _barrier = h.barrier();
     let text = h.metrics.encode();
     assert!(
-        text.contains("ricochet_control_connections_accepted_total 200"),
+        text.contains("ricochet_control_connections_accepted_total 201"),
         "{text}"
     );
     assert!(
         text.contains("ricochet_control_connections_closed_total{reason=\"peer_closed\"} 200"),
         "{text}"
     );
-    assert_eq!(h.metrics.open_connections(), 0);
+    assert_eq!(h.metrics.open_connections(), 1, "only the barrier is open");
 }
 
 #[test]
@@ -259,23 +260,24 @@ fn peer_that_does_not_read_is_closed_at_the_output_bound() {
     let mut c = greeted(h.addr);
     // Each B makes the server queue 1 MiB; the kernel buffers absorb a few
     // MiB, then the loop's bound trips. Never read.
+    let mut reason = None;
     for _ in 0..64 {
         if c.write_all(&block(b'B')).is_err() {
             break;
         }
-        if let Ok((_, reason)) = h.closes.recv_timeout(Duration::from_millis(50)) {
-            assert_eq!(reason, CloseReason::OutputOverflow);
-            let text = h.metrics.encode();
-            assert!(
-                text.contains(
-                    "ricochet_control_connections_closed_total{reason=\"output_overflow\"} 1"
-                ),
-                "{text}"
-            );
-            return;
+        if let Ok((_, r)) = h.closes.recv_timeout(Duration::from_millis(50)) {
+            reason = Some(r);
+            break;
         }
     }
-    assert_eq!(h.next_close().1, CloseReason::OutputOverflow);
+    let reason = reason.unwrap_or_else(|| h.next_close().1);
+    assert_eq!(reason, CloseReason::OutputOverflow);
+    let _barrier = h.barrier();
+    let text = h.metrics.encode();
+    assert!(
+        text.contains("ricochet_control_connections_closed_total{reason=\"output_overflow\"} 1"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -282,6 +282,14 @@ impl Harness {
         result
     }
 
+    /// Connect and read the greeting. The loop finalizes a connection
+    /// (metrics, policy) in the same turn as its `on_close`, so once a close
+    /// was reported, a greeting on a new connection proves the bookkeeping
+    /// of the earlier close is done.
+    pub fn barrier(&self) -> TcpStream {
+        greeted(self.addr)
+    }
+
     pub fn next_close(&self) -> (u64, CloseReason) {
         self.closes.recv_timeout(WAIT).expect("a connection closes")
     }
