@@ -92,6 +92,7 @@ pub fn serve(cli: Cli, config: Config, log: Option<LogHandle>) -> io::Result<()>
         Policy::new(Rules::from_config(&config)),
         PortAllocator::new(config.test_ports),
         metrics,
+        (),
         DaemonFactory {
             cli,
             config: config.clone(),
@@ -168,7 +169,7 @@ impl HandlerFactory for DaemonFactory {
         }
     }
 
-    fn reload(&mut self) -> Result<Reload, String> {
+    fn reload(&mut self, _state: &mut ()) -> Result<Reload, String> {
         let new = self.cli.effective_config().map_err(|e| e.to_string())?;
         for w in check_key_file(&new)?.into_iter().chain(new.warnings()) {
             tracing::warn!("{w}");
@@ -205,15 +206,17 @@ pub struct Unavailable {
 }
 
 impl ConnectionHandler for Unavailable {
-    fn on_open(&mut self, _ctx: &mut Context<'_>) -> Action {
+    type State = ();
+
+    fn on_open(&mut self, _ctx: &mut Context<'_, ()>) -> Action {
         Action::write_and_close(go_away_greeting(self.count))
     }
 
-    fn on_bytes(&mut self, _ctx: &mut Context<'_>, _data: &[u8]) -> Action {
+    fn on_bytes(&mut self, _ctx: &mut Context<'_, ()>, _data: &[u8]) -> Action {
         Action::none()
     }
 
-    fn on_close(&mut self, _ctx: &mut Context<'_>, _reason: crate::event_loop::CloseReason) {}
+    fn on_close(&mut self, _ctx: &mut Context<'_, ()>, _reason: crate::event_loop::CloseReason) {}
 
     fn activity(&self) -> Activity {
         Activity::Idle

@@ -132,13 +132,16 @@ pub struct ConnInfo {
 
 /// What handlers may use while handling an event.
 #[derive(Debug)]
-pub struct Context<'a> {
+pub struct Context<'a, S> {
     /// Admission policy (session limits, identity modes).
     pub policy: &'a mut Policy,
     /// Reflector port allocator.
     pub ports: &'a mut PortAllocator,
     /// Metrics to count into.
     pub metrics: &'a Metrics,
+    /// The application's shared state (e.g. the data plane's
+    /// `SessionTable` and the key store), owned by the loop.
+    pub state: &'a mut S,
     /// The time of the event.
     pub now: Instant,
 }
@@ -239,20 +242,23 @@ impl CloseReason {
 /// [`ConnectionHandler::activity`] and [`ConnectionHandler::deadline`] to set
 /// its timers.
 pub trait ConnectionHandler {
+    /// State shared by every connection, handed to each callback in
+    /// [`Context::state`] (single-threaded: no locking, no `RefCell`).
+    type State;
     /// The connection was admitted; return e.g. the Server Greeting.
-    fn on_open(&mut self, ctx: &mut Context<'_>) -> Action;
+    fn on_open(&mut self, ctx: &mut Context<'_, Self::State>) -> Action;
     /// Octets arrived (any split: a message may span calls, a call may hold
     /// several messages).
-    fn on_bytes(&mut self, ctx: &mut Context<'_>, data: &[u8]) -> Action;
+    fn on_bytes(&mut self, ctx: &mut Context<'_, Self::State>, data: &[u8]) -> Action;
     /// The handler's own [`deadline`](ConnectionHandler::deadline) passed, or
     /// the REFWAIT sweep visits a testing connection.
-    fn on_timer(&mut self, ctx: &mut Context<'_>) -> Action {
+    fn on_timer(&mut self, ctx: &mut Context<'_, Self::State>) -> Action {
         let _ = ctx;
         Action::none()
     }
     /// The connection is closing (called exactly once): release sessions,
     /// ports and data-plane entries here. Output is no longer possible.
-    fn on_close(&mut self, ctx: &mut Context<'_>, reason: CloseReason);
+    fn on_close(&mut self, ctx: &mut Context<'_, Self::State>, reason: CloseReason);
     /// Where the connection stands (drives SERVWAIT and the stall timer).
     fn activity(&self) -> Activity;
     /// When the handler next wants [`on_timer`](ConnectionHandler::on_timer)
@@ -278,12 +284,17 @@ pub trait HandlerFactory {
     type Handler: ConnectionHandler;
     /// A handler for a newly admitted connection.
     fn create(&mut self, info: &ConnInfo) -> Self::Handler;
-    /// Re-read configuration and key material (SIGHUP). An error keeps the
-    /// running configuration; the message is logged.
-    fn reload(&mut self) -> Result<Reload, String> {
+    /// Re-read configuration and key material (SIGHUP), updating `state`
+    /// as needed. An error keeps the running configuration; the message is
+    /// logged.
+    fn reload(&mut self, state: &mut StateOf<Self>) -> Result<Reload, String> {
+        let _ = state;
         Ok(Reload::default())
     }
 }
+
+/// The shared state type of a factory's handlers.
+pub type StateOf<F> = <<F as HandlerFactory>::Handler as ConnectionHandler>::State;
 
 /// Thread-safe handle to stop or reload a running [`Server`].
 #[derive(Debug, Clone)]
@@ -362,19 +373,21 @@ enum TimerKind {
     Handler,
 }
 
-struct Shared {
+struct Shared<S> {
     policy: Policy,
     ports: PortAllocator,
     metrics: Arc<Metrics>,
     settings: LoopSettings,
+    state: S,
 }
 
-impl Shared {
-    fn ctx(&mut self, now: Instant) -> Context<'_> {
+impl<S> Shared<S> {
+    fn ctx(&mut self, now: Instant) -> Context<'_, S> {
         Context {
             policy: &mut self.policy,
             ports: &mut self.ports,
             metrics: &self.metrics,
+            state: &mut self.state,
             now,
         }
     }
@@ -404,10 +417,10 @@ impl<H: ConnectionHandler> Conn<H> {
     /// Run a handler callback and update the activity timers.
     fn call(
         &mut self,
-        shared: &mut Shared,
+        shared: &mut Shared<H::State>,
         now: Instant,
         bytes: bool,
-        f: impl FnOnce(&mut H, &mut Context<'_>) -> Action,
+        f: impl FnOnce(&mut H, &mut Context<'_, H::State>) -> Action,
     ) -> Action {
         let action = f(&mut self.handler, &mut shared.ctx(now));
         let before = self.activity;
@@ -426,7 +439,7 @@ impl<H: ConnectionHandler> Conn<H> {
     }
 
     /// Apply a handler's action.
-    fn apply(&mut self, shared: &mut Shared, now: Instant, action: Action) {
+    fn apply(&mut self, shared: &mut Shared<H::State>, now: Instant, action: Action) {
         if !matches!(self.phase, Phase::Open) {
             return;
         }
@@ -448,7 +461,7 @@ impl<H: ConnectionHandler> Conn<H> {
     }
 
     /// Write as much pending output as the socket takes.
-    fn flush(&mut self, shared: &mut Shared, now: Instant) {
+    fn flush(&mut self, shared: &mut Shared<H::State>, now: Instant) {
         while self.out_pos < self.out.len() {
             match self.stream.write(&self.out[self.out_pos..]) {
                 Ok(0) => {
@@ -495,7 +508,7 @@ impl<H: ConnectionHandler> Conn<H> {
 
     /// Start closing: the handler is told once; output already queued gets
     /// `close_linger` to be delivered when `reason` allows it.
-    fn close(&mut self, shared: &mut Shared, now: Instant, reason: CloseReason) {
+    fn close(&mut self, shared: &mut Shared<H::State>, now: Instant, reason: CloseReason) {
         if !matches!(self.phase, Phase::Open) {
             return;
         }
@@ -517,7 +530,7 @@ impl<H: ConnectionHandler> Conn<H> {
     }
 
     /// Close at once, dropping queued output.
-    fn hard_close(&mut self, shared: &mut Shared, now: Instant, reason: CloseReason) {
+    fn hard_close(&mut self, shared: &mut Shared<H::State>, now: Instant, reason: CloseReason) {
         match self.phase {
             Phase::Open => {
                 self.handler.on_close(&mut shared.ctx(now), reason);
@@ -531,7 +544,7 @@ impl<H: ConnectionHandler> Conn<H> {
     /// Read until the socket is drained or the budget is spent. Returns
     /// true when data may remain (the caller must come back: readiness is
     /// edge-triggered).
-    fn on_readable(&mut self, shared: &mut Shared, now: Instant) -> bool {
+    fn on_readable(&mut self, shared: &mut Shared<H::State>, now: Instant) -> bool {
         let mut buf = [0u8; READ_CHUNK];
         let mut budget = READ_BUDGET;
         loop {
@@ -606,7 +619,7 @@ impl<H: ConnectionHandler> Conn<H> {
         best
     }
 
-    fn on_deadline(&mut self, shared: &mut Shared, now: Instant) {
+    fn on_deadline(&mut self, shared: &mut Shared<H::State>, now: Instant) {
         let Some((due, kind)) = self.deadline(&shared.settings) else {
             return;
         };
@@ -632,7 +645,7 @@ impl<H: ConnectionHandler> Conn<H> {
         }
     }
 
-    fn timer(&mut self, shared: &mut Shared, now: Instant) {
+    fn timer(&mut self, shared: &mut Shared<H::State>, now: Instant) {
         let action = self.call(shared, now, false, |h, ctx| h.on_timer(ctx));
         self.apply(shared, now, action);
     }
@@ -644,7 +657,7 @@ pub struct Server<F: HandlerFactory> {
     listeners: Vec<(TcpListener, SocketAddr)>,
     conns: Slab<Conn<F::Handler>>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
-    shared: Shared,
+    shared: Shared<StateOf<F>>,
     factory: F,
     flags: Arc<AtomicU8>,
     waker: Arc<Waker>,
@@ -665,6 +678,7 @@ impl<F: HandlerFactory> Server<F> {
         policy: Policy,
         ports: PortAllocator,
         metrics: Arc<Metrics>,
+        state: StateOf<F>,
         factory: F,
     ) -> io::Result<Server<F>> {
         if listen.is_empty() || listen.len() > MAX_LISTENERS {
@@ -696,6 +710,7 @@ impl<F: HandlerFactory> Server<F> {
                 ports,
                 metrics,
                 settings,
+                state,
             },
             factory,
             flags: Arc::new(AtomicU8::new(0)),
@@ -731,6 +746,11 @@ impl<F: HandlerFactory> Server<F> {
             flags: self.flags.clone(),
             waker: self.waker.clone(),
         }
+    }
+
+    /// The application state (for inspection).
+    pub fn state(&self) -> &StateOf<F> {
+        &self.shared.state
     }
 
     /// The admission policy (for inspection).
@@ -1056,7 +1076,7 @@ impl<F: HandlerFactory> Server<F> {
     }
 
     fn reload(&mut self, now: Instant) {
-        match self.factory.reload() {
+        match self.factory.reload(&mut self.shared.state) {
             Ok(reload) => {
                 if let Some(rules) = reload.rules {
                     self.shared.policy.set_rules(rules);

@@ -356,6 +356,19 @@ fn handlers_admit_sessions_and_ports_through_the_context() {
 }
 
 #[test]
+fn loop_owned_state_reaches_every_handler() {
+    let h = Harness::start(Options::default());
+    let _a = greeted(h.addr);
+    let _b = greeted(h.addr);
+    let mut c = greeted(h.addr);
+    c.write_all(&block(b'C')).expect("write");
+    let mut r = [0u8; BLOCK];
+    c.read_exact(&mut r).expect("reply");
+    assert_eq!(r[0], b'c');
+    assert_eq!(u64::from_be_bytes(r[8..].try_into().expect("8 octets")), 3);
+}
+
+#[test]
 fn exhausted_ports_answer_accept_5() {
     let h = Harness::start(Options {
         ports: ricochet_control::ports::PortRange::new(20000, 20001).expect("range"),

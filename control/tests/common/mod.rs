@@ -10,6 +10,7 @@
 //! * `B`: the server answers with 1 MiB of `b` (amplification, to fill
 //!   buffers quickly);
 //! * `Q`: the server answers with 60 000 octets of `q` (under the default 64 KiB output bound) and closes;
+//! * `C`: reply `c`, 7 zero, then the shared connection counter (8 octets);
 //! * `P`: admit a session through the policy and allocate the port in
 //!   octets 1–2 (big-endian); reply `p`, Accept code, port (2 octets), 12 zero;
 //! * anything else: echoed.
@@ -49,11 +50,16 @@ pub struct BlockHandler {
 }
 
 impl ConnectionHandler for BlockHandler {
-    fn on_open(&mut self, _ctx: &mut Context<'_>) -> Action {
+    /// Connections opened so far (shows the loop-owned state reaches
+    /// every handler).
+    type State = u64;
+
+    fn on_open(&mut self, ctx: &mut Context<'_, u64>) -> Action {
+        *ctx.state += 1;
         Action::write(GREETING.to_vec())
     }
 
-    fn on_bytes(&mut self, ctx: &mut Context<'_>, data: &[u8]) -> Action {
+    fn on_bytes(&mut self, ctx: &mut Context<'_, u64>, data: &[u8]) -> Action {
         self.buf.extend_from_slice(data);
         let mut out = Vec::new();
         let mut close = false;
@@ -77,6 +83,12 @@ impl ConnectionHandler for BlockHandler {
                     out.resize(out.len() + FINAL_LEN, b'q');
                     close = true;
                 }
+                b'C' => {
+                    let mut reply = [0u8; BLOCK];
+                    reply[0] = b'c';
+                    reply[8..].copy_from_slice(&ctx.state.to_be_bytes());
+                    out.extend_from_slice(&reply);
+                }
                 b'P' => {
                     let requested = u16::from_be_bytes([block[1], block[2]]);
                     let (code, port) = self.open_session(ctx, requested);
@@ -92,7 +104,7 @@ impl ConnectionHandler for BlockHandler {
         Action { write: out, close }
     }
 
-    fn on_timer(&mut self, ctx: &mut Context<'_>) -> Action {
+    fn on_timer(&mut self, ctx: &mut Context<'_, u64>) -> Action {
         if let Some(d) = self.deadline {
             if ctx.now >= d {
                 self.deadline = None;
@@ -105,7 +117,7 @@ impl ConnectionHandler for BlockHandler {
         Action::none()
     }
 
-    fn on_close(&mut self, ctx: &mut Context<'_>, reason: CloseReason) {
+    fn on_close(&mut self, ctx: &mut Context<'_, u64>, reason: CloseReason) {
         for (key, port) in self.sessions.drain(..) {
             ctx.policy.release_session(key);
             ctx.ports.release(port);
@@ -129,7 +141,7 @@ impl ConnectionHandler for BlockHandler {
 }
 
 impl BlockHandler {
-    fn open_session(&mut self, ctx: &mut Context<'_>, requested: u16) -> (u8, u16) {
+    fn open_session(&mut self, ctx: &mut Context<'_, u64>, requested: u16) -> (u8, u16) {
         let key = self.info.client;
         if let Err(reason) = ctx.policy.admit_session(key) {
             ctx.metrics.session_refused(reason);
@@ -168,7 +180,7 @@ impl HandlerFactory for BlockFactory {
         }
     }
 
-    fn reload(&mut self) -> Result<Reload, String> {
+    fn reload(&mut self, _state: &mut u64) -> Result<Reload, String> {
         let rules = self.reload_rules.take();
         let _ = self.reloaded.send(());
         match rules {
@@ -251,6 +263,7 @@ impl Harness {
                 Policy::new(options.rules),
                 PortAllocator::new(options.ports),
                 m,
+                0u64,
                 factory,
             )
             .expect("bind");
