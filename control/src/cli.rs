@@ -41,7 +41,7 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// TWAMP-Control listen address; repeat for several. Replaces `listen`
-    /// from the file. Example: --listen [::]:862 --listen 0.0.0.0:862
+    /// from the file. IPv6 addresses go in brackets, with the port after them.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<SocketAddr>,
 
