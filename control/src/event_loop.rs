@@ -592,7 +592,7 @@ impl<H: ConnectionHandler> Conn<H> {
         }
         let mut best: Option<(Instant, TimerKind)> = None;
         let mut consider = |t: Instant, k: TimerKind| {
-            if best.map_or(true, |(b, _)| t < b) {
+            if best.is_none_or(|(b, _)| t < b) {
                 best = Some((t, k));
             }
         };
@@ -612,7 +612,7 @@ impl<H: ConnectionHandler> Conn<H> {
         }
         if let Some(d) = self.handler.deadline() {
             // A deadline at or before the last firing was consumed already.
-            if self.handler_fired_at.map_or(true, |f| d > f) {
+            if self.handler_fired_at.is_none_or(|f| d > f) {
                 consider(d, TimerKind::Handler);
             }
         }
@@ -998,7 +998,7 @@ impl<F: HandlerFactory> Server<F> {
             conn.writable_interest = want_writable;
         }
         if let Some((due, _)) = conn.deadline(&self.shared.settings) {
-            if conn.scheduled.map_or(true, |s| due < s) {
+            if conn.scheduled.is_none_or(|s| due < s) {
                 conn.scheduled = Some(due);
                 self.timers.push(Reverse((due, key, conn.info.id)));
             }

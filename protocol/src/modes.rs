@@ -197,7 +197,6 @@ pub enum SecurityMode {
     Mixed,
 }
 
-
 impl SecurityMode {
     /// All four, in bit order.
     pub const ALL: [SecurityMode; 4] = [
@@ -396,12 +395,12 @@ mod tests {
         assert!(Authenticated.protects_control());
         assert!(Encrypted.protects_control());
         assert!(Mixed.protects_control());
-        assert_eq!(Unauthenticated.test_security(), TestSecurity::Unauthenticated);
-        assert_eq!(Mixed.test_security(), TestSecurity::Unauthenticated);
         assert_eq!(
-            Authenticated.test_security(),
-            TestSecurity::Authenticated
+            Unauthenticated.test_security(),
+            TestSecurity::Unauthenticated
         );
+        assert_eq!(Mixed.test_security(), TestSecurity::Unauthenticated);
+        assert_eq!(Authenticated.test_security(), TestSecurity::Authenticated);
         assert_eq!(Encrypted.test_security(), TestSecurity::Encrypted);
         assert_eq!(SecurityMode::from_modes(Modes(0x82)), Some(Authenticated));
         assert_eq!(SecurityMode::from_modes(Modes(0x03)), None);

@@ -153,7 +153,7 @@ pub fn read_pcap(path: &Path) -> Capture {
                 let idx = match idx {
                     Some(i) => i,
                     None => {
-                        if !(t.syn() && !t.ack()) {
+                        if !t.syn() || t.ack() {
                             continue; // mid-stream capture start: not ours
                         }
                         cap.tcp.push(TcpConversation {
