@@ -218,7 +218,8 @@ mod tests {
             assert!(p < 4);
             assert_eq!((n + p + 2) % 4, 0);
         }
-        assert_eq!(EspGcm128::sealed_len(22), 16 + 22 + 0 + 2 + 16);
+        // header + IV, payload, no padding, trailer, ICV
+        assert_eq!(EspGcm128::sealed_len(22), 16 + 22 + 2 + 16);
     }
 
     #[test]
