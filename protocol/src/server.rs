@@ -28,7 +28,7 @@ use crate::control::{
     SetUpResponseRepr, Sid, StartAckRepr, StartNAckRepr, StartNSessionsRepr, StartSessionsRepr,
     StopNAckRepr, StopNSessionsRepr, StopSessionsRepr, BLOCK_LEN,
 };
-use crate::crypto::{self, ControlRx, ControlTx, CryptoError, SessionKeys, SharedSecret, TestKeys};
+use crate::crypto::{self, ControlRx, ControlTx, CryptoError, SessionKeys, SharedSecret};
 use crate::error::WireError;
 use crate::modes::{self, ModeError, Modes, SecurityMode, Selection};
 use crate::time::{NtpTimestamp, TimeFormat};
@@ -106,8 +106,10 @@ pub struct AcceptedSession {
     pub padding_length: u32,
     pub start_time: NtpTimestamp,
     pub timeout: NtpTimestamp,
-    /// Per-SID test keys (authenticated and encrypted modes only).
-    pub test_keys: Option<TestKeys>,
+    /// Per-SID test keys, raw (authenticated and encrypted modes only): the
+    /// data plane builds its key schedules (`TestKeys::new`) or writes them
+    /// into its key map.
+    pub test_keys: Option<SessionKeys>,
 }
 
 /// What a server connection asks of the world outside it.
@@ -597,7 +599,7 @@ impl Server {
         });
         let test_keys = match (&self.crypto, selection.security.test_security()) {
             (Some(c), s) if s != crate::twamp_test::TestSecurity::Unauthenticated => {
-                Some(TestKeys::derive(&c.keys, &grant.sid.0))
+                Some(crypto::test_keys::derive_test_keys(&c.keys, &grant.sid.0))
             }
             _ => None,
         };

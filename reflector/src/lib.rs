@@ -3,4 +3,5 @@
 
 pub mod bpf;
 pub mod clock;
+pub mod session_table;
 pub mod socket;

@@ -95,12 +95,14 @@ impl EspGcm128 {
     /// Padding octets for a payload of `payload_len` octets: the fewest that
     /// make payload + padding + 2 a multiple of 4.
     pub const fn padding_len(payload_len: usize) -> usize {
-        (4 - (payload_len + TRAILER_LEN) % 4) % 4
+        (4 - (payload_len % 4 + TRAILER_LEN) % 4) % 4
     }
 
-    /// Total ESP packet length for a payload of `payload_len` octets.
+    /// Total ESP packet length for a payload of `payload_len` octets
+    /// (saturating: an absurd length yields `usize::MAX`, which no buffer has).
     pub const fn sealed_len(payload_len: usize) -> usize {
-        PAYLOAD_OFFSET + payload_len + Self::padding_len(payload_len) + TRAILER_LEN + ICV_LEN
+        payload_len
+            .saturating_add(PAYLOAD_OFFSET + Self::padding_len(payload_len) + TRAILER_LEN + ICV_LEN)
     }
 
     fn nonce(&self, iv: &[u8]) -> Nonce<aes_gcm::aead::consts::U12> {
@@ -218,7 +220,7 @@ mod tests {
             assert!(p < 4);
             assert_eq!((n + p + 2) % 4, 0);
         }
-        // SPI+SN+IV 16, payload 22, no padding, trailer 2, ICV 16.
+        // header + IV, payload, no padding, trailer, ICV
         assert_eq!(EspGcm128::sealed_len(22), 16 + 22 + 2 + 16);
     }
 
@@ -257,6 +259,9 @@ mod tests {
             Err(CryptoError::Wire(WireError::Truncated { need: 34, .. }))
         ));
         assert!(esp.seal(1, 1, &[0; 8], 17, 10, &mut [0u8; 43]).is_err());
+        assert!(esp
+            .seal(1, 1, &[0; 8], 17, usize::MAX, &mut [0u8; 64])
+            .is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! [`crate::crypto::token_key`] like a passphrase, reading B uses its first 16
 //! octets directly as the token key. That choice belongs to the caller.
 
-use super::{CryptoError, SharedSecret, KEY_ID_LEN};
+use super::{keyed_hmac, CryptoError, SharedSecret, KEY_ID_LEN};
 use core::fmt;
 use core::ops::Deref;
 use hmac::{Hmac, Mac};
@@ -110,9 +110,7 @@ impl Prf {
             len: self.output_len(),
         };
         with_hmac!(self, H => {
-            // HMAC accepts keys of any length: this cannot fail.
-            let mut mac = <H as Mac>::new_from_slice(key)
-                .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+            let mut mac: H = keyed_hmac(key);
             for part in parts {
                 mac.update(part);
             }

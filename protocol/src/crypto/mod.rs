@@ -113,6 +113,13 @@ fn check_blocks(what: &'static str, len: usize) -> Result<(), WireError> {
     }
 }
 
+/// A keyed HMAC state. `Hmac::new_from_slice` accepts keys of every length
+/// (RFC 2104 §2: longer keys are hashed, shorter ones zero-padded), so its
+/// `InvalidLength` error cannot occur.
+fn keyed_hmac<M: hmac::digest::KeyInit>(key: &[u8]) -> M {
+    M::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
+}
+
 /// Views `buf` (a whole number of blocks) as AES blocks, in place.
 fn as_blocks(buf: &mut [u8]) -> impl Iterator<Item = &mut aes::Block> {
     buf.chunks_exact_mut(BLOCK_LEN)

@@ -10,7 +10,7 @@
 //! The key is configured per session out of band (RFC 8762 §4.1.1); the keyed
 //! HMAC state is built once and cloned per packet (no allocation).
 
-use super::{CryptoError, HMAC_LEN};
+use super::{keyed_hmac, CryptoError, HMAC_LEN};
 use crate::error::WireError;
 use core::fmt;
 use hmac::{Hmac, Mac};
@@ -30,9 +30,7 @@ impl StampHmac {
     /// Keys the HMAC (any key length; RFC 2104 hashes keys over 64 octets).
     pub fn new(key: &[u8]) -> Self {
         StampHmac {
-            // HMAC accepts keys of any length: this cannot fail.
-            keyed: <Hmac<Sha256> as Mac>::new_from_slice(key)
-                .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length")),
+            keyed: keyed_hmac(key),
         }
     }
 

@@ -18,7 +18,7 @@
 //! After any error the connection must be closed (RFC 4656 §3.4: a failed
 //! HMAC check drops the connection); the stream state is then unspecified.
 
-use super::{as_blocks, check_blocks, CryptoError, SessionKeys, BLOCK_LEN, HMAC_LEN};
+use super::{as_blocks, check_blocks, keyed_hmac, CryptoError, SessionKeys, BLOCK_LEN, HMAC_LEN};
 use crate::error::WireError;
 use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use aes::{Aes128Dec, Aes128Enc};
@@ -38,9 +38,7 @@ struct RunningMac {
 
 impl RunningMac {
     fn new(keys: &SessionKeys) -> Self {
-        // HMAC accepts keys of any length: `new_from_slice` cannot fail here.
-        let keyed = <HmacSha1 as Mac>::new_from_slice(&keys.hmac)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let keyed: HmacSha1 = keyed_hmac(&keys.hmac);
         RunningMac {
             running: keyed.clone(),
             keyed,

@@ -8,11 +8,11 @@
 //!
 //! Session-Sender and Session-Reflector use the same keys in both directions.
 
-use super::{as_blocks, SessionKeys, BLOCK_LEN};
+use super::{as_blocks, keyed_hmac, SessionKeys, BLOCK_LEN};
 use aes::cipher::{BlockEncrypt, BlockEncryptMut, InnerIvInit, KeyInit};
 use aes::{Aes128, Aes128Enc};
 use core::fmt;
-use hmac::{Hmac, Mac};
+use hmac::Hmac;
 use sha1::Sha1;
 
 /// Length of a Session Identifier (RFC 4656 §3.5).
@@ -49,9 +49,7 @@ impl TestKeys {
     pub fn new(keys: &SessionKeys) -> Self {
         TestKeys {
             aes: Aes128::new((&keys.aes).into()),
-            // HMAC accepts keys of any length: this cannot fail.
-            hmac: <Hmac<Sha1> as Mac>::new_from_slice(&keys.hmac)
-                .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length")),
+            hmac: keyed_hmac(&keys.hmac),
         }
     }
 

@@ -39,6 +39,10 @@ pub fn seal_token(
 /// Returns the session keys, or [`CryptoError::ChallengeMismatch`] (RFC 4656
 /// §3.1: the server then answers Server-Start with a non-zero Accept and
 /// closes). The decrypted plaintext is zeroized in both cases.
+///
+/// A server should also derive a key and open the token for an unknown KeyID
+/// (with a throw-away secret) so that its timing does not reveal which
+/// KeyIDs exist; perfSONAR does the same.
 pub fn open_token(
     key: &TokenKey,
     token: &[u8; TOKEN_LEN],
