@@ -3,5 +3,6 @@
 
 pub mod bpf;
 pub mod clock;
+pub mod engine;
 pub mod session_table;
 pub mod socket;
