@@ -1,17 +1,37 @@
-//! `ricochet-ping`: TWAMP/STAMP control-client and session-sender.
+//! `ricochet-ping`: TWAMP control-client and session-sender (RFC 5357) in
+//! every mode. See `ricochet-ping --help` and bench/README.md.
 use clap::Parser;
-
-/// TWAMP control-client and session-sender in every mode (twping's job).
-///
-/// Examples:
-///   ricochet-ping 198.18.0.2
-///   ricochet-ping --mode encrypted --key-id alice --key-file keys.pfs 198.18.0.2:862
-#[derive(Parser, Debug)]
-#[command(version, verbatim_doc_comment)]
-struct Cli {}
+use ricochet_bench::ping::{self, cli::Args, report};
 
 fn main() {
-    let _cli = Cli::parse();
-    eprintln!("ricochet-ping: the client is not built yet (see issue 3)");
-    std::process::exit(2);
+    let args = Args::parse();
+    let (config, warnings) = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ricochet-ping: {e}");
+            std::process::exit(2);
+        }
+    };
+    for w in warnings {
+        eprintln!("ricochet-ping: warning: {w}");
+    }
+    let r = match ping::run(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ricochet-ping: {e}");
+            std::process::exit(2);
+        }
+    };
+    for w in &r.warnings {
+        eprintln!("ricochet-ping: warning: {w}");
+    }
+    let out = if args.json {
+        report::json(&r)
+    } else if args.raw {
+        report::raw(&r)
+    } else {
+        report::text(&r, args.verbose > 0)
+    };
+    print!("{out}");
+    std::process::exit(r.exit_status());
 }
