@@ -93,7 +93,10 @@ fn every_mode_over_ipv4_and_ipv6() {
                 "{ip} {mode}"
             );
             assert_eq!((m.lost_forward, m.lost_backward), (Some(0), Some(0)));
-            assert_eq!((s.padding_length, s.packet_len, s.reply_len), (pad, len, len));
+            assert_eq!(
+                (s.padding_length, s.packet_len, s.reply_len),
+                (pad, len, len)
+            );
             assert_eq!(s.outcome.anomalies, Default::default(), "{ip} {mode}");
             // The reflector numbers its own packets from 0 (RFC 5357 §4.2.1).
             let rseqs: HashSet<u32> = s.outcome.packets.iter().map(|p| p.reflector_seq).collect();
@@ -102,11 +105,17 @@ fn every_mode_over_ipv4_and_ipv6() {
             assert_eq!(seqs, (0..20).collect());
             assert!(s.outcome.lost.is_empty());
             assert!(m.rtt.count == 20 && m.rtt.min_ns > 0);
-            assert_eq!(s.outcome.reflector_error_estimate.map(|e| e & 0x4000), Some(0));
+            assert_eq!(
+                s.outcome.reflector_error_estimate.map(|e| e & 0x4000),
+                Some(0)
+            );
             assert_eq!(s.reflector.ip(), srv.addr.ip());
             check_timestamps(&r);
         }
-        assert!(srv.wait_for(|l| l.stopped.len() == 4), "every session stopped");
+        assert!(
+            srv.wait_for(|l| l.stopped.len() == 4),
+            "every session stopped"
+        );
         srv.log(|l| {
             assert_eq!(l.accepted.len(), 4);
             let pads: Vec<u32> = l.accepted.iter().map(|a| a.padding_length).collect();
@@ -155,14 +164,23 @@ fn loss_by_direction_and_duplicates_are_counted() {
     let s = &r.sessions[0].outcome;
     let m = &s.summary;
     assert_eq!((m.sent, m.received, m.lost), (20, 17, 3));
-    assert_eq!(m.lost_forward, Some(2), "3 and 7 never reached the reflector");
+    assert_eq!(
+        m.lost_forward,
+        Some(2),
+        "3 and 7 never reached the reflector"
+    );
     assert_eq!(m.lost_backward, Some(1), "5 was reflected but dropped");
     assert_eq!(m.duplicates, 1);
     assert!((m.loss_ratio - 0.15).abs() < 1e-12);
     let mut lost = s.lost.clone();
     lost.sort();
     assert_eq!(lost, vec![3, 5, 7]);
-    let dups: Vec<u32> = s.packets.iter().filter(|p| p.duplicate).map(|p| p.sender_seq).collect();
+    let dups: Vec<u32> = s
+        .packets
+        .iter()
+        .filter(|p| p.duplicate)
+        .map(|p| p.sender_seq)
+        .collect();
     assert_eq!(dups, vec![10]);
     assert_eq!(r.exit_status(), 0);
 }
@@ -180,7 +198,10 @@ fn bad_hmac_and_unknown_sequence_numbers_are_not_used() {
         },
     );
     for mode in ["auth", "enc"] {
-        let c = config(&srv, &["-A", mode, "-u", IDENTITY, "-k", kf.to_str().unwrap(), "-v"]);
+        let c = config(
+            &srv,
+            &["-A", mode, "-u", IDENTITY, "-k", kf.to_str().unwrap(), "-v"],
+        );
         let r = run(&c).unwrap();
         let s = &r.sessions[0].outcome;
         assert_eq!(s.anomalies.bad_hmac, 1, "{mode}");
@@ -216,7 +237,10 @@ fn several_sessions_with_and_without_individual_session_control() {
             assert_eq!(s.outcome.anomalies.bad_hmac, 0);
         }
     }
-    assert!(srv.wait_for(|l| l.stopped.len() == 6), "every session stopped");
+    assert!(
+        srv.wait_for(|l| l.stopped.len() == 6),
+        "every session stopped"
+    );
     srv.log(|l| {
         assert_eq!(l.started.len(), 6);
         assert_eq!(l.stopped.len(), 6);
@@ -264,19 +288,31 @@ fn rfc6038_7750_8186_features_in_open_and_encrypted_modes() {
             ],
         );
         let r = run(&c).unwrap_or_else(|e| panic!("{mode}: {e}"));
-        for f in ["REFLECT_OCTETS", "SYMMETRICAL_SIZE", "DSCP_ECN", "PTP_TIMESTAMPS"] {
+        for f in [
+            "REFLECT_OCTETS",
+            "SYMMETRICAL_SIZE",
+            "DSCP_ECN",
+            "PTP_TIMESTAMPS",
+        ] {
             assert!(r.selected_modes.contains(f), "{mode}: {}", r.selected_modes);
         }
         assert_eq!(r.format.reflector_timestamps, "PTPv2");
         assert_eq!(r.clock.t1_format, "PTPv2");
         let s = &r.sessions[0];
-        assert_eq!((s.padding_length, s.packet_len, s.reply_len), (pad, len, len), "{mode}");
+        assert_eq!(
+            (s.padding_length, s.packet_len, s.reply_len),
+            (pad, len, len),
+            "{mode}"
+        );
         let o = &s.outcome;
         assert_eq!(o.summary.received, 20);
         assert_eq!(o.anomalies, Default::default(), "{mode}");
         // S-DSCP-ECN: the test reflector reports AF41 (34) with ECN 01.
         assert_eq!(o.forward_dscp_ecn, vec![((34 << 2) | 1, 20)], "{mode}");
-        assert!(o.packets.iter().all(|p| p.forward_dscp_ecn == Some((34 << 2) | 1)));
+        assert!(o
+            .packets
+            .iter()
+            .all(|p| p.forward_dscp_ecn == Some((34 << 2) | 1)));
         // The Z bit of the reflector's Error Estimate says PTPv2.
         assert_eq!(o.reflector_error_estimate.map(|e| e & 0x4000), Some(0x4000));
         check_timestamps(&r);
@@ -322,7 +358,10 @@ fn clear_errors_for_every_failure_before_the_test() {
     assert!(e.to_string().contains("refused"), "{e}");
 
     // Only protected modes offered and no key.
-    let srv = server("127.0.0.1", offering(Modes::AUTHENTICATED | Modes::ENCRYPTED));
+    let srv = server(
+        "127.0.0.1",
+        offering(Modes::AUTHENTICATED | Modes::ENCRYPTED),
+    );
     let e = run(&config(&srv, &[])).unwrap_err();
     assert!(matches!(e, PingError::NoCommonMode { .. }), "{e}");
     assert!(e.to_string().contains("-u and -k"), "{e}");
@@ -336,7 +375,11 @@ fn clear_errors_for_every_failure_before_the_test() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let e = run(&config(&srv, &["-u", IDENTITY, "-k", wrong.to_str().unwrap()])).unwrap_err();
+    let e = run(&config(
+        &srv,
+        &["-u", IDENTITY, "-k", wrong.to_str().unwrap()],
+    ))
+    .unwrap_err();
     assert!(
         matches!(
             e,
@@ -368,13 +411,19 @@ fn clear_errors_for_every_failure_before_the_test() {
         ),
         "{e}"
     );
-    assert!(e.to_string().contains("temporary resource limitation"), "{e}");
+    assert!(
+        e.to_string().contains("temporary resource limitation"),
+        "{e}"
+    );
 
     // A feature the user asked for that the server does not offer.
     let srv = server("127.0.0.1", offering(Modes::SECURITY));
     for flag in ["--isc", "--symmetrical", "--dscp-ecn"] {
         let e = run(&config(&srv, &[flag])).unwrap_err();
-        assert!(matches!(e, PingError::FeatureNotOffered { .. }), "{flag}: {e}");
+        assert!(
+            matches!(e, PingError::FeatureNotOffered { .. }),
+            "{flag}: {e}"
+        );
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -383,7 +432,10 @@ fn clear_errors_for_every_failure_before_the_test() {
 fn pacing_holds_a_high_rate() {
     let srv = server("127.0.0.1", offering(Modes::SECURITY));
     let n = 20_000u32;
-    let c = config(&srv, &["-c", &n.to_string(), "-i", "10us", "--timeout", "200ms"]);
+    let c = config(
+        &srv,
+        &["-c", &n.to_string(), "-i", "10us", "--timeout", "200ms"],
+    );
     let r = run(&c).unwrap();
     let o = &r.sessions[0].outcome;
     eprintln!(

@@ -205,7 +205,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "us" | "µs" | "μs" => 1e3,
         "ns" => 1.0,
         "m" | "min" => 60e9,
-        other => return Err(format!("unknown unit '{other}' in '{s}' (use ns, us, ms, s)")),
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{s}' (use ns, us, ms, s)"
+            ))
+        }
     };
     let ns = v * scale;
     if !ns.is_finite() || ns < 0.0 {
@@ -237,7 +241,9 @@ pub fn parse_dscp(s: &str) -> Result<u8, String> {
                     c.parse::<u8>().ok().filter(|&c| c <= 7).map(|c| c << 3)
                 } else if let Some(af) = t.strip_prefix("AF") {
                     let b = af.as_bytes();
-                    if b.len() == 2 && (b'1'..=b'4').contains(&b[0]) && (b'1'..=b'3').contains(&b[1])
+                    if b.len() == 2
+                        && (b'1'..=b'4').contains(&b[0])
+                        && (b'1'..=b'3').contains(&b[1])
                     {
                         Some(((b[0] - b'0') << 3) | ((b[1] - b'0') << 1))
                     } else {
@@ -451,7 +457,17 @@ mod tests {
         for (s, ns) in ok {
             assert_eq!(parse_duration(s), Ok(Duration::from_nanos(ns)), "{s}");
         }
-        for bad in ["", "ms", "-1s", "10 parsecs", "1.2.3s", "nan", "inf", "2d", "1e30s"] {
+        for bad in [
+            "",
+            "ms",
+            "-1s",
+            "10 parsecs",
+            "1.2.3s",
+            "nan",
+            "inf",
+            "2d",
+            "1e30s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
@@ -517,7 +533,10 @@ mod tests {
         );
         assert!(resolve(&v4, Family::V6).is_err());
         let v6 = parse_target("[::1]:9").unwrap();
-        assert_eq!(resolve(&v6, Family::V6).unwrap(), "[::1]:9".parse().unwrap());
+        assert_eq!(
+            resolve(&v6, Family::V6).unwrap(),
+            "[::1]:9".parse().unwrap()
+        );
         assert!(resolve(&v6, Family::V4).is_err());
     }
 
@@ -533,8 +552,8 @@ mod tests {
         assert_eq!(c.server, "127.0.0.1:862".parse().unwrap());
         assert_eq!(c.schedule, Schedule::Fixed(Duration::from_millis(100)));
 
-        let a = Args::try_parse_from(["ricochet-ping", "-A", "open,mixed", "-D", "EF", "::1"])
-            .unwrap();
+        let a =
+            Args::try_parse_from(["ricochet-ping", "-A", "open,mixed", "-D", "EF", "::1"]).unwrap();
         assert_eq!(a.modes, vec![ModeArg::Open, ModeArg::Mixed]);
         assert_eq!(a.dscp, 46);
         let (c, _) = a.to_config().unwrap();

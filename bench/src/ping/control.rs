@@ -77,11 +77,8 @@ impl ControlConnection {
         config: ClientConfig,
         io_timeout: Duration,
     ) -> Result<ControlConnection, PingError> {
-        let stream =
-            TcpStream::connect_timeout(&server, io_timeout).map_err(|source| PingError::Connect {
-                server,
-                source,
-            })?;
+        let stream = TcpStream::connect_timeout(&server, io_timeout)
+            .map_err(|source| PingError::Connect { server, source })?;
         let ctl = |what: &'static str| move |source| PingError::ControlIo { what, source };
         stream.set_nodelay(true).map_err(ctl("set TCP_NODELAY"))?;
         stream
@@ -212,9 +209,12 @@ impl ControlConnection {
             match self.next_event("the Server Greeting and Server-Start")? {
                 ClientEvent::SetupSent { selection: s, .. } => selection = Some(s),
                 ClientEvent::Ready { server_start_time } => {
-                    let selection = selection.or(self.client.selection()).ok_or(
-                        PingError::Control(ClientError::NotNow("Server-Start before set-up")),
-                    )?;
+                    let selection =
+                        selection
+                            .or(self.client.selection())
+                            .ok_or(PingError::Control(ClientError::NotNow(
+                                "Server-Start before set-up",
+                            )))?;
                     return Ok(Established {
                         selection,
                         offered: self.offered.unwrap_or_default(),
@@ -234,7 +234,10 @@ impl ControlConnection {
 
     /// Sends Request-TW-Session and waits for its Accept-Session.
     pub fn request(&mut self, req: &RequestTwSessionRepr) -> Result<SessionAnswer, PingError> {
-        let tag = self.client.request_session(req).map_err(PingError::Control)?;
+        let tag = self
+            .client
+            .request_session(req)
+            .map_err(PingError::Control)?;
         self.flush()?;
         match self.next_event("Accept-Session")? {
             ClientEvent::SessionAccepted {

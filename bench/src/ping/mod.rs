@@ -104,9 +104,7 @@ pub enum PingError {
     KeyFile { path: PathBuf, why: String },
     #[error("key file {} has no identity '{identity}'", path.display())]
     UnknownIdentity { identity: String, path: PathBuf },
-    #[error(
-        "modes {allowed} need a key: give -u IDENTITY -k KEYFILE, or allow -A open"
-    )]
+    #[error("modes {allowed} need a key: give -u IDENTITY -k KEYFILE, or allow -A open")]
     KeyMissing { allowed: Modes },
     #[error("no common mode: the server offers {offered}, we allow {allowed}{}",
         if *have_key { "" } else { " without a key (protected modes need -u and -k)" })]
@@ -291,7 +289,11 @@ pub fn wanted_features(c: &PingConfig) -> Modes {
 
 /// The test format the selection implies (RFC 6038 §4.1: feature bits apply
 /// to every session of the connection).
-pub fn session_format(sel: &Selection, reflect: Option<u16>, server_octets: [u8; 2]) -> SessionFormat {
+pub fn session_format(
+    sel: &Selection,
+    reflect: Option<u16>,
+    server_octets: [u8; 2],
+) -> SessionFormat {
     SessionFormat {
         reflect_octets: reflect
             .filter(|_| sel.has(Modes::REFLECT_OCTETS))
@@ -309,6 +311,9 @@ pub fn session_format(sel: &Selection, reflect: Option<u16>, server_octets: [u8;
         ..SessionFormat::new(sel.security.test_security())
     }
 }
+
+/// Time from spawning the session threads to the first packet.
+const START_LEAD: Duration = Duration::from_millis(5);
 
 struct Planned {
     index: usize,
@@ -335,10 +340,26 @@ pub fn run(config: &PingConfig) -> Result<RunReport, PingError> {
     let est = ctl.handshake()?;
     let sel = est.selection;
     for (on, bit, name) in [
-        (config.isc, Modes::INDIVIDUAL_SESSION_CONTROL, "Individual Session Control (RFC 5938)"),
-        (config.reflect_octets.is_some(), Modes::REFLECT_OCTETS, "Reflect Octets (RFC 6038)"),
-        (config.symmetrical, Modes::SYMMETRICAL_SIZE, "Symmetrical Size (RFC 6038)"),
-        (config.dscp_ecn, Modes::DSCP_ECN, "DSCP and ECN Monitoring (RFC 7750)"),
+        (
+            config.isc,
+            Modes::INDIVIDUAL_SESSION_CONTROL,
+            "Individual Session Control (RFC 5938)",
+        ),
+        (
+            config.reflect_octets.is_some(),
+            Modes::REFLECT_OCTETS,
+            "Reflect Octets (RFC 6038)",
+        ),
+        (
+            config.symmetrical,
+            Modes::SYMMETRICAL_SIZE,
+            "Symmetrical Size (RFC 6038)",
+        ),
+        (
+            config.dscp_ecn,
+            Modes::DSCP_ECN,
+            "DSCP and ECN Monitoring (RFC 7750)",
+        ),
     ] {
         if on && !sel.has(bit) {
             ctl.close();
@@ -348,12 +369,18 @@ pub fn run(config: &PingConfig) -> Result<RunReport, PingError> {
             });
         }
     }
-    let t1_format = if config.ptp { TimeFormat::Ptp } else { TimeFormat::Ntp };
+    let t1_format = if config.ptp {
+        TimeFormat::Ptp
+    } else {
+        TimeFormat::Ntp
+    };
     let ptp_in_use = config.ptp || sel.has(Modes::PTP_TIMESTAMPS);
     if ptp_in_use && clock.tai_offset_s == 0 {
-        warnings.push("the kernel's TAI offset is 0 (no time daemon set it): PTPv2 timestamps are read \
+        warnings.push(
+            "the kernel's TAI offset is 0 (no time daemon set it): PTPv2 timestamps are read \
              as if TAI were UTC"
-                .into());
+                .into(),
+        );
     }
     let base_format = session_format(&sel, config.reflect_octets, [0; 2]);
     let padding = match config.padding {
@@ -400,7 +427,10 @@ pub fn run(config: &PingConfig) -> Result<RunReport, PingError> {
             type_p: TypeP::from_dscp(config.dscp)
                 .ok_or_else(|| PingError::Usage(format!("DSCP {} > 63", config.dscp)))?,
             octets_to_reflect: if reflect_octets { octets } else { [0; 2] },
-            padding_to_reflect: config.reflect_octets.filter(|_| reflect_octets).unwrap_or(0),
+            padding_to_reflect: config
+                .reflect_octets
+                .filter(|_| reflect_octets)
+                .unwrap_or(0),
             hmac: [0; 16],
         };
         match ctl.request(&req)? {
@@ -412,12 +442,12 @@ pub fn run(config: &PingConfig) -> Result<RunReport, PingError> {
             } => {
                 if reflect_octets && reflected_octets != octets {
                     warnings.push(format!(
-                            "session {}: the server echoed octets {:02x?} instead of {:02x?} \
+                        "session {}: the server echoed octets {:02x?} instead of {:02x?} \
                              (RFC 6038 §4.2)",
-                            i + 1,
-                            reflected_octets,
-                            octets
-                        ));
+                        i + 1,
+                        reflected_octets,
+                        octets
+                    ));
                 }
                 planned.push(Planned {
                     index: i,
@@ -430,11 +460,11 @@ pub fn run(config: &PingConfig) -> Result<RunReport, PingError> {
             SessionAnswer::Refused(accept) => {
                 first_refusal.get_or_insert(accept);
                 warnings.push(format!(
-                        "session {}: Request-TW-Session refused: Accept {} ({})",
-                        i + 1,
-                        u8::from(accept),
-                        accept.description()
-                    ));
+                    "session {}: Request-TW-Session refused: Accept {} ({})",
+                    i + 1,
+                    u8::from(accept),
+                    accept.description()
+                ));
                 refused.push(RefusedSession {
                     session: i + 1,
                     stage: "Request-TW-Session",
@@ -481,7 +511,6 @@ pub fn run(config: &PingConfig) -> Result<RunReport, PingError> {
     } else {
         ctl.start(planned.len() as u32)?;
     }
-    let start = Instant::now();
     let sender_clock = SenderClock::new(&clock, t1_format);
     let fill_seed: u64 = rand::random();
     let mut jobs = Vec::new();
@@ -518,6 +547,9 @@ pub fn run(config: &PingConfig) -> Result<RunReport, PingError> {
         };
         jobs.push((p, spec, packets));
     }
+    // One common start, a little ahead so that every thread has set up its
+    // buffers by then and the first packets leave on schedule.
+    let start = Instant::now() + START_LEAD;
     let results: Vec<io::Result<SessionOutcome>> = std::thread::scope(|scope| {
         let handles: Vec<_> = jobs
             .iter()
@@ -598,7 +630,11 @@ pub fn run(config: &PingConfig) -> Result<RunReport, PingError> {
             source: source_name(clock.source),
             tai_offset_s: clock.tai_offset_s,
             leap_pending: clock.leap != LeapState::None,
-            t1_format: if t1_format == TimeFormat::Ptp { "PTPv2" } else { "NTP" },
+            t1_format: if t1_format == TimeFormat::Ptp {
+                "PTPv2"
+            } else {
+                "NTP"
+            },
             t1_source: if t1_format == TimeFormat::Ptp {
                 "user space, CLOCK_TAI, read just before sendmmsg"
             } else {

@@ -287,9 +287,15 @@ mod tests {
     fn error_estimates_in_words() {
         // owamp-foundations.md §6.3: 0x8001 = S=1, ~233 ps; perfSONAR unsynced 0x0001.
         let s = describe_error_estimate(0x8001);
-        assert!(s.contains("S=1") && s.contains("NTP") && s.contains("0 ns"), "{s}");
+        assert!(
+            s.contains("S=1") && s.contains("NTP") && s.contains("0 ns"),
+            "{s}"
+        );
         let z = describe_error_estimate(0x4001 | (32 << 8));
-        assert!(z.contains("PTPv2") && z.contains("S=0") && z.contains("1.000 s"), "{z}");
+        assert!(
+            z.contains("PTPv2") && z.contains("S=0") && z.contains("1.000 s"),
+            "{z}"
+        );
         assert!(describe_error_estimate(0x0100).contains("invalid"));
     }
 }

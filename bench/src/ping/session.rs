@@ -26,9 +26,7 @@ use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use ricochet_protocol::control::Sid;
 use ricochet_protocol::crypto::{CryptoError, PacketRole, TestKeys, TestProtection};
-use ricochet_protocol::time::{
-    ErrorEstimate, NtpTimestamp, PtpTimestamp, TaiOffset, TimeFormat,
-};
+use ricochet_protocol::time::{ErrorEstimate, NtpTimestamp, PtpTimestamp, TaiOffset, TimeFormat};
 use ricochet_protocol::twamp_test::{
     decode_timestamp, ReflectorPacket, ReflectorRepr, SenderPacket, SenderRepr, SessionFormat,
     TestLayout,
@@ -152,7 +150,9 @@ pub fn check_padding(format: &SessionFormat, padding: usize) -> Result<(), Strin
     }
     let len = format.sender_header_len() + padding;
     if len > ricochet_reflector::socket::MAX_DATAGRAM - 28 {
-        return Err(format!("a {len}-octet test packet does not fit a UDP datagram"));
+        return Err(format!(
+            "a {len}-octet test packet does not fit a UDP datagram"
+        ));
     }
     Ok(())
 }
@@ -175,7 +175,8 @@ impl SenderPackets {
             SmallRng::seed_from_u64(seed).fill_bytes(&mut template[header..]);
         }
         template[header..format.sender_padding_offset()].fill(0);
-        let reflect = format.sender_padding_offset()..format.sender_padding_offset() + format.reflect_len();
+        let reflect =
+            format.sender_padding_offset()..format.sender_padding_offset() + format.reflect_len();
         if format.reflect_len() >= 2 && server_octets != [0, 0] {
             template[reflect.start..reflect.start + 2].copy_from_slice(&server_octets);
         }
@@ -265,8 +266,8 @@ impl SenderPackets {
         let view = ReflectorPacket::new_checked(&pkt[..], self.format.reflector_layout())?;
         let repr = ReflectorRepr::parse(&view)?;
         let expect = self.to_be_reflected();
-        let reflected = (!expect.is_empty())
-            .then(|| view.padding().get(..expect.len()) == Some(expect));
+        let reflected =
+            (!expect.is_empty()).then(|| view.padding().get(..expect.len()) == Some(expect));
         Ok((repr, reflected))
     }
 }
@@ -290,7 +291,10 @@ impl StampSources {
 
     /// The source most replies were stamped by, in words.
     pub fn describe(&self) -> &'static str {
-        let m = self.nic_hardware.max(self.kernel_software).max(self.user_space);
+        let m = self
+            .nic_hardware
+            .max(self.kernel_software)
+            .max(self.user_space);
         if m == 0 {
             "none (no replies)"
         } else if m == self.nic_hardware {
@@ -678,8 +682,8 @@ pub fn run_session(
         let now = Instant::now();
         let mut until = end;
         if r.all_replied() {
-            let linger = Duration::from_nanos(2 * r.max_rtt_ns.max(0) as u64)
-                .max(Duration::from_millis(10));
+            let linger =
+                Duration::from_nanos(2 * r.max_rtt_ns.max(0) as u64).max(Duration::from_millis(10));
             until = until.min(last_send.max(now) + linger);
             if now >= until {
                 break;
@@ -696,7 +700,8 @@ pub fn run_session(
     } else {
         Vec::new()
     };
-    let send_duration = first_send.map_or(Duration::ZERO, |f| last_send.saturating_duration_since(f));
+    let send_duration =
+        first_send.map_or(Duration::ZERO, |f| last_send.saturating_duration_since(f));
     let achieved_pps = if summary.sent > 1 && !send_duration.is_zero() {
         (summary.sent - 1) as f64 / send_duration.as_secs_f64()
     } else {

@@ -380,7 +380,9 @@ fn reflect(
         .set_read_timeout(Some(Duration::from_millis(10)))
         .unwrap();
     let fmt = info.format;
-    let offset = ClockState::read().map(|c| c.tai_offset()).unwrap_or_default();
+    let offset = ClockState::read()
+        .map(|c| c.tai_offset())
+        .unwrap_or_default();
     let mode = match fmt.security {
         TestSecurity::Unauthenticated => None,
         TestSecurity::Authenticated => Some(TestProtection::Authenticated),
