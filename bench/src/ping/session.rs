@@ -738,3 +738,182 @@ pub fn layout_name(l: TestLayout) -> &'static str {
         TestLayout::Authenticated => "authenticated/encrypted",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use ricochet_protocol::crypto::SessionKeys;
+    use ricochet_protocol::twamp_test::{
+        reflect_twamp, set_t3, ReflectOctets, ReflectParams, RxMeta, TestSecurity,
+    };
+
+    fn keys() -> TestKeys {
+        TestKeys::new(&SessionKeys::from_bytes(&[7; 48]))
+    }
+
+    fn format(sec: u8, reflect: u16, sym: bool, dscp_ecn: bool, ptp: bool) -> SessionFormat {
+        SessionFormat {
+            reflect_octets: (reflect > 0).then_some(ReflectOctets {
+                length: reflect,
+                server_octets: 0,
+            }),
+            symmetrical_size: sym,
+            dscp_ecn_monitoring: dscp_ecn,
+            timestamp_format: if ptp {
+                TimeFormat::Ptp
+            } else {
+                TimeFormat::Ntp
+            },
+            ..SessionFormat::new(match sec % 3 {
+                0 => TestSecurity::Unauthenticated,
+                1 => TestSecurity::Authenticated,
+                _ => TestSecurity::Encrypted,
+            })
+        }
+    }
+
+    /// Reflects `pkt` as a conforming reflector would (the protocol crate's
+    /// builder, then protection in the mode's order).
+    fn reflection(fmt: &SessionFormat, pkt: &[u8], rseq: u32) -> Vec<u8> {
+        let k = keys();
+        let mut rx = pkt.to_vec();
+        let mode = protection_of(fmt);
+        if let Some(m) = mode {
+            k.unprotect(PacketRole::Sender, m, &mut rx).unwrap();
+        }
+        let mut out = vec![0u8; 70_000];
+        let params = ReflectParams {
+            seq: rseq,
+            t2: [1, 2, 3, 4, 5, 6, 7, 8],
+            error_estimate: ErrorEstimate::from_error_ns(true, fmt.timestamp_format, 1_000),
+            max_len: 70_000,
+        };
+        let n = reflect_twamp(fmt, &rx, &RxMeta { ttl: 61, tos: 0xb9 }, &params, &mut out).unwrap();
+        out.truncate(n);
+        match mode {
+            Some(TestProtection::Encrypted) => {
+                set_t3(&mut out, fmt, [9; 8]).unwrap();
+                k.protect(PacketRole::Reflector, TestProtection::Encrypted, &mut out)
+                    .unwrap();
+            }
+            Some(TestProtection::Authenticated) => {
+                k.protect(
+                    PacketRole::Reflector,
+                    TestProtection::Authenticated,
+                    &mut out,
+                )
+                .unwrap();
+                set_t3(&mut out, fmt, [9; 8]).unwrap();
+            }
+            None => set_t3(&mut out, fmt, [9; 8]).unwrap(),
+        }
+        out
+    }
+
+    #[test]
+    fn default_padding_gives_equal_sizes() {
+        // (format, padding): RFC 5357 §4.2.1 27/64, RFC 7750 30, RFC 6038 +L.
+        let cases = [
+            (format(0, 0, false, false, false), 27),
+            (format(1, 0, false, false, false), 64),
+            (format(2, 0, false, false, false), 64),
+            (format(0, 0, false, true, false), 30),
+            (format(0, 8, false, false, false), 35),
+            (format(0, 8, true, true, false), 38),
+            (format(2, 8, true, false, false), 72),
+        ];
+        for (f, pad) in cases {
+            assert_eq!(default_padding(&f), pad, "{f:?}");
+            let len = f.sender_header_len() + pad;
+            assert_eq!(f.reply_len(len), len, "{f:?}");
+        }
+        let sym = format(0, 4, true, false, false);
+        assert!(check_padding(&sym, 30).is_err(), "27 MBZ + 4 > 30");
+        assert!(check_padding(&sym, 31).is_ok());
+    }
+
+    #[test]
+    fn protected_session_without_keys_is_refused() {
+        let f = format(1, 0, false, false, false);
+        assert!(SenderPackets::new(f, 64, PaddingFill::Zero, [0; 2], None).is_err());
+    }
+
+    #[test]
+    fn server_octets_lead_the_reflected_region_and_mbz_stays_zero() {
+        let f = format(0, 6, true, false, false);
+        let p = SenderPackets::new(f, 40, PaddingFill::Random(3), [0xab, 0xcd], None).unwrap();
+        assert_eq!(&p.to_be_reflected()[..2], &[0xab, 0xcd]);
+        let mut out = vec![0u8; p.len()];
+        p.build(5, 0x0001, &mut out, || [0; 8]).unwrap();
+        // RFC 6038 §4.2: 27 MBZ octets after the 14-octet header.
+        assert!(out[14..41].iter().all(|&b| b == 0));
+        assert_eq!(&out[41..47], p.to_be_reflected());
+        let z = SenderPackets::new(f, 40, PaddingFill::Zero, [0; 2], None).unwrap();
+        assert!(z.to_be_reflected().iter().all(|&b| b == 0));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// build → conforming reflection → open_reply gives back what was
+        /// sent, in every format.
+        #[test]
+        fn build_reflect_open_round_trip(
+            sec in 0u8..3, reflect in 0u16..20, sym: bool, dscp_ecn: bool, ptp: bool,
+            extra in 0usize..200, seq: u32, t1: [u8; 8], rseq: u32, seed: u64,
+        ) {
+            let f = format(sec, reflect, sym, dscp_ecn, ptp);
+            let pad = default_padding(&f) + extra;
+            let k = protection_of(&f).map(|_| keys());
+            let p = SenderPackets::new(f, pad, PaddingFill::Random(seed), [0; 2], k).unwrap();
+            let mut pkt = vec![0u8; p.len()];
+            prop_assert_eq!(p.build(seq, 0x8001, &mut pkt, || t1).unwrap(), p.len());
+            let mut reply = reflection(&f, &pkt, rseq);
+            prop_assert_eq!(reply.len(), p.len(), "equal sizes");
+            let (r, reflected) = p.open_reply(&mut reply).unwrap();
+            prop_assert_eq!(r.sender_sequence_number, seq);
+            prop_assert_eq!(r.sender_timestamp, t1);
+            prop_assert_eq!(r.sender_error_estimate, 0x8001);
+            prop_assert_eq!(r.sequence_number, rseq);
+            prop_assert_eq!(r.receive_timestamp, [1, 2, 3, 4, 5, 6, 7, 8]);
+            prop_assert_eq!(r.timestamp, [9; 8]);
+            prop_assert_eq!(r.sender_ttl, 61);
+            prop_assert_eq!(r.s_dscp_ecn, dscp_ecn.then_some(0xb9));
+            prop_assert_eq!(r.error_estimate & 0x4000 != 0, ptp, "Z bit");
+            prop_assert_eq!(reflected, (reflect > 0).then_some(true));
+        }
+
+        /// Arbitrary datagrams never panic the reply path: an error or a
+        /// decoded header, nothing else.
+        #[test]
+        fn random_replies_never_panic(sec in 0u8..3, dscp_ecn: bool,
+                                      data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let f = format(sec, 4, false, dscp_ecn, false);
+            let k = protection_of(&f).map(|_| keys());
+            let p = SenderPackets::new(f, default_padding(&f), PaddingFill::Zero, [0; 2], k).unwrap();
+            let mut d = data.clone();
+            match p.open_reply(&mut d) {
+                Ok(_) => prop_assert!(data.len() >= f.reflector_header_len()),
+                Err(ReplyError::Malformed(_)) => prop_assert!(data.len() < f.reflector_header_len()),
+                Err(ReplyError::BadHmac) => prop_assert!(protection_of(&f).is_some()),
+            }
+        }
+
+        /// A protected reflection with any one bit flipped in its covered
+        /// region or HMAC is refused.
+        #[test]
+        fn tampered_protected_replies_are_refused(enc: bool, bit in 0usize..(112 * 8)) {
+            let f = format(if enc { 2 } else { 1 }, 0, false, false, false);
+            let p = SenderPackets::new(f, 64, PaddingFill::Zero, [0; 2], Some(keys())).unwrap();
+            let mut pkt = vec![0u8; p.len()];
+            p.build(1, 1, &mut pkt, || [3; 8]).unwrap();
+            let mut reply = reflection(&f, &pkt, 0);
+            let covered = if enc { 0..112 } else { 0..16 };
+            let hmac = 96 * 8..112 * 8;
+            prop_assume!(covered.contains(&(bit / 8)) || hmac.contains(&bit));
+            reply[bit / 8] ^= 1 << (bit % 8);
+            prop_assert_eq!(p.open_reply(&mut reply), Err(ReplyError::BadHmac));
+        }
+    }
+}
