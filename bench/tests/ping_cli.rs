@@ -210,3 +210,33 @@ fn open_key_file_is_warned_about() {
     assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
     assert!(stdout(&o).contains("mode encrypted"));
 }
+
+#[test]
+fn ctrl_c_stops_sending_and_still_reports() {
+    let srv = server(Behaviour {
+        modes: Modes::SECURITY,
+        ..Behaviour::default()
+    });
+    let addr = srv.addr.to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_ricochet-ping"))
+        .args(["-c", "1000", "-i", "10ms", "--json", &addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let started = std::time::Instant::now();
+    let o = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["interrupted"], true);
+    let sent = v["sessions"][0]["summary"]["sent"].as_u64().unwrap();
+    assert!(sent > 0 && sent < 1000, "{sent}");
+    assert_eq!(v["sessions"][0]["summary"]["received"].as_u64(), Some(sent));
+}

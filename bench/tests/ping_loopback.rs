@@ -452,5 +452,37 @@ fn pacing_holds_a_high_rate() {
     // Loose: a fully loaded 2-core debug build still batches well past this.
     assert!(o.achieved_pps > 20_000.0, "{} pps", o.achieved_pps);
     assert!(o.summary.received > 0);
-    let _ = Duration::ZERO;
+}
+
+#[test]
+fn a_fully_answered_session_does_not_wait_out_the_timeout() {
+    let srv = server(
+        "127.0.0.1",
+        Behaviour {
+            modes: Modes::SECURITY,
+            duplicate: [2].into_iter().collect(),
+            ..Behaviour::default()
+        },
+    );
+    let t = std::time::Instant::now();
+    let r = run(&config(&srv, &["-c", "5", "--timeout", "5s"])).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let m = &r.sessions[0].outcome.summary;
+    assert_eq!(
+        (m.received, m.duplicates),
+        (5, 1),
+        "the duplicate is still counted"
+    );
+    // With a packet missing the full timeout is waited for.
+    let lossy = server(
+        "127.0.0.1",
+        Behaviour {
+            modes: Modes::SECURITY,
+            drop_forward: [4].into_iter().collect(),
+            ..Behaviour::default()
+        },
+    );
+    let t = std::time::Instant::now();
+    run(&config(&lossy, &["-c", "5", "--timeout", "400ms"])).unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(400));
 }

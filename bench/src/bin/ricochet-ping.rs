@@ -1,7 +1,11 @@
 //! `ricochet-ping`: TWAMP control-client and session-sender (RFC 5357) in
 //! every mode. See `ricochet-ping --help` and bench/README.md.
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use clap::Parser;
 use ricochet_bench::ping::{self, cli::Args, report};
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 fn main() {
     let args = Args::parse();
@@ -15,7 +19,13 @@ fn main() {
     for w in warnings {
         eprintln!("ricochet-ping: warning: {w}");
     }
-    let r = match ping::run(&config) {
+    // Ctrl-C: stop sending and report; a second Ctrl-C exits at once.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, interrupt.clone());
+        let _ = signal_hook::flag::register(sig, interrupt.clone());
+    }
+    let r = match ping::run_until(&config, &interrupt) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ricochet-ping: {e}");

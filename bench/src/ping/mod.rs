@@ -20,6 +20,7 @@ pub mod session;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ricochet_protocol::accept::Accept;
@@ -228,6 +229,8 @@ pub struct RunReport {
     pub refused: Vec<RefusedSession>,
     /// Things the operator should know (also printed to stderr).
     pub warnings: Vec<String>,
+    /// The run was cut short (Ctrl-C): fewer packets than asked were sent.
+    pub interrupted: bool,
 }
 
 impl RunReport {
@@ -326,6 +329,12 @@ struct Planned {
 /// Runs one test: set-up, Request-TW-Session per session, Start-Sessions
 /// (or Start-N), the sessions concurrently, Stop-Sessions (or Stop-N), close.
 pub fn run(config: &PingConfig) -> Result<RunReport, PingError> {
+    run_until(config, &AtomicBool::new(false))
+}
+
+/// [`run`], ending the sessions early (with a report of what was sent) once
+/// `interrupt` is set, e.g. by Ctrl-C.
+pub fn run_until(config: &PingConfig, interrupt: &AtomicBool) -> Result<RunReport, PingError> {
     let mut warnings: Vec<String> = Vec::new();
     let clock = clock_state();
     let client_config = ClientConfig {
@@ -554,7 +563,9 @@ pub fn run(config: &PingConfig) -> Result<RunReport, PingError> {
         let handles: Vec<_> = jobs
             .iter()
             .map(|(p, spec, packets)| {
-                scope.spawn(move || run_session(&p.socket, spec, packets, sender_clock, start))
+                scope.spawn(move || {
+                    run_session(&p.socket, spec, packets, sender_clock, start, interrupt)
+                })
             })
             .collect();
         handles
@@ -644,6 +655,7 @@ pub fn run(config: &PingConfig) -> Result<RunReport, PingError> {
         sessions,
         refused,
         warnings,
+        interrupted: interrupt.load(Ordering::Relaxed),
     })
 }
 

@@ -217,6 +217,9 @@ pub fn text(r: &RunReport, verbose: bool) -> String {
         r.clock.source,
         r.format.reflector_timestamps
     );
+    if r.interrupted {
+        let _ = writeln!(out, "(interrupted: sending stopped early)");
+    }
     for s in &r.sessions {
         session_text(r, s, &mut out);
     }

@@ -18,6 +18,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -49,6 +50,8 @@ pub const RECV_BATCH: usize = 64;
 /// Below this wait, the sender spins/sleeps with [`wait_until`] instead of
 /// polling the socket.
 const POLL_MIN: Duration = Duration::from_millis(1);
+/// Longest single wait, so that an interruption is seen promptly.
+const POLL_MAX: Duration = Duration::from_millis(100);
 
 /// Everything one session-sender needs.
 #[derive(Debug)]
@@ -583,13 +586,15 @@ pub fn batch_config(packets: &SenderPackets) -> BatchConfig {
 
 /// Runs one session: sends `spec.count` packets on `socket` from `start`
 /// on, then waits up to `spec.timeout` for the last replies (less once every
-/// packet has been answered).
+/// packet has been answered). Once `interrupt` is set, sending stops and the
+/// wait is cut short.
 pub fn run_session(
     socket: &BatchSocket,
     spec: &SessionSpec,
     packets: &SenderPackets,
     clock: SenderClock,
     start: Instant,
+    interrupt: &AtomicBool,
 ) -> io::Result<SessionOutcome> {
     let count = spec.count as usize;
     let cfg = batch_config(packets);
@@ -632,7 +637,7 @@ pub fn run_session(
     let mut last_send = start;
     let mut max_late = Duration::ZERO;
     let mut seq = 0u32;
-    while (seq as usize) < count {
+    while (seq as usize) < count && !interrupt.load(Ordering::Relaxed) {
         let now = Instant::now();
         if next <= now {
             max_late = max_late.max(now - next);
@@ -677,18 +682,22 @@ pub fn run_session(
     // has been answered (a little longer than the slowest round trip, for
     // duplicates).
     let end = last_send + spec.timeout;
+    let mut settled: Option<Instant> = None;
     loop {
         r.drain(socket, &mut rx);
         let now = Instant::now();
-        let mut until = end;
-        if r.all_replied() {
-            let linger =
-                Duration::from_nanos(2 * r.max_rtt_ns.max(0) as u64).max(Duration::from_millis(10));
-            until = until.min(last_send.max(now) + linger);
-            if now >= until {
-                break;
-            }
+        if r.all_replied() || interrupt.load(Ordering::Relaxed) {
+            settled.get_or_insert(now);
         }
+        let until = match settled {
+            // Linger a little after the last awaited reply (or Ctrl-C) for
+            // duplicates: twice the slowest round trip, at least 10 ms.
+            Some(at) => end.min(
+                at + Duration::from_nanos(2 * r.max_rtt_ns.max(0) as u64)
+                    .max(Duration::from_millis(10)),
+            ),
+            None => end,
+        };
         if now >= until {
             break;
         }
@@ -724,7 +733,7 @@ pub fn run_session(
 }
 
 fn poll_for(poll: &mut Poll, events: &mut Events, d: Duration) -> io::Result<()> {
-    match poll.poll(events, Some(d)) {
+    match poll.poll(events, Some(d.min(POLL_MAX))) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
         Err(e) => Err(e),
