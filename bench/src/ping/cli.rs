@@ -16,25 +16,28 @@ use crate::pace::Schedule;
 /// The IANA TWAMP-Control port (RFC 5357 §3.1, RFC 8545 §7).
 pub const DEFAULT_PORT: u16 = 862;
 
+/// Examples and exit statuses, shown after the options by `--help`.
+pub const AFTER_HELP: &str = "\
+Examples:
+  ricochet-ping 198.51.100.7
+  ricochet-ping -c 1000 -i 1ms -s 64 -D EF '[2001:db8::7]:862'
+  ricochet-ping -A enc -u alice -k /etc/twamp/alice.pfs 198.51.100.7
+  ricochet-ping --sessions 4 --isc --exponential -i 10ms 198.51.100.7
+  ricochet-ping -c 100000 -i 10us --json 198.51.100.7 > run.json
+  ricochet-ping --raw -c 10 198.51.100.7 | awk '!/^#/ && $11 == \"ok\" {print $8}'
+
+Exit status: 0 when every session got replies, 1 when a session got none or
+was refused, 2 when the test could not run (usage, connection, set-up, key).
+Ctrl-C stops sending and still prints the report.";
+
 /// TWAMP control-client and session-sender (RFC 5357), in every mode.
 ///
 /// Connects to a TWAMP server, negotiates a mode, requests one or more test
 /// sessions, sends paced test packets, and reports round-trip time, loss by
 /// direction, duplicates, reordering, IPDV, reflector residence time and
 /// one-way delays (with the clocks' error bounds).
-///
-/// Exit status: 0 when every session got replies, 1 when a session got none,
-/// 2 when the test could not run (connection, set-up, key or usage error).
-///
-/// Examples:
-///   ricochet-ping 198.51.100.7
-///   ricochet-ping -c 1000 -i 1ms -s 64 -D EF '[2001:db8::7]:862'
-///   ricochet-ping -A enc -u alice -k /etc/twamp/alice.pfs 198.51.100.7
-///   ricochet-ping --sessions 4 --isc --exponential -i 10ms 198.51.100.7
-///   ricochet-ping -c 100000 -i 10us --json 198.51.100.7 > run.json
-///   ricochet-ping --raw -c 10 198.51.100.7 | awk '!/^#/ {print $7 - $4}'
 #[derive(Parser, Debug, Clone)]
-#[command(name = "ricochet-ping", version, verbatim_doc_comment)]
+#[command(name = "ricochet-ping", version, after_help = AFTER_HELP)]
 pub struct Args {
     /// The TWAMP server: a host name, an IPv4 address or an IPv6 address in
     /// brackets, with an optional :PORT (default 862).
