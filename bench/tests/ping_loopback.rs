@@ -486,3 +486,24 @@ fn a_fully_answered_session_does_not_wait_out_the_timeout() {
     run(&config(&lossy, &["-c", "5", "--timeout", "400ms"])).unwrap();
     assert!(t.elapsed() >= Duration::from_millis(400));
 }
+
+#[test]
+fn a_session_accepted_with_port_zero_is_skipped_and_stop_counts_it() {
+    let srv = server(
+        "127.0.0.1",
+        Behaviour {
+            modes: Modes::SECURITY,
+            first_port_zero: true,
+            ..Behaviour::default()
+        },
+    );
+    let r = run(&config(&srv, &["--sessions", "2"])).unwrap();
+    assert_eq!(r.sessions.len(), 1);
+    assert_eq!(r.sessions[0].session, 2);
+    assert_eq!(r.sessions[0].outcome.summary.received, 20);
+    assert_eq!(r.refused.len(), 1);
+    assert_eq!(r.exit_status(), 1);
+    // Stop-Sessions counted both sessions the server holds (RFC 5357 §3.8),
+    // so the server stopped them instead of dropping the connection.
+    assert!(srv.wait_for(|l| l.events.contains(&ServerEvent::Stopped { sessions: 2 })));
+}

@@ -16,6 +16,10 @@ use crate::pace::Schedule;
 /// The IANA TWAMP-Control port (RFC 5357 §3.1, RFC 8545 §7).
 pub const DEFAULT_PORT: u16 = 862;
 
+/// Most packets per session: per-sequence-number state is kept for every
+/// packet (T1, reply seen, RTT for IPDV, reflector numbers).
+pub const MAX_COUNT: u32 = 100_000_000;
+
 /// Examples and exit statuses, shown after the options by `--help`.
 pub const AFTER_HELP: &str = "\
 Examples:
@@ -52,8 +56,10 @@ pub struct Args {
     #[arg(short = '6')]
     pub ipv6: bool,
 
-    /// Test packets to send per session.
-    #[arg(short = 'c', long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Test packets to send per session (at most 100 million: about 20
+    /// octets of bookkeeping each).
+    #[arg(short = 'c', long, default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_COUNT)))]
     pub count: u32,
 
     /// Interval between test packets, with a unit: ns, us, ms, s (a bare
@@ -572,6 +578,7 @@ mod tests {
             vec!["ricochet-ping", "-k", "f.pfs", "h"],
             vec!["ricochet-ping", "-4", "-6", "h"],
             vec!["ricochet-ping", "-c", "0", "h"],
+            vec!["ricochet-ping", "-c", "100000001", "h"],
             vec!["ricochet-ping", "-A", "bogus", "h"],
             vec!["ricochet-ping", "--json", "--raw", "h"],
             vec!["ricochet-ping", "-i", "fast", "h"],

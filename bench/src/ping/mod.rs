@@ -404,6 +404,9 @@ pub fn run_until(config: &PingConfig, interrupt: &AtomicBool) -> Result<RunRepor
     let mut planned = Vec::new();
     let mut refused = Vec::new();
     let mut first_refusal = None;
+    // Sessions the server holds (Accept 0), used by us or not: Start-Sessions
+    // starts them all and Stop-Sessions must count them (RFC 5357 §3.8).
+    let mut server_accepted = 0u32;
     for i in 0..config.sessions as usize {
         let port = if config.sender_port == 0 {
             0
@@ -443,12 +446,28 @@ pub fn run_until(config: &PingConfig, interrupt: &AtomicBool) -> Result<RunRepor
             hmac: [0; 16],
         };
         match ctl.request(&req)? {
+            // Accept 0 with Port 0 names no reflector (RFC 5357 §3.5): unusable.
+            SessionAnswer::Accepted { port: 0, .. } => {
+                server_accepted += 1;
+                first_refusal.get_or_insert(Accept::Failure);
+                warnings.push(format!(
+                    "session {}: accepted with reflector port 0; not used",
+                    i + 1
+                ));
+                refused.push(RefusedSession {
+                    session: i + 1,
+                    stage: "Request-TW-Session",
+                    accept: 0,
+                    meaning: "accepted with reflector port 0",
+                });
+            }
             SessionAnswer::Accepted {
                 port,
                 sid,
                 reflected_octets,
                 server_octets,
             } => {
+                server_accepted += 1;
                 if reflect_octets && reflected_octets != octets {
                     warnings.push(format!(
                         "session {}: the server echoed octets {:02x?} instead of {:02x?} \
@@ -518,7 +537,7 @@ pub fn run_until(config: &PingConfig, interrupt: &AtomicBool) -> Result<RunRepor
             });
         }
     } else {
-        ctl.start(planned.len() as u32)?;
+        ctl.start(server_accepted)?;
     }
     let sender_clock = SenderClock::new(&clock, t1_format);
     let fill_seed: u64 = rand::random();

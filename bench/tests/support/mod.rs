@@ -60,6 +60,8 @@ pub struct Behaviour {
     pub refuse_sessions: Option<Accept>,
     /// RFC 6038 Server octets to hand out.
     pub server_octets: [u8; 2],
+    /// Answer the first Request-TW-Session with Accept 0 but Port 0.
+    pub first_port_zero: bool,
     /// What the reflector pretends it received as TOS (RFC 7750 S-DSCP-ECN);
     /// `None`: the requested DSCP with ECN 0b01.
     pub fake_tos: Option<u8>,
@@ -236,7 +238,10 @@ impl ServerContext for Ctx {
         }
         let socket = UdpSocket::bind(SocketAddr::new(request.reflector.ip(), 0))
             .map_err(|_| Accept::TemporaryResourceLimitation)?;
-        let port = socket.local_addr().unwrap().port();
+        let mut port = socket.local_addr().unwrap().port();
+        if self.behaviour.first_port_zero && self.pending.is_empty() && self.running.is_empty() {
+            port = 0;
+        }
         let sid = Sid::compose(
             request.reflector.ip(),
             NtpTimestamp::from_utc_ns(now_utc_ns()),
