@@ -30,7 +30,6 @@ use ricochet_protocol::crypto::{CryptoError, PacketRole, TestKeys, TestProtectio
 use ricochet_protocol::time::{ErrorEstimate, NtpTimestamp, PtpTimestamp, TaiOffset, TimeFormat};
 use ricochet_protocol::twamp_test::{
     decode_timestamp, ReflectorPacket, ReflectorRepr, SenderPacket, SenderRepr, SessionFormat,
-    TestLayout,
 };
 use ricochet_protocol::WireError;
 use ricochet_reflector::clock::{
@@ -737,14 +736,6 @@ fn poll_for(poll: &mut Poll, events: &mut Events, d: Duration) -> io::Result<()>
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
         Err(e) => Err(e),
-    }
-}
-
-/// The test layout's name, for output.
-pub fn layout_name(l: TestLayout) -> &'static str {
-    match l {
-        TestLayout::Unauthenticated => "unauthenticated",
-        TestLayout::Authenticated => "authenticated/encrypted",
     }
 }
 
