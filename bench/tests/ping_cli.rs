@@ -224,7 +224,8 @@ fn ctrl_c_stops_sending_and_still_reports() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Long enough for the set-up to finish and sending to be under way.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
