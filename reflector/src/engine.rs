@@ -313,7 +313,8 @@ struct Protection {
 #[derive(Clone)]
 pub struct SessionEngine {
     format: SessionFormat,
-    protection: Option<Protection>,
+    /// Boxed: the key schedules are large and only secured sessions have them.
+    protection: Option<Box<Protection>>,
     sender: Option<SocketAddr>,
     seq: u32,
     dscp: u8,
@@ -358,10 +359,10 @@ impl SessionEngine {
         let protection = match (mode, keys) {
             (None, _) => None,
             (Some(_), None) => return Err(EngineError::MissingKeys(format.security)),
-            (Some(mode), Some(k)) => Some(Protection {
+            (Some(mode), Some(k)) => Some(Box::new(Protection {
                 mode,
                 keys: TestKeys::new(k),
-            }),
+            })),
         };
         Ok(SessionEngine {
             format,
