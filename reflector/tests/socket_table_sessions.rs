@@ -491,3 +491,28 @@ fn clock_state_is_published() {
     assert_eq!(published.synchronized, host.synchronized);
     assert_eq!(published.tai_offset_s, host.tai_offset_s);
 }
+
+#[test]
+fn driver_on_its_own_thread_ends_when_the_table_drops() {
+    use ricochet_reflector::socket::{SocketSessionTable, TableConfig};
+    let (mut table, driver) = SocketSessionTable::new(&TableConfig::default()).unwrap();
+    let loop_thread = std::thread::spawn(move || driver.run());
+    let mut peer = Peer::bind("127.0.0.1:0", SEND_TTL, 0);
+    let spec = session_spec(
+        peer.addr(),
+        "127.0.0.1:0",
+        SecurityMode::Unauthenticated,
+        SessionFormat::default(),
+        0,
+    );
+    let sid = spec.sid;
+    table.add(spec).unwrap();
+    table.start(&sid).unwrap();
+    let to = table.local_addr(&sid).unwrap();
+    peer.send(to, &sender_packet(None, &keys(0), 9, 0));
+    assert_eq!(be32(&peer.recv().payload, 24), 9);
+    drop(table);
+    loop_thread.join().unwrap().unwrap();
+    // The loop closed every socket on its way out.
+    UdpSocket::bind(to).expect("port free after the loop ended");
+}

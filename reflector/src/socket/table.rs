@@ -327,18 +327,20 @@ impl SocketSessionTable {
         Ok(table)
     }
 
-    /// Stops the loop and waits for it (if [`Self::spawn`] started it);
-    /// returns its outcome. Every socket is closed.
+    /// Stops the loop and, if [`Self::spawn`] started it, waits for it and
+    /// returns its outcome (a [`TableDriver`] run elsewhere returns from
+    /// [`TableDriver::run`]). Every socket is closed. Dropping the table
+    /// does the same.
     pub fn shutdown(mut self) -> io::Result<()> {
         self.stop_loop()
     }
 
     fn stop_loop(&mut self) -> io::Result<()> {
+        // A loop that already ended reports why through join.
+        let _ = self.handle.shutdown();
         let Some(thread) = self.thread.take() else {
             return Ok(());
         };
-        // A loop that already ended reports why through join.
-        let _ = self.handle.shutdown();
         thread
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the socket loop thread panicked")))
