@@ -74,6 +74,11 @@ const MAX_REPLY: usize = 65_535;
 /// and checked (RFC 4656 §4.1.2: the HMAC ends at octet 48).
 const AUTH_SENDER_HEADER: usize = 48;
 
+/// The longest Stop-Sessions grace period honoured (the Timeout is a 64-bit
+/// NTP interval; anything longer is cut to a year, REFWAIT ends such a
+/// session anyway).
+pub const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Where T3 comes from: read as late as possible before transmit (RFC 5357
 /// §4.2.1). [`Stamp::now`] (user-space `CLOCK_TAI`) by default; replaceable
 /// for deterministic tests or a path with its own clock.
@@ -313,7 +318,8 @@ struct Protection {
 #[derive(Clone)]
 pub struct SessionEngine {
     format: SessionFormat,
-    protection: Option<Protection>,
+    /// Boxed: the key schedules are large and only secured sessions have them.
+    protection: Option<Box<Protection>>,
     sender: Option<SocketAddr>,
     seq: u32,
     dscp: u8,
@@ -358,10 +364,10 @@ impl SessionEngine {
         let protection = match (mode, keys) {
             (None, _) => None,
             (Some(_), None) => return Err(EngineError::MissingKeys(format.security)),
-            (Some(mode), Some(k)) => Some(Protection {
+            (Some(mode), Some(k)) => Some(Box::new(Protection {
                 mode,
                 keys: TestKeys::new(k),
-            }),
+            })),
         };
         Ok(SessionEngine {
             format,
@@ -412,10 +418,11 @@ impl SessionEngine {
         }
     }
 
-    /// Stop-Sessions: keep reflecting until `now + grace`. A second stop can
-    /// only shorten the grace period.
+    /// Stop-Sessions: keep reflecting until `now + grace` (at most
+    /// [`MAX_GRACE`]). A second stop can only shorten the grace period.
     pub fn stop(&mut self, now: Instant, grace: Duration) {
-        let deadline = now.checked_add(grace).unwrap_or(now);
+        // Instant arithmetic cannot overflow within a year.
+        let deadline = now.checked_add(grace.min(MAX_GRACE)).unwrap_or(now);
         self.state = match self.state {
             RunState::Stopping { deadline: d } if d <= deadline => {
                 RunState::Stopping { deadline: d }
@@ -558,7 +565,7 @@ impl SessionEngine {
         // (RFC 4656 §4.1.2) and is taken from `rx` by the builder.
         let mut head = [0u8; AUTH_SENDER_HEADER];
         if let Some(p) = &self.protection {
-            head.copy_from_slice(&rx[..AUTH_SENDER_HEADER]);
+            head.copy_from_slice(rx.get(..AUTH_SENDER_HEADER).ok_or(DropReason::TooShort)?);
             p.keys
                 .unprotect(PacketRole::Sender, p.mode, &mut head)
                 .map_err(|_| DropReason::BadHmac)?;
@@ -786,7 +793,10 @@ impl ListenerEngine {
                     // TLVs as reflected (stamp.md §4, type 8).
                     let tag = hmac.compute(&[&head[..SEQ_LEN], &tlvs[..at]]);
                     let v = at + TLV_HEADER_LEN;
-                    tlvs[v..v + HMAC_LEN].copy_from_slice(&tag);
+                    // The reply has the request's length: the TLV is there.
+                    if let Some(field) = tlvs.get_mut(v..v + HMAC_LEN) {
+                        field.copy_from_slice(&tag);
+                    }
                 }
             }
         }
@@ -972,5 +982,10 @@ mod tests {
         assert!(matches!(e.state(), RunState::Stopping { .. }));
         assert!(!e.is_expired(t0 + Duration::from_secs(4)));
         assert!(e.is_expired(t0 + Duration::from_secs(5)));
+        // An absurd Timeout does not wrap around into "expired now".
+        let mut long = SessionEngine::new(SessionFormat::default(), None, 0, 0, 0).unwrap();
+        long.stop(t0, Duration::MAX);
+        assert!(!long.is_expired(t0 + Duration::from_secs(86_400)));
+        assert!(long.is_expired(t0 + MAX_GRACE));
     }
 }
