@@ -21,7 +21,9 @@
 //!   that makes no progress for `stall` closes it too.
 //! * **Backpressure**: at most `max_output` octets may wait for a peer that
 //!   does not read; beyond that the connection is closed at once.
-//! * **REFWAIT sweep**: every `sweep_interval` the handlers of testing
+//! * **REFWAIT sweep**: every `sweep_interval` the factory gets
+//!   [`HandlerFactory::sweep`] (for state that outlives connections, such as
+//!   stopped sessions in their Timeout), then the handlers of testing
 //!   connections get [`ConnectionHandler::on_timer`], where they end sessions
 //!   that saw no test packet for REFWAIT (RFC 5357 §3.1, RFC 5938 §4.2); the
 //!   data plane knows the packet times, the handler asks it.
@@ -48,7 +50,7 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::metrics::{ConnRefusal, Metrics, RejectReason};
+use crate::metrics::{ConnRefusal, Metrics, RejectReason, ReloadResult};
 use crate::policy::{ClientKey, Policy, Rules};
 use crate::ports::PortAllocator;
 
@@ -290,6 +292,11 @@ pub trait HandlerFactory {
     fn reload(&mut self, state: &mut StateOf<Self>) -> Result<Reload, String> {
         let _ = state;
         Ok(Reload::default())
+    }
+    /// Periodic work on the shared state, every `sweep_interval`, before the
+    /// testing connections' [`ConnectionHandler::on_timer`].
+    fn sweep(&mut self, ctx: &mut Context<'_, StateOf<Self>>) {
+        let _ = ctx;
     }
 }
 
@@ -1060,6 +1067,7 @@ impl<F: HandlerFactory> Server<F> {
         }
         if now >= self.next_sweep {
             self.next_sweep = now + self.shared.settings.sweep_interval;
+            self.factory.sweep(&mut self.shared.ctx(now));
             let testing: Vec<usize> = self
                 .conns
                 .iter()
@@ -1098,9 +1106,11 @@ impl<F: HandlerFactory> Server<F> {
                         self.settle(key, now);
                     }
                 }
+                self.shared.metrics.reloaded(ReloadResult::Ok);
                 tracing::info!("configuration reloaded");
             }
             Err(message) => {
+                self.shared.metrics.reloaded(ReloadResult::Failed);
                 tracing::error!(%message, "reload failed; keeping the running configuration");
             }
         }
