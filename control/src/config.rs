@@ -878,7 +878,13 @@ listen = "127.0.0.1:19862"
         .expect("parses");
         c.validate().expect("secrets stand in for a key file");
         assert_eq!(c.data_plane, DataPlaneKind::Bpf);
-        assert_eq!(c.rate_limit, RateLimit { pps: 5000, burst: 10 });
+        assert_eq!(
+            c.rate_limit,
+            RateLimit {
+                pps: 5000,
+                burst: 10
+            }
+        );
         assert_eq!(c.security.secrets["lab"].expose(), "6869");
         let shown = format!("{} {c:?}", c.to_toml());
         assert!(!shown.contains("6869"), "{shown}");

@@ -19,6 +19,10 @@
 //!   complete within `stall` closes the connection (RFC 4656 §3.1 allows
 //!   dropping incomplete messages; counted as a `timeout` rejection). Output
 //!   that makes no progress for `stall` closes it too.
+//! * **Fairness**: one turn reads at most 64 KiB from a connection and
+//!   accepts at most [`ACCEPT_BUDGET`] connections per listener; the rest
+//!   waits for the next turn, so a flood cannot starve the others, the
+//!   timers, a stop or a reload.
 //! * **Backpressure**: at most `max_output` octets may wait for a peer that
 //!   does not read; beyond that the connection is closed at once.
 //! * **REFWAIT sweep**: every `sweep_interval` the factory gets
@@ -63,6 +67,9 @@ const CONN_BASE: usize = MAX_LISTENERS + 2;
 const READ_CHUNK: usize = 4096;
 /// Octets read from one connection before the others get a turn.
 const READ_BUDGET: usize = 64 * 1024;
+/// Connections accepted from one listener per loop turn: a connection flood
+/// must not starve established connections, timers, stop or reload.
+pub const ACCEPT_BUDGET: usize = 64;
 
 const FLAG_STOP: u8 = 1;
 const FLAG_RELOAD: u8 = 2;
@@ -675,6 +682,8 @@ pub struct Server<F: HandlerFactory> {
     stopping_until: Option<Instant>,
     /// Connections (key, id) that spent their read budget with data left.
     ready: Vec<(usize, u64)>,
+    /// Listeners that spent their accept budget with connections left.
+    accept_ready: Vec<usize>,
 }
 
 impl<F: HandlerFactory> Server<F> {
@@ -727,6 +736,7 @@ impl<F: HandlerFactory> Server<F> {
             accept_paused_until: None,
             stopping_until: None,
             ready: Vec::new(),
+            accept_ready: Vec::new(),
         })
     }
 
@@ -786,6 +796,9 @@ impl<F: HandlerFactory> Server<F> {
                     self.conn_event(key, now, true, false);
                 }
             }
+            for index in std::mem::take(&mut self.accept_ready) {
+                self.accept(index, now);
+            }
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
@@ -818,7 +831,7 @@ impl<F: HandlerFactory> Server<F> {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || !self.accept_ready.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut next = self.next_sweep;
@@ -867,7 +880,7 @@ impl<F: HandlerFactory> Server<F> {
             }
             self.accept_paused_until = None;
         }
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             let Some((listener, _)) = self.listeners.get(index) else {
                 return;
             };
@@ -890,6 +903,11 @@ impl<F: HandlerFactory> Server<F> {
                     return;
                 }
             }
+        }
+        // Budget spent with connections possibly left: come back next turn
+        // (readiness is edge-triggered, no new event would arrive).
+        if !self.accept_ready.contains(&index) {
+            self.accept_ready.push(index);
         }
     }
 

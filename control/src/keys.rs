@@ -202,9 +202,10 @@ pub fn decode_hex_secret(hex: &str) -> Result<SharedSecret, String> {
     let mut octets = zeroize::Zeroizing::new(vec![0u8; hex.len() / 2]);
     match hex::decode_to_slice(hex, &mut octets[..]) {
         Ok(()) => Ok(SharedSecret::from_slice(&octets)),
-        Err(hex::FromHexError::OddLength | hex::FromHexError::InvalidStringLength) => Err(
-            format!("the secret has an odd number ({}) of hex digits", hex.len()),
-        ),
+        Err(hex::FromHexError::OddLength | hex::FromHexError::InvalidStringLength) => Err(format!(
+            "the secret has an odd number ({}) of hex digits",
+            hex.len()
+        )),
         Err(hex::FromHexError::InvalidHexCharacter { index, .. }) => Err(format!(
             "the secret is not hex (character {} is not a hex digit)",
             index + 1
@@ -311,10 +312,8 @@ mod tests {
     }
 
     fn temp(name: &str, text: &str, mode: u32) -> TempFile {
-        let path = std::env::temp_dir().join(format!(
-            "ricochet-keys-{}-{name}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("ricochet-keys-{}-{name}", std::process::id()));
         std::fs::write(&path, text).expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
         TempFile(path)
@@ -323,7 +322,11 @@ mod tests {
     #[test]
     fn owner_and_mode_rule() {
         assert_eq!(check_owner_and_mode(1000, 0o100600, 1000), Ok(()));
-        assert_eq!(check_owner_and_mode(0, 0o100400, 1000), Ok(()), "root may own it");
+        assert_eq!(
+            check_owner_and_mode(0, 0o100400, 1000),
+            Ok(()),
+            "root may own it"
+        );
         assert_eq!(
             check_owner_and_mode(1000, 0o100640, 1000),
             Err(FileProblem::Mode(0o640))

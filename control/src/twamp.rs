@@ -679,10 +679,7 @@ mod tests {
         assert!(is_our_address(lo, lo));
         assert!(is_our_address(lo, "192.0.2.1".parse().expect("ip")));
         // TEST-NET-1 is never configured on a test host.
-        assert!(!is_our_address(
-            "192.0.2.200".parse().expect("ip"),
-            lo
-        ));
+        assert!(!is_our_address("192.0.2.200".parse().expect("ip"), lo));
         assert!(!is_our_address("0.0.0.0".parse().expect("ip"), lo));
         assert!(!is_our_address("224.0.0.1".parse().expect("ip"), lo));
     }
