@@ -655,6 +655,287 @@ impl ConnectionHandler for TwampHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{Policy, Rules};
+    use crate::ports::{PortAllocator, PortRange};
+    use proptest::prelude::*;
+    use ricochet_protocol::client::{Client, ClientConfig, ClientEvent, ClientRandom};
+    use ricochet_protocol::control::{RequestTwSessionRepr, TypeP};
+    use ricochet_protocol::crypto::SessionKeys;
+    use ricochet_reflector::session_table::{ListenerSpec, SessionActivity};
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    /// A data plane in memory (SID → started), shared with the test.
+    #[derive(Default)]
+    struct Mem {
+        sessions: HashMap<Sid, bool>,
+        fail_next_add: bool,
+    }
+
+    #[derive(Clone, Default)]
+    struct MemTable(std::sync::Arc<std::sync::Mutex<Mem>>);
+
+    impl MemTable {
+        fn mem(&self) -> std::sync::MutexGuard<'_, Mem> {
+            self.0.lock().expect("lock")
+        }
+    }
+
+    impl SessionTable for MemTable {
+        fn add(&mut self, spec: SessionSpec) -> Result<(), TableError> {
+            let mut m = self.mem();
+            if std::mem::take(&mut m.fail_next_add) {
+                return Err(TableError::DataPlane("full".into()));
+            }
+            if m.sessions.insert(spec.sid, false).is_some() {
+                return Err(TableError::Exists(spec.sid));
+            }
+            Ok(())
+        }
+        fn start(&mut self, sid: &Sid) -> Result<(), TableError> {
+            let mut m = self.mem();
+            let s = m
+                .sessions
+                .get_mut(sid)
+                .ok_or(TableError::NoSuchSession(*sid))?;
+            *s = true;
+            Ok(())
+        }
+        fn stop(&mut self, sid: &Sid, _: Duration) -> Result<(), TableError> {
+            self.mem()
+                .sessions
+                .contains_key(sid)
+                .then_some(())
+                .ok_or(TableError::NoSuchSession(*sid))
+        }
+        fn remove(&mut self, sid: &Sid) -> Result<(), TableError> {
+            self.mem()
+                .sessions
+                .remove(sid)
+                .map(|_| ())
+                .ok_or(TableError::NoSuchSession(*sid))
+        }
+        fn activity(&self, sid: &Sid) -> Option<SessionActivity> {
+            self.mem()
+                .sessions
+                .get(sid)
+                .map(|_| SessionActivity::default())
+        }
+        fn sessions(&self) -> Vec<Sid> {
+            self.mem().sessions.keys().copied().collect()
+        }
+        fn add_listener(&mut self, _: ListenerSpec) -> Result<(), TableError> {
+            Err(TableError::DataPlane("none".into()))
+        }
+        fn remove_listener(&mut self, a: SocketAddr) -> Result<(), TableError> {
+            Err(TableError::Address(a, "none".into()))
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Request { port: u16, timeout_ms: u64 },
+        Start,
+        Stop,
+        StartN(Vec<usize>),
+        StopN(Vec<usize>),
+        Garbage(Vec<u8>),
+        FailNextAdd,
+        Tick(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (prop_oneof![Just(0u16), 40000u16..40006], 0u64..3000)
+                .prop_map(|(port, timeout_ms)| Op::Request { port, timeout_ms }),
+            1 => Just(Op::Start),
+            1 => Just(Op::Stop),
+            2 => proptest::collection::vec(0usize..8, 1..4).prop_map(Op::StartN),
+            2 => proptest::collection::vec(0usize..8, 1..4).prop_map(Op::StopN),
+            1 => proptest::collection::vec(any::<u8>(), 1..40).prop_map(Op::Garbage),
+            1 => Just(Op::FailNextAdd),
+            2 => (0u64..1500).prop_map(Op::Tick),
+        ]
+    }
+
+    fn request(port: u16, timeout_ms: u64) -> RequestTwSessionRepr {
+        RequestTwSessionRepr {
+            ipvn: 4,
+            conf_sender: 0,
+            conf_receiver: 0,
+            schedule_slots: 0,
+            packets: 0,
+            sender_port: 50000,
+            receiver_port: port,
+            sender_address: Ipv4Addr::UNSPECIFIED.into(),
+            receiver_address: Ipv4Addr::UNSPECIFIED.into(),
+            sid: Sid::ZERO,
+            padding_length: 27,
+            start_time: NtpTimestamp::default(),
+            timeout: NtpTimestamp::from_interval_ns(timeout_ms * 1_000_000),
+            type_p: TypeP(0),
+            octets_to_reflect: [0; 2],
+            padding_to_reflect: 0,
+            hmac: [0; 16],
+        }
+    }
+
+    struct World {
+        policy: Policy,
+        ports: PortAllocator,
+        metrics: Metrics,
+        state: DaemonState,
+        now: Instant,
+    }
+
+    impl World {
+        fn ctx(&mut self) -> Context<'_, DaemonState> {
+            Context {
+                policy: &mut self.policy,
+                ports: &mut self.ports,
+                metrics: &self.metrics,
+                state: &mut self.state,
+                now: self.now,
+            }
+        }
+    }
+
+    const REFWAIT: Duration = Duration::from_secs(1);
+
+    /// Feed the handler's output to the client; false once either side is
+    /// done.
+    fn to_client(client: &mut Client, action: &Action) -> bool {
+        client.receive(&action.write).is_ok() && !action.close
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever a client sends, in whatever pieces, with whatever the
+        /// data plane refuses and however time passes: once its connection
+        /// is gone and the longest grace is over, every port, policy count
+        /// and data-plane session is released, and the gauges are back to 0.
+        #[test]
+        fn a_connection_never_leaks_sessions(
+            ops in proptest::collection::vec(op(), 0..30),
+            isc in any::<bool>(),
+            chunk in 1usize..120,
+        ) {
+            let table = MemTable::default();
+            let rules = Rules {
+                allow: vec![],
+                deny: vec![],
+                max_connections: 10,
+                max_connections_per_client: 10,
+                max_sessions: 4,
+                max_sessions_per_client: 4,
+                ipv6_client_prefix: 64,
+                identities: Default::default(),
+            };
+            let mut w = World {
+                policy: Policy::new(rules),
+                ports: PortAllocator::new(PortRange::new(40000, 40002).expect("range")),
+                metrics: Metrics::new(),
+                state: DaemonState::new(
+                    Box::new(table.clone()),
+                    Keys::default(),
+                    SessionSettings { refwait: REFWAIT, rate_limit: RateLimit::default() },
+                ),
+                now: Instant::now(),
+            };
+            let peer: SocketAddr = (Ipv4Addr::LOCALHOST, 40999).into();
+            let info = ConnInfo {
+                id: 1,
+                peer,
+                local: (Ipv4Addr::LOCALHOST, 862).into(),
+                client: w.policy.admit_connection(peer.ip()).expect("admitted"),
+            };
+            let config = ServerConfig {
+                modes: Modes::UNAUTHENTICATED | Modes::INDIVIDUAL_SESSION_CONTROL,
+                count: 1024,
+                start_time: ntp_now(),
+                max_sessions: 4,
+                greeting_unused: [0; 12],
+                test_format: Default::default(),
+            };
+            let mut handler = TwampHandler::new(&info, &config);
+            let mut client = Client::new(
+                ClientConfig {
+                    allowed: Modes::UNAUTHENTICATED,
+                    wanted: if isc { Modes::INDIVIDUAL_SESSION_CONTROL } else { Modes::NONE },
+                    key_id: None,
+                    secret: None,
+                    max_count: 32768,
+                    max_sessions: 16,
+                },
+                ClientRandom { session_keys: SessionKeys::from_bytes(&[7; 48]), client_iv: [0; 16] },
+            );
+            let mut open = to_client(&mut client, &handler.on_open(&mut w.ctx()));
+            let mut sids: Vec<Sid> = Vec::new();
+            let mut accepted = 0u32;
+            for op in ops {
+                if !open {
+                    break;
+                }
+                let mut raw = Vec::new();
+                match op {
+                    Op::Request { port, timeout_ms } => {
+                        let _ = client.request_session(&request(port, timeout_ms));
+                    }
+                    Op::Start => { let _ = client.start_sessions(accepted); }
+                    Op::Stop => { let _ = client.stop_sessions(Accept::Ok); }
+                    Op::StartN(i) | Op::StopN(i) if sids.is_empty() => { let _ = i; }
+                    Op::StartN(i) => {
+                        let pick: Vec<Sid> = i.iter().map(|&k| sids[k % sids.len()]).collect();
+                        let _ = client.start_n(&pick);
+                    }
+                    Op::StopN(i) => {
+                        let pick: Vec<Sid> = i.iter().map(|&k| sids[k % sids.len()]).collect();
+                        let _ = client.stop_n(&pick);
+                    }
+                    Op::Garbage(bytes) => raw = bytes,
+                    Op::FailNextAdd => table.mem().fail_next_add = true,
+                    Op::Tick(ms) => {
+                        w.now += Duration::from_millis(ms);
+                        sweep(&mut w.ctx());
+                        let action = handler.on_timer(&mut w.ctx());
+                        open = to_client(&mut client, &action);
+                    }
+                }
+                let mut input = client.pending_output().to_vec();
+                client.consume_output(input.len());
+                input.extend_from_slice(&raw);
+                for piece in input.chunks(chunk) {
+                    let action = handler.on_bytes(&mut w.ctx(), piece);
+                    open = open && to_client(&mut client, &action);
+                    if action.close {
+                        break;
+                    }
+                }
+                while let Some(event) = client.poll_event() {
+                    if let ClientEvent::SessionAccepted { sid, .. } = event {
+                        sids.push(sid);
+                        accepted += 1;
+                    }
+                }
+                // The accounting holds at every step.
+                prop_assert_eq!(w.ports.in_use(), w.state.session_count());
+                prop_assert_eq!(w.policy.sessions() as usize, w.state.session_count());
+                prop_assert!(table.mem().sessions.len() <= w.state.session_count());
+            }
+            handler.on_close(&mut w.ctx(), CloseReason::PeerClosed);
+            w.now += REFWAIT + Duration::from_millis(1);
+            sweep(&mut w.ctx());
+            prop_assert_eq!(w.state.session_count(), 0);
+            prop_assert_eq!(w.ports.in_use(), 0);
+            prop_assert_eq!(w.policy.sessions(), 0);
+            prop_assert!(table.mem().sessions.is_empty());
+            let text = w.metrics.encode();
+            for mode in ["unauthenticated", "authenticated", "encrypted", "mixed"] {
+                let gauge = format!("ricochet_control_sessions{{mode=\"{mode}\"}} 0");
+                prop_assert!(text.contains(&gauge), "{}", text);
+            }
+        }
+    }
 
     #[test]
     fn go_away_greeting_layout() {
