@@ -295,7 +295,7 @@ struct ConnContext<'c, 'a> {
 impl ConnContext<'_, '_> {
     fn refuse(&mut self, reason: RefusalReason) -> Accept {
         self.ctx.metrics.session_refused(reason);
-        tracing::info!(conn = self.conn.id, peer = %self.conn.peer, %reason, "session refused");
+        tracing::info!(conn = self.conn.id, peer = %self.conn.peer, %reason, "refused by policy");
         Accept::from(reason.accept_code().unwrap_or(1))
     }
 }
@@ -339,16 +339,24 @@ impl ServerContext for ConnContext<'_, '_> {
             self.ctx.policy.release_session(client);
             return Err(self.refuse(RefusalReason::PortsExhausted));
         };
-        let sid = loop {
-            match sid_for(reflector) {
-                Ok(sid) if self.ctx.state.sessions.contains_key(&sid) => continue,
-                Ok(sid) => break sid,
-                Err(e) => {
-                    tracing::error!(error = %e, "the OS random generator failed; refusing the session");
-                    self.ctx.ports.release(port);
-                    self.ctx.policy.release_session(client);
-                    return Err(Accept::InternalError);
+        // 32 random bits and the time make a collision all but impossible;
+        // a few draws bound the work should the generator misbehave.
+        let fresh = (0..8).map(|_| sid_for(reflector)).find(|r| {
+            r.as_ref()
+                .map_or(true, |sid| !self.ctx.state.sessions.contains_key(sid))
+        });
+        let sid = match fresh {
+            Some(Ok(sid)) => sid,
+            failed => {
+                match failed {
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "the OS random generator failed; refusing the session")
+                    }
+                    _ => tracing::error!("no unused SID in 8 draws; refusing the session"),
                 }
+                self.ctx.ports.release(port);
+                self.ctx.policy.release_session(client);
+                return Err(Accept::InternalError);
             }
         };
         let timeout = Duration::from_nanos(request.timeout.interval_ns());
