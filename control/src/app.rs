@@ -94,11 +94,18 @@ pub fn main(cli: Cli) -> ExitCode {
 /// (`reflector::bpf`) are wired here as they land.
 pub fn data_plane(config: &Config) -> Result<Box<dyn SessionTable>, String> {
     match config.data_plane {
-        DataPlaneKind::Socket | DataPlaneKind::Bpf => Err(format!(
-            "data_plane = \"{}\" is not available in this build yet; no data plane can reflect \
-             test packets, so the daemon does not start",
-            config.data_plane
-        )),
+        DataPlaneKind::Socket => {
+            let table = ricochet_reflector::socket::SocketSessionTable::spawn(
+                &ricochet_reflector::socket::TableConfig::default(),
+            )
+            .map_err(|e| format!("cannot start the socket data plane: {e}"))?;
+            Ok(Box::new(table))
+        }
+        DataPlaneKind::Bpf => Err(
+            "data_plane = \"bpf\" is not available in this build yet (the pinned-map \
+             SessionTable is not written); use data_plane = \"socket\""
+                .to_string(),
+        ),
     }
 }
 
