@@ -107,7 +107,11 @@ pub const fn z_format(error_estimate_bits: u16) -> TimeFormat {
 /// builds, which fuzz builds are).
 pub fn exercise_timestamp(raw: [u8; 8], error_estimate_bits: u16, offset: i32) {
     let ts = ricochet_protocol::twamp_test::decode_timestamp(raw, error_estimate_bits);
-    assert_eq!(ts.to_bytes(), raw, "decoding a timestamp must keep its octets");
+    assert_eq!(
+        ts.to_bytes(),
+        raw,
+        "decoding a timestamp must keep its octets"
+    );
     assert_eq!(ts.format(), z_format(error_estimate_bits));
     let offset = TaiOffset(offset);
     let _ = ts.to_utc_ns(offset);

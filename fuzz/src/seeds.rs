@@ -199,7 +199,9 @@ pub fn synthetic() -> Vec<Seed> {
         error_estimate: error_estimate(1),
         max_len: 1500,
         out_len: 0,
-        rx: &[0, 0, 0, 1, 0xe8, 0xa1, 0xb2, 0xc6, 0x40, 0, 0, 0, 0x80, 0x01],
+        rx: &[
+            0, 0, 0, 1, 0xe8, 0xa1, 0xb2, 0xc6, 0x40, 0, 0, 0, 0x80, 0x01,
+        ],
     };
     out.push(("stamp_reflect", case.encode()));
     let mut tlvs = Vec::new();

@@ -91,7 +91,14 @@ pub fn sender(data: &[u8]) {
             }
             StampLayout::Authenticated => {
                 use field::auth_sender as f;
-                (f::BASE_LEN, 16, 24, 26, &[f::MBZ_1, f::MBZ_2], Some(f::HMAC))
+                (
+                    f::BASE_LEN,
+                    16,
+                    24,
+                    26,
+                    &[f::MBZ_1, f::MBZ_2],
+                    Some(f::HMAC),
+                )
             }
         };
     let view = match SenderPacket::new_checked(pkt, layout) {
@@ -107,7 +114,10 @@ pub fn sender(data: &[u8]) {
     assert_eq!(view.tlvs(), &pkt[base..]);
     assert_eq!(view.hmac(), hmac.clone().map(|r| &pkt[r]));
     assert_eq!(view.mbz_is_zero(), all_zero(pkt, mbz));
-    assert_eq!(view.error_estimate().is_ok(), repr.error_estimate & 0xff != 0);
+    assert_eq!(
+        view.error_estimate().is_ok(),
+        repr.error_estimate & 0xff != 0
+    );
     assert_eq!(view.timestamp_decoded().to_bytes(), repr.timestamp);
     exercise_timestamp(repr.timestamp, repr.error_estimate, offset);
 
@@ -115,7 +125,11 @@ pub fn sender(data: &[u8]) {
     let mut copy = pkt.to_vec();
     repr.emit(&mut SenderPacket::new_unchecked(&mut copy[..], layout))
         .expect("emit into the packet it was parsed from");
-    assert_eq!(copy, zeroed(pkt, &zero), "emit changed more than MBZ and HMAC");
+    assert_eq!(
+        copy,
+        zeroed(pkt, &zero),
+        "emit changed more than MBZ and HMAC"
+    );
     assert_eq!(
         SenderRepr::parse(&SenderPacket::new_unchecked(&copy[..], layout)),
         Ok(repr)
@@ -178,8 +192,14 @@ pub fn reflector(data: &[u8]) {
     assert_eq!(view.mbz_is_zero(), all_zero(pkt, &mbz));
     assert_eq!(view.error_estimate().is_ok(), r.error_estimate & 0xff != 0);
     assert_eq!(view.timestamp_decoded().to_bytes(), r.timestamp);
-    assert_eq!(view.receive_timestamp_decoded().to_bytes(), r.receive_timestamp);
-    assert_eq!(view.sender_timestamp_decoded().to_bytes(), r.sender_timestamp);
+    assert_eq!(
+        view.receive_timestamp_decoded().to_bytes(),
+        r.receive_timestamp
+    );
+    assert_eq!(
+        view.sender_timestamp_decoded().to_bytes(),
+        r.sender_timestamp
+    );
     exercise_timestamp(r.timestamp, r.error_estimate, offset);
     exercise_timestamp(r.sender_timestamp, r.sender_error_estimate, offset);
 
@@ -187,7 +207,11 @@ pub fn reflector(data: &[u8]) {
     let mut copy = pkt.to_vec();
     r.emit(&mut ReflectorPacket::new_unchecked(&mut copy[..], layout))
         .expect("emit into the packet it was parsed from");
-    assert_eq!(copy, zeroed(pkt, &zero), "emit changed more than MBZ and HMAC");
+    assert_eq!(
+        copy,
+        zeroed(pkt, &zero),
+        "emit changed more than MBZ and HMAC"
+    );
     assert_eq!(
         ReflectorRepr::parse(&ReflectorPacket::new_unchecked(&copy[..], layout)),
         Ok(r)
@@ -352,14 +376,20 @@ pub fn reflect(data: &[u8]) {
     let r = ReflectorRepr::parse(&view).expect("reply parses");
     let sender_seq = be32(rx, 0);
     let stateful = fmt.mode == ReflectorMode::Stateful;
-    assert_eq!(r.sequence_number, if stateful { case.seq } else { sender_seq });
+    assert_eq!(
+        r.sequence_number,
+        if stateful { case.seq } else { sender_seq }
+    );
     assert_eq!(r.timestamp, [0; 8], "T3 is left zero for set_t3");
     let z = if fmt.timestamp_format == TimeFormat::Ptp {
         0x4000
     } else {
         0
     };
-    assert_eq!(r.error_estimate, (case.error_estimate.to_bits() & !0x4000) | z);
+    assert_eq!(
+        r.error_estimate,
+        (case.error_estimate.to_bits() & !0x4000) | z
+    );
     let ssid = if rx.len() >= s_ssid + 2 {
         be16(rx, s_ssid)
     } else {
@@ -549,10 +579,7 @@ pub fn tlv_process(data: &[u8]) {
         area,
         |t| FuzzHandler::recognises_type(&types, t),
         |v| match fuzz_verdict(v) {
-            TlvVerdict::Processed => (
-                TlvVerdict::Processed,
-                Some(v.iter().map(|b| !b).collect()),
-            ),
+            TlvVerdict::Processed => (TlvVerdict::Processed, Some(v.iter().map(|b| !b).collect())),
             other => (other, None),
         },
     );

@@ -79,7 +79,12 @@ pub fn sender(data: &[u8]) {
             Some(f::HMAC),
         )
     } else {
-        (TestLayout::Unauthenticated, field::sender::HEADER_LEN, &[], None)
+        (
+            TestLayout::Unauthenticated,
+            field::sender::HEADER_LEN,
+            &[],
+            None,
+        )
     };
     let view = match SenderPacket::new_checked(pkt, layout) {
         Ok(v) => v,
@@ -109,7 +114,11 @@ pub fn sender(data: &[u8]) {
     let mut copy = pkt.to_vec();
     repr.emit(&mut SenderPacket::new_unchecked(&mut copy[..], layout))
         .expect("emit into the packet it was parsed from");
-    assert_eq!(copy, zeroed(pkt, &zero), "emit changed more than MBZ and HMAC");
+    assert_eq!(
+        copy,
+        zeroed(pkt, &zero),
+        "emit changed more than MBZ and HMAC"
+    );
     let again = SenderRepr::parse(&SenderPacket::new_unchecked(&copy[..], layout));
     assert_eq!(again, Ok(repr));
 
@@ -207,7 +216,10 @@ pub fn reflector(data: &[u8]) {
     assert_eq!(repr.s_dscp_ecn, dscp_at.map(|at| pkt[at]));
     assert_eq!(view.hmac(), hmac.clone().map(|r| &pkt[r]));
     assert_eq!(view.mbz_is_zero(), all_zero(pkt, &mbz));
-    assert_eq!(view.error_estimate().is_ok(), repr.error_estimate & 0xff != 0);
+    assert_eq!(
+        view.error_estimate().is_ok(),
+        repr.error_estimate & 0xff != 0
+    );
     assert_eq!(
         view.sender_error_estimate().is_ok(),
         repr.sender_error_estimate & 0xff != 0
@@ -229,7 +241,11 @@ pub fn reflector(data: &[u8]) {
     let mut copy = pkt.to_vec();
     repr.emit(&mut ReflectorPacket::new_unchecked(&mut copy[..], layout))
         .expect("emit into the packet it was parsed from");
-    assert_eq!(copy, zeroed(pkt, &zero), "emit changed more than MBZ and HMAC");
+    assert_eq!(
+        copy,
+        zeroed(pkt, &zero),
+        "emit changed more than MBZ and HMAC"
+    );
     let again = ReflectorRepr::parse(&ReflectorPacket::new_unchecked(&copy[..], layout));
     assert_eq!(again, Ok(repr));
 

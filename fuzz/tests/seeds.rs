@@ -43,8 +43,7 @@ fn captures_are_classified_by_peer_convention() {
         CaptureKind::from_file_name("twamp-light-v6-default"),
         Some(CaptureKind::TwampLight)
     );
-    let Some(CaptureKind::Stamp(f)) = CaptureKind::from_file_name("stamp-open-stateful-fut")
-    else {
+    let Some(CaptureKind::Stamp(f)) = CaptureKind::from_file_name("stamp-open-stateful-fut") else {
         panic!("stamp capture");
     };
     assert_eq!(
