@@ -26,6 +26,8 @@ pub mod stamp;
 
 pub mod crypto;
 
+pub mod client;
 pub mod keyfile;
+pub mod server;
 
 pub use error::WireError;

@@ -1,1 +1,7 @@
-//! Ricochet's data plane library (filled by the data-plane work).
+//! Ricochet's data plane: the XDP loader and pinned maps (`bpf`), the
+//! portable socket reflector (`socket`) and the host clock state (`clock`).
+
+pub mod bpf;
+pub mod clock;
+pub mod session_table;
+pub mod socket;

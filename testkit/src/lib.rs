@@ -4,6 +4,8 @@
 //! only splits link, IP and transport layers (with `etherparse`), so tests can
 //! feed the raw TWAMP/STAMP octets to the code under test and compare.
 
+pub mod lab;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -153,7 +155,7 @@ pub fn read_pcap(path: &Path) -> Capture {
                 let idx = match idx {
                     Some(i) => i,
                     None => {
-                        if !(t.syn() && !t.ack()) {
+                        if !t.syn() || t.ack() {
                             continue; // mid-stream capture start: not ours
                         }
                         cap.tcp.push(TcpConversation {
@@ -243,5 +245,37 @@ mod tests {
             .udp
             .iter()
             .all(|d| d.tos == 0xb8 && d.payload.len() == 214));
+    }
+}
+
+#[cfg(test)]
+mod lab_tests {
+    use super::lab::{available, Lab, Side};
+
+    #[test]
+    fn lab_comes_up_pings_and_is_gone_after_drop() {
+        if !available() {
+            eprintln!("skipped: needs root for network namespaces");
+            return;
+        }
+        let name;
+        {
+            let lab = Lab::up("tk");
+            name = lab.netns(Side::Sender);
+            let out = lab.run(Side::Sender, "ping", &["-c1", "-W2", "198.18.0.2"]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let list = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&list.stdout).contains(&name),
+            "namespace left behind"
+        );
     }
 }

@@ -1,0 +1,925 @@
+//! The daemon's TOML configuration: loading, defaults, validation.
+//!
+//! Every table refuses unknown keys (`deny_unknown_fields`) so that a typo is
+//! an error, not a silently ignored setting. [`Config::load`] parses and
+//! validates; [`Config::validate`] returns every problem found at once, each
+//! saying what to change.
+//!
+//! `control.example.toml` (beside `Cargo.toml`) documents every key with
+//! its default; a unit test keeps it valid.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::ports::PortRange;
+
+/// Default TWAMP-Control listeners: IPv6 and IPv4 wildcard on TCP 862
+/// (RFC 5357 §3.1, RFC 8545 §7).
+pub const DEFAULT_LISTEN: [&str; 2] = ["[::]:862", "0.0.0.0:862"];
+
+/// Default reflector test-port range, 18760–19960 (1201 ports).
+///
+/// Chosen to (a) stay below the Linux ephemeral range (32768–60999 by
+/// default, `net.ipv4.ip_local_port_range`) so reflector ports never collide
+/// with outgoing connections, (b) avoid the well-known ports, (c) mirror
+/// perfSONAR's OWAMP convention (8760–9960) shifted by 10000 and contain the
+/// 18760–18799 range the perfSONAR `twampd` used in the interop captures, so
+/// firewall rules written for perfSONAR hosts fit.
+pub const DEFAULT_TEST_PORTS: PortRange = match PortRange::checked(18760, 19960) {
+    Some(r) => r,
+    None => panic!("default test port range is valid"),
+};
+
+/// Default Prometheus endpoint: loopback only, so metrics are not exposed to
+/// the networks the server measures.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9862";
+
+/// Upper bound for the stall timer: RFC 4656 §3.1 ("Incomplete messages")
+/// suggests dropping a connection whose message does not complete within
+/// minutes, at most 30.
+pub const MAX_STALL_SECS: u64 = 1800;
+
+/// Lowest PBKDF2 count RFC 4656 §3.1 allows the server to offer.
+pub const MIN_PBKDF2_COUNT: u32 = 1024;
+/// Highest count we offer: RFC 5357 §6 tells clients to refuse counts above
+/// their configured maximum, suggested default 32768.
+pub const MAX_PBKDF2_COUNT: u32 = 32768;
+
+/// Longest identity (KeyID) name: the KeyID field of Set-Up-Response is 80
+/// octets of UTF-8 (RFC 4656 §3.1).
+pub const MAX_IDENTITY_OCTETS: usize = 80;
+
+/// One bit of the TWAMP-Modes registry (RFC 7717 §7 converted it to bit
+/// positions; see `modes.md`), by the name used in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModeName {
+    /// Bit 0, value 1: unauthenticated (RFC 4656).
+    Unauthenticated,
+    /// Bit 1, value 2: authenticated (RFC 4656).
+    Authenticated,
+    /// Bit 2, value 4: encrypted (RFC 4656).
+    Encrypted,
+    /// Bit 3, value 8: unauthenticated test, encrypted control (RFC 5618).
+    Mixed,
+    /// Bit 4, value 16: Individual Session Control (RFC 5938).
+    IndividualSessionControl,
+    /// Bit 5, value 32: Reflect Octets (RFC 6038).
+    ReflectOctets,
+    /// Bit 6, value 64: Symmetrical Size sender packets (RFC 6038).
+    SymmetricalSize,
+    /// Bit 7, value 128: IKEv2-derived shared secret (RFC 7717).
+    Ikev2Derived,
+    /// Bit 8, value 256: DSCP and ECN monitoring (RFC 7750).
+    DscpEcn,
+    /// Bit 9, value 512: PTPv2 timestamps (RFC 8186).
+    Ptpv2,
+}
+
+impl ModeName {
+    /// Every mode name, in bit order.
+    pub const ALL: [ModeName; 10] = [
+        ModeName::Unauthenticated,
+        ModeName::Authenticated,
+        ModeName::Encrypted,
+        ModeName::Mixed,
+        ModeName::IndividualSessionControl,
+        ModeName::ReflectOctets,
+        ModeName::SymmetricalSize,
+        ModeName::Ikev2Derived,
+        ModeName::DscpEcn,
+        ModeName::Ptpv2,
+    ];
+
+    /// The Modes-field value of this bit.
+    pub const fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+
+    /// Whether this is one of the four security modes (bits 0–3), of which a
+    /// client selects exactly one (`modes.md` §2).
+    pub const fn is_security(self) -> bool {
+        (self as u32) < 4
+    }
+
+    /// The configuration spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ModeName::Unauthenticated => "unauthenticated",
+            ModeName::Authenticated => "authenticated",
+            ModeName::Encrypted => "encrypted",
+            ModeName::Mixed => "mixed",
+            ModeName::IndividualSessionControl => "individual-session-control",
+            ModeName::ReflectOctets => "reflect-octets",
+            ModeName::SymmetricalSize => "symmetrical-size",
+            ModeName::Ikev2Derived => "ikev2-derived",
+            ModeName::DscpEcn => "dscp-ecn",
+            ModeName::Ptpv2 => "ptpv2",
+        }
+    }
+}
+
+impl fmt::Display for ModeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// OR of the bits of `modes`.
+pub fn mode_bits<'a>(modes: impl IntoIterator<Item = &'a ModeName>) -> u32 {
+    modes.into_iter().fold(0, |acc, m| acc | m.bit())
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// TCP addresses the TWAMP-Control server listens on.
+    pub listen: Vec<SocketAddr>,
+    /// Set IPV6_V6ONLY on IPv6 listeners (default true), so `[::]:862` and
+    /// `0.0.0.0:862` can both be bound. With false, an IPv6 wildcard also
+    /// accepts IPv4 (as IPv4-mapped addresses) and must not be combined with
+    /// an IPv4 listener on the same port.
+    pub v6only: bool,
+    /// Reflector UDP ports handed out in Accept-Session.
+    pub test_ports: PortRange,
+    /// `tracing` filter directive: `error`, `warn`, `info`, `debug`, `trace`
+    /// or per-module directives such as `ricochet_control=debug`.
+    pub log_level: String,
+    /// Protocol timers.
+    pub timers: Timers,
+    /// Modes offered and key material.
+    pub security: Security,
+    /// Per-identity (KeyID) restrictions; see [`Identity`].
+    pub identities: BTreeMap<String, Identity>,
+    /// Admission policy: prefixes and limits.
+    pub policy: PolicyConfig,
+    /// Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// Control-connection and session timers, in seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timers {
+    /// SERVWAIT (RFC 5357 §3.1): close a control connection with no complete
+    /// message for this long, except while its sessions are running.
+    pub servwait: u64,
+    /// REFWAIT (RFC 5357 §3.1, RFC 5938 §4.2): end a started session that
+    /// received no test packet for this long.
+    pub refwait: u64,
+    /// Close a connection whose started message (or pending output) makes no
+    /// progress for this long (RFC 4656 §3.1 incomplete messages; ≤ 1800).
+    pub stall: u64,
+}
+
+/// Security modes offered in the Server Greeting and their key material.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Security {
+    /// Modes offered (the Server Greeting Modes field is their OR).
+    pub modes: BTreeSet<ModeName>,
+    /// PBKDF2 iteration count offered in the Server Greeting (RFC 4656 §3.1:
+    /// power of two, at least 1024; we cap it at 32768, the client-side
+    /// default maximum of RFC 5357 §6).
+    pub pbkdf2_count: u32,
+    /// Shared-secret file (perfSONAR `.pfs` format: identity, TAB, hex
+    /// secret). Required when authenticated, encrypted or mixed mode is
+    /// offered without IKEv2-derived keys.
+    pub key_file: Option<PathBuf>,
+}
+
+/// What one identity (the KeyID of Set-Up-Response) may do.
+///
+/// Identities present in the key file but not listed here may use every
+/// offered mode: the key file already decides who can authenticate; this
+/// table only narrows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Modes (security and feature bits) this identity may select. A
+    /// selected Mode is allowed when every one of its bits is listed.
+    pub modes: BTreeSet<ModeName>,
+}
+
+/// Admission policy (see `policy.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Client prefixes allowed to connect; empty = every address.
+    pub allow: Vec<IpNet>,
+    /// Client prefixes refused; deny wins over allow.
+    pub deny: Vec<IpNet>,
+    /// Control connections open at once, all clients together.
+    pub max_connections: u32,
+    /// Control connections open at once from one client.
+    pub max_connections_per_client: u32,
+    /// Test sessions (accepted, not yet ended) at once, all clients together.
+    pub max_sessions: u32,
+    /// Test sessions at once for one client.
+    pub max_sessions_per_client: u32,
+    /// IPv6 clients are counted per prefix of this length for the per-client
+    /// limits (a host usually owns a whole /64).
+    pub ipv6_client_prefix: u8,
+}
+
+/// Prometheus endpoint settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the `/metrics` HTTP endpoint.
+    pub listen: SocketAddr,
+    /// Serve metrics at all.
+    pub enabled: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            v6only: true,
+            test_ports: DEFAULT_TEST_PORTS,
+            log_level: "info".to_owned(),
+            timers: Timers::default(),
+            security: Security::default(),
+            identities: BTreeMap::new(),
+            policy: PolicyConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            servwait: 900,
+            refwait: 900,
+            stall: 60,
+        }
+    }
+}
+
+impl Default for Security {
+    /// Offers only unauthenticated mode: the authenticated modes need a key
+    /// file, which has no sensible default.
+    fn default() -> Self {
+        Security {
+            modes: BTreeSet::from([ModeName::Unauthenticated]),
+            pbkdf2_count: 2048,
+            key_file: None,
+        }
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            max_connections: 1000,
+            max_connections_per_client: 32,
+            max_sessions: 1000,
+            max_sessions_per_client: 100,
+            ipv6_client_prefix: 64,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9862)),
+            enabled: true,
+        }
+    }
+}
+
+impl Timers {
+    /// SERVWAIT as a duration.
+    pub fn servwait(&self) -> Duration {
+        Duration::from_secs(self.servwait)
+    }
+    /// REFWAIT as a duration.
+    pub fn refwait(&self) -> Duration {
+        Duration::from_secs(self.refwait)
+    }
+    /// Stall timeout as a duration.
+    pub fn stall(&self) -> Duration {
+        Duration::from_secs(self.stall)
+    }
+}
+
+impl Security {
+    /// The Modes field of the Server Greeting.
+    pub fn offered_bits(&self) -> u32 {
+        mode_bits(&self.modes)
+    }
+
+    /// Whether any mode that needs a shared secret is offered.
+    pub fn needs_secret(&self) -> bool {
+        self.modes
+            .iter()
+            .any(|m| m.is_security() && *m != ModeName::Unauthenticated)
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}; check the path given to --config and its permissions")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown/mistyped keys.
+    #[error("configuration file {path} is not valid: {message}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// The TOML parser's message, with line and column.
+        message: String,
+    },
+    /// Values parse but cannot work together.
+    #[error("configuration is invalid:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Read, parse and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read and parse a configuration file without validating the values
+    /// (command-line overrides may still change them).
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parse TOML text without validating the values.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// The effective configuration as TOML (what `--check-config` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
+    }
+
+    /// Check that the values can work together; every problem is reported.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        self.validate_listen(&mut problems);
+        self.validate_timers(&mut problems);
+        self.validate_security(&mut problems);
+        self.validate_identities(&mut problems);
+        self.validate_policy(&mut problems);
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            problems.push(format!(
+                "log_level {:?} is not a valid filter ({e}); use error, warn, info, debug or trace",
+                self.log_level
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Non-fatal remarks worth showing an operator (printed by
+    /// `--check-config` and logged at start).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let ports = self.test_ports.len();
+        if (self.policy.max_sessions as usize) > ports {
+            w.push(format!(
+                "policy.max_sessions = {} exceeds the {} ports of test_ports {}; at most {} sessions can run",
+                self.policy.max_sessions, ports, self.test_ports, ports
+            ));
+        }
+        if self.policy.max_connections_per_client > self.policy.max_connections {
+            w.push(format!(
+                "policy.max_connections_per_client = {} exceeds policy.max_connections = {}",
+                self.policy.max_connections_per_client, self.policy.max_connections
+            ));
+        }
+        if self.policy.max_sessions_per_client > self.policy.max_sessions {
+            w.push(format!(
+                "policy.max_sessions_per_client = {} exceeds policy.max_sessions = {}",
+                self.policy.max_sessions_per_client, self.policy.max_sessions
+            ));
+        }
+        for directive in self.log_level.split(',').map(str::trim) {
+            let is_level = ["error", "warn", "info", "debug", "trace", "off"]
+                .iter()
+                .any(|l| directive.eq_ignore_ascii_case(l));
+            if !directive.is_empty() && !directive.contains('=') && !is_level {
+                w.push(format!(
+                    "log_level directive {directive:?} is read as a module name (all its events, nothing else); \
+                     did you mean error, warn, info, debug or trace?"
+                ));
+            }
+        }
+        if self.metrics.enabled && !self.metrics.listen.ip().is_loopback() {
+            w.push(format!(
+                "metrics.listen = {} is not a loopback address; the endpoint has no authentication",
+                self.metrics.listen
+            ));
+        }
+        w
+    }
+
+    fn validate_listen(&self, problems: &mut Vec<String>) {
+        if self.listen.is_empty() {
+            problems.push(format!(
+                "listen is empty; give at least one address, for example {DEFAULT_LISTEN:?}"
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for addr in &self.listen {
+            if !seen.insert(addr) {
+                problems.push(format!(
+                    "listen contains {addr} twice; remove the duplicate"
+                ));
+            }
+            if addr.port() == 0 {
+                problems.push(format!(
+                    "listen address {addr} has port 0; TWAMP-Control uses 862"
+                ));
+            }
+            if self.metrics.enabled && overlaps(*addr, self.metrics.listen, self.v6only) {
+                problems.push(format!(
+                    "listen address {addr} collides with metrics.listen {}; give the metrics endpoint another port",
+                    self.metrics.listen
+                ));
+            }
+        }
+        if !self.v6only {
+            for v6 in self.listen.iter().filter(|a| a.is_ipv6()) {
+                if let Some(v4) = self
+                    .listen
+                    .iter()
+                    .find(|a| a.is_ipv4() && a.port() == v6.port() && v6.ip().is_unspecified())
+                {
+                    problems.push(format!(
+                        "with v6only = false, {v6} also accepts IPv4 and cannot be bound together with {v4}; \
+                         remove {v4} or set v6only = true"
+                    ));
+                }
+            }
+        }
+    }
+
+    fn validate_timers(&self, problems: &mut Vec<String>) {
+        let t = &self.timers;
+        for (name, value) in [
+            ("servwait", t.servwait),
+            ("refwait", t.refwait),
+            ("stall", t.stall),
+        ] {
+            if value == 0 {
+                problems.push(format!(
+                    "timers.{name} is 0; give a number of seconds (default {})",
+                    match name {
+                        "stall" => 60,
+                        _ => 900,
+                    }
+                ));
+            }
+        }
+        if t.stall > MAX_STALL_SECS {
+            problems.push(format!(
+                "timers.stall = {} exceeds {MAX_STALL_SECS} s (RFC 4656 §3.1: incomplete messages are dropped within 30 minutes)",
+                t.stall
+            ));
+        }
+    }
+
+    fn validate_security(&self, problems: &mut Vec<String>) {
+        let s = &self.security;
+        if !s.modes.iter().any(|m| m.is_security()) {
+            problems.push(
+                "security.modes offers no security mode; include at least one of \
+                 unauthenticated, authenticated, encrypted, mixed"
+                    .to_owned(),
+            );
+        }
+        let ikev2 = s.modes.contains(&ModeName::Ikev2Derived);
+        if s.needs_secret() && s.key_file.is_none() && !ikev2 {
+            problems.push(
+                "security.modes offers authenticated, encrypted or mixed mode but security.key_file is not set; \
+                 set key_file or offer only unauthenticated"
+                    .to_owned(),
+            );
+        }
+        if ikev2 && !s.needs_secret() {
+            problems.push(
+                "ikev2-derived (RFC 7717) needs authenticated, encrypted or mixed mode; add one to security.modes"
+                    .to_owned(),
+            );
+        }
+        if !s.pbkdf2_count.is_power_of_two()
+            || !(MIN_PBKDF2_COUNT..=MAX_PBKDF2_COUNT).contains(&s.pbkdf2_count)
+        {
+            problems.push(format!(
+                "security.pbkdf2_count = {} must be a power of two from {MIN_PBKDF2_COUNT} to {MAX_PBKDF2_COUNT} \
+                 (RFC 4656 §3.1, RFC 5357 §6); 2048 is what perfSONAR offers",
+                s.pbkdf2_count
+            ));
+        }
+    }
+
+    fn validate_identities(&self, problems: &mut Vec<String>) {
+        let offered = &self.security.modes;
+        for (name, identity) in &self.identities {
+            if name.is_empty() || name.len() > MAX_IDENTITY_OCTETS || name.contains('\0') {
+                problems.push(format!(
+                    "identity {name:?} must be 1 to {MAX_IDENTITY_OCTETS} octets of UTF-8 without NUL (the KeyID field, RFC 4656 §3.1)"
+                ));
+            }
+            if identity.modes.contains(&ModeName::Unauthenticated) {
+                problems.push(format!(
+                    "identities.{name:?}: unauthenticated mode carries no identity; remove it from this list"
+                ));
+            }
+            let not_offered: Vec<&str> = identity
+                .modes
+                .iter()
+                .filter(|m| !offered.contains(m))
+                .map(|m| m.as_str())
+                .collect();
+            if !not_offered.is_empty() {
+                problems.push(format!(
+                    "identities.{name:?} allows {} which security.modes does not offer; offer it or remove it",
+                    not_offered.join(", ")
+                ));
+            }
+            if !identity.modes.iter().any(|m| m.is_security()) {
+                problems.push(format!(
+                    "identities.{name:?} allows no security mode, so it could never connect; \
+                     list authenticated, encrypted or mixed (or delete the identity)"
+                ));
+            }
+        }
+    }
+
+    fn validate_policy(&self, problems: &mut Vec<String>) {
+        let p = &self.policy;
+        for (what, list) in [("allow", &p.allow), ("deny", &p.deny)] {
+            for net in list {
+                if let IpNet::V6(v6) = net {
+                    if v6.network().to_ipv4_mapped().is_some() && v6.prefix_len() >= 96 {
+                        problems.push(format!(
+                            "policy.{what} entry {net} is an IPv4-mapped IPv6 prefix; write it as an IPv4 prefix \
+                             (clients are matched by their plain IPv4 address)"
+                        ));
+                    }
+                }
+                if net.trunc() != *net {
+                    problems.push(format!(
+                        "policy.{what} entry {net} has host bits set; did you mean {}?",
+                        net.trunc()
+                    ));
+                }
+            }
+        }
+        for (name, value) in [
+            ("max_connections", p.max_connections),
+            ("max_connections_per_client", p.max_connections_per_client),
+            ("max_sessions", p.max_sessions),
+            ("max_sessions_per_client", p.max_sessions_per_client),
+        ] {
+            if value == 0 {
+                problems.push(format!(
+                    "policy.{name} is 0, which would refuse every client; give a positive limit"
+                ));
+            }
+        }
+        if !(1..=128).contains(&p.ipv6_client_prefix) {
+            problems.push(format!(
+                "policy.ipv6_client_prefix = {} must be 1 to 128 (default 64)",
+                p.ipv6_client_prefix
+            ));
+        }
+    }
+}
+
+/// Whether two TCP listen addresses would collide on bind.
+fn overlaps(a: SocketAddr, b: SocketAddr, v6only: bool) -> bool {
+    if a.port() != b.port() {
+        return false;
+    }
+    let family_match = a.is_ipv4() == b.is_ipv4();
+    let (ia, ib) = (a.ip(), b.ip());
+    if family_match {
+        return ia == ib || ia.is_unspecified() || ib.is_unspecified();
+    }
+    // Across families only a dual-stack IPv6 wildcard collides.
+    !v6only
+        && [ia, ib]
+            .iter()
+            .any(|ip| matches!(ip, IpAddr::V6(v6) if v6.is_unspecified()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+listen = ["[::1]:8620", "127.0.0.1:8620"]
+v6only = true
+test_ports = "18760-18799"
+log_level = "debug"
+
+[timers]
+servwait = 600
+refwait = 300
+stall = 30
+
+[security]
+modes = ["unauthenticated", "authenticated", "encrypted", "mixed", "individual-session-control"]
+pbkdf2_count = 2048
+key_file = "/etc/ricochet/twamp.pfs"
+
+[identities.interop]
+modes = ["authenticated", "encrypted", "individual-session-control"]
+
+[policy]
+allow = ["192.0.2.0/24", "2001:db8::/32"]
+deny = ["192.0.2.66/32"]
+max_connections = 10
+max_connections_per_client = 2
+max_sessions = 20
+max_sessions_per_client = 4
+ipv6_client_prefix = 56
+
+[metrics]
+listen = "127.0.0.1:19862"
+"#;
+
+    #[test]
+    fn full_file_parses_and_validates() {
+        let c = Config::parse(FULL).expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.test_ports, PortRange::new(18760, 18799).expect("range"));
+        assert_eq!(c.timers.servwait(), Duration::from_secs(600));
+        // 1 | 2 | 4 | 8 | 16: perfSONAR's 0x0f plus Individual Session Control.
+        assert_eq!(c.security.offered_bits(), 0x1f);
+        assert_eq!(
+            mode_bits(&c.identities["interop"].modes),
+            0x02 | 0x04 | 0x10
+        );
+        assert_eq!(c.policy.deny[0].to_string(), "192.0.2.66/32");
+        assert_eq!(c.policy.ipv6_client_prefix, 56);
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn mode_bits_follow_the_registry() {
+        // modes.md §1: bit n has value 1 << n, in registry order.
+        let expect = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
+        for (m, v) in ModeName::ALL.iter().zip(expect) {
+            assert_eq!(m.bit(), v, "{m}");
+        }
+        assert!(ModeName::Mixed.is_security());
+        assert!(!ModeName::IndividualSessionControl.is_security());
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = Config::parse("").expect("parses");
+        c.validate().expect("defaults are valid");
+        assert_eq!(
+            c.listen,
+            vec![
+                "[::]:862".parse::<SocketAddr>().expect("addr"),
+                "0.0.0.0:862".parse().expect("addr")
+            ]
+        );
+        assert!(c.v6only);
+        assert_eq!(c.test_ports.to_string(), "18760-19960");
+        assert_eq!(
+            c.timers,
+            Timers {
+                servwait: 900,
+                refwait: 900,
+                stall: 60
+            }
+        );
+        assert_eq!(c.security.pbkdf2_count, 2048);
+        assert_eq!(c.security.offered_bits(), 1);
+        assert_eq!(c.metrics.listen.to_string(), DEFAULT_METRICS_LISTEN);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        for (text, key) in [
+            ("listne = []", "listne"),
+            ("[timers]\nservwiat = 5", "servwiat"),
+            ("[policy]\nalow = []", "alow"),
+            ("[identities.x]\nmodes = []\nextra = 1", "extra"),
+            ("[metrics]\nport = 1", "port"),
+        ] {
+            let err = Config::parse(text).expect_err(text);
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_at_parse() {
+        for text in [
+            "test_ports = \"20000-10000\"",
+            "listen = [\"nonsense\"]",
+            "[security]\nmodes = [\"super-secure\"]",
+            "[policy]\nallow = [\"10.0.0.0/33\"]",
+        ] {
+            assert!(Config::parse(text).is_err(), "{text} should not parse");
+        }
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text).expect("parses").validate() {
+            Err(ConfigError::Invalid(p)) => p,
+            other => panic!("expected Invalid for {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validation_explains_each_problem() {
+        let cases: &[(&str, &str)] = &[
+            ("listen = []", "listen is empty"),
+            (
+                "[security]\nmodes = [\"authenticated\"]",
+                "key_file is not set",
+            ),
+            (
+                "[security]\nmodes = [\"reflect-octets\"]",
+                "no security mode",
+            ),
+            ("[security]\npbkdf2_count = 1000", "power of two"),
+            ("[security]\npbkdf2_count = 65536", "power of two"),
+            (
+                "[security]\nmodes = [\"unauthenticated\", \"ikev2-derived\"]",
+                "ikev2-derived",
+            ),
+            ("[timers]\nstall = 0", "timers.stall is 0"),
+            ("[timers]\nstall = 3600", "exceeds 1800"),
+            ("[policy]\nmax_sessions = 0", "max_sessions is 0"),
+            (
+                "[policy]\nallow = [\"10.0.0.1/8\"]",
+                "did you mean 10.0.0.0/8",
+            ),
+            ("[policy]\ndeny = [\"::ffff:10.0.0.0/104\"]", "IPv4-mapped"),
+            (
+                "[identities.bob]\nmodes = [\"encrypted\"]",
+                "does not offer",
+            ),
+            (
+                "[identities.bob]\nmodes = [\"unauthenticated\"]",
+                "carries no identity",
+            ),
+            ("log_level = \"ricochet_control=loud\"", "log_level"),
+            (
+                "v6only = false\nlisten = [\"[::]:862\", \"0.0.0.0:862\"]",
+                "v6only = false",
+            ),
+            (
+                "listen = [\"127.0.0.1:9862\"]\n[metrics]\nlisten = \"127.0.0.1:9862\"",
+                "collides with metrics.listen",
+            ),
+        ];
+        for (text, needle) in cases {
+            let p = problems(text);
+            assert!(
+                p.iter().any(|m| m.contains(needle)),
+                "{text:?}: {p:?} lacks {needle:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let p = problems("listen = []\n[policy]\nmax_connections = 0\n[timers]\nservwait = 0");
+        assert_eq!(p.len(), 3, "{p:?}");
+    }
+
+    #[test]
+    fn warnings_point_at_suspicious_limits() {
+        let c = Config::parse(
+            "test_ports = \"5000-5009\"\n[policy]\nmax_sessions = 50\n[metrics]\nlisten = \"0.0.0.0:9862\"",
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        let w = c.warnings();
+        assert!(w.iter().any(|m| m.contains("at most 10 sessions")), "{w:?}");
+        assert!(w.iter().any(|m| m.contains("not a loopback")), "{w:?}");
+        let c = Config::parse("log_level = \"inof\"").expect("parses");
+        assert!(c.warnings().iter().any(|m| m.contains("\"inof\"")));
+        let c = Config::parse("log_level = \"warn,ricochet_control=debug\"").expect("parses");
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn rendered_config_parses_back_identically() {
+        let c = Config::parse(FULL).expect("parses");
+        let again = Config::parse(&c.to_toml()).expect("rendered TOML parses");
+        assert_eq!(c, again);
+        let d = Config::default();
+        assert_eq!(Config::parse(&d.to_toml()).expect("parses"), d);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            if let Ok(c) = Config::parse(&text) {
+                let _ = c.validate();
+                let _ = c.warnings();
+            }
+        }
+
+        #[test]
+        fn tomlish_text_never_panics(
+            key in "(listen|test_ports|v6only|log_level|timers|policy|security|metrics)",
+            value in "(\\[|\\]|\"|[0-9a-z:.,/= -]){0,40}",
+        ) {
+            let text = format!("{key} = {value}\n[policy]\nallow = [{value}]");
+            let _ = Config::parse(&text).map(|c| c.validate());
+        }
+
+        #[test]
+        fn rendered_values_parse_back(
+            first in 1u16..=65535,
+            span in 0u16..2000,
+            servwait in 1u64..100_000,
+            stall in 1u64..=MAX_STALL_SECS,
+            limits in proptest::array::uniform4(1u32..1_000_000),
+            v4 in proptest::array::uniform4(proptest::num::u8::ANY),
+            len in 0u8..=32,
+        ) {
+            let mut c = Config {
+                test_ports: PortRange::new(first, first.saturating_add(span)).expect("range"),
+                ..Config::default()
+            };
+            c.timers.servwait = servwait;
+            c.timers.stall = stall;
+            c.policy.max_connections = limits[0];
+            c.policy.max_connections_per_client = limits[1];
+            c.policy.max_sessions = limits[2];
+            c.policy.max_sessions_per_client = limits[3];
+            let net = ipnet::Ipv4Net::new(v4.into(), len).expect("prefix").trunc();
+            c.policy.deny = vec![IpNet::V4(net)];
+            proptest::prop_assert!(c.validate().is_ok());
+            proptest::prop_assert_eq!(Config::parse(&c.to_toml()).expect("parses"), c);
+        }
+    }
+
+    #[test]
+    fn example_file_is_valid() {
+        let c = Config::parse(include_str!("../control.example.toml")).expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.security.offered_bits(), 0x0f);
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        let mut defaults = c.clone();
+        defaults.security = Security::default();
+        defaults.identities.clear();
+        assert_eq!(
+            defaults,
+            Config::default(),
+            "the example documents the defaults"
+        );
+    }
+
+    #[test]
+    fn load_reports_missing_file_and_path() {
+        let err = Config::load(Path::new("/nonexistent/ricochet.toml")).expect_err("missing");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/nonexistent/ricochet.toml") && msg.contains("--config"),
+            "{msg}"
+        );
+    }
+}

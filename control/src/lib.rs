@@ -1,0 +1,27 @@
+//! `ricochet-control`: the TWAMP-Control daemon's operational parts.
+//!
+//! * [`config`]: the TOML configuration, defaults and validation.
+//! * [`cli`]: the command line and its overrides.
+//! * [`policy`]: admission (prefix lists, connection and session limits,
+//!   modes per identity) and the Accept value of each refusal.
+//! * [`ports`]: the reflector UDP port allocator.
+//! * [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
+//! * [`event_loop`]: the mio loop (listeners, timers, backpressure, signals)
+//!   and the [`event_loop::ConnectionHandler`] seam where the protocol
+//!   crate's sans-IO TWAMP-Control server plugs in.
+//! * [`logging`]: `tracing` set-up.
+//! * [`app`]: everything wired together for `main`.
+//!
+//! The crate never reflects test packets; it programs the data plane through
+//! the reflector crate's `SessionTable` API only.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod event_loop;
+pub mod logging;
+pub mod metrics;
+pub mod policy;
+pub mod ports;

@@ -1,0 +1,204 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * ricochet.h: the ONE declaration of everything the XDP program shares with
+ * user space (map keys and values, clock state, counters, AF_XDP metadata).
+ *
+ * The Rust mirror lives in reflector/src/bpf/abi.rs; a test there checks
+ * every size and offset against the types libbpf-cargo generates from this
+ * header's BTF. Change both together.
+ *
+ * Conventions (all maps):
+ *   - addresses and UDP ports are stored in NETWORK byte order, exactly as
+ *     they appear on the wire; an IPv4 address occupies addr[0..4] and
+ *     addr[4..16] is zero;
+ *   - every other integer is in host byte order;
+ *   - explicit padding fields are named _pad* and must be zero.
+ */
+#ifndef RICOCHET_H
+#define RICOCHET_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+
+/* Address family tag used in keys (not AF_INET/AF_INET6, which differ
+ * between systems; these are the IP version numbers). */
+#define RC_FAMILY_IPV4 4
+#define RC_FAMILY_IPV6 6
+
+/* ---- sessions: (local, remote) 5-tuple -> rc_entry ---------------------- */
+
+/* Key of the `sessions` hash map: one provisioned test session, seen from
+ * the reflector (local = destination of the received test packet). */
+struct rc_session_key {
+	__u8 local_addr[16];
+	__u8 remote_addr[16];
+	__be16 local_port;
+	__be16 remote_port;
+	__u8 family; /* RC_FAMILY_* */
+	__u8 _pad[3];
+};
+
+/* Key of the `listeners` hash map: a stateless TWAMP-Light / STAMP listener.
+ * local_addr all-zero means "any local address of that family"; an exact
+ * address entry wins over the wildcard. */
+struct rc_listener_key {
+	__u8 local_addr[16];
+	__be16 local_port;
+	__u8 family; /* RC_FAMILY_* */
+	__u8 _pad;
+};
+
+/* rc_entry.mode */
+enum rc_mode {
+	/* Unauthenticated / mixed-mode TWAMP (RFC 5357 §4.2.1, RFC 5618):
+	 * reflected in XDP; 41-octet reflector header (44 with RFC 7750). */
+	RC_MODE_TWAMP = 1,
+	/* Unauthenticated STAMP (RFC 8762 §4.3): reflected in XDP; 44-octet
+	 * base packet, symmetric size, SSID copied. */
+	RC_MODE_STAMP = 2,
+	/* Authenticated or encrypted TWAMP, authenticated STAMP: handed to the
+	 * AF_XDP socket of the receiving queue with rc_xdp_meta. */
+	RC_MODE_SECURED = 3,
+};
+
+/* rc_entry.flags */
+enum rc_flags {
+	/* RFC 8186: T2/T3 in PTPv2 truncated format, Z bit set. */
+	RC_F_PTP = 1 << 0,
+	/* RFC 7750 DSCP and ECN Monitoring (TWAMP only): S-DSCP-ECN at octet 41,
+	 * reflector header 44 octets. STAMP reflects it through its CoS TLV
+	 * in user space instead. */
+	RC_F_DSCP_ECN = 1 << 1,
+	/* RFC 6038 Symmetrical Size (TWAMP only): the sender's padding starts
+	 * after rc_entry.sender_mbz MBZ octets (octet 14 + sender_mbz). */
+	RC_F_SYMMETRICAL = 1 << 2,
+	/* RFC 6038 Reflect Octets: the first reflect_octets octets of the
+	 * sender padding must come back at the start of the reflector padding;
+	 * a packet too short to carry them is dropped (bad length). */
+	RC_F_REFLECT_OCTETS = 1 << 3,
+	/* Send with rc_entry.dscp (Type-P, RFC 5357 §3.5) instead of the
+	 * received DSCP. */
+	RC_F_SET_DSCP = 1 << 4,
+	/* STAMP: packets longer than the 44-octet base (they carry RFC 8972
+	 * TLVs) go to the AF_XDP socket instead of being reflected opaquely. */
+	RC_F_TLV_TO_XSK = 1 << 5,
+	/* STAMP (RFC 8972 §3): drop packets whose SSID differs from
+	 * rc_entry.ssid. */
+	RC_F_CHECK_SSID = 1 << 6,
+};
+
+/* Per-entry counters, updated with atomic adds by every CPU. */
+struct rc_entry_stats {
+	__u64 rx_packets;    /* matched this entry */
+	__u64 reflected;     /* XDP_TX */
+	__u64 redirected;    /* XDP_REDIRECT to an AF_XDP socket */
+	__u64 rate_limited;  /* dropped by the token bucket */
+	__u64 bad_length;    /* dropped: too short for the mode */
+	__u64 rx_bytes;      /* UDP payload octets matched */
+};
+
+/* Value of both `sessions` and `listeners`. In `sessions` the entry is a
+ * stateful reflector (own sequence counter); in `listeners` it is stateless
+ * (the received sequence number is copied, RFC 8762 §4.2 / RFC 5357 §4.2.1).
+ *
+ * Written by the control plane; `seq`, the token bucket state (`tokens`,
+ * `last_ns`) and `stats` are owned by the data plane afterwards. */
+struct rc_entry {
+	/* Protects the token bucket (tokens, last_ns) only. Must stay the first
+	 * top-level field; user space writes skip it (kernel copy_map_value). */
+	struct bpf_spin_lock lock;
+	/* Next reflector sequence number (stateful), __sync_fetch_and_add. */
+	__u32 seq;
+	/* Incremented by the control plane on every change of this entry;
+	 * AF_XDP pollers re-read keys when the metadata shows a newer one. */
+	__u32 generation;
+	/* Session slot id handed to AF_XDP pollers (index into their caches). */
+	__u32 slot;
+	__u8 mode;           /* enum rc_mode */
+	__u8 dscp;           /* DSCP (0..63) sent when RC_F_SET_DSCP */
+	__u16 flags;         /* enum rc_flags */
+	__u16 reflect_octets;/* RFC 6038 Reflect Octets length L */
+	__u8 sender_mbz;     /* RFC 6038/7750 symmetrical sender MBZ (27/28/30) */
+	__u8 _pad0;
+	__u16 ssid;          /* RFC 8972 SSID, host order, with RC_F_CHECK_SSID */
+	__u16 _pad1;
+	/* Token bucket (anti-amplification, RFC 5357 §4.2 "MUST NOT reflect
+	 * at a higher rate"): rate_pps == 0 means unlimited. */
+	__u32 rate_pps;      /* refill rate, packets per second */
+	__u32 burst;         /* bucket depth, packets (>= 1) */
+	__u64 tokens;        /* current fill, nano-packets (1e9 = 1 packet) */
+	__u64 last_ns;       /* CLOCK_TAI ns of the last refill */
+	struct rc_entry_stats stats;
+};
+
+/* ---- clock: single-entry array written by housekeeping ------------------ */
+
+/* rc_clock.flags */
+enum rc_clock_flags {
+	/* Take T2 from the NIC (bpf_xdp_metadata_rx_timestamp) when the
+	 * program is device-bound and the driver returns one. The PHC is
+	 * assumed to run on TAI (ptp4l default). */
+	RC_CLOCK_NIC_RX = 1 << 0,
+};
+
+struct rc_clock {
+	/* TAI - UTC in seconds, from adjtimex(2) `tai`: the same offset the
+	 * kernel applies to CLOCK_TAI, so UTC = CLOCK_TAI - tai_offset. */
+	__s32 tai_offset;
+	/* RFC 4656 §4.1.2 Error Estimate (host order) for T2/T3: S, Scale,
+	 * Multiplier. The Z bit is ignored (set per session); a Multiplier of
+	 * 0 is replaced by 1 (RFC 4656: 0 is invalid). */
+	__u16 error_estimate;
+	__u16 flags;         /* enum rc_clock_flags */
+	__u64 updated_ns;    /* CLOCK_TAI ns of the last update (diagnostics) */
+};
+
+/* ---- per-CPU counters, indexed by reason ------------------------------- */
+
+enum rc_counter {
+	RC_CNT_PASS_NOT_UDP = 0,      /* non-IP, non-UDP: passed untouched */
+	RC_CNT_PASS_NO_MATCH = 1,     /* UDP, unknown session: passed */
+	RC_CNT_PASS_MALFORMED = 2,    /* truncated/invalid L2-L4, fragment: passed */
+	RC_CNT_PASS_NOT_UNICAST = 3,  /* multicast/broadcast address: passed */
+	RC_CNT_REFLECTED = 4,         /* XDP_TX */
+	RC_CNT_REDIRECTED = 5,        /* XDP_REDIRECT to an AF_XDP socket */
+	RC_CNT_REDIRECT_NO_XSK = 6,   /* secured but no socket on the queue: passed */
+	RC_CNT_DROP_BAD_LENGTH = 7,   /* known session, payload too short */
+	RC_CNT_DROP_RATE_LIMITED = 8, /* token bucket empty */
+	RC_CNT_DROP_SSID = 9,         /* STAMP SSID mismatch */
+	RC_CNT_ERROR = 10,            /* helper failure (no tailroom, ...): passed */
+	RC_CNT_MAX = 11,
+};
+
+/* ---- metadata in front of frames redirected to AF_XDP ------------------ */
+
+#define RC_META_MAGIC 0x52434d31 /* "RCM1" */
+
+enum rc_ts_source {
+	RC_TS_KERNEL_TAI = 1, /* bpf_ktime_get_tai_ns() at XDP entry */
+	RC_TS_NIC = 2,        /* bpf_xdp_metadata_rx_timestamp() (PHC) */
+};
+
+enum rc_origin {
+	RC_ORIGIN_SESSION = 1,
+	RC_ORIGIN_LISTENER = 2,
+};
+
+/* Written with bpf_xdp_adjust_meta directly in front of the frame
+ * (data_meta .. data); 24 octets (kernel limit 32, multiple of 4). */
+struct rc_xdp_meta {
+	__u64 rx_ts_ns;      /* T2, TAI nanoseconds */
+	__u32 slot;          /* rc_entry.slot */
+	__u32 generation;    /* rc_entry.generation */
+	__u16 payload_off;   /* offset of the UDP payload in the frame */
+	__u8 ts_source;      /* enum rc_ts_source */
+	__u8 origin;         /* enum rc_origin */
+	__u32 magic;         /* RC_META_MAGIC, last: adjacent to the frame */
+};
+
+/* Map capacities. */
+#define RC_MAX_SESSIONS 65536
+#define RC_MAX_LISTENERS 1024
+#define RC_MAX_QUEUES 256
+
+#endif /* RICOCHET_H */

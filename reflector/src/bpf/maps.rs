@@ -1,0 +1,206 @@
+//! Typed access to the XDP program's maps, either from the loaded object or
+//! from their pins (the control plane is a separate process and opens the
+//! pins; the maps are the only contract between the two).
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::Path;
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use super::abi::{ClockState, Counter, Entry, EntryConfig, ListenerKey, RawEntry, SessionKey};
+use super::BpfError;
+
+/// Names of the maps that are pinned (file names under the pin directory).
+pub const PINNED_MAPS: [&str; 5] = ["sessions", "listeners", "clock", "counters", "xsks"];
+
+/// Handles on the shared maps.
+#[derive(Debug)]
+pub struct Maps {
+    pub(crate) sessions: MapHandle,
+    pub(crate) listeners: MapHandle,
+    pub(crate) clock: MapHandle,
+    pub(crate) counters: MapHandle,
+    pub(crate) xsks: MapHandle,
+}
+
+fn ctx(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
+    let what = what.into();
+    move |source| BpfError::Libbpf { what, source }
+}
+
+impl Maps {
+    /// Opens the maps pinned under `dir` (e.g. `/sys/fs/bpf/ricochet`).
+    pub fn open_pinned(dir: &Path) -> Result<Maps, BpfError> {
+        let open = |name: &str| {
+            let p = dir.join(name);
+            MapHandle::from_pinned_path(&p).map_err(ctx(format!("open pinned map {}", p.display())))
+        };
+        Ok(Maps {
+            sessions: open("sessions")?,
+            listeners: open("listeners")?,
+            clock: open("clock")?,
+            counters: open("counters")?,
+            xsks: open("xsks")?,
+        })
+    }
+
+    /// Adds a session with fresh state (sequence 0, full bucket). Fails if
+    /// the key exists.
+    pub fn insert_session(&self, key: &SessionKey, cfg: &EntryConfig) -> Result<(), BpfError> {
+        insert(&self.sessions, "sessions", &key.to_bytes(), cfg)
+    }
+
+    /// Changes a session's configuration, keeping its sequence counter,
+    /// bucket and counters. Fails if the key does not exist. (The read and
+    /// the write are two syscalls: packets reflected in between keep their
+    /// sequence numbers, at worst one number is reused.)
+    pub fn update_session(&self, key: &SessionKey, cfg: &EntryConfig) -> Result<(), BpfError> {
+        update(&self.sessions, "sessions", &key.to_bytes(), cfg)
+    }
+
+    /// Removes a session; `Ok(false)` if it was not there.
+    pub fn remove_session(&self, key: &SessionKey) -> Result<bool, BpfError> {
+        remove(&self.sessions, "sessions", &key.to_bytes())
+    }
+
+    /// Reads a session.
+    pub fn session(&self, key: &SessionKey) -> Result<Option<Entry>, BpfError> {
+        get(&self.sessions, "sessions", &key.to_bytes())
+    }
+
+    /// Every session key in the map.
+    pub fn session_keys(&self) -> Result<Vec<SessionKey>, BpfError> {
+        self.sessions
+            .keys()
+            .map(|k| SessionKey::from_bytes(&k))
+            .collect()
+    }
+
+    /// Adds a listener with fresh state. Fails if the key exists.
+    pub fn insert_listener(&self, key: &ListenerKey, cfg: &EntryConfig) -> Result<(), BpfError> {
+        insert(&self.listeners, "listeners", &key.to_bytes(), cfg)
+    }
+
+    /// Changes a listener's configuration, keeping its state.
+    pub fn update_listener(&self, key: &ListenerKey, cfg: &EntryConfig) -> Result<(), BpfError> {
+        update(&self.listeners, "listeners", &key.to_bytes(), cfg)
+    }
+
+    /// Removes a listener; `Ok(false)` if it was not there.
+    pub fn remove_listener(&self, key: &ListenerKey) -> Result<bool, BpfError> {
+        remove(&self.listeners, "listeners", &key.to_bytes())
+    }
+
+    /// Reads a listener.
+    pub fn listener(&self, key: &ListenerKey) -> Result<Option<Entry>, BpfError> {
+        get(&self.listeners, "listeners", &key.to_bytes())
+    }
+
+    /// Writes the clock state the program uses for T2/T3.
+    pub fn write_clock(&self, clock: &ClockState) -> Result<(), BpfError> {
+        self.clock
+            .update(&0u32.to_ne_bytes(), &clock.to_bytes(), MapFlags::ANY)
+            .map_err(ctx("write clock"))
+    }
+
+    /// Reads the clock state.
+    pub fn clock(&self) -> Result<ClockState, BpfError> {
+        let v = self
+            .clock
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(ctx("read clock"))?
+            .ok_or_else(|| BpfError::BadMapData("clock entry 0 missing".into()))?;
+        ClockState::from_bytes(&v)
+    }
+
+    /// The per-CPU counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, BpfError> {
+        let mut out = Counters::default();
+        for c in Counter::ALL {
+            let per_cpu = self
+                .counters
+                .lookup_percpu(&(c as u32).to_ne_bytes(), MapFlags::ANY)
+                .map_err(ctx(format!("read counter {}", c.name())))?
+                .unwrap_or_default();
+            let mut sum = 0u64;
+            for v in per_cpu {
+                let b: [u8; 8] = v
+                    .get(..8)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or_else(|| BpfError::BadMapData("counter value size".into()))?;
+                sum = sum.wrapping_add(u64::from_ne_bytes(b));
+            }
+            out.0[c as usize] = sum;
+        }
+        Ok(out)
+    }
+
+    /// Registers the AF_XDP socket `xsk` for receive queue `queue`.
+    pub fn set_xsk(&self, queue: u32, xsk: BorrowedFd<'_>) -> Result<(), BpfError> {
+        let fd = u32::try_from(xsk.as_raw_fd())
+            .map_err(|_| BpfError::BadMapData("negative socket fd".into()))?;
+        self.xsks
+            .update(&queue.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .map_err(ctx(format!("set xsk for queue {queue}")))
+    }
+
+    /// Unregisters the socket of `queue`; `Ok(false)` if there was none.
+    pub fn remove_xsk(&self, queue: u32) -> Result<bool, BpfError> {
+        remove(&self.xsks, "xsks", &queue.to_ne_bytes())
+    }
+}
+
+fn insert(map: &MapHandle, name: &str, key: &[u8], cfg: &EntryConfig) -> Result<(), BpfError> {
+    map.update(key, &RawEntry::fresh(cfg).to_bytes(), MapFlags::NO_EXIST)
+        .map_err(ctx(format!("insert into {name}")))
+}
+
+fn update(map: &MapHandle, name: &str, key: &[u8], cfg: &EntryConfig) -> Result<(), BpfError> {
+    let old = map
+        .lookup(key, MapFlags::ANY)
+        .map_err(ctx(format!("read {name}")))?
+        .ok_or(BpfError::NotFound(name.to_owned()))?;
+    let new = RawEntry::from_bytes(&old)?.reconfigured(cfg);
+    map.update(key, &new.to_bytes(), MapFlags::EXIST)
+        .map_err(ctx(format!("update {name}")))
+}
+
+fn remove(map: &MapHandle, name: &str, key: &[u8]) -> Result<bool, BpfError> {
+    match map.delete(key) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(ctx(format!("remove from {name}"))(e)),
+    }
+}
+
+fn get(map: &MapHandle, name: &str, key: &[u8]) -> Result<Option<Entry>, BpfError> {
+    map.lookup(key, MapFlags::ANY)
+        .map_err(ctx(format!("read {name}")))?
+        .map(|v| RawEntry::from_bytes(&v)?.entry())
+        .transpose()
+}
+
+/// The per-CPU counters summed over CPUs, indexed by [`Counter`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Counter::COUNT]);
+
+impl Counters {
+    /// One counter.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+
+    /// Counter-wise difference `self - earlier` (for tests and rates).
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut out = Counters::default();
+        for (i, o) in out.0.iter_mut().enumerate() {
+            *o = self.0[i].wrapping_sub(earlier.0[i]);
+        }
+        out
+    }
+
+    /// (name, value) pairs for metrics.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Counter::ALL.iter().map(move |c| (c.name(), self.get(*c)))
+    }
+}

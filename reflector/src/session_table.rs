@@ -1,0 +1,117 @@
+//! The one interface through which the control plane programs a data plane.
+//!
+//! `ricochet-control` admits TWAMP-Control sessions and hands each to a
+//! [`SessionTable`]; the data plane behind it reflects the session's test
+//! packets. Implementations: the socket reflector (portable path, in-process)
+//! and the pinned BPF maps (XDP and AF_XDP paths, shared between processes).
+//! The control plane never talks to a data-plane thread directly.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ricochet_protocol::control::Sid;
+use ricochet_protocol::crypto::SessionKeys;
+use ricochet_protocol::modes::SecurityMode;
+use ricochet_protocol::twamp_test::SessionFormat;
+use thiserror::Error;
+
+/// Everything the data plane needs to reflect one TWAMP session.
+#[derive(Clone)]
+pub struct SessionSpec {
+    pub sid: Sid,
+    /// The Session-Sender: test packets must come from here; reflections go here.
+    pub sender: SocketAddr,
+    /// Our address and the UDP port the session was given.
+    pub reflector: SocketAddr,
+    pub security: SecurityMode,
+    /// The negotiated test format (layout, RFC 6038/7750/8186 options).
+    pub format: SessionFormat,
+    /// DSCP for reflected packets (Type-P, RFC 5357 §3.5).
+    pub dscp: u8,
+    /// Per-SID test keys (authenticated and encrypted modes).
+    pub test_keys: Option<SessionKeys>,
+    /// Reflections per second this session may cause at most (the declared
+    /// rate is not in TWAMP-Control; this is the operator's ceiling), and the
+    /// burst above it. `0` means no limit.
+    pub rate_limit_pps: u32,
+    pub rate_burst: u32,
+}
+
+impl std::fmt::Debug for SessionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionSpec")
+            .field("sid", &self.sid)
+            .field("sender", &self.sender)
+            .field("reflector", &self.reflector)
+            .field("security", &self.security)
+            .field("format", &self.format)
+            .field("dscp", &self.dscp)
+            .field("test_keys", &self.test_keys.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
+}
+
+/// What a stateless listener reflects (no TWAMP-Control; RFC 5357 App. I,
+/// RFC 8762).
+#[derive(Clone)]
+pub enum ListenerKind {
+    /// Unauthenticated TWAMP-Light / STAMP: the sender's sequence number is
+    /// copied; the reply is never longer than the request.
+    Unauthenticated,
+    /// Authenticated STAMP with an HMAC-SHA-256 key configured out of band.
+    StampAuthenticated { key: zeroize::Zeroizing<[u8; 32]> },
+}
+
+/// A stateless reflector port.
+#[derive(Clone)]
+pub struct ListenerSpec {
+    /// Address to listen on (unspecified = every address) and port.
+    pub local: SocketAddr,
+    pub kind: ListenerKind,
+    /// DSCP for replies; `None` copies the received DSCP (RFC 7750 §2.2 leaves it open).
+    pub dscp: Option<u8>,
+    pub rate_limit_pps: u32,
+    pub rate_burst: u32,
+}
+
+/// Counters and liveness of one session, for REFWAIT and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionActivity {
+    pub reflected: u64,
+    /// Dropped: bad HMAC, wrong source, too short, rate limited, not started.
+    pub dropped: u64,
+    /// Time since the last test packet of this session, if any arrived.
+    pub idle: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TableError {
+    #[error("session {0} already exists")]
+    Exists(Sid),
+    #[error("no session {0}")]
+    NoSuchSession(Sid),
+    #[error("reflector address {0} is not usable: {1}")]
+    Address(SocketAddr, String),
+    #[error("the data plane refused: {0}")]
+    DataPlane(String),
+}
+
+/// The control plane's handle on a data plane.
+pub trait SessionTable: Send {
+    /// Installs a session; its packets are dropped until [`Self::start`].
+    fn add(&mut self, spec: SessionSpec) -> Result<(), TableError>;
+    /// Starts reflecting (Start-Sessions / Start-N-Sessions).
+    fn start(&mut self, sid: &Sid) -> Result<(), TableError>;
+    /// Stop-Sessions: keep reflecting what arrives within `grace` (the
+    /// request's Timeout), then remove the session.
+    fn stop(&mut self, sid: &Sid, grace: Duration) -> Result<(), TableError>;
+    /// Removes a session now (connection lost, REFWAIT expired).
+    fn remove(&mut self, sid: &Sid) -> Result<(), TableError>;
+    /// Counters and idle time of a session.
+    fn activity(&self, sid: &Sid) -> Option<SessionActivity>;
+    /// Every session the data plane holds (reconciliation after a restart).
+    fn sessions(&self) -> Vec<Sid>;
+    /// Adds a stateless listener.
+    fn add_listener(&mut self, spec: ListenerSpec) -> Result<(), TableError>;
+    fn remove_listener(&mut self, local: SocketAddr) -> Result<(), TableError>;
+}
