@@ -18,9 +18,12 @@ pub mod seeds;
 pub mod stamp;
 pub mod twamp;
 
+/// A harness: takes the raw fuzzer input, panics on a finding.
+pub type Harness = fn(&[u8]);
+
 /// Every harness of this crate by the name of the target that runs it (the
 /// `[[bin]]` name in Cargo.toml). The self-tests run them over the seeds.
-pub const HARNESSES: &[(&str, fn(&[u8]))] = &[
+pub const HARNESSES: &[(&str, Harness)] = &[
     ("twamp_sender", twamp::sender),
     ("twamp_reflector", twamp::reflector),
     ("twamp_reflect", |d| twamp::reflect(d, false)),
@@ -34,7 +37,7 @@ pub const HARNESSES: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// The harness of target `name`.
-pub fn harness(name: &str) -> Option<fn(&[u8])> {
+pub fn harness(name: &str) -> Option<Harness> {
     HARNESSES.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 
