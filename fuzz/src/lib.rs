@@ -1,4 +1,6 @@
-//! Harnesses behind the libFuzzer targets in `fuzz_targets/`.
+//! Harnesses behind the libFuzzer targets in `fuzz_targets/`: TWAMP-Test
+//! and STAMP packets and builders, TWAMP-Control messages and the server
+//! state machine, key files.
 //!
 //! Each target is a one-line `fuzz_target!` calling a function here (or, for
 //! a target nobody else reuses, carrying its own few lines). The functions
@@ -14,6 +16,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod control;
+pub mod keyfile;
 pub mod seeds;
 pub mod stamp;
 pub mod twamp;
@@ -34,6 +38,9 @@ pub const HARNESSES: &[(&str, Harness)] = &[
     ("stamp_tlv_iter", stamp::tlv_iter),
     ("stamp_tlv_process", stamp::tlv_process),
     ("stamp_tlv_writer", stamp::tlv_writer),
+    ("control_messages", control::messages),
+    ("control_server", control::server),
+    ("keyfile", keyfile::keyfile),
 ];
 
 /// The harness of target `name`.

@@ -16,7 +16,9 @@ use ricochet_protocol::twamp_test::{
     ReflectOctets, ReflectorLayout, RxMeta, SessionFormat, TestSecurity,
 };
 
-use crate::{error_estimate, stamp, twamp};
+use ricochet_protocol::modes::Modes;
+
+use crate::{control, error_estimate, stamp, twamp};
 
 /// One seed: the target it is for and its octets.
 pub type Seed = (&'static str, Vec<u8>);
@@ -183,6 +185,31 @@ fn tlv_seeds(tlvs: &[u8]) -> Vec<Seed> {
     ]
 }
 
+/// Seeds of the control targets from one TWAMP-Control connection: each TCP
+/// segment (either direction) for the message parsers, and the client's
+/// whole stream for the server, offered every mode so that its
+/// Set-Up-Response is accepted.
+pub fn control_seeds<'a>(
+    client_to_server: &[u8],
+    segments: impl IntoIterator<Item = &'a [u8]>,
+) -> Vec<Seed> {
+    let mut out = Vec::new();
+    for seg in segments {
+        for cfg in [0u8, 1] {
+            let mut v = vec![cfg];
+            v.extend_from_slice(seg);
+            out.push(("control_messages", v));
+        }
+    }
+    for chunk in [16, 0] {
+        out.push((
+            "control_server",
+            control::server_input(Modes::KNOWN, 0, chunk, client_to_server),
+        ));
+    }
+    out
+}
+
 /// Seeds that no capture gives: empty and minimal inputs for every target.
 pub fn synthetic() -> Vec<Seed> {
     let mut out: Vec<Seed> = Vec::new();
@@ -224,6 +251,12 @@ pub fn synthetic() -> Vec<Seed> {
         tlvs.extend(std::iter::repeat_n(0, usize::from(len)));
     }
     out.extend(tlv_seeds(&tlvs));
+    // The pfs line of the perfSONAR interop README, with a comment and a
+    // blank line.
+    out.push((
+        "keyfile",
+        b"# test keys\n\ninterop\t7477616d702d676f6c64656e2d736563726574\nbob 00FF\n".to_vec(),
+    ));
     out
 }
 
@@ -251,8 +284,15 @@ pub fn capture_seeds() -> Vec<(String, Seed)> {
         let Some(kind) = CaptureKind::from_file_name(&stem) else {
             continue;
         };
-        for d in ricochet_testkit::read_pcap(&path).udp {
+        let capture = ricochet_testkit::read_pcap(&path);
+        for d in &capture.udp {
             for seed in seeds_for(kind, &d.payload) {
+                out.push((stem.clone(), seed));
+            }
+        }
+        for c in &capture.tcp {
+            let segments = c.chunks.iter().map(|s| &s.payload[..]);
+            for seed in control_seeds(&c.client_to_server, segments) {
                 out.push((stem.clone(), seed));
             }
         }

@@ -242,7 +242,8 @@ pub struct ReflectCase<'a> {
     pub error_estimate: ErrorEstimate,
     /// Reply cap; 0 stands for the received length.
     pub max_len: u16,
-    /// Output buffer length; 0 stands for exactly the reply length.
+    /// Output buffer length (modulo 8192); 0 stands for exactly the reply
+    /// length.
     pub out_len: u16,
     /// The received packet.
     pub rx: &'a [u8],
@@ -336,7 +337,7 @@ pub fn reflect(data: &[u8]) {
     };
     let mut out = canary_buffer(match case.out_len {
         0 => len,
-        n => usize::from(n),
+        n => usize::from(n) % 8192,
     });
     let meta = RxMeta {
         ttl: case.ttl,

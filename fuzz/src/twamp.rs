@@ -290,7 +290,8 @@ pub struct ReflectCase<'a> {
     /// Reply cap; 0 stands for the received length (a stateless listener's
     /// no-amplification cap).
     pub max_len: u16,
-    /// Output buffer length; 0 stands for exactly the reply length.
+    /// Output buffer length (modulo 8192); 0 stands for exactly the reply
+    /// length.
     pub out_len: u16,
     /// The received sender packet (plaintext).
     pub rx: &'a [u8],
@@ -440,10 +441,12 @@ impl<'a> ReflectCase<'a> {
         }
     }
 
+    /// At most 8 KiB: a reply is never longer than the received packet plus
+    /// the reflector header, and a larger buffer only slows fuzzing.
     fn buffer_len(&self) -> usize {
         match self.out_len {
             0 => self.expected_len(),
-            n => usize::from(n),
+            n => usize::from(n) % 8192,
         }
     }
 }
