@@ -53,7 +53,7 @@ modes = ["unauthenticated", "authenticated", "encrypted", "mixed", "individual-s
 key_file = "{}"
 
 [metrics]
-enabled = false
+listen = "127.0.0.1:9862"
 "#,
             keys.display()
         ),
@@ -80,6 +80,28 @@ enabled = false
         assert!(Instant::now() < deadline, "ricochet-control never listened");
         std::thread::sleep(Duration::from_millis(50)); // polling a port, not synchronising threads
     }
+}
+
+/// Scrapes the control daemon's metrics endpoint inside the reflector namespace.
+fn metrics(lab: &Lab) -> String {
+    let out = lab.run(
+        Side::Reflector,
+        "bash",
+        &[
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/9862; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of one metric line (`name{labels} value`), 0 when absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn ping(lab: &Lab, dir: &Path, args: &[&str]) -> (Output, Option<Value>) {
@@ -161,6 +183,28 @@ fn every_mode_over_ipv4_and_ipv6_through_the_real_binaries() {
             };
             assert_eq!(j["mode"].as_str(), Some(expect), "{what}");
         }
+    }
+    // The control plane's metrics show what the data plane reflected, by
+    // mode (fed by the periodic sweep: poll, bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics(&lab);
+        let enc = metric(
+            &m,
+            "ricochet_control_packets_reflected_total{mode=\"encrypted\"}",
+        );
+        let open = metric(
+            &m,
+            "ricochet_control_packets_reflected_total{mode=\"unauthenticated\"}",
+        );
+        if enc >= 200.0 && open >= 200.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reflected packets never reached the metrics:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(100)); // polling a scrape, bounded
     }
     // Individual session control, DSCP on the reflections, RFC 7750 report.
     let (out, json) = ping(

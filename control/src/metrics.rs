@@ -149,6 +149,8 @@ pub enum DropReason {
     NotStarted,
     /// The session was stopped and its Timeout has passed.
     Stopped,
+    /// Over the session's reflection rate limit (anti-amplification).
+    RateLimited,
     /// Anything else (resource shortage, TX failure).
     Other,
 }
@@ -162,6 +164,7 @@ impl DropReason {
             DropReason::UnknownSession => "unknown_session",
             DropReason::NotStarted => "not_started",
             DropReason::Stopped => "stopped",
+            DropReason::RateLimited => "rate_limited",
             DropReason::Other => "other",
         }
     }
@@ -655,6 +658,11 @@ impl Metrics {
 }
 
 /// The registry bits set in `mode`, each with whether it is a security bit.
+/// The security mode among a connection's Mode bits.
+pub fn security_mode(mode: u32) -> Option<ModeName> {
+    split_mode(mode).find(|(_, sec)| *sec).map(|(m, _)| m)
+}
+
 fn split_mode(mode: u32) -> impl Iterator<Item = (ModeName, bool)> {
     ModeName::ALL
         .into_iter()

@@ -39,12 +39,14 @@ use ricochet_protocol::server::{
     ServerRandom, SessionGrant, SessionRequest, SetupRefusal,
 };
 use ricochet_protocol::time::NtpTimestamp;
-use ricochet_reflector::session_table::{SessionSpec, SessionTable, TableError};
+use ricochet_reflector::session_table::{SessionActivity, SessionSpec, SessionTable, TableError};
 
 use crate::config::RateLimit;
 use crate::event_loop::{Action, Activity, CloseReason, ConnInfo, ConnectionHandler, Context};
 use crate::keys::{KeySource, Keys};
-use crate::metrics::{AcceptMessage, Metrics, RejectReason, SessionEnd, SetupFailure, TableOp};
+use crate::metrics::{
+    self, AcceptMessage, DropReason, Metrics, RejectReason, SessionEnd, SetupFailure, TableOp,
+};
 use crate::policy::{ClientKey, RefusalReason};
 
 /// Settings of the session life cycle (replaced on reload).
@@ -75,6 +77,8 @@ struct Session {
     /// The stop grace: the request's Timeout, at most REFWAIT.
     grace: Duration,
     phase: Phase,
+    /// Data-plane counters already added to the metrics.
+    reported: SessionActivity,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,6 +225,7 @@ fn release(ctx: &mut Context<'_, DaemonState>, sid: &Sid, end: SessionEnd) {
 
 /// Remove `sid` from the data plane now and release it.
 fn end_now(ctx: &mut Context<'_, DaemonState>, sid: &Sid, end: SessionEnd) {
+    report_session_activity(ctx, sid);
     let in_table = ctx
         .state
         .sessions
@@ -248,6 +253,9 @@ fn stop(ctx: &mut Context<'_, DaemonState>, sid: &Sid, end: SessionEnd) {
         end_now(ctx, sid, SessionEnd::NeverStarted);
         return;
     }
+    // The data plane forgets the session by itself after its grace, so take
+    // its counters now; the sweep adds what arrives during the grace.
+    report_session_activity(ctx, sid);
     match ctx.state.table.stop(sid, s.grace) {
         Ok(()) => {
             let until = ctx.now + s.grace;
@@ -268,6 +276,7 @@ fn stop(ctx: &mut Context<'_, DaemonState>, sid: &Sid, end: SessionEnd) {
 /// The periodic sweep over sessions without a connection to look after
 /// them: stopped sessions whose grace has passed are removed and released.
 pub fn sweep(ctx: &mut Context<'_, DaemonState>) {
+    report_activity(ctx);
     let now = ctx.now;
     let due: Vec<(Sid, SessionEnd)> = ctx
         .state
@@ -282,6 +291,64 @@ pub fn sweep(ctx: &mut Context<'_, DaemonState>) {
         // The data plane removes a stopped session itself after its grace;
         // make sure of it before the port is handed out again.
         end_now(ctx, &sid, end);
+    }
+}
+
+/// Adds what the data plane reflected and dropped since the last report to
+/// the metrics (packets by security mode, drops by reason, test-plane HMAC
+/// failures).
+fn report_activity(ctx: &mut Context<'_, DaemonState>) {
+    let sids: Vec<Sid> = ctx.state.sessions.keys().copied().collect();
+    for sid in sids {
+        report_session_activity(ctx, &sid);
+    }
+}
+
+fn report_session_activity(ctx: &mut Context<'_, DaemonState>, sid: &Sid) {
+    let Some(s) = ctx.state.sessions.get(sid) else {
+        return;
+    };
+    if s.phase == Phase::Allocated {
+        return;
+    }
+    let Some(now) = ctx.state.table.activity(sid) else {
+        return;
+    };
+    let (was, mode) = (s.reported, s.modes);
+    if let Some(m) = metrics::security_mode(mode) {
+        ctx.metrics
+            .add_reflected(m, now.reflected.saturating_sub(was.reflected));
+    }
+    let (d, w) = (now.drops, was.drops);
+    for (reason, n) in [
+        (
+            DropReason::Authentication,
+            d.authentication.saturating_sub(w.authentication),
+        ),
+        (
+            DropReason::NotStarted,
+            d.not_started.saturating_sub(w.not_started),
+        ),
+        (DropReason::Stopped, d.expired.saturating_sub(w.expired)),
+        (
+            DropReason::RateLimited,
+            d.rate_limited.saturating_sub(w.rate_limited),
+        ),
+        (
+            DropReason::UnknownSession,
+            d.wrong_source.saturating_sub(w.wrong_source),
+        ),
+        (
+            DropReason::Malformed,
+            d.malformed.saturating_sub(w.malformed),
+        ),
+    ] {
+        if n > 0 {
+            ctx.metrics.add_dropped(reason, n);
+        }
+    }
+    if let Some(s) = ctx.state.sessions.get_mut(sid) {
+        s.reported = now;
     }
 }
 
@@ -369,6 +436,7 @@ impl ServerContext for ConnContext<'_, '_> {
                 modes: (request.security.bit() | request.features).bits(),
                 grace: timeout.min(self.ctx.state.settings.refwait),
                 phase: Phase::Allocated,
+                reported: SessionActivity::default(),
             },
         );
         Ok(SessionGrant {

@@ -64,7 +64,9 @@ use thiserror::Error;
 pub use ricochet_protocol::twamp_test::RxMeta;
 
 use crate::clock::{ClockState, Stamp};
-use crate::session_table::{ListenerKind, ListenerSpec, SessionActivity, SessionSpec};
+use crate::session_table::{
+    DropBreakdown, ListenerKind, ListenerSpec, SessionActivity, SessionSpec,
+};
 
 /// The largest reply a session may build (a UDP payload); the output buffer
 /// is the practical limit.
@@ -474,9 +476,20 @@ impl SessionEngine {
 
     /// Counters and idle time for the control plane (REFWAIT, RFC 5357 §3.8).
     pub fn activity(&self, now: Instant) -> SessionActivity {
+        let d = &self.counters.dropped;
         SessionActivity {
             reflected: self.counters.reflected,
-            dropped: self.counters.dropped.total(),
+            dropped: d.total(),
+            drops: DropBreakdown {
+                authentication: d.get(DropReason::BadHmac),
+                not_started: d.get(DropReason::NotStarted),
+                expired: d.get(DropReason::Expired),
+                rate_limited: d.get(DropReason::RateLimited),
+                wrong_source: d.get(DropReason::WrongSource),
+                malformed: d.get(DropReason::TooShort)
+                    + d.get(DropReason::TooLong)
+                    + d.get(DropReason::BufferTooSmall),
+            },
             idle: self
                 .last_reflected
                 .map(|t| now.saturating_duration_since(t)),

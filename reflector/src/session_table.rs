@@ -74,12 +74,31 @@ pub struct ListenerSpec {
     pub rate_burst: u32,
 }
 
+/// Test packets of one session dropped, by reason (totals since it was added).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropBreakdown {
+    /// HMAC verification failed (authenticated and encrypted modes).
+    pub authentication: u64,
+    /// Arrived before Start-Sessions.
+    pub not_started: u64,
+    /// Arrived after Stop-Sessions plus the Timeout.
+    pub expired: u64,
+    /// Over the session's reflection rate limit.
+    pub rate_limited: u64,
+    /// On the session's port but not from its sender.
+    pub wrong_source: u64,
+    /// Too short or too long for the session's format.
+    pub malformed: u64,
+}
+
 /// Counters and liveness of one session, for REFWAIT and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionActivity {
     pub reflected: u64,
     /// Dropped: bad HMAC, wrong source, too short, rate limited, not started.
     pub dropped: u64,
+    /// `dropped` by reason.
+    pub drops: DropBreakdown,
     /// Time since the last test packet of this session, if any arrived.
     pub idle: Option<Duration>,
 }

@@ -185,9 +185,8 @@ impl SessionTable for RecordingTable {
         let r = self.0.lock();
         r.sessions.get(sid).filter(|s| !s.removed)?;
         Some(SessionActivity {
-            reflected: 0,
-            dropped: 0,
             idle: r.idle.get(sid).copied(),
+            ..SessionActivity::default()
         })
     }
 
