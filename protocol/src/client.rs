@@ -260,26 +260,17 @@ impl Client {
             self.config.allowed & Modes::UNAUTHENTICATED
         };
         let Some(selection) = modes::choose(offered, allowed, self.config.wanted) else {
-            // Mode 0: tell the server we quit (RFC 4656 §3.1).
-            let quit = SetUpResponseRepr {
-                mode: Modes::NONE,
-                key_id: [0; 80],
-                token: [0; 64],
-                client_iv: [0; 16],
-            };
-            self.output.extend_from_slice(&quit.to_bytes());
-            self.state = State::Closed;
-            return Err(ClientError::NoCommonMode { offered });
+            return Err(self.quit(ClientError::NoCommonMode { offered }));
         };
         let setup = if selection.security.protects_control() {
             if g.count > self.config.max_count {
-                return Err(ClientError::CountTooHigh {
+                return Err(self.quit(ClientError::CountTooHigh {
                     count: g.count,
                     max: self.config.max_count,
-                });
+                }));
             }
             let (Some(key_id), Some(secret)) = (self.config.key_id, &self.config.secret) else {
-                return Err(ClientError::NoKey);
+                return Err(self.quit(ClientError::NoKey));
             };
             let token_key = crypto::token_key(secret, &g.salt, g.count)?;
             let token = crypto::seal_token(&token_key, &g.challenge, &self.random.session_keys);
@@ -307,6 +298,20 @@ impl Client {
         self.events
             .push_back(ClientEvent::SetupSent { selection, offered });
         Ok(())
+    }
+
+    /// Declines the greeting with Mode 0 so the server can close at once
+    /// (RFC 4656 §3.1), and ends the connection with `error`.
+    fn quit(&mut self, error: ClientError) -> ClientError {
+        let quit = SetUpResponseRepr {
+            mode: Modes::NONE,
+            key_id: [0; 80],
+            token: [0; 64],
+            client_iv: [0; 16],
+        };
+        self.output.extend_from_slice(&quit.to_bytes());
+        self.state = State::Closed;
+        error
     }
 
     fn on_server_start(&mut self, msg: &mut [u8]) -> Result<(), ClientError> {

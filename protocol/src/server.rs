@@ -15,7 +15,9 @@
 //! Failures that the protocol answers politely (a refused session, an
 //! unsupported request) keep the connection; anything that breaks the message
 //! stream or its integrity (a bad HMAC, an unknown command, a wrong message
-//! order) ends it with a typed [`ServerError`].
+//! order) ends it with a typed [`ServerError`]. An unknown command, or one
+//! not allowed in the current state, is first answered with an
+//! Accept-Session carrying Accept 3 (RFC 5357 §3.5).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -91,7 +93,8 @@ pub struct SessionGrant {
     /// The reflector port actually used.
     pub port: u16,
     pub sid: Sid,
-    /// RFC 6038 Server octets (0 unless the server wants the sender to carry them).
+    /// RFC 6038 Server octets (0 unless the server wants the sender to carry
+    /// them); sent only when Reflect Octets was selected, MBZ otherwise.
     pub server_octets: [u8; 2],
 }
 
@@ -123,6 +126,8 @@ pub trait ServerContext {
         selection: &Selection,
     ) -> Result<SharedSecret, Accept>;
     /// Policy on the mode (and identity, when authenticated) a client chose.
+    /// In protected modes it is asked only after the token proved that the
+    /// client holds the Key ID's secret.
     fn admit_mode(&mut self, identity: Option<&[u8]>, selection: &Selection) -> Result<(), Accept>;
     /// Admits a session request: policy, reflector port, SID.
     fn allocate_session(&mut self, request: &SessionRequest) -> Result<SessionGrant, Accept>;
@@ -331,7 +336,9 @@ impl Server {
 
     /// The largest message a client can send us: bounds buffering.
     fn input_limit(&self) -> usize {
-        (32 + 16 * self.config.max_sessions as usize).max(SETUP_LEN)
+        control::n_sessions::message_len(self.config.max_sessions)
+            .unwrap_or(usize::MAX)
+            .max(SETUP_LEN)
     }
 
     /// Feeds octets read from the connection and processes every complete
@@ -391,10 +398,7 @@ impl Server {
         first.copy_from_slice(&self.input[..BLOCK_LEN]);
         let header = control::client_command(&first, self.config.max_sessions)?;
         let Some(len) = header.len else {
-            return Err(ServerError::UnexpectedCommand {
-                command: header.command,
-                state: "(unknown command)",
-            });
+            return Err(self.reject_command(header.command, "(unknown command)"));
         };
         if self.input.len() < len {
             return Ok(None);
@@ -419,9 +423,9 @@ impl Server {
         };
         let protected = selection.security.protects_control();
         let identity = protected.then(|| setup.key_id_name().to_vec());
-        if let Err(a) = ctx.admit_mode(identity.as_deref(), &selection) {
-            return self.refuse_setup(a, SetupRefusal::Policy);
-        }
+        // Policy is asked only once the identity is proven (below, after the
+        // token): asking before would let a client without the secret learn
+        // which identities and modes are allowed from the Accept value.
         if protected {
             // Derive the token key even for an unknown Key ID (with a stand-in
             // secret) so that the answer takes the same time (RFC 4656 §6
@@ -439,6 +443,9 @@ impl Server {
                 Ok(k) => k,
                 Err(_) => return self.refuse_setup(Accept::Failure, SetupRefusal::BadToken),
             };
+            if let Err(a) = ctx.admit_mode(identity.as_deref(), &selection) {
+                return self.refuse_setup(a, SetupRefusal::Policy);
+            }
             let mut crypto = Crypto {
                 rx: ControlRx::new(&keys, &setup.client_iv),
                 tx: ControlTx::new(&keys, &self.random.server_iv),
@@ -456,6 +463,9 @@ impl Server {
             self.output.extend_from_slice(&bytes);
             self.crypto = Some(crypto);
         } else {
+            if let Err(a) = ctx.admit_mode(None, &selection) {
+                return self.refuse_setup(a, SetupRefusal::Policy);
+            }
             let start = ServerStartRepr {
                 accept: Accept::Ok,
                 server_iv: self.random.server_iv,
@@ -514,10 +524,7 @@ impl Server {
             _ => false,
         };
         if !legal {
-            return Err(ServerError::UnexpectedCommand {
-                command,
-                state: self.state_name(),
-            });
+            return Err(self.reject_command(command, self.state_name()));
         }
         match command {
             Command::RequestTwSession => self.on_request(msg, ctx),
@@ -527,6 +534,19 @@ impl Server {
             Command::StopNSessions => self.on_stop_n(msg, ctx),
             _ => unreachable!("legal commands are matched above"),
         }
+    }
+
+    /// Answers an unknown command, or one not allowed now, with an
+    /// Accept-Session carrying Accept 3 (RFC 5357 §3.5), then ends the
+    /// connection: the client's next message cannot be framed (unknown
+    /// length) or its expected reply would not come, so the stream is not
+    /// resumed (perfSONAR closes without answering).
+    fn reject_command(&mut self, command: Command, state: &'static str) -> ServerError {
+        let answer = AcceptSessionRepr::refusal(Accept::NotSupported).to_bytes();
+        if let Err(e) = self.send(answer.to_vec()) {
+            return e;
+        }
+        ServerError::UnexpectedCommand { command, state }
     }
 
     /// Seals (protected modes) and queues a server message whose HMAC is its
@@ -632,7 +652,12 @@ impl Server {
             } else {
                 [0; 2]
             },
-            server_octets: grant.server_octets,
+            // RFC 6038 §4.2: MBZ unless Reflect Octets was selected.
+            server_octets: if reflect_octets {
+                grant.server_octets
+            } else {
+                [0; 2]
+            },
             hmac: [0; 16],
         };
         self.events.push_back(ServerEvent::SessionAccepted {
@@ -645,7 +670,9 @@ impl Server {
     fn on_start(&mut self, msg: &[u8], ctx: &mut dyn ServerContext) -> Result<(), ServerError> {
         StartSessionsRepr::from_bytes(msg)?;
         let mut accept = Accept::Ok;
-        for s in &mut self.sessions {
+        // After a partly refused Start-Sessions (Start-Ack ≠ 0) the client may
+        // retry: sessions already started are not started twice.
+        for s in self.sessions.iter_mut().filter(|s| !s.started) {
             let a = ctx.start_session(s.sid);
             if a.is_ok() {
                 s.started = true;

@@ -1,0 +1,1378 @@
+//! The sans-IO TWAMP-Control machines ([`Server`], [`Client`]) driven against
+//! each other and against hand-built peers, in memory.
+//!
+//! * [`Pair`] connects a `Client` and a `Server`: it pumps each side's
+//!   `pending_output` into the other's `receive` (optionally cut into chunks)
+//!   and keeps the octets of both directions, which [`Transcript`] decrypts
+//!   and HMAC-checks independently of either machine.
+//! * [`Ctx`] is a `ServerContext` that records every call and can be told to
+//!   refuse a key, a mode, an allocation, an installation or a start.
+//! * [`RawClient`] is a hand-built client (library crypto primitives only) for
+//!   what `Client` never sends: unknown commands, wrong counts, oversized N,
+//!   flipped bits.
+//!
+//! Expected Accept values and layouts come from the RFCs as digested in
+//! `shared/spec/` (twamp-control.md, modes.md, owamp-foundations.md,
+//! rfc7717-ikev2-key.md), written here as literal numbers rather than taken
+//! from the code under test.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use proptest::prelude::*;
+use ricochet_protocol::accept::Accept;
+use ricochet_protocol::client::{Client, ClientConfig, ClientError, ClientEvent, ClientRandom};
+use ricochet_protocol::control::{
+    self, AcceptSessionRepr, Command, RequestTwSessionRepr, ServerGreetingRepr, ServerStartRepr,
+    SetUpResponseRepr, Sid, StartAckRepr, StartNAckRepr, StartNSessionsRepr, StartSessionsRepr,
+    StopNAckRepr, StopNSessionsRepr, StopSessionsRepr, TypeP,
+};
+use ricochet_protocol::crypto::{
+    self, ikev2, test_keys::derive_test_keys, ControlRx, ControlTx, CryptoError, SessionKeys,
+    SharedSecret,
+};
+use ricochet_protocol::error::WireError;
+use ricochet_protocol::modes::{ModeError, Modes, SecurityMode, Selection};
+use ricochet_protocol::server::{
+    AcceptedSession, KeyId, Server, ServerConfig, ServerContext, ServerError, ServerEvent,
+    ServerRandom, SessionGrant, SessionRequest, SetupRefusal,
+};
+use ricochet_protocol::time::{NtpTimestamp, TimeFormat};
+use ricochet_protocol::twamp_test::{
+    AuthSymmetricalMbz, ReflectOctets, SessionFormat, TestSecurity, UnauthSymmetricalMbz,
+};
+
+// ---------------------------------------------------------------------------
+// Fixed inputs
+// ---------------------------------------------------------------------------
+
+const IDENTITY: &[u8] = b"alice";
+const SECRET: &[u8] = b"alice's shared passphrase";
+const COUNT: u32 = 1024;
+const MAX_SESSIONS: u32 = 8;
+/// RFC 7717 IKE SA: initiator and responder SPIs, SK_d.
+const SPI_I: [u8; 8] = [0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18];
+const SPI_R: [u8; 8] = [0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28];
+const SK_D: [u8; 32] = [0x5d; 32];
+const START_TIME: NtpTimestamp = NtpTimestamp::from_bits(0xeeb3_81c8_8000_0000);
+const CHALLENGE: [u8; 16] = [0xc1; 16];
+const SALT: [u8; 16] = [0x5a; 16];
+const SERVER_IV: [u8; 16] = [0x5e; 16];
+const CLIENT_IV: [u8; 16] = [0xc7; 16];
+/// Server octets the context hands out (RFC 6038; echoed only in Reflect
+/// Octets mode).
+const SERVER_OCTETS: [u8; 2] = [0x12, 0x34];
+const FIRST_PORT: u16 = 40_000;
+
+/// Literal TWAMP-Modes values (IANA registry, modes.md §1).
+const ISC: Modes = Modes(16);
+const REFLECT: Modes = Modes(32);
+const SYMMETRICAL: Modes = Modes(64);
+const IKEV2: Modes = Modes(128);
+const DSCP_ECN: Modes = Modes(256);
+const PTP: Modes = Modes(512);
+const ALL_FEATURES: Modes = Modes(16 | 32 | 64 | 128 | 256 | 512);
+const EVERYTHING: Modes = Modes(0x3ff);
+
+fn mode_value(security: SecurityMode) -> u32 {
+    match security {
+        SecurityMode::Unauthenticated => 1,
+        SecurityMode::Authenticated => 2,
+        SecurityMode::Encrypted => 4,
+        SecurityMode::Mixed => 8,
+    }
+}
+
+/// RFC 4656 §4 / RFC 5618: which modes protect test packets, and how.
+fn test_security_of(security: SecurityMode) -> TestSecurity {
+    match security {
+        SecurityMode::Authenticated => TestSecurity::Authenticated,
+        SecurityMode::Encrypted => TestSecurity::Encrypted,
+        SecurityMode::Unauthenticated | SecurityMode::Mixed => TestSecurity::Unauthenticated,
+    }
+}
+
+fn protected(security: SecurityMode) -> bool {
+    security != SecurityMode::Unauthenticated
+}
+
+fn client_keys() -> SessionKeys {
+    SessionKeys::from_bytes(&core::array::from_fn(|i| (i as u8).wrapping_mul(7) ^ 0xa5))
+}
+
+fn alice_key_id() -> KeyId {
+    SetUpResponseRepr::key_id_from_name(IDENTITY).expect("short identity")
+}
+
+fn ike_key_id() -> KeyId {
+    ikev2::rfc7717_key_id(&SPI_I, &SPI_R)
+}
+
+fn ike_secret() -> SharedSecret {
+    ikev2::rfc7717_shared_secret(crypto::Prf::HmacSha256, &SK_D)
+}
+
+/// The server's base test format: the non-default resolutions of the
+/// RFC 6038/7750 ambiguities must survive into every session.
+fn base_format() -> SessionFormat {
+    SessionFormat {
+        unauth_symmetrical_mbz: UnauthSymmetricalMbz::Octets30,
+        auth_symmetrical_mbz: AuthSymmetricalMbz::Octets56,
+        ..SessionFormat::default()
+    }
+}
+
+fn v4(a: [u8; 4], port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::from(a)), port)
+}
+
+fn v6(s: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(s.parse::<Ipv6Addr>().expect("address")), port)
+}
+
+// ---------------------------------------------------------------------------
+// The recording server context
+// ---------------------------------------------------------------------------
+
+/// One call into the context, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    SharedSecret {
+        key_id: Vec<u8>,
+        ikev2: bool,
+    },
+    AdmitMode {
+        identity: Option<Vec<u8>>,
+        selection: Selection,
+    },
+    Allocate {
+        sender: SocketAddr,
+        reflector: SocketAddr,
+    },
+    Install(Sid),
+    Start(Sid),
+    Stop(Sid, NtpTimestamp),
+}
+
+/// What `install_session` was handed (AcceptedSession without Debug/Clone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Installed {
+    sid: Sid,
+    sender: SocketAddr,
+    reflector: SocketAddr,
+    security: SecurityMode,
+    format: SessionFormat,
+    dscp: u8,
+    padding_length: u32,
+    start_time: NtpTimestamp,
+    timeout: NtpTimestamp,
+    test_keys: Option<([u8; 16], [u8; 32])>,
+}
+
+struct Ctx {
+    /// Key ID name → secret.
+    users: Vec<(Vec<u8>, SharedSecret)>,
+    /// RFC 7717: SPIi‖SPIr → prf(SK_d, "IPPM").
+    ike_sas: Vec<([u8; 16], SharedSecret)>,
+    refuse_mode: Option<Accept>,
+    /// Answers for the next `allocate_session` calls (`None` = grant).
+    refuse_allocation: Vec<Option<Accept>>,
+    refuse_install: Vec<Option<Accept>>,
+    refuse_start: Vec<(Sid, Accept)>,
+    granted: u8,
+    calls: Vec<Call>,
+    requests: Vec<SessionRequest>,
+    installed: Vec<Installed>,
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        let mut ike = [0u8; 16];
+        ike[..8].copy_from_slice(&SPI_I);
+        ike[8..].copy_from_slice(&SPI_R);
+        Ctx {
+            users: vec![(IDENTITY.to_vec(), SharedSecret::from_slice(SECRET))],
+            ike_sas: vec![(ike, ike_secret())],
+            refuse_mode: None,
+            refuse_allocation: vec![],
+            refuse_install: vec![],
+            refuse_start: vec![],
+            granted: 0,
+            calls: vec![],
+            requests: vec![],
+            installed: vec![],
+        }
+    }
+}
+
+fn name_of(key_id: &KeyId) -> Vec<u8> {
+    let end = key_id.iter().position(|&b| b == 0).unwrap_or(key_id.len());
+    key_id[..end].to_vec()
+}
+
+impl Ctx {
+    fn started(&self) -> Vec<Sid> {
+        self.calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Start(s) => Some(*s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stopped(&self) -> Vec<(Sid, NtpTimestamp)> {
+        self.calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Stop(s, t) => Some((*s, *t)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn allocations(&self) -> usize {
+        self.calls
+            .iter()
+            .filter(|c| matches!(c, Call::Allocate { .. }))
+            .count()
+    }
+}
+
+impl ServerContext for Ctx {
+    fn shared_secret(
+        &mut self,
+        key_id: &KeyId,
+        selection: &Selection,
+    ) -> Result<SharedSecret, Accept> {
+        let ikev2 = selection.has(IKEV2);
+        self.calls.push(Call::SharedSecret {
+            key_id: key_id.to_vec(),
+            ikev2,
+        });
+        if ikev2 {
+            // RFC 7717 §5.3: the server reads only SPIi‖SPIr.
+            self.ike_sas
+                .iter()
+                .find(|(spis, _)| spis[..] == key_id[..16])
+                .map(|(_, s)| s.clone())
+                .ok_or(Accept::Ikev2SaNotFound)
+        } else {
+            let name = name_of(key_id);
+            self.users
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, s)| s.clone())
+                .ok_or(Accept::Failure)
+        }
+    }
+
+    fn admit_mode(&mut self, identity: Option<&[u8]>, selection: &Selection) -> Result<(), Accept> {
+        self.calls.push(Call::AdmitMode {
+            identity: identity.map(<[u8]>::to_vec),
+            selection: *selection,
+        });
+        self.refuse_mode.map_or(Ok(()), Err)
+    }
+
+    fn allocate_session(&mut self, request: &SessionRequest) -> Result<SessionGrant, Accept> {
+        self.calls.push(Call::Allocate {
+            sender: request.sender,
+            reflector: request.reflector,
+        });
+        self.requests.push(request.clone());
+        if !self.refuse_allocation.is_empty() {
+            if let Some(a) = self.refuse_allocation.remove(0) {
+                return Err(a);
+            }
+        }
+        self.granted += 1;
+        let n = self.granted;
+        Ok(SessionGrant {
+            port: FIRST_PORT + u16::from(n),
+            sid: Sid::compose(
+                request.reflector.ip(),
+                NtpTimestamp::from_bits(0xeeb3_0000_0000_0000 | u64::from(n) << 8),
+                [0xa5, 0x5a, 0x3c, n],
+            ),
+            server_octets: SERVER_OCTETS,
+        })
+    }
+
+    fn install_session(&mut self, s: AcceptedSession) -> Result<(), Accept> {
+        self.calls.push(Call::Install(s.sid));
+        self.installed.push(Installed {
+            sid: s.sid,
+            sender: s.sender,
+            reflector: s.reflector,
+            security: s.security,
+            format: s.format,
+            dscp: s.dscp,
+            padding_length: s.padding_length,
+            start_time: s.start_time,
+            timeout: s.timeout,
+            test_keys: s.test_keys.as_ref().map(|k| (k.aes, k.hmac)),
+        });
+        if !self.refuse_install.is_empty() {
+            if let Some(a) = self.refuse_install.remove(0) {
+                self.installed.pop();
+                return Err(a);
+            }
+        }
+        Ok(())
+    }
+
+    fn start_session(&mut self, sid: Sid) -> Accept {
+        if let Some((_, a)) = self.refuse_start.iter().find(|(s, _)| *s == sid) {
+            return *a;
+        }
+        self.calls.push(Call::Start(sid));
+        Accept::Ok
+    }
+
+    fn stop_session(&mut self, sid: Sid, timeout: NtpTimestamp) {
+        self.calls.push(Call::Stop(sid, timeout));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Connection set-up
+// ---------------------------------------------------------------------------
+
+/// One connection's parameters.
+#[derive(Clone, Debug)]
+struct Spec {
+    /// Modes the server offers.
+    offered: Modes,
+    /// The only security mode the client allows.
+    security: SecurityMode,
+    /// Feature bits the client wants.
+    wanted: Modes,
+    /// The client's Key ID and secret (`None`: unauthenticated only).
+    key: Option<(KeyId, Vec<u8>)>,
+    client: SocketAddr,
+    server: SocketAddr,
+    max_sessions: u32,
+    count: u32,
+    max_count: u32,
+}
+
+impl Spec {
+    fn new(security: SecurityMode, wanted: Modes) -> Spec {
+        let key = if wanted.contains(IKEV2) && protected(security) {
+            Some((ike_key_id(), ike_secret().expose().to_vec()))
+        } else {
+            Some((alice_key_id(), SECRET.to_vec()))
+        };
+        Spec {
+            offered: EVERYTHING,
+            security,
+            wanted,
+            key,
+            client: v4([192, 0, 2, 1], 50_000),
+            server: v4([192, 0, 2, 2], 862),
+            max_sessions: MAX_SESSIONS,
+            count: COUNT,
+            max_count: 32_768,
+        }
+    }
+
+    /// The selection both sides must agree on.
+    fn selection(&self) -> Selection {
+        let mut features = self.wanted & self.offered;
+        if !protected(self.security) {
+            features = Modes(features.0 & !IKEV2.0);
+        }
+        Selection {
+            security: self.security,
+            features,
+        }
+    }
+
+    fn server(&self) -> Server {
+        let config = ServerConfig {
+            modes: self.offered,
+            count: self.count,
+            start_time: START_TIME,
+            max_sessions: self.max_sessions,
+            greeting_unused: [0; 12],
+            test_format: base_format(),
+        };
+        let random = ServerRandom {
+            challenge: CHALLENGE,
+            salt: SALT,
+            server_iv: SERVER_IV,
+        };
+        Server::new(config, random, self.client, self.server)
+    }
+
+    fn client(&self) -> Client {
+        let config = ClientConfig {
+            allowed: self.security.bit(),
+            wanted: self.wanted,
+            key_id: self.key.as_ref().map(|k| k.0),
+            secret: self.key.as_ref().map(|k| SharedSecret::from_slice(&k.1)),
+            max_count: self.max_count,
+            max_sessions: self.max_sessions,
+        };
+        Client::new(
+            config,
+            ClientRandom {
+                session_keys: client_keys(),
+                client_iv: CLIENT_IV,
+            },
+        )
+    }
+}
+
+/// Chunk sizes for delivering octets (cycled); `None` delivers each flight whole.
+type Chunker = Box<dyn FnMut() -> usize>;
+
+fn cycling(sizes: Vec<usize>) -> Chunker {
+    let mut i = 0;
+    Box::new(move || {
+        let s = sizes[i % sizes.len()].max(1);
+        i += 1;
+        s
+    })
+}
+
+fn split<'a>(data: &'a [u8], chunker: &mut Option<Chunker>) -> Vec<&'a [u8]> {
+    match chunker {
+        None => vec![data],
+        Some(next) => {
+            let mut out = vec![];
+            let mut rest = data;
+            while !rest.is_empty() {
+                let n = next().min(rest.len());
+                out.push(&rest[..n]);
+                rest = &rest[n..];
+            }
+            out
+        }
+    }
+}
+
+/// A client and a server connected in memory.
+struct Pair {
+    spec: Spec,
+    server: Server,
+    client: Client,
+    ctx: Ctx,
+    /// Every octet each side sent, in order.
+    s2c: Vec<u8>,
+    c2s: Vec<u8>,
+    /// Events not yet taken by the test.
+    server_events: Vec<ServerEvent>,
+    client_events: Vec<ClientEvent>,
+    /// Every event, in order.
+    server_log: Vec<ServerEvent>,
+    client_log: Vec<ClientEvent>,
+    server_error: Option<ServerError>,
+    client_error: Option<ClientError>,
+    chunker: Option<Chunker>,
+}
+
+impl Pair {
+    fn new(spec: Spec, ctx: Ctx) -> Pair {
+        Pair {
+            server: spec.server(),
+            client: spec.client(),
+            spec,
+            ctx,
+            s2c: vec![],
+            c2s: vec![],
+            server_events: vec![],
+            client_events: vec![],
+            server_log: vec![],
+            client_log: vec![],
+            server_error: None,
+            client_error: None,
+            chunker: None,
+        }
+    }
+
+    /// Connects, runs the set-up and checks that both sides are ready.
+    fn established(spec: Spec) -> Pair {
+        Self::established_with(spec, Ctx::default(), None)
+    }
+
+    fn established_with(spec: Spec, ctx: Ctx, chunker: Option<Chunker>) -> Pair {
+        let mut p = Pair::new(spec, ctx);
+        p.chunker = chunker;
+        p.pump();
+        assert!(
+            p.client.is_ready(),
+            "{:?}: client not ready: {:?} {:?}",
+            p.spec,
+            p.client_error,
+            p.server_error
+        );
+        p.assert_healthy();
+        // The set-up events stay in the logs.
+        p.client_events.clear();
+        p.server_events.clear();
+        p
+    }
+
+    /// Moves octets both ways until neither side has anything to send. A
+    /// side that has closed receives nothing more (its TCP socket is gone),
+    /// but what it queued before closing is still delivered.
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            let out = self.server.pending_output().to_vec();
+            if !out.is_empty() {
+                moved = true;
+                self.server.consume_output(out.len());
+                self.s2c.extend_from_slice(&out);
+                for chunk in split(&out, &mut self.chunker) {
+                    if self.client.wants_close() {
+                        break;
+                    }
+                    if let Err(e) = self.client.receive(chunk) {
+                        assert!(self.client_error.is_none(), "second client error {e}");
+                        assert!(self.client.wants_close(), "client error without close");
+                        self.client_error = Some(e);
+                    }
+                }
+            }
+            let out = self.client.pending_output().to_vec();
+            if !out.is_empty() {
+                moved = true;
+                self.client.consume_output(out.len());
+                self.c2s.extend_from_slice(&out);
+                for chunk in split(&out, &mut self.chunker) {
+                    if self.server.wants_close() {
+                        break;
+                    }
+                    if let Err(e) = self.server.receive(chunk, &mut self.ctx) {
+                        assert!(self.server_error.is_none(), "second server error {e}");
+                        assert!(self.server.wants_close(), "server error without close");
+                        self.server_error = Some(e);
+                    }
+                }
+            }
+            while let Some(e) = self.server.poll_event() {
+                self.server_log.push(e.clone());
+                self.server_events.push(e);
+            }
+            while let Some(e) = self.client.poll_event() {
+                self.client_log.push(e.clone());
+                self.client_events.push(e);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn assert_healthy(&self) {
+        assert_eq!(self.server_error, None, "{:?}", self.spec);
+        assert_eq!(self.client_error, None, "{:?}", self.spec);
+        assert!(!self.server.wants_close() && !self.client.wants_close());
+    }
+
+    fn client_events(&mut self) -> Vec<ClientEvent> {
+        std::mem::take(&mut self.client_events)
+    }
+
+    fn server_events(&mut self) -> Vec<ServerEvent> {
+        std::mem::take(&mut self.server_events)
+    }
+
+    /// Sends a request and returns the client's answer event.
+    fn request(&mut self, r: &RequestTwSessionRepr) -> ClientEvent {
+        let tag = self.client.request_session(r).expect("client ready");
+        self.pump();
+        let events = self.client_events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        match &events[0] {
+            ClientEvent::SessionAccepted { tag: t, .. }
+            | ClientEvent::SessionRefused { tag: t, .. } => {
+                assert_eq!(*t, tag)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        events[0].clone()
+    }
+
+    /// Sends a request that must be accepted; returns (SID, port).
+    fn accepted(&mut self, r: &RequestTwSessionRepr) -> (Sid, u16) {
+        match self.request(r) {
+            ClientEvent::SessionAccepted { sid, port, .. } => (sid, port),
+            other => panic!("{:?}: refused: {other:?}", self.spec),
+        }
+    }
+
+    fn refused(&mut self, r: &RequestTwSessionRepr) -> Accept {
+        match self.request(r) {
+            ClientEvent::SessionRefused { accept, .. } => accept,
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+
+    /// Both directions decrypted, every HMAC checked.
+    fn transcript(&self) -> Transcript {
+        Transcript::open(&self.spec, &self.c2s, &self.s2c)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Independent decoding of what went over the wire
+// ---------------------------------------------------------------------------
+
+/// Both directions of a connection as plaintext messages, decrypted and
+/// HMAC-verified with the library's stream primitives (not the machines).
+#[derive(Debug)]
+struct Transcript {
+    setup: SetUpResponseRepr,
+    /// Client commands after the Set-Up-Response, framed by command number.
+    commands: Vec<Vec<u8>>,
+    server_start: Option<ServerStartRepr>,
+    /// Server messages after the Server-Start, framed by [`Self::reply_lens`].
+    replies: Vec<Vec<u8>>,
+}
+
+impl Transcript {
+    fn open(spec: &Spec, c2s: &[u8], s2c: &[u8]) -> Transcript {
+        Self::open_framed(spec, c2s, s2c, None)
+    }
+
+    /// `lens`: the server messages' lengths after the Server-Start; `None`
+    /// derives them from the commands (one answer per Request and Start,
+    /// N-Acks until every SID of a Start-N/Stop-N is answered).
+    fn open_framed(spec: &Spec, c2s: &[u8], s2c: &[u8], lens: Option<&[usize]>) -> Transcript {
+        assert!(s2c.len() >= 64 && c2s.len() >= 164);
+        let greeting = ServerGreetingRepr::from_bytes(&s2c[..64]).unwrap();
+        assert_eq!(greeting.challenge, CHALLENGE);
+        assert_eq!(greeting.modes, spec.offered);
+        let setup = SetUpResponseRepr::from_bytes(&c2s[..164]).unwrap();
+        let keyed = protected(spec.security);
+        let mut commands = vec![];
+        let mut rest = c2s[164..].to_vec();
+        let mut crx = keyed.then(|| ControlRx::new(&client_keys(), &setup.client_iv));
+        while !rest.is_empty() {
+            let mut first = [0u8; 16];
+            first.copy_from_slice(&rest[..16]);
+            if let Some(rx) = &mut crx {
+                rx.decrypt(&mut first).unwrap();
+            }
+            let len = control::client_command(&first, u32::MAX)
+                .unwrap()
+                .len
+                .expect("a framed command");
+            let mut msg = rest.drain(..len).collect::<Vec<u8>>();
+            msg[..16].copy_from_slice(&first);
+            match &mut crx {
+                Some(rx) => {
+                    rx.decrypt(&mut msg[16..]).unwrap();
+                    rx.verify(&msg, len - 16).expect("client HMAC");
+                }
+                None => assert_eq!(&msg[len - 16..], &[0; 16], "HMAC field zero when open"),
+            }
+            commands.push(msg);
+        }
+        let mut t = Transcript {
+            setup,
+            commands,
+            server_start: None,
+            replies: vec![],
+        };
+        if s2c.len() < 112 {
+            assert_eq!(s2c.len(), 64, "a partial Server-Start");
+            return t;
+        }
+        let mut start = s2c[64..112].to_vec();
+        let mut srx = None;
+        if keyed && start[15] == 0 {
+            let mut rx = ControlRx::new(&client_keys(), &SERVER_IV);
+            rx.open_without_hmac(&mut start[32..48]).unwrap();
+            srx = Some(rx);
+        }
+        t.server_start = Some(ServerStartRepr::from_bytes(&start).unwrap());
+        let mut replies = s2c[112..].to_vec();
+        if let Some(rx) = &mut srx {
+            rx.decrypt(&mut replies).unwrap();
+        }
+        let lens = match lens {
+            Some(l) => l.to_vec(),
+            None => Self::reply_lens(&t.commands, &replies),
+        };
+        assert_eq!(lens.iter().sum::<usize>(), replies.len(), "reply framing");
+        let mut at = 0;
+        for len in lens {
+            let msg = replies[at..at + len].to_vec();
+            match &mut srx {
+                Some(rx) => rx.verify(&msg, len - 16).expect("server HMAC"),
+                None => assert_eq!(&msg[len - 16..], &[0; 16], "HMAC field zero when open"),
+            }
+            t.replies.push(msg);
+            at += len;
+        }
+        t
+    }
+
+    fn reply_lens(commands: &[Vec<u8>], replies: &[u8]) -> Vec<usize> {
+        let mut lens = vec![];
+        for c in commands {
+            match c[0] {
+                5 => lens.push(48),
+                2 => lens.push(32),
+                7 | 9 => {
+                    let mut remaining = be32(&c[12..16]);
+                    while remaining > 0 {
+                        let m = &replies[sum(&lens)..];
+                        assert_eq!(m[0], c[0] + 1, "N-Ack command number");
+                        let n = be32(&m[12..16]);
+                        assert!((1..=remaining).contains(&n), "N-Ack N {n}");
+                        lens.push(32 + 16 * n as usize);
+                        remaining -= n;
+                    }
+                }
+                _ => {}
+            }
+        }
+        lens
+    }
+
+    fn accept_session(&self, i: usize) -> AcceptSessionRepr {
+        AcceptSessionRepr::from_bytes(&self.replies[i]).unwrap()
+    }
+}
+
+fn sum(v: &[usize]) -> usize {
+    v.iter().sum()
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes(b[..4].try_into().expect("4 octets"))
+}
+
+// ---------------------------------------------------------------------------
+// Hand-built client
+// ---------------------------------------------------------------------------
+
+/// The Set-Up-Response for `mode`, with a token sealed under `secret`.
+fn setup_for(mode: Modes, greeting: &ServerGreetingRepr, key_id: KeyId, secret: &[u8]) -> Vec<u8> {
+    let repr = if mode.security() == Modes(1) || mode.security().is_empty() {
+        SetUpResponseRepr {
+            mode,
+            key_id: [0; 80],
+            token: [0; 64],
+            client_iv: [0; 16],
+        }
+    } else {
+        let tk = crypto::token_key(
+            &SharedSecret::from_slice(secret),
+            &greeting.salt,
+            greeting.count,
+        )
+        .unwrap();
+        SetUpResponseRepr {
+            mode,
+            key_id,
+            token: crypto::seal_token(&tk, &greeting.challenge, &client_keys()),
+            client_iv: CLIENT_IV,
+        }
+    };
+    repr.to_bytes().to_vec()
+}
+
+/// A Control-Client made by hand from the library's wire and crypto
+/// primitives, for the messages `Client` never sends.
+struct RawClient {
+    server: Server,
+    ctx: Ctx,
+    tx: Option<ControlTx>,
+    rx: Option<ControlRx>,
+}
+
+impl RawClient {
+    fn connect(security: SecurityMode, features: Modes) -> RawClient {
+        Self::connect_with(&Spec::new(security, features), Ctx::default())
+    }
+
+    fn connect_with(spec: &Spec, mut ctx: Ctx) -> RawClient {
+        let mut server = spec.server();
+        let greeting = ServerGreetingRepr::from_bytes(&server.pending_output()[..64]).unwrap();
+        server.consume_output(64);
+        let (key_id, secret) = spec.key.clone().expect("a key");
+        let mode = spec.selection().modes();
+        let setup = setup_for(mode, &greeting, key_id, &secret);
+        server.receive(&setup, &mut ctx).expect("set-up accepted");
+        let mut start = server.pending_output().to_vec();
+        assert_eq!(start.len(), 48);
+        server.consume_output(48);
+        assert_eq!(start[15], 0, "Server-Start Accept");
+        let (mut tx, mut rx) = (None, None);
+        if protected(spec.security) {
+            let mut r = ControlRx::new(&client_keys(), &SERVER_IV);
+            r.open_without_hmac(&mut start[32..48]).unwrap();
+            rx = Some(r);
+            tx = Some(ControlTx::new(&client_keys(), &CLIENT_IV));
+        }
+        while server.poll_event().is_some() {}
+        RawClient {
+            server,
+            ctx,
+            tx,
+            rx,
+        }
+    }
+
+    /// Seals a plaintext command (HMAC in its last 16 octets) as the client
+    /// stream would carry it.
+    fn seal(&mut self, plain: &[u8]) -> Vec<u8> {
+        let mut m = plain.to_vec();
+        if let Some(tx) = &mut self.tx {
+            let at = m.len() - 16;
+            tx.seal(&mut m, at).unwrap();
+        }
+        m
+    }
+
+    fn send(&mut self, plain: &[u8]) -> Result<(), ServerError> {
+        let m = self.seal(plain);
+        self.server.receive(&m, &mut self.ctx)
+    }
+
+    /// Takes one server message of `len` octets, decrypted and verified.
+    fn read(&mut self, len: usize) -> Vec<u8> {
+        let out = self.server.pending_output();
+        assert!(out.len() >= len, "want {len} octets, have {}", out.len());
+        let mut m = out[..len].to_vec();
+        self.server.consume_output(len);
+        match &mut self.rx {
+            Some(rx) => rx.open(&mut m, len - 16).expect("server HMAC"),
+            None => assert_eq!(&m[len - 16..], &[0; 16]),
+        }
+        m
+    }
+
+    fn read_accept(&mut self) -> AcceptSessionRepr {
+        AcceptSessionRepr::from_bytes(&self.read(48)).unwrap()
+    }
+
+    /// Reads the N-Acks answering `n` SIDs.
+    fn read_n_acks(&mut self, mut n: usize) -> Vec<(u8, Accept, Vec<Sid>)> {
+        let mut acks = vec![];
+        while n > 0 {
+            let first = self.server.pending_output()[..16].to_vec();
+            let mut block = [0u8; 16];
+            block.copy_from_slice(&first);
+            // Decrypting needs the stream; peek the length from the plaintext.
+            let len = {
+                let mut probe = self.server.pending_output()[..16].to_vec();
+                if self.rx.is_some() {
+                    // The N field sits in the first block: decrypt a copy of
+                    // the whole pending output with a throwaway stream is not
+                    // possible, so read block-wise below instead.
+                    probe.clear();
+                }
+                probe
+            };
+            let _ = len;
+            let m = self.read_list();
+            let sids: Vec<Sid> = m.2;
+            n -= sids.len();
+            acks.push((m.0, m.1, sids));
+        }
+        acks
+    }
+
+    /// Reads one N-Ack (length from its decrypted first block).
+    fn read_list(&mut self) -> (u8, Accept, Vec<Sid>) {
+        let out = self.server.pending_output();
+        assert!(out.len() >= 32);
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&out[..16]);
+        let mut m;
+        match &mut self.rx {
+            Some(rx) => {
+                rx.decrypt(&mut first).unwrap();
+                let n = be32(&first[12..16]) as usize;
+                let len = 32 + 16 * n;
+                m = self.server.pending_output()[..len].to_vec();
+                m[..16].copy_from_slice(&first);
+                rx.decrypt(&mut m[16..]).unwrap();
+                rx.verify(&m, len - 16).expect("N-Ack HMAC");
+                self.server.consume_output(len);
+            }
+            None => {
+                let n = be32(&first[12..16]) as usize;
+                let len = 32 + 16 * n;
+                m = self.server.pending_output()[..len].to_vec();
+                assert_eq!(&m[len - 16..], &[0; 16]);
+                self.server.consume_output(len);
+            }
+        }
+        let sids = m[16..m.len() - 16]
+            .chunks(16)
+            .map(|c| Sid(c.try_into().unwrap()))
+            .collect();
+        (m[0], Accept::from(m[1]), sids)
+    }
+
+    fn events(&mut self) -> Vec<ServerEvent> {
+        std::iter::from_fn(|| self.server.poll_event()).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Message builders (plaintext, HMAC field zero)
+// ---------------------------------------------------------------------------
+
+fn request_for(client: SocketAddr) -> RequestTwSessionRepr {
+    let any: IpAddr = match client.ip() {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    RequestTwSessionRepr {
+        ipvn: if any.is_ipv4() { 4 } else { 6 },
+        conf_sender: 0,
+        conf_receiver: 0,
+        schedule_slots: 0,
+        packets: 0,
+        sender_port: 6000,
+        receiver_port: 862,
+        sender_address: any,
+        receiver_address: any,
+        sid: Sid::ZERO,
+        padding_length: 64,
+        start_time: NtpTimestamp::from_bits(0xeeb3_81d0_0000_0000),
+        timeout: NtpTimestamp::from_interval_ns(2_000_000_000),
+        type_p: TypeP(0),
+        octets_to_reflect: [0; 2],
+        padding_to_reflect: 0,
+        hmac: [0; 16],
+    }
+}
+
+fn request() -> RequestTwSessionRepr {
+    request_for(v4([192, 0, 2, 1], 1))
+}
+
+/// Three requests that differ in every per-session field.
+fn requests(spec: &Spec) -> Vec<RequestTwSessionRepr> {
+    let base = request_for(spec.client);
+    let explicit: IpAddr = match spec.client.ip() {
+        IpAddr::V4(_) => Ipv4Addr::new(198, 51, 100, 10).into(),
+        IpAddr::V6(_) => "2001:db8::10".parse::<Ipv6Addr>().unwrap().into(),
+    };
+    vec![
+        RequestTwSessionRepr {
+            octets_to_reflect: [0xab, 0xcd],
+            padding_to_reflect: 16,
+            ..base
+        },
+        RequestTwSessionRepr {
+            sender_address: explicit,
+            sender_port: 6001,
+            padding_length: 200,
+            type_p: TypeP(46 << 24),
+            timeout: NtpTimestamp::from_interval_ns(5_000_000_000),
+            ..base
+        },
+        RequestTwSessionRepr {
+            sender_port: 6002,
+            padding_length: 27,
+            type_p: TypeP(10 << 24),
+            start_time: NtpTimestamp::from_bits(0xeeb3_81e0_0000_0000),
+            timeout: NtpTimestamp::from_interval_ns(1_000_000),
+            ..base
+        },
+    ]
+}
+
+fn start_sessions_msg() -> Vec<u8> {
+    StartSessionsRepr { hmac: [0; 16] }.to_bytes().to_vec()
+}
+
+fn stop_sessions_msg(n: u32) -> Vec<u8> {
+    StopSessionsRepr {
+        accept: Accept::Ok,
+        number_of_sessions: n,
+        hmac: [0; 16],
+    }
+    .to_bytes()
+    .to_vec()
+}
+
+fn start_n_msg(sids: &[Sid]) -> Vec<u8> {
+    StartNSessionsRepr {
+        sids: sids.to_vec(),
+        hmac: [0; 16],
+    }
+    .to_bytes()
+}
+
+fn stop_n_msg(sids: &[Sid]) -> Vec<u8> {
+    StopNSessionsRepr {
+        sids: sids.to_vec(),
+        hmac: [0; 16],
+    }
+    .to_bytes()
+}
+
+/// An Accept-Session refusal as RFC 5357 §3.5 (erratum 1587) lays it out:
+/// Accept, then Port 0 and an all-zero SID and MBZ.
+fn assert_refusal_octets(msg: &[u8], accept: u8) {
+    assert_eq!(msg.len(), 48);
+    assert_eq!(msg[0], accept, "Accept");
+    assert_eq!(
+        &msg[1..32],
+        &[0; 31],
+        "MBZ, Port 0, SID 0, reflected/server octets 0"
+    );
+}
+
+/// What the data plane must be handed for request `r` granted `sid`/`port`.
+fn expected_session(spec: &Spec, r: &RequestTwSessionRepr, sid: Sid, port: u16) -> Installed {
+    let sel = spec.selection();
+    let pick = |field: IpAddr, conn: IpAddr| {
+        if field.is_unspecified() {
+            conn.to_canonical()
+        } else {
+            field.to_canonical()
+        }
+    };
+    let mut format = base_format();
+    format.security = test_security_of(spec.security);
+    format.reflect_octets = sel.has(REFLECT).then_some(ReflectOctets {
+        length: r.padding_to_reflect,
+        server_octets: 0x1234,
+    });
+    format.symmetrical_size = sel.has(SYMMETRICAL);
+    format.dscp_ecn_monitoring = sel.has(DSCP_ECN);
+    format.timestamp_format = if sel.has(PTP) {
+        TimeFormat::Ptp
+    } else {
+        TimeFormat::Ntp
+    };
+    let keyed = matches!(
+        spec.security,
+        SecurityMode::Authenticated | SecurityMode::Encrypted
+    );
+    Installed {
+        sid,
+        sender: SocketAddr::new(pick(r.sender_address, spec.client.ip()), r.sender_port),
+        reflector: SocketAddr::new(pick(r.receiver_address, spec.server.ip()), port),
+        security: spec.security,
+        format,
+        dscp: (r.type_p.0 >> 24) as u8,
+        padding_length: r.padding_length,
+        start_time: r.start_time,
+        timeout: r.timeout,
+        test_keys: keyed.then(|| {
+            let k = derive_test_keys(&client_keys(), &sid.0);
+            (k.aes, k.hmac)
+        }),
+    }
+}
+
+/// The identity the server reports for a set-up.
+fn identity_of(spec: &Spec) -> Option<Vec<u8>> {
+    protected(spec.security).then(|| name_of(&spec.key.as_ref().unwrap().0))
+}
+
+// ---------------------------------------------------------------------------
+// 1. Every mode, every feature: the life of a connection
+// ---------------------------------------------------------------------------
+
+/// Set-up, three sessions, start, stop, then one more session on the same
+/// connection.
+fn life(spec: Spec, chunker: Option<Chunker>) -> Pair {
+    let mut p = Pair::established_with(spec.clone(), Ctx::default(), chunker);
+    let reqs = requests(&spec);
+    let sids: Vec<Sid> = reqs.iter().map(|r| p.accepted(r).0).collect();
+    let n_ack = |command, sids: &[Sid]| ClientEvent::NAck {
+        command,
+        accept: Accept::Ok,
+        sids: sids.to_vec(),
+    };
+    if spec.selection().has(ISC) {
+        p.client.start_n(&sids).unwrap();
+        p.pump();
+        assert_eq!(p.client_events(), [n_ack(Command::StartNSessions, &sids)]);
+        assert!(p.server.sessions_in_progress());
+        p.client.stop_n(&sids).unwrap();
+        p.pump();
+        assert_eq!(p.client_events(), [n_ack(Command::StopNSessions, &sids)]);
+    } else {
+        p.client.start_sessions(3).unwrap();
+        p.pump();
+        assert_eq!(
+            p.client_events(),
+            [ClientEvent::StartAck { accept: Accept::Ok }]
+        );
+        assert!(p.server.sessions_in_progress());
+        p.client.stop_sessions(Accept::Ok).unwrap();
+        p.pump();
+        assert_eq!(p.client_events(), []);
+    }
+    assert!(!p.client.awaiting_reply());
+    assert!(!p.server.sessions_in_progress());
+    assert_eq!(p.server.sids().count(), 0);
+    p.accepted(&reqs[0]);
+    p.assert_healthy();
+    p
+}
+
+const FEATURE_SETS: [Modes; 8] = [
+    Modes::NONE,
+    ISC,
+    REFLECT,
+    SYMMETRICAL,
+    IKEV2,
+    DSCP_ECN,
+    PTP,
+    ALL_FEATURES,
+];
+
+#[test]
+fn every_mode_and_feature_sets_up_runs_several_sessions_and_stops() {
+    for security in SecurityMode::ALL {
+        for wanted in FEATURE_SETS {
+            let spec = Spec::new(security, wanted);
+            let sel = spec.selection();
+            let p = life(spec.clone(), None);
+            let what = format!("{security:?} + {wanted}");
+
+            // The Set-Up-Response carries exactly one security bit plus the
+            // wanted features (IKEv2 dropped with open, RFC 7717 §5).
+            let mut bits = mode_value(security) | wanted.0;
+            if !protected(security) {
+                bits &= !128;
+            }
+            assert_eq!(be32(&p.c2s[..4]), bits, "{what}");
+            let identity = identity_of(&spec);
+            assert_eq!(
+                p.client_log[..2],
+                [
+                    ClientEvent::SetupSent {
+                        selection: sel,
+                        offered: EVERYTHING
+                    },
+                    ClientEvent::Ready {
+                        server_start_time: START_TIME
+                    }
+                ],
+                "{what}"
+            );
+
+            let t = p.transcript();
+            let ss = t.server_start.unwrap();
+            assert_eq!(ss.accept, Accept::Ok);
+            assert_eq!(ss.start_time, START_TIME, "{what}: Start-Time");
+            // 3 requests, start, stop, 1 request.
+            let cmds: Vec<u8> = t.commands.iter().map(|c| c[0]).collect();
+            let isc = sel.has(ISC);
+            assert_eq!(
+                cmds,
+                if isc {
+                    vec![5, 5, 5, 7, 9, 5]
+                } else {
+                    vec![5, 5, 5, 2, 3, 5]
+                },
+                "{what}"
+            );
+
+            // Every Accept-Session on the wire is what the client reported.
+            let reqs = requests(&spec);
+            let mut sids = vec![];
+            let accepts = [0, 1, 2, if isc { 5 } else { 4 }];
+            for (i, &at) in accepts.iter().enumerate() {
+                let a = t.accept_session(at);
+                let r = &reqs[i % 3];
+                assert_eq!(a.accept, Accept::Ok);
+                assert_eq!(a.port, FIRST_PORT + 1 + i as u16, "{what}");
+                let reflect = sel.has(REFLECT);
+                assert_eq!(
+                    a.reflected_octets,
+                    if reflect { r.octets_to_reflect } else { [0; 2] },
+                    "{what}: RFC 6038 Reflected octets"
+                );
+                assert_eq!(
+                    a.server_octets,
+                    if reflect { SERVER_OCTETS } else { [0; 2] },
+                    "{what}: RFC 6038 Server octets are MBZ without Reflect Octets"
+                );
+                assert!(p.client_log.contains(&ClientEvent::SessionAccepted {
+                    tag: i as u32,
+                    port: a.port,
+                    sid: a.sid,
+                    reflected_octets: a.reflected_octets,
+                    server_octets: a.server_octets,
+                }));
+                sids.push(a.sid);
+                // The data plane got the session as requested.
+                assert_eq!(
+                    p.ctx.installed[i],
+                    expected_session(&spec, r, a.sid, a.port),
+                    "{what}: session {i}"
+                );
+                // The client derives the same test keys (auth/enc only).
+                assert_eq!(
+                    p.client.test_keys(&a.sid).is_some(),
+                    p.ctx.installed[i].test_keys.is_some(),
+                    "{what}"
+                );
+                let req = &p.ctx.requests[i];
+                assert_eq!(req.security, security);
+                assert_eq!(req.features, sel.features);
+                assert_eq!(req.identity, identity);
+                assert_eq!(req.dscp, (r.type_p.0 >> 24) as u8);
+            }
+            let three = sids[..3].to_vec();
+            if isc {
+                let ack = StartNAckRepr::from_bytes(&t.replies[3]).unwrap();
+                assert_eq!((ack.accept, &ack.sids), (Accept::Ok, &three));
+                let ack = StopNAckRepr::from_bytes(&t.replies[4]).unwrap();
+                assert_eq!((ack.accept, &ack.sids), (Accept::Ok, &three));
+            } else {
+                let ack = StartAckRepr::from_bytes(&t.replies[3]).unwrap();
+                assert_eq!(ack.accept, Accept::Ok);
+                let stop = StopSessionsRepr::from_bytes(&t.commands[4]).unwrap();
+                assert_eq!(stop.number_of_sessions, 3, "{what}");
+            }
+
+            // The context was asked the right things, in order.
+            let mut calls = vec![];
+            if protected(security) {
+                calls.push(Call::SharedSecret {
+                    key_id: spec.key.as_ref().unwrap().0.to_vec(),
+                    ikev2: sel.has(IKEV2),
+                });
+            }
+            calls.push(Call::AdmitMode {
+                identity: identity.clone(),
+                selection: sel,
+            });
+            for (i, sid) in three.iter().enumerate() {
+                calls.push(Call::Allocate {
+                    sender: p.ctx.installed[i].sender,
+                    reflector: SocketAddr::new(p.ctx.installed[i].reflector.ip(), 862),
+                });
+                calls.push(Call::Install(*sid));
+            }
+            calls.extend(three.iter().map(|s| Call::Start(*s)));
+            calls.extend(
+                three
+                    .iter()
+                    .zip(&reqs)
+                    .map(|(s, r)| Call::Stop(*s, r.timeout)),
+            );
+            calls.push(Call::Allocate {
+                sender: p.ctx.installed[3].sender,
+                reflector: SocketAddr::new(p.ctx.installed[3].reflector.ip(), 862),
+            });
+            calls.push(Call::Install(sids[3]));
+            assert_eq!(p.ctx.calls, calls, "{what}");
+
+            // Server events.
+            let mut events = vec![ServerEvent::Established {
+                selection: sel,
+                identity,
+            }];
+            for (i, s) in three.iter().enumerate() {
+                events.push(ServerEvent::SessionAccepted {
+                    sid: *s,
+                    port: FIRST_PORT + 1 + i as u16,
+                });
+            }
+            if isc {
+                events.push(ServerEvent::NAck {
+                    command: Command::StartNSessions,
+                    accept: Accept::Ok,
+                    sessions: 3,
+                });
+                events.push(ServerEvent::NAck {
+                    command: Command::StopNSessions,
+                    accept: Accept::Ok,
+                    sessions: 3,
+                });
+            } else {
+                events.push(ServerEvent::Started { sessions: 3 });
+                events.push(ServerEvent::Stopped { sessions: 3 });
+            }
+            events.push(ServerEvent::SessionAccepted {
+                sid: sids[3],
+                port: FIRST_PORT + 4,
+            });
+            assert_eq!(p.server_log, events, "{what}");
+        }
+    }
+}
+
+#[test]
+fn zero_addresses_resolve_to_the_control_connection() {
+    let cases = [
+        // (client, server, expected sender IP, expected reflector IP)
+        (
+            v4([192, 0, 2, 1], 50_000),
+            v4([192, 0, 2, 2], 862),
+            "192.0.2.1",
+            "192.0.2.2",
+        ),
+        (
+            v6("2001:db8::1", 50_000),
+            v6("2001:db8::2", 862),
+            "2001:db8::1",
+            "2001:db8::2",
+        ),
+        // A dual-stack listener sees IPv4 peers as v4-mapped IPv6: the test
+        // packets are plain IPv4.
+        (
+            v6("::ffff:192.0.2.1", 50_000),
+            v6("::ffff:192.0.2.2", 862),
+            "192.0.2.1",
+            "192.0.2.2",
+        ),
+    ];
+    for security in [SecurityMode::Unauthenticated, SecurityMode::Encrypted] {
+        for (client, server, sender, reflector) in cases {
+            let mut spec = Spec::new(security, Modes::NONE);
+            spec.client = client;
+            spec.server = server;
+            let mut p = Pair::established(spec.clone());
+            let mut r = request_for(client);
+            if client.ip().to_canonical().is_ipv4() {
+                r = request_for(v4([0; 4], 0));
+            }
+            let (sid, port) = p.accepted(&r);
+            let s = &p.ctx.installed[0];
+            assert_eq!(s.sid, sid);
+            assert_eq!(s.sender, SocketAddr::new(sender.parse().unwrap(), 6000));
+            assert_eq!(
+                s.reflector,
+                SocketAddr::new(reflector.parse().unwrap(), port)
+            );
+            let q = &p.ctx.requests[0];
+            assert_eq!(q.sender, s.sender);
+            assert_eq!(q.reflector, SocketAddr::new(s.reflector.ip(), 862));
+            assert_eq!(q.padding_length, 64);
+            assert_eq!(q.timeout, r.timeout);
+            assert_eq!(q.start_time, r.start_time);
+        }
+    }
+    // Explicit addresses are used as given (v4-mapped ones as IPv4).
+    let mut spec = Spec::new(SecurityMode::Unauthenticated, Modes::NONE);
+    spec.client = v6("2001:db8::1", 50_000);
+    spec.server = v6("2001:db8::2", 862);
+    let mut p = Pair::established(spec.clone());
+    let r = RequestTwSessionRepr {
+        sender_address: "2001:db8::99".parse::<Ipv6Addr>().unwrap().into(),
+        receiver_address: "2001:db8::98".parse::<Ipv6Addr>().unwrap().into(),
+        ..request_for(spec.client)
+    };
+    let (_, port) = p.accepted(&r);
+    assert_eq!(p.ctx.installed[0].sender, v6("2001:db8::99", 6000));
+    assert_eq!(p.ctx.installed[0].reflector, v6("2001:db8::98", port));
+    let r = RequestTwSessionRepr {
+        sender_address: "::ffff:198.51.100.7".parse::<Ipv6Addr>().unwrap().into(),
+        ..request_for(spec.client)
+    };
+    let (_, port) = p.accepted(&r);
+    assert_eq!(p.ctx.installed[1].sender, v4([198, 51, 100, 7], 6000));
+    assert_eq!(p.ctx.installed[1].reflector, v6("2001:db8::2", port));
+}
