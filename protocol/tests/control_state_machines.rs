@@ -853,29 +853,18 @@ impl RawClient {
         AcceptSessionRepr::from_bytes(&self.read(48)).unwrap()
     }
 
-    /// Reads the N-Acks answering `n` SIDs.
+    /// Reads the N-Acks answering `n` SIDs: (command, Accept, SIDs) each.
     fn read_n_acks(&mut self, mut n: usize) -> Vec<(u8, Accept, Vec<Sid>)> {
         let mut acks = vec![];
         while n > 0 {
-            let first = self.server.pending_output()[..16].to_vec();
-            let mut block = [0u8; 16];
-            block.copy_from_slice(&first);
-            // Decrypting needs the stream; peek the length from the plaintext.
-            let len = {
-                let mut probe = self.server.pending_output()[..16].to_vec();
-                if self.rx.is_some() {
-                    // The N field sits in the first block: decrypt a copy of
-                    // the whole pending output with a throwaway stream is not
-                    // possible, so read block-wise below instead.
-                    probe.clear();
-                }
-                probe
-            };
-            let _ = len;
-            let m = self.read_list();
-            let sids: Vec<Sid> = m.2;
-            n -= sids.len();
-            acks.push((m.0, m.1, sids));
+            let ack = self.read_list();
+            assert!(
+                (1..=n).contains(&ack.2.len()),
+                "N-Ack with {} SIDs",
+                ack.2.len()
+            );
+            n -= ack.2.len();
+            acks.push(ack);
         }
         acks
     }
@@ -886,25 +875,19 @@ impl RawClient {
         assert!(out.len() >= 32);
         let mut first = [0u8; 16];
         first.copy_from_slice(&out[..16]);
-        let mut m;
+        if let Some(rx) = &mut self.rx {
+            rx.decrypt(&mut first).unwrap();
+        }
+        let len = 32 + 16 * be32(&first[12..16]) as usize;
+        let mut m = self.server.pending_output()[..len].to_vec();
+        self.server.consume_output(len);
+        m[..16].copy_from_slice(&first);
         match &mut self.rx {
             Some(rx) => {
-                rx.decrypt(&mut first).unwrap();
-                let n = be32(&first[12..16]) as usize;
-                let len = 32 + 16 * n;
-                m = self.server.pending_output()[..len].to_vec();
-                m[..16].copy_from_slice(&first);
                 rx.decrypt(&mut m[16..]).unwrap();
                 rx.verify(&m, len - 16).expect("N-Ack HMAC");
-                self.server.consume_output(len);
             }
-            None => {
-                let n = be32(&first[12..16]) as usize;
-                let len = 32 + 16 * n;
-                m = self.server.pending_output()[..len].to_vec();
-                assert_eq!(&m[len - 16..], &[0; 16]);
-                self.server.consume_output(len);
-            }
+            None => assert_eq!(&m[len - 16..], &[0; 16]),
         }
         let sids = m[16..m.len() - 16]
             .chunks(16)
@@ -1375,4 +1358,671 @@ fn zero_addresses_resolve_to_the_control_connection() {
     let (_, port) = p.accepted(&r);
     assert_eq!(p.ctx.installed[1].sender, v4([198, 51, 100, 7], 6000));
     assert_eq!(p.ctx.installed[1].reflector, v6("2001:db8::2", port));
+}
+
+// ---------------------------------------------------------------------------
+// 2. Individual Session Control (RFC 5938)
+// ---------------------------------------------------------------------------
+
+fn n_ack(command: Command, accept: Accept, sids: &[Sid]) -> ClientEvent {
+    ClientEvent::NAck {
+        command,
+        accept,
+        sids: sids.to_vec(),
+    }
+}
+
+fn n_ack_event(command: Command, accept: Accept, sessions: usize) -> ServerEvent {
+    ServerEvent::NAck {
+        command,
+        accept,
+        sessions,
+    }
+}
+
+#[test]
+fn isc_starts_and_stops_subsets_and_groups_answers_by_accept() {
+    use Command::{StartNSessions as Start, StopNSessions as Stop};
+    for security in SecurityMode::ALL {
+        let spec = Spec::new(security, ISC);
+        let mut p = Pair::established(spec.clone());
+        let reqs = requests(&spec);
+        let s: Vec<Sid> = reqs.iter().map(|r| p.accepted(r).0).collect();
+        let unknown = Sid([0xee; 16]);
+        let mut expect_events = vec![];
+
+        // A subset starts; the others stay idle.
+        p.client.start_n(&[s[0], s[2]]).unwrap();
+        p.pump();
+        assert_eq!(p.client_events(), [n_ack(Start, Accept::Ok, &[s[0], s[2]])]);
+        assert_eq!(p.ctx.started(), [s[0], s[2]]);
+        assert!(p.server.sessions_in_progress());
+        expect_events.push(n_ack_event(Start, Accept::Ok, 2));
+
+        // A request after Start-N (a diagnostic session during a test).
+        let (s3, _) = p.accepted(&reqs[1]);
+
+        // An unknown SID is answered in its own N-Ack, with Accept ≠ 0; the
+        // group order follows the first SID of each Accept value.
+        p.client.start_n(&[unknown, s[1], s3]).unwrap();
+        p.pump();
+        assert_eq!(
+            p.client_events(),
+            [
+                n_ack(Start, Accept::Failure, &[unknown]),
+                n_ack(Start, Accept::Ok, &[s[1], s3]),
+            ]
+        );
+        assert!(!p.client.awaiting_reply());
+        expect_events.push(n_ack_event(Start, Accept::Failure, 1));
+        expect_events.push(n_ack_event(Start, Accept::Ok, 2));
+
+        // Starting a started session again is answered 0 without a second
+        // start in the data plane.
+        p.client.start_n(&[s[0]]).unwrap();
+        p.pump();
+        assert_eq!(p.client_events(), [n_ack(Start, Accept::Ok, &[s[0]])]);
+        assert_eq!(p.ctx.started(), [s[0], s[2], s[1], s3]);
+        expect_events.push(n_ack_event(Start, Accept::Ok, 1));
+
+        // Stop a subset plus an unknown SID.
+        p.client.stop_n(&[s[0], unknown]).unwrap();
+        p.pump();
+        assert_eq!(
+            p.client_events(),
+            [
+                n_ack(Stop, Accept::Ok, &[s[0]]),
+                n_ack(Stop, Accept::Failure, &[unknown]),
+            ]
+        );
+        assert_eq!(p.ctx.stopped(), [(s[0], reqs[0].timeout)]);
+        expect_events.push(n_ack_event(Stop, Accept::Ok, 1));
+        expect_events.push(n_ack_event(Stop, Accept::Failure, 1));
+
+        // A stopped session is gone.
+        p.client.stop_n(&[s[0]]).unwrap();
+        p.pump();
+        assert_eq!(p.client_events(), [n_ack(Stop, Accept::Failure, &[s[0]])]);
+        expect_events.push(n_ack_event(Stop, Accept::Failure, 1));
+        assert!(p.server.sessions_in_progress());
+
+        p.client.stop_n(&[s[1], s[2], s3]).unwrap();
+        p.pump();
+        assert_eq!(
+            p.client_events(),
+            [n_ack(Stop, Accept::Ok, &[s[1], s[2], s3])]
+        );
+        expect_events.push(n_ack_event(Stop, Accept::Ok, 3));
+        assert!(!p.server.sessions_in_progress());
+        assert_eq!(p.server.sids().count(), 0);
+        assert_eq!(
+            p.ctx.stopped(),
+            [
+                (s[0], reqs[0].timeout),
+                (s[1], reqs[1].timeout),
+                (s[2], reqs[2].timeout),
+                (s3, reqs[1].timeout),
+            ]
+        );
+        p.assert_healthy();
+
+        let events: Vec<ServerEvent> = p
+            .server_log
+            .iter()
+            .filter(|e| matches!(e, ServerEvent::NAck { .. }))
+            .cloned()
+            .collect();
+        assert_eq!(events, expect_events, "{security:?}");
+        // Every N-Ack is its own message on the wire, HMAC and all.
+        let t = p.transcript();
+        let acks = t.replies.iter().filter(|m| m[0] == 8 || m[0] == 10).count();
+        assert_eq!(acks, expect_events.len());
+    }
+}
+
+#[test]
+fn isc_groups_a_start_the_data_plane_refuses() {
+    let spec = Spec::new(SecurityMode::Authenticated, ISC);
+    let mut p = Pair::established(spec.clone());
+    let reqs = requests(&spec);
+    let s: Vec<Sid> = reqs.iter().map(|r| p.accepted(r).0).collect();
+    p.ctx.refuse_start = vec![(s[1], Accept::TemporaryResourceLimitation)];
+    p.client.start_n(&s).unwrap();
+    p.pump();
+    assert_eq!(
+        p.client_events(),
+        [
+            n_ack(Command::StartNSessions, Accept::Ok, &[s[0], s[2]]),
+            n_ack(
+                Command::StartNSessions,
+                Accept::TemporaryResourceLimitation,
+                &[s[1]]
+            ),
+        ]
+    );
+    assert_eq!(p.ctx.started(), [s[0], s[2]]);
+    // Once the data plane has room, the refused session starts.
+    p.ctx.refuse_start.clear();
+    p.client.start_n(&[s[1]]).unwrap();
+    p.pump();
+    assert_eq!(
+        p.client_events(),
+        [n_ack(Command::StartNSessions, Accept::Ok, &[s[1]])]
+    );
+    assert_eq!(p.ctx.started(), [s[0], s[2], s[1]]);
+    p.assert_healthy();
+}
+
+/// A command the state does not allow: answered with Accept-Session(3)
+/// (RFC 5357 §3.5), then the connection closes.
+#[test]
+fn commands_out_of_place_get_accept_session_3_and_close() {
+    #[derive(Clone, Copy, Debug)]
+    enum Case {
+        StartSessionsInIsc,
+        StopSessionsInIsc,
+        StartNOutsideIsc,
+        StopNOutsideIsc,
+        RequestWhileActive,
+        StopSessionsBeforeStart,
+        StartSessionsTwice,
+    }
+    use Case::*;
+    let outside = "outside Individual Session Control mode";
+    let isc_state = "in Individual Session Control mode";
+    let active = "while sessions are active";
+    let cases = [
+        (StartSessionsInIsc, Command::StartSessions, isc_state),
+        (StopSessionsInIsc, Command::StopSessions, isc_state),
+        (StartNOutsideIsc, Command::StartNSessions, outside),
+        (StopNOutsideIsc, Command::StopNSessions, outside),
+        (RequestWhileActive, Command::RequestTwSession, active),
+        (StopSessionsBeforeStart, Command::StopSessions, outside),
+        (StartSessionsTwice, Command::StartSessions, active),
+    ];
+    for security in SecurityMode::ALL {
+        for (case, command, state) in cases {
+            let isc = matches!(case, StartSessionsInIsc | StopSessionsInIsc);
+            let spec = Spec::new(security, if isc { ISC } else { Modes::NONE });
+            let mut p = Pair::established(spec.clone());
+            let (sid, _) = p.accepted(&request());
+            // Replies before the refusal: one Accept-Session, then...
+            let mut lens = vec![48];
+            match case {
+                StartSessionsInIsc => p.client.start_sessions(1).unwrap(),
+                StopSessionsInIsc => {
+                    p.client.start_n(&[sid]).unwrap();
+                    p.pump();
+                    lens.push(48);
+                    p.client.stop_sessions(Accept::Ok).unwrap();
+                }
+                StartNOutsideIsc => p.client.start_n(&[sid]).unwrap(),
+                StopNOutsideIsc => p.client.stop_n(&[sid]).unwrap(),
+                RequestWhileActive | StartSessionsTwice => {
+                    p.client.start_sessions(1).unwrap();
+                    p.pump();
+                    lens.push(32);
+                    if matches!(case, RequestWhileActive) {
+                        p.client.request_session(&request()).unwrap();
+                    } else {
+                        p.client.start_sessions(1).unwrap();
+                    }
+                }
+                StopSessionsBeforeStart => p.client.stop_sessions(Accept::Ok).unwrap(),
+            }
+            let calls_before = p.ctx.calls.len();
+            p.pump();
+            // Drop the answers to the preparatory commands.
+            p.client_events
+                .retain(|e| !matches!(e, ClientEvent::StartAck { .. } | ClientEvent::NAck { .. }));
+            let what = format!("{security:?} {case:?}");
+            assert_eq!(
+                p.server_error,
+                Some(ServerError::UnexpectedCommand { command, state }),
+                "{what}"
+            );
+            assert!(p.server.wants_close(), "{what}");
+            assert_eq!(p.ctx.calls.len(), calls_before, "{what}: nothing acted on");
+            lens.push(48);
+            let t = Transcript::open_framed(&spec, &p.c2s, &p.s2c, Some(&lens));
+            assert_refusal_octets(t.replies.last().unwrap(), 3);
+            // The client sees the refusal where it expects an Accept-Session,
+            // and a protocol error anywhere else.
+            if matches!(case, RequestWhileActive) {
+                assert_eq!(
+                    p.client_events(),
+                    [ClientEvent::SessionRefused {
+                        tag: 1,
+                        accept: Accept::NotSupported
+                    }]
+                );
+            } else {
+                assert!(p.client_error.is_some(), "{what}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. Refusals: what keeps and what closes the connection
+// ---------------------------------------------------------------------------
+
+/// A Server-Start refusing the set-up: Accept ≠ 0, Server-IV and Start-Time
+/// zero, nothing encrypted (RFC 4656 §3.1).
+fn refusing_server_start(accept: u8) -> Vec<u8> {
+    let mut b = vec![0u8; 48];
+    b[15] = accept;
+    b
+}
+
+#[test]
+fn set_up_refusals_send_a_clear_server_start_and_close() {
+    struct Case {
+        name: &'static str,
+        wanted: Modes,
+        key: (KeyId, Vec<u8>),
+        refuse_mode: Option<Accept>,
+        accept: Accept,
+        reason: SetupRefusal,
+        /// Whether policy is consulted (only after the token verified).
+        asks_policy: bool,
+    }
+    let alice = || alice_key_id();
+    let cases = [
+        Case {
+            name: "wrong secret",
+            wanted: Modes::NONE,
+            key: (alice(), b"not alice's passphrase".to_vec()),
+            refuse_mode: None,
+            accept: Accept::Failure,
+            reason: SetupRefusal::BadToken,
+            asks_policy: false,
+        },
+        Case {
+            // Policy would refuse too, but the client has not proven its
+            // identity: it must not learn the policy's answer.
+            name: "wrong secret, policy would refuse",
+            wanted: Modes::NONE,
+            key: (alice(), b"not alice's passphrase".to_vec()),
+            refuse_mode: Some(Accept::NotSupported),
+            accept: Accept::Failure,
+            reason: SetupRefusal::BadToken,
+            asks_policy: false,
+        },
+        Case {
+            name: "unknown Key ID",
+            wanted: Modes::NONE,
+            key: (
+                SetUpResponseRepr::key_id_from_name(b"mallory").unwrap(),
+                SECRET.to_vec(),
+            ),
+            refuse_mode: None,
+            accept: Accept::Failure,
+            reason: SetupRefusal::UnknownKey,
+            asks_policy: false,
+        },
+        Case {
+            name: "RFC 7717: no such IKEv2 SA",
+            wanted: IKEV2,
+            key: (
+                ikev2::rfc7717_key_id(&[9; 8], &[8; 8]),
+                ike_secret().expose().to_vec(),
+            ),
+            refuse_mode: None,
+            accept: Accept::Ikev2SaNotFound,
+            reason: SetupRefusal::UnknownKey,
+            asks_policy: false,
+        },
+        Case {
+            name: "RFC 7717: SA known, client keyed otherwise",
+            wanted: IKEV2,
+            key: (ike_key_id(), b"a different prf output".to_vec()),
+            refuse_mode: None,
+            accept: Accept::Failure,
+            reason: SetupRefusal::BadToken,
+            asks_policy: false,
+        },
+        Case {
+            name: "policy refuses the mode",
+            wanted: REFLECT,
+            key: (alice(), SECRET.to_vec()),
+            refuse_mode: Some(Accept::NotSupported),
+            accept: Accept::NotSupported,
+            reason: SetupRefusal::Policy,
+            asks_policy: true,
+        },
+    ];
+    for security in [
+        SecurityMode::Authenticated,
+        SecurityMode::Encrypted,
+        SecurityMode::Mixed,
+    ] {
+        for c in &cases {
+            let what = format!("{security:?}: {}", c.name);
+            let mut spec = Spec::new(security, c.wanted);
+            spec.key = Some(c.key.clone());
+            let ctx = Ctx {
+                refuse_mode: c.refuse_mode,
+                ..Ctx::default()
+            };
+            let mut p = Pair::new(spec.clone(), ctx);
+            p.pump();
+            assert_eq!(
+                &p.s2c[64..],
+                refusing_server_start(c.accept.into()),
+                "{what}"
+            );
+            assert_eq!(p.server_error, Some(ServerError::SetupRefused(c.accept)));
+            assert!(p.server.wants_close());
+            assert_eq!(
+                p.server_log,
+                [ServerEvent::SetupRefused {
+                    accept: c.accept,
+                    reason: c.reason
+                }],
+                "{what}"
+            );
+            assert_eq!(
+                p.client_log,
+                [
+                    ClientEvent::SetupSent {
+                        selection: spec.selection(),
+                        offered: EVERYTHING
+                    },
+                    ClientEvent::Refused { accept: c.accept }
+                ],
+                "{what}"
+            );
+            assert_eq!(p.client_error, Some(ClientError::Refused(c.accept)));
+            assert!(p.client.wants_close());
+            let mut calls = vec![Call::SharedSecret {
+                key_id: c.key.0.to_vec(),
+                ikev2: c.wanted.contains(IKEV2),
+            }];
+            if c.asks_policy {
+                calls.push(Call::AdmitMode {
+                    identity: Some(IDENTITY.to_vec()),
+                    selection: spec.selection(),
+                });
+            }
+            assert_eq!(p.ctx.calls, calls, "{what}");
+        }
+    }
+    // Unauthenticated: policy is the only refusal.
+    let spec = Spec::new(SecurityMode::Unauthenticated, Modes::NONE);
+    let ctx = Ctx {
+        refuse_mode: Some(Accept::PermanentResourceLimitation),
+        ..Ctx::default()
+    };
+    let mut p = Pair::new(spec.clone(), ctx);
+    p.pump();
+    assert_eq!(&p.s2c[64..], refusing_server_start(4));
+    assert_eq!(
+        p.ctx.calls,
+        [Call::AdmitMode {
+            identity: None,
+            selection: spec.selection()
+        }]
+    );
+    assert_eq!(
+        p.client_error,
+        Some(ClientError::Refused(Accept::PermanentResourceLimitation))
+    );
+}
+
+#[test]
+fn modes_the_server_cannot_accept_get_server_start_accept_3() {
+    let cases = [
+        (
+            Modes(0x0f),
+            Modes(0x11),
+            ModeError::NotOffered {
+                chosen: Modes(0x11),
+                unoffered: Modes(0x10),
+            },
+        ),
+        (
+            Modes(0x01),
+            Modes(0x04),
+            ModeError::NotOffered {
+                chosen: Modes(0x04),
+                unoffered: Modes(0x04),
+            },
+        ),
+        (
+            EVERYTHING,
+            Modes(0x03),
+            ModeError::SeveralSecurityModes {
+                chosen: Modes(0x03),
+            },
+        ),
+        (
+            EVERYTHING,
+            Modes(0x10),
+            ModeError::NoSecurityMode {
+                chosen: Modes(0x10),
+            },
+        ),
+        (
+            EVERYTHING,
+            Modes(0x81),
+            ModeError::Ikev2WithoutProtection {
+                chosen: Modes(0x81),
+            },
+        ),
+        (
+            EVERYTHING,
+            Modes(0x401),
+            ModeError::NotOffered {
+                chosen: Modes(0x401),
+                unoffered: Modes(0x400),
+            },
+        ),
+    ];
+    for (offered, chosen, error) in cases {
+        let mut spec = Spec::new(SecurityMode::Authenticated, Modes::NONE);
+        spec.offered = offered;
+        let mut server = spec.server();
+        let mut ctx = Ctx::default();
+        let greeting = ServerGreetingRepr::from_bytes(&server.pending_output()[..64]).unwrap();
+        assert_eq!(greeting.modes, offered);
+        server.consume_output(64);
+        let setup = setup_for(chosen, &greeting, alice_key_id(), SECRET);
+        assert_eq!(
+            server.receive(&setup, &mut ctx),
+            Err(ServerError::SetupRefused(Accept::NotSupported)),
+            "{chosen}"
+        );
+        assert_eq!(
+            server.pending_output(),
+            refusing_server_start(3),
+            "{chosen}"
+        );
+        assert!(server.wants_close());
+        assert_eq!(
+            std::iter::from_fn(|| server.poll_event()).collect::<Vec<_>>(),
+            [ServerEvent::SetupRefused {
+                accept: Accept::NotSupported,
+                reason: SetupRefusal::Mode(error)
+            }]
+        );
+        assert_eq!(ctx.calls, [], "{chosen}: no key lookup, no policy");
+    }
+    // Mode 0: the client quits; nothing is answered (RFC 4656 §3.1).
+    let spec = Spec::new(SecurityMode::Unauthenticated, Modes::NONE);
+    let mut server = spec.server();
+    server.consume_output(64);
+    let mut ctx = Ctx::default();
+    assert_eq!(
+        server.receive(&[0; 164], &mut ctx),
+        Err(ServerError::ClientQuit)
+    );
+    assert!(server.wants_close() && server.pending_output().is_empty());
+    assert_eq!(server.poll_event(), None);
+    assert_eq!(server.receive(&[0; 16], &mut ctx), Err(ServerError::Closed));
+}
+
+#[test]
+fn refused_sessions_answer_port_0_and_the_connection_continues() {
+    let refusals: [(&str, fn(&mut RequestTwSessionRepr), &str); 9] = [
+        ("Conf-Sender", |r| r.conf_sender = 1, "Conf-Sender"),
+        ("Conf-Receiver", |r| r.conf_receiver = 1, "Conf-Receiver"),
+        (
+            "slots",
+            |r| r.schedule_slots = 1,
+            "Number of Schedule Slots",
+        ),
+        ("packets", |r| r.packets = 10, "Number of Packets"),
+        ("IPVN 5", |r| r.ipvn = 5, "IPVN"),
+        ("IPVN 0", |r| r.ipvn = 0, "IPVN"),
+        (
+            "Type-P in PHB-ID form",
+            |r| r.type_p = TypeP(0x4000_0000 | 0x2e << 16),
+            "Type-P Descriptor",
+        ),
+        (
+            "Type-P with bits outside the DSCP",
+            |r| r.type_p = TypeP(0x2e00_0001),
+            "Type-P Descriptor",
+        ),
+        (
+            "Type-P with the top bits set",
+            |r| r.type_p = TypeP(0xc000_0000),
+            "Type-P Descriptor",
+        ),
+    ];
+    for security in SecurityMode::ALL {
+        let spec = Spec::new(security, Modes::NONE);
+        let ctx = Ctx {
+            refuse_allocation: vec![Some(Accept::PermanentResourceLimitation)],
+            refuse_install: vec![Some(Accept::TemporaryResourceLimitation)],
+            ..Ctx::default()
+        };
+        let mut p = Pair::established_with(spec.clone(), ctx, None);
+        let mut expected = vec![];
+        // The context refuses the allocation, then the installation.
+        assert_eq!(p.refused(&request()), Accept::PermanentResourceLimitation);
+        expected.push((4, "admission"));
+        assert_eq!(p.refused(&request()), Accept::TemporaryResourceLimitation);
+        expected.push((5, "data plane"));
+        assert_eq!(p.server.sids().count(), 0);
+        // Malformed requests (RFC 5357 §3.5): Accept 3, the context is not asked.
+        let allocations = p.ctx.allocations();
+        for (name, mutate, field) in refusals {
+            let mut r = request();
+            mutate(&mut r);
+            assert_eq!(p.refused(&r), Accept::NotSupported, "{security:?} {name}");
+            expected.push((3, field));
+        }
+        assert_eq!(p.ctx.allocations(), allocations);
+        // And the connection still works.
+        let (sid, _) = p.accepted(&request());
+        assert_eq!(p.server.sids().collect::<Vec<_>>(), [sid]);
+        p.assert_healthy();
+
+        let t = p.transcript();
+        for (i, (accept, _)) in expected.iter().enumerate() {
+            assert_refusal_octets(&t.replies[i], *accept);
+        }
+        let refused: Vec<(u8, &str)> = p
+            .server_log
+            .iter()
+            .filter_map(|e| match e {
+                ServerEvent::SessionRefused { accept, reason } => Some(((*accept).into(), *reason)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused, expected, "{security:?}");
+    }
+}
+
+#[test]
+fn padding_to_reflect_must_fit_the_padding_in_reflect_octets_mode() {
+    for security in SecurityMode::ALL {
+        // RFC 6038 §4.2: Length of padding to reflect ≤ Padding Length.
+        let spec = Spec::new(security, REFLECT);
+        let mut p = Pair::established(spec.clone());
+        let too_long = RequestTwSessionRepr {
+            padding_length: 16,
+            padding_to_reflect: 17,
+            octets_to_reflect: [1, 2],
+            ..request()
+        };
+        assert_eq!(p.refused(&too_long), Accept::NotSupported);
+        assert_eq!(p.ctx.allocations(), 0);
+        let fits = RequestTwSessionRepr {
+            padding_to_reflect: 16,
+            ..too_long
+        };
+        match p.request(&fits) {
+            ClientEvent::SessionAccepted {
+                reflected_octets,
+                server_octets,
+                ..
+            } => {
+                assert_eq!(reflected_octets, [1, 2]);
+                assert_eq!(server_octets, SERVER_OCTETS);
+            }
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(
+            p.ctx.installed[0].format.reflect_octets,
+            Some(ReflectOctets {
+                length: 16,
+                server_octets: 0x1234
+            })
+        );
+        p.assert_healthy();
+
+        // Without the mode the fields are MBZ and ignored.
+        let spec = Spec::new(security, Modes::NONE);
+        let mut p = Pair::established(spec);
+        match p.request(&too_long) {
+            ClientEvent::SessionAccepted {
+                reflected_octets,
+                server_octets,
+                ..
+            } => assert_eq!((reflected_octets, server_octets), ([0; 2], [0; 2])),
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(p.ctx.installed[0].format.reflect_octets, None);
+    }
+}
+
+#[test]
+fn sessions_per_connection_are_limited() {
+    for (security, wanted) in [
+        (SecurityMode::Unauthenticated, Modes::NONE),
+        (SecurityMode::Encrypted, ISC),
+    ] {
+        let mut spec = Spec::new(security, wanted);
+        spec.max_sessions = 2;
+        let mut p = Pair::established(spec.clone());
+        let a = p.accepted(&request()).0;
+        let b = p.accepted(&request()).0;
+        assert_eq!(p.refused(&request()), Accept::TemporaryResourceLimitation);
+        assert_eq!(p.ctx.allocations(), 2, "refused before asking the context");
+        assert_eq!(
+            p.server_events().last(),
+            Some(&ServerEvent::SessionRefused {
+                accept: Accept::TemporaryResourceLimitation,
+                reason: "sessions per connection"
+            })
+        );
+        // Ending sessions makes room again.
+        if wanted.contains(ISC) {
+            p.client.start_n(&[a, b]).unwrap();
+            p.pump();
+            p.client.stop_n(&[a]).unwrap();
+            p.pump();
+        } else {
+            p.client.start_sessions(2).unwrap();
+            p.pump();
+            p.client.stop_sessions(Accept::Ok).unwrap();
+            p.pump();
+        }
+        p.client_events();
+        p.accepted(&request());
+        p.assert_healthy();
+    }
 }
