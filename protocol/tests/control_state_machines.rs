@@ -16,7 +16,9 @@
 //! rfc7717-ikev2-key.md), written here as literal numbers rather than taken
 //! from the code under test.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Mutex, OnceLock};
 
 use proptest::prelude::*;
 use ricochet_protocol::accept::Accept;
@@ -752,8 +754,27 @@ fn be32(b: &[u8]) -> u32 {
 // Hand-built client
 // ---------------------------------------------------------------------------
 
-/// The Set-Up-Response for `mode`, with a token sealed under `secret`.
+/// The Set-Up-Response for `mode`, with a token sealed under `secret`
+/// (memoised: PBKDF2 is the slow part of the bit-flip tests).
 fn setup_for(mode: Modes, greeting: &ServerGreetingRepr, key_id: KeyId, secret: &[u8]) -> Vec<u8> {
+    type Memo = Mutex<HashMap<(u32, Vec<u8>, Vec<u8>, Vec<u8>), Vec<u8>>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    let key = (
+        mode.0,
+        key_id.to_vec(),
+        secret.to_vec(),
+        greeting.to_bytes().to_vec(),
+    );
+    let memo = MEMO.get_or_init(Default::default);
+    if let Some(b) = memo.lock().unwrap().get(&key) {
+        return b.clone();
+    }
+    let b = make_setup(mode, greeting, key_id, secret);
+    memo.lock().unwrap().insert(key, b.clone());
+    b
+}
+
+fn make_setup(mode: Modes, greeting: &ServerGreetingRepr, key_id: KeyId, secret: &[u8]) -> Vec<u8> {
     let repr = if mode.security() == Modes(1) || mode.security().is_empty() {
         SetUpResponseRepr {
             mode,
@@ -2025,4 +2046,637 @@ fn sessions_per_connection_are_limited() {
         p.accepted(&request());
         p.assert_healthy();
     }
+}
+
+// ---------------------------------------------------------------------------
+// 4. Integrity and framing
+// ---------------------------------------------------------------------------
+
+/// Flips one bit in every octet of `target` (sent after `prefix`; bit
+/// `i % 8` of octet `i`) on a fresh connection each time: the server must
+/// never act on the message, and must close with a typed error.
+///
+/// A flip after the first block leaves the command readable but breaks its
+/// HMAC (RFC 4656 §3.4: close at once, `BadHmac`). A flip in the first
+/// block garbles the whole decrypted block (CBC), so the server sees a
+/// random command number: unknown (answered with Accept 3 and closed), an
+/// oversized N (closed), or a longer command whose remaining octets it
+/// waits for; once they come, the HMAC fails.
+fn flip_every_octet(spec: &Spec, prefix: &[Vec<u8>], target: &[u8], acted: impl Fn(&Ctx) -> bool) {
+    let mut template = RawClient::connect_with(spec, Ctx::default());
+    let mut stream = vec![];
+    for m in prefix {
+        stream.extend(template.seal(m));
+    }
+    let at = stream.len();
+    stream.extend(template.seal(target));
+    let baseline_prefix = {
+        let mut c = RawClient::connect_with(spec, Ctx::default());
+        c.server.receive(&stream[..at], &mut c.ctx).unwrap();
+        c.server.pending_output().len()
+    };
+    for octet in 0..target.len() {
+        let mut c = RawClient::connect_with(spec, Ctx::default());
+        let mut bytes = stream.clone();
+        bytes[at + octet] ^= 0x80 >> (octet % 8);
+        let what = format!(
+            "{:?} octet {octet} of a {}-octet message",
+            spec.security,
+            target.len()
+        );
+        let err = match c.server.receive(&bytes, &mut c.ctx) {
+            Err(e) => e,
+            Ok(()) => {
+                assert!(
+                    octet < 16,
+                    "{what}: waits after a flip past the first block"
+                );
+                assert!(c.server.mid_message(), "{what}");
+                assert!(!acted(&c.ctx), "{what}: acted on a forged command");
+                // The rest of the garbled command never verifies.
+                c.server.receive(&[0; 512], &mut c.ctx).unwrap_err()
+            }
+        };
+        if octet >= 16 {
+            assert!(
+                matches!(err, ServerError::Crypto(CryptoError::BadHmac { .. })),
+                "{what}: {err:?}"
+            );
+            assert_eq!(c.server.pending_output().len(), baseline_prefix, "{what}");
+        }
+        assert!(!acted(&c.ctx), "{what}: acted on a forged command");
+        assert!(c.server.wants_close(), "{what}");
+        assert_eq!(
+            c.server.receive(&[0; 16], &mut c.ctx),
+            Err(ServerError::Closed)
+        );
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_a_protected_command_closes_the_connection() {
+    let installed = |c: &Ctx| !c.installed.is_empty();
+    let started = |c: &Ctx| !c.started().is_empty();
+    let stopped = |c: &Ctx| !c.stopped().is_empty();
+    for security in [
+        SecurityMode::Authenticated,
+        SecurityMode::Encrypted,
+        SecurityMode::Mixed,
+    ] {
+        let spec = Spec::new(security, Modes::NONE);
+        let req = request().to_bytes().to_vec();
+        flip_every_octet(&spec, &[], &req, installed);
+        flip_every_octet(&spec, &[req.clone()], &start_sessions_msg(), started);
+        flip_every_octet(
+            &spec,
+            &[req.clone(), start_sessions_msg()],
+            &stop_sessions_msg(1),
+            stopped,
+        );
+        // ISC: the SID list of a Start-N is covered by its HMAC.
+        let spec = Spec::new(security, ISC);
+        let mut c = RawClient::connect_with(&spec, Ctx::default());
+        c.send(&req).unwrap();
+        let sid = c.read_accept().sid;
+        flip_every_octet(&spec, &[req.clone()], &start_n_msg(&[sid]), started);
+        flip_every_octet(
+            &spec,
+            &[req.clone(), start_n_msg(&[sid])],
+            &stop_n_msg(&[sid]),
+            stopped,
+        );
+    }
+}
+
+#[test]
+fn unknown_commands_get_accept_session_3_then_close() {
+    for security in SecurityMode::ALL {
+        // 0, 1, 4 reserved/forbidden; 6 Experimentation and 11 (RFC 9533)
+        // have no format here; 12–255 unassigned.
+        for command in [0u8, 1, 4, 6, 11, 12, 0x80, 0xff] {
+            let mut c = RawClient::connect(security, Modes::NONE);
+            c.send(&request().to_bytes()).unwrap();
+            assert_eq!(c.read_accept().accept, Accept::Ok);
+            let mut m = vec![0u8; 32];
+            m[0] = command;
+            let sealed = c.seal(&m);
+            // The first block is enough to decide.
+            let err = c.server.receive(&sealed[..16], &mut c.ctx).unwrap_err();
+            assert_eq!(
+                err,
+                ServerError::UnexpectedCommand {
+                    command: Command::from(command),
+                    state: "(unknown command)"
+                },
+                "{security:?} {command}"
+            );
+            // RFC 5357 §3.5: Accept-Session with Accept 3, HMAC and all.
+            assert_refusal_octets(&c.read(48), 3);
+            assert!(c.server.pending_output().is_empty());
+            assert!(c.server.wants_close() && !c.server.mid_message());
+            assert_eq!(
+                c.server.receive(&sealed[16..], &mut c.ctx),
+                Err(ServerError::Closed)
+            );
+        }
+        // The server's own message numbers (8, 10) are not commands.
+        for command in [8u8, 10] {
+            let mut c = RawClient::connect(security, Modes::NONE);
+            let mut m = StartNAckRepr {
+                accept: Accept::Ok,
+                sids: vec![Sid([1; 16])],
+                hmac: [0; 16],
+            }
+            .to_bytes();
+            m[0] = command;
+            assert_eq!(
+                c.send(&m),
+                Err(ServerError::UnexpectedCommand {
+                    command: Command::from(command),
+                    state: "outside Individual Session Control mode"
+                })
+            );
+            assert_refusal_octets(&c.read(48), 3);
+        }
+    }
+}
+
+#[test]
+fn stop_sessions_must_count_the_sessions_in_progress() {
+    for security in SecurityMode::ALL {
+        for count in [0u32, 1, 3, u32::MAX] {
+            let mut c = RawClient::connect(security, Modes::NONE);
+            for _ in 0..2 {
+                c.send(&request().to_bytes()).unwrap();
+                assert_eq!(c.read_accept().accept, Accept::Ok);
+            }
+            c.send(&start_sessions_msg()).unwrap();
+            assert_eq!(
+                StartAckRepr::from_bytes(&c.read(32)).unwrap().accept,
+                Accept::Ok
+            );
+            // RFC 5357 §3.8: the message is invalid; close, discard results.
+            assert_eq!(
+                c.send(&stop_sessions_msg(count)),
+                Err(ServerError::StopCountMismatch {
+                    got: count,
+                    expected: 2
+                })
+            );
+            assert!(c.server.wants_close());
+            assert!(c.server.pending_output().is_empty(), "no answer");
+            assert_eq!(c.ctx.stopped(), []);
+            // The sessions stay listed so the caller can tear them down.
+            assert_eq!(c.server.sids().count(), 2);
+        }
+    }
+    // The same through the client: it counts what the caller says started.
+    let spec = Spec::new(SecurityMode::Encrypted, Modes::NONE);
+    let mut p = Pair::established(spec);
+    for _ in 0..3 {
+        p.accepted(&request());
+    }
+    p.client.start_sessions(2).unwrap();
+    p.pump();
+    p.client.stop_sessions(Accept::Ok).unwrap();
+    p.pump();
+    assert_eq!(
+        p.server_error,
+        Some(ServerError::StopCountMismatch {
+            got: 2,
+            expected: 3
+        })
+    );
+}
+
+#[test]
+fn start_n_and_stop_n_are_bounded_before_reading_their_sids() {
+    for security in SecurityMode::ALL {
+        let spec = Spec::new(security, ISC);
+        for (n, build) in [
+            (MAX_SESSIONS + 1, start_n_msg as fn(&[Sid]) -> Vec<u8>),
+            (MAX_SESSIONS + 1, stop_n_msg),
+        ] {
+            let mut c = RawClient::connect_with(&spec, Ctx::default());
+            let sids = vec![Sid([3; 16]); n as usize];
+            let sealed = c.seal(&build(&sids));
+            let what = if sealed.len() > 16 && build(&sids)[0] == 7 {
+                "Start-N-Sessions"
+            } else {
+                "Stop-N-Sessions"
+            };
+            // Decided on the first block: nothing more is buffered.
+            assert_eq!(
+                c.server.receive(&sealed[..16], &mut c.ctx),
+                Err(ServerError::Wire(WireError::BadField {
+                    what,
+                    field: "Number of Sessions",
+                    value: n.into()
+                }))
+            );
+            assert!(!c.server.mid_message() && c.server.wants_close());
+        }
+        // N = 2^32 − 1 in a bare block.
+        let mut c = RawClient::connect_with(&spec, Ctx::default());
+        let mut block = vec![0u8; 32];
+        block[0] = 7;
+        block[12..16].copy_from_slice(&[0xff; 4]);
+        let sealed = c.seal(&block);
+        assert!(matches!(
+            c.server.receive(&sealed[..16], &mut c.ctx),
+            Err(ServerError::Wire(WireError::BadField {
+                value: 0xffff_ffff,
+                ..
+            }))
+        ));
+        // N = 0 is refused (RFC 5938: N ≥ 1).
+        let mut c = RawClient::connect_with(&spec, Ctx::default());
+        assert_eq!(
+            c.send(&start_n_msg(&[])),
+            Err(ServerError::Wire(WireError::BadField {
+                what: "Start-N-Sessions",
+                field: "Number of Sessions",
+                value: 0
+            }))
+        );
+        // N = max_sessions is read octet by octet and answered.
+        let mut c = RawClient::connect_with(&spec, Ctx::default());
+        let sids: Vec<Sid> = (0..MAX_SESSIONS as u8).map(|i| Sid([i; 16])).collect();
+        let sealed = c.seal(&start_n_msg(&sids));
+        for (i, octet) in sealed.iter().enumerate() {
+            assert!(c.server.pending_output().is_empty());
+            c.server.receive(&[*octet], &mut c.ctx).unwrap();
+            assert_eq!(c.server.mid_message(), i + 1 < sealed.len());
+        }
+        // None of them exists: one N-Ack with Accept 1 for all.
+        assert_eq!(
+            c.read_n_acks(sids.len()),
+            [(8, Accept::Failure, sids.clone())]
+        );
+    }
+}
+
+#[test]
+fn garbage_is_never_buffered_without_bound() {
+    let spec = Spec::new(SecurityMode::Unauthenticated, Modes::NONE);
+    // A megabyte at once: the first 164 octets decide.
+    for (fill, err) in [
+        (0x00u8, ServerError::ClientQuit),
+        (0xff, ServerError::SetupRefused(Accept::NotSupported)),
+    ] {
+        let mut server = spec.server();
+        let mut ctx = Ctx::default();
+        assert_eq!(server.receive(&vec![fill; 1 << 20], &mut ctx), Err(err));
+        assert!(server.wants_close() && !server.mid_message());
+    }
+    // Established, unauthenticated: a flood of valid requests is answered
+    // one by one; past the session limit each is refused with Accept 5.
+    let mut c = RawClient::connect(SecurityMode::Unauthenticated, Modes::NONE);
+    let flood: Vec<u8> = std::iter::repeat_n(request().to_bytes(), 100)
+        .flatten()
+        .collect();
+    c.server.receive(&flood, &mut c.ctx).unwrap();
+    assert!(!c.server.mid_message());
+    for i in 0..100 {
+        let a = c.read_accept();
+        let want = if i < MAX_SESSIONS as usize {
+            Accept::Ok
+        } else {
+            Accept::TemporaryResourceLimitation
+        };
+        assert_eq!(a.accept, want, "request {i}");
+    }
+}
+
+/// What a server did with a client's octet stream.
+#[derive(Debug, PartialEq)]
+struct Replayed {
+    s2c: Vec<u8>,
+    events: Vec<ServerEvent>,
+    calls: Vec<Call>,
+    error: Option<ServerError>,
+}
+
+/// Feeds a recorded client stream to a fresh server in the given chunks.
+/// With `boundaries`, checks after every chunk that the server holds a
+/// partial message exactly when the octets so far end inside one, and
+/// that it answers only at message boundaries.
+fn replay(
+    spec: &Spec,
+    c2s: &[u8],
+    chunker: Option<Chunker>,
+    boundaries: Option<&[usize]>,
+) -> Replayed {
+    let mut server = spec.server();
+    let mut ctx = Ctx::default();
+    let mut s2c = server.pending_output().to_vec();
+    server.consume_output(s2c.len());
+    let mut chunker = chunker;
+    let mut error = None;
+    let mut fed = 0;
+    for chunk in split(c2s, &mut chunker) {
+        if let Err(e) = server.receive(chunk, &mut ctx) {
+            error = Some(e);
+            break;
+        }
+        fed += chunk.len();
+        if let Some(b) = boundaries {
+            let at_boundary = b.contains(&fed);
+            assert_eq!(server.mid_message(), !at_boundary, "after {fed} octets");
+        }
+        let out = server.pending_output().to_vec();
+        if let Some(b) = boundaries {
+            assert!(
+                out.is_empty() || b.contains(&fed),
+                "answered mid-message at {fed}"
+            );
+        }
+        server.consume_output(out.len());
+        s2c.extend(out);
+    }
+    Replayed {
+        s2c,
+        events: std::iter::from_fn(|| server.poll_event()).collect(),
+        calls: ctx.calls,
+        error,
+    }
+}
+
+/// Message boundaries of a client stream (after the Set-Up-Response).
+fn boundaries(spec: &Spec, p: &Pair) -> Vec<usize> {
+    let t = Transcript::open(spec, &p.c2s, &p.s2c);
+    let mut at = 164;
+    let mut b = vec![at];
+    for c in &t.commands {
+        at += c.len();
+        b.push(at);
+    }
+    b
+}
+
+/// Security × feature combinations the framing tests cover.
+fn combos() -> Vec<(SecurityMode, Modes)> {
+    let mut v = vec![];
+    for security in SecurityMode::ALL {
+        for wanted in [
+            Modes::NONE,
+            ISC,
+            REFLECT | SYMMETRICAL | DSCP_ECN | PTP,
+            IKEV2,
+        ] {
+            v.push((security, wanted));
+        }
+    }
+    v
+}
+
+#[test]
+fn octet_at_a_time_equals_all_at_once_in_every_mode() {
+    for (security, wanted) in combos() {
+        let spec = Spec::new(security, wanted);
+        let p = life(spec.clone(), None);
+        let expected = Replayed {
+            s2c: p.s2c.clone(),
+            events: p.server_log.clone(),
+            calls: p.ctx.calls.clone(),
+            error: None,
+        };
+        // Pipelined: every command at once, before any answer was read.
+        assert_eq!(replay(&spec, &p.c2s, None, None), expected, "{spec:?}");
+        let b = boundaries(&spec, &p);
+        assert_eq!(
+            replay(&spec, &p.c2s, Some(cycling(vec![1])), Some(&b)),
+            expected,
+            "{spec:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 5. Client side
+// ---------------------------------------------------------------------------
+
+/// The Set-Up-Response of a client that quits: Mode 0 (RFC 4656 §3.1).
+const QUIT: [u8; 164] = [0; 164];
+
+#[test]
+fn client_refuses_a_pbkdf2_count_above_its_limit() {
+    // RFC 5357 §6: a client bounds the Count it will spend PBKDF2 on.
+    let mut spec = Spec::new(SecurityMode::Encrypted, Modes::NONE);
+    spec.count = 65_536;
+    spec.max_count = 32_768;
+    let mut p = Pair::new(spec.clone(), Ctx::default());
+    p.pump();
+    assert_eq!(
+        p.client_error,
+        Some(ClientError::CountTooHigh {
+            count: 65_536,
+            max: 32_768
+        })
+    );
+    assert_eq!(p.c2s, QUIT, "the client says it quits");
+    assert_eq!(p.server_error, Some(ServerError::ClientQuit));
+    assert_eq!(p.s2c.len(), 64, "nothing after the greeting");
+    assert_eq!(p.ctx.calls, []);
+    // Without a protected mode no PBKDF2 runs, so the Count does not matter.
+    spec.security = SecurityMode::Unauthenticated;
+    Pair::established(spec);
+}
+
+#[test]
+fn client_without_a_common_mode_sends_mode_0_and_closes() {
+    let cases = [
+        // (offered, allowed, key) — a keyless client can only do mode 1.
+        (Modes(4), SecurityMode::Encrypted, false),
+        (Modes(0), SecurityMode::Unauthenticated, true),
+        (Modes(1 | 4), SecurityMode::Authenticated, true),
+        (Modes(0x3f0), SecurityMode::Unauthenticated, true),
+    ];
+    for (offered, security, keyed) in cases {
+        let mut spec = Spec::new(security, Modes::NONE);
+        spec.offered = offered;
+        if !keyed {
+            spec.key = None;
+        }
+        let mut p = Pair::new(spec, Ctx::default());
+        p.pump();
+        assert_eq!(
+            p.client_error,
+            Some(ClientError::NoCommonMode { offered }),
+            "{offered}"
+        );
+        assert!(p.client.wants_close());
+        assert_eq!(p.client_log, []);
+        assert_eq!(p.c2s, QUIT);
+        assert_eq!(p.server_error, Some(ServerError::ClientQuit));
+        assert_eq!(p.client.receive(&[0]), Err(ClientError::Closed));
+    }
+}
+
+/// A client that has sent its Set-Up-Response to a hand-driven server
+/// greeting and read a Server-Start Accept 0 (unauthenticated, so the
+/// server octets can be written by hand).
+fn ready_open_client(wanted: Modes) -> Client {
+    let mut spec = Spec::new(SecurityMode::Unauthenticated, wanted);
+    spec.key = None;
+    let mut client = spec.client();
+    let greeting = ServerGreetingRepr {
+        unused: [0; 12],
+        modes: EVERYTHING,
+        challenge: CHALLENGE,
+        salt: SALT,
+        count: COUNT,
+    };
+    client.receive(&greeting.to_bytes()).unwrap();
+    let n = client.pending_output().len();
+    client.consume_output(n);
+    let start = ServerStartRepr {
+        accept: Accept::Ok,
+        server_iv: [0; 16],
+        start_time: START_TIME,
+    };
+    client.receive(&start.to_bytes()).unwrap();
+    assert!(client.is_ready());
+    while client.poll_event().is_some() {}
+    client
+}
+
+fn drop_output(c: &mut Client) {
+    let n = c.pending_output().len();
+    c.consume_output(n);
+}
+
+#[test]
+fn client_rejects_what_the_server_was_not_asked() {
+    // Before any request.
+    let mut c = ready_open_client(Modes::NONE);
+    assert_eq!(c.receive(&[0]), Err(ClientError::Unsolicited));
+    assert!(c.wants_close());
+    assert_eq!(c.receive(&[0]), Err(ClientError::Closed));
+
+    // After the one expected answer, in the same read.
+    let mut c = ready_open_client(Modes::NONE);
+    c.request_session(&request()).unwrap();
+    drop_output(&mut c);
+    let mut data = AcceptSessionRepr::refusal(Accept::NotSupported)
+        .to_bytes()
+        .to_vec();
+    data.extend([0; 16]);
+    assert_eq!(c.receive(&data), Err(ClientError::Unsolicited));
+    assert_eq!(
+        c.poll_event(),
+        Some(ClientEvent::SessionRefused {
+            tag: 0,
+            accept: Accept::NotSupported
+        })
+    );
+
+    // Protected: stray octets after the set-up.
+    let mut p = Pair::established(Spec::new(SecurityMode::Encrypted, Modes::NONE));
+    assert_eq!(p.client.receive(&[0; 48]), Err(ClientError::Unsolicited));
+
+    // Protected: a tampered answer fails its HMAC.
+    let mut p = Pair::established(Spec::new(SecurityMode::Authenticated, Modes::NONE));
+    p.client.request_session(&request()).unwrap();
+    let n = p.client.pending_output().len();
+    let req = p.client.pending_output().to_vec();
+    p.client.consume_output(n);
+    p.server.receive(&req, &mut p.ctx).unwrap();
+    let mut answer = p.server.pending_output().to_vec();
+    answer[40] ^= 1;
+    assert!(matches!(
+        p.client.receive(&answer),
+        Err(ClientError::Crypto(CryptoError::BadHmac { .. }))
+    ));
+}
+
+#[test]
+fn client_reassembles_n_acks_split_by_accept() {
+    let (a, b, c3) = (Sid([0xa; 16]), Sid([0xb; 16]), Sid([0xc; 16]));
+    let ack = |accept, sids: &[Sid]| {
+        StartNAckRepr {
+            accept,
+            sids: sids.to_vec(),
+            hmac: [0; 16],
+        }
+        .to_bytes()
+    };
+    let mut c = ready_open_client(ISC);
+    c.start_n(&[a, b, c3]).unwrap();
+    drop_output(&mut c);
+    c.receive(&ack(Accept::Ok, &[b])).unwrap();
+    assert!(c.awaiting_reply(), "two SIDs still unanswered");
+    // The second group, cut in two reads.
+    let second = ack(Accept::TemporaryResourceLimitation, &[a, c3]);
+    c.receive(&second[..20]).unwrap();
+    c.receive(&second[20..]).unwrap();
+    assert!(!c.awaiting_reply());
+    assert_eq!(
+        std::iter::from_fn(|| c.poll_event()).collect::<Vec<_>>(),
+        [
+            n_ack(Command::StartNSessions, Accept::Ok, &[b]),
+            n_ack(
+                Command::StartNSessions,
+                Accept::TemporaryResourceLimitation,
+                &[a, c3]
+            ),
+        ]
+    );
+
+    // More SIDs than asked about.
+    c.start_n(&[a]).unwrap();
+    drop_output(&mut c);
+    assert_eq!(
+        c.receive(&ack(Accept::Ok, &[a, b])),
+        Err(ClientError::Unsolicited)
+    );
+
+    // A Stop-N-Ack where a Start-N-Ack is due.
+    let mut c = ready_open_client(ISC);
+    c.start_n(&[a]).unwrap();
+    drop_output(&mut c);
+    let wrong = StopNAckRepr {
+        accept: Accept::Ok,
+        sids: vec![a],
+        hmac: [0; 16],
+    }
+    .to_bytes();
+    assert_eq!(
+        c.receive(&wrong),
+        Err(ClientError::Wire(WireError::BadField {
+            what: "Start-N-Ack",
+            field: "Command",
+            value: 10
+        }))
+    );
+
+    // An N above the client's bound is refused before reading the SIDs.
+    let mut c = ready_open_client(ISC);
+    c.start_n(&[a]).unwrap();
+    drop_output(&mut c);
+    let mut head = vec![0u8; 16];
+    head[0] = 8;
+    head[12..16].copy_from_slice(&(MAX_SESSIONS + 1).to_be_bytes());
+    assert!(matches!(
+        c.receive(&head),
+        Err(ClientError::Wire(WireError::BadField {
+            field: "Number of Sessions",
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn client_commands_wait_for_the_server_start() {
+    let spec = Spec::new(SecurityMode::Unauthenticated, Modes::NONE);
+    let mut c = spec.client();
+    assert_eq!(
+        c.request_session(&request()),
+        Err(ClientError::NotNow("Request-TW-Session"))
+    );
+    assert_eq!(
+        c.start_sessions(0),
+        Err(ClientError::NotNow("Start-Sessions"))
+    );
+    assert_eq!(c.pending_output(), &[] as &[u8]);
 }
