@@ -148,6 +148,9 @@ pub struct Client {
     expect: VecDeque<Expect>,
     next_tag: u32,
     started: u32,
+    /// Between Start-Sessions and Stop-Sessions (not in ISC mode), when
+    /// only Stop-Sessions may be sent (RFC 4656 §3.4).
+    active: bool,
 }
 
 impl Client {
@@ -165,6 +168,7 @@ impl Client {
             expect: VecDeque::new(),
             next_tag: 0,
             started: 0,
+            active: false,
         }
     }
 
@@ -387,6 +391,8 @@ impl Client {
             }
             Expect::StartAck => {
                 let a = StartAckRepr::from_bytes(msg)?;
+                // A refused start leaves nothing to stop.
+                self.active = a.accept.is_ok();
                 self.events
                     .push_back(ClientEvent::StartAck { accept: a.accept });
             }
@@ -435,10 +441,29 @@ impl Client {
         }
     }
 
+    /// Ready, and the command belongs to the negotiated control mode:
+    /// Start-N/Stop-N only with Individual Session Control, Start- and
+    /// Stop-Sessions only without it (RFC 5938 §2). A server closes the
+    /// connection on the wrong one.
+    fn check_mode(&self, what: &'static str, isc_command: bool) -> Result<(), ClientError> {
+        self.check_ready(what)?;
+        let isc = self
+            .selection
+            .is_some_and(|s| s.has(Modes::INDIVIDUAL_SESSION_CONTROL));
+        if isc == isc_command {
+            Ok(())
+        } else {
+            Err(ClientError::NotNow(what))
+        }
+    }
+
     /// Queues a Request-TW-Session; its answer comes as an event with the
-    /// returned tag.
+    /// returned tag. Not while sessions started by Start-Sessions run.
     pub fn request_session(&mut self, request: &RequestTwSessionRepr) -> Result<u32, ClientError> {
         self.check_ready("Request-TW-Session")?;
+        if self.active {
+            return Err(ClientError::NotNow("Request-TW-Session"));
+        }
         self.send(request.to_bytes().to_vec())?;
         let tag = self.next_tag;
         self.next_tag += 1;
@@ -448,16 +473,24 @@ impl Client {
 
     /// Start-Sessions: starts every accepted session (not in ISC mode).
     pub fn start_sessions(&mut self, accepted: u32) -> Result<(), ClientError> {
-        self.check_ready("Start-Sessions")?;
+        self.check_mode("Start-Sessions", false)?;
+        if self.active {
+            return Err(ClientError::NotNow("Start-Sessions"));
+        }
         self.send(StartSessionsRepr { hmac: [0; 16] }.to_bytes().to_vec())?;
         self.started = accepted;
+        self.active = true;
         self.expect.push_back(Expect::StartAck);
         Ok(())
     }
 
     /// Stop-Sessions with the given Accept (0 = normal end); no answer comes.
+    /// Only after Start-Sessions (not in ISC mode).
     pub fn stop_sessions(&mut self, accept: Accept) -> Result<(), ClientError> {
-        self.check_ready("Stop-Sessions")?;
+        self.check_mode("Stop-Sessions", false)?;
+        if !self.active {
+            return Err(ClientError::NotNow("Stop-Sessions"));
+        }
         let stop = StopSessionsRepr {
             accept,
             number_of_sessions: self.started,
@@ -465,12 +498,13 @@ impl Client {
         };
         self.send(stop.to_bytes().to_vec())?;
         self.started = 0;
+        self.active = false;
         Ok(())
     }
 
-    /// Start-N-Sessions (RFC 5938).
+    /// Start-N-Sessions (RFC 5938; Individual Session Control mode only).
     pub fn start_n(&mut self, sids: &[Sid]) -> Result<(), ClientError> {
-        self.check_ready("Start-N-Sessions")?;
+        self.check_mode("Start-N-Sessions", true)?;
         self.send(
             StartNSessionsRepr {
                 sids: sids.to_vec(),
@@ -485,9 +519,9 @@ impl Client {
         Ok(())
     }
 
-    /// Stop-N-Sessions (RFC 5938).
+    /// Stop-N-Sessions (RFC 5938; Individual Session Control mode only).
     pub fn stop_n(&mut self, sids: &[Sid]) -> Result<(), ClientError> {
-        self.check_ready("Stop-N-Sessions")?;
+        self.check_mode("Stop-N-Sessions", true)?;
         self.send(
             StopNSessionsRepr {
                 sids: sids.to_vec(),

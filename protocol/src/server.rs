@@ -169,7 +169,8 @@ pub enum ServerEvent {
         accept: Accept,
         sessions: usize,
     },
-    /// Sessions stopped (count).
+    /// Stop-Sessions accepted: this many sessions were stopped in the data
+    /// plane (those REFWAIT already removed are not counted).
     Stopped { sessions: usize },
 }
 
@@ -246,6 +247,9 @@ pub struct Server {
     output: Vec<u8>,
     events: VecDeque<ServerEvent>,
     sessions: Vec<Session>,
+    /// Sessions started by the last Start-Sessions, as the client counts
+    /// them: REFWAIT expiry ([`Server::forget_session`]) does not lower it.
+    started_by_client: u32,
 }
 
 const SETUP_LEN: usize = control::setup::LEN;
@@ -279,6 +283,7 @@ impl Server {
             output: Vec::with_capacity(256),
             events: VecDeque::new(),
             sessions: Vec::new(),
+            started_by_client: 0,
         };
         s.output.extend_from_slice(&greeting.to_bytes());
         s
@@ -326,12 +331,14 @@ impl Server {
         self.sessions.iter().map(|s| s.sid)
     }
 
-    /// Forgets a session the context expired (REFWAIT).
+    /// Forgets a session the context expired (REFWAIT, RFC 5357 §4.2).
+    ///
+    /// The protocol state does not change: the client does not know, and
+    /// still ends the test with a Stop-Sessions counting every session it
+    /// started (RFC 5357 §3.8), which must not fail for it. In Individual
+    /// Session Control mode the SID becomes unknown to Stop-N.
     pub fn forget_session(&mut self, sid: Sid) {
         self.sessions.retain(|s| s.sid != sid);
-        if self.state == State::Active && !self.sessions_in_progress() {
-            self.state = State::Ready;
-        }
     }
 
     /// The largest message a client can send us: bounds buffering.
@@ -683,6 +690,7 @@ impl Server {
         let started = self.sessions.iter().filter(|s| s.started).count();
         if accept.is_ok() {
             self.state = State::Active;
+            self.started_by_client = u32::try_from(started).unwrap_or(u32::MAX);
             self.events
                 .push_back(ServerEvent::Started { sessions: started });
         }
@@ -698,7 +706,7 @@ impl Server {
 
     fn on_stop(&mut self, msg: &[u8], ctx: &mut dyn ServerContext) -> Result<(), ServerError> {
         let stop = StopSessionsRepr::from_bytes(msg)?;
-        let in_progress = self.sessions.iter().filter(|s| s.started).count() as u32;
+        let in_progress = self.started_by_client;
         if stop.number_of_sessions != in_progress {
             // RFC 5357 §3.8: the message is invalid; close (results discarded).
             return Err(ServerError::StopCountMismatch {
@@ -706,13 +714,15 @@ impl Server {
                 expected: in_progress,
             });
         }
+        // Sessions REFWAIT already removed are not stopped again.
+        let stopped = self.sessions.len();
         for s in self.sessions.drain(..) {
             ctx.stop_session(s.sid, s.timeout);
         }
         self.state = State::Ready;
-        self.events.push_back(ServerEvent::Stopped {
-            sessions: in_progress as usize,
-        });
+        self.started_by_client = 0;
+        self.events
+            .push_back(ServerEvent::Stopped { sessions: stopped });
         Ok(())
     }
 

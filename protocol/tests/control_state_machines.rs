@@ -206,6 +206,15 @@ impl Default for Ctx {
     }
 }
 
+/// The SID the context grants its `n`th session (RFC 4656 §3.5 layout).
+fn granted_sid(reflector: IpAddr, n: u8) -> Sid {
+    Sid::compose(
+        reflector,
+        NtpTimestamp::from_bits(0xeeb3_0000_0000_0000 | u64::from(n) << 8),
+        [0xa5, 0x5a, 0x3c, n],
+    )
+}
+
 fn name_of(key_id: &KeyId) -> Vec<u8> {
     let end = key_id.iter().position(|&b| b == 0).unwrap_or(key_id.len());
     key_id[..end].to_vec()
@@ -287,15 +296,11 @@ impl ServerContext for Ctx {
                 return Err(a);
             }
         }
-        self.granted += 1;
+        self.granted = self.granted.wrapping_add(1);
         let n = self.granted;
         Ok(SessionGrant {
             port: FIRST_PORT + u16::from(n),
-            sid: Sid::compose(
-                request.reflector.ip(),
-                NtpTimestamp::from_bits(0xeeb3_0000_0000_0000 | u64::from(n) << 8),
-                [0xa5, 0x5a, 0x3c, n],
-            ),
+            sid: granted_sid(request.reflector.ip(), n),
             server_octets: SERVER_OCTETS,
         })
     }
@@ -916,10 +921,6 @@ impl RawClient {
             .collect();
         (m[0], Accept::from(m[1]), sids)
     }
-
-    fn events(&mut self) -> Vec<ServerEvent> {
-        std::iter::from_fn(|| self.server.poll_event()).collect()
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1148,7 +1149,15 @@ fn every_mode_and_feature_sets_up_runs_several_sessions_and_stops() {
             if !protected(security) {
                 bits &= !128;
             }
-            assert_eq!(be32(&p.c2s[..4]), bits, "{what}");
+            let t = p.transcript();
+            assert_eq!(t.setup.mode, Modes(bits), "{what}");
+            if protected(security) {
+                assert_eq!(t.setup.client_iv, CLIENT_IV);
+                assert_eq!(t.setup.key_id, spec.key.as_ref().unwrap().0);
+            } else {
+                // RFC 4656 §3.1: unused in open mode (perfSONAR sends zeros).
+                assert_eq!((t.setup.key_id, t.setup.token), ([0; 80], [0; 64]));
+            }
             let identity = identity_of(&spec);
             assert_eq!(
                 p.client_log[..2],
@@ -1164,7 +1173,6 @@ fn every_mode_and_feature_sets_up_runs_several_sessions_and_stops() {
                 "{what}"
             );
 
-            let t = p.transcript();
             let ss = t.server_start.unwrap();
             assert_eq!(ss.accept, Accept::Ok);
             assert_eq!(ss.start_time, START_TIME, "{what}: Start-Time");
@@ -1535,7 +1543,8 @@ fn isc_groups_a_start_the_data_plane_refuses() {
 }
 
 /// A command the state does not allow: answered with Accept-Session(3)
-/// (RFC 5357 §3.5), then the connection closes.
+/// (RFC 5357 §3.5), then the connection closes. (`Client` refuses to send
+/// these, see `client_only_sends_what_the_mode_and_state_allow`.)
 #[test]
 fn commands_out_of_place_get_accept_session_3_and_close() {
     #[derive(Clone, Copy, Debug)]
@@ -1564,62 +1573,46 @@ fn commands_out_of_place_get_accept_session_3_and_close() {
     for security in SecurityMode::ALL {
         for (case, command, state) in cases {
             let isc = matches!(case, StartSessionsInIsc | StopSessionsInIsc);
-            let spec = Spec::new(security, if isc { ISC } else { Modes::NONE });
-            let mut p = Pair::established(spec.clone());
-            let (sid, _) = p.accepted(&request());
-            // Replies before the refusal: one Accept-Session, then...
-            let mut lens = vec![48];
-            match case {
-                StartSessionsInIsc => p.client.start_sessions(1).unwrap(),
+            let mut c = RawClient::connect(security, if isc { ISC } else { Modes::NONE });
+            c.send(&request().to_bytes()).unwrap();
+            let sid = c.read_accept().sid;
+            let start = |c: &mut RawClient| {
+                c.send(&start_sessions_msg()).unwrap();
+                assert_eq!(
+                    StartAckRepr::from_bytes(&c.read(32)).unwrap().accept,
+                    Accept::Ok
+                );
+            };
+            let msg = match case {
+                StartSessionsInIsc => start_sessions_msg(),
                 StopSessionsInIsc => {
-                    p.client.start_n(&[sid]).unwrap();
-                    p.pump();
-                    lens.push(48);
-                    p.client.stop_sessions(Accept::Ok).unwrap();
+                    c.send(&start_n_msg(&[sid])).unwrap();
+                    assert_eq!(c.read_n_acks(1), [(8, Accept::Ok, vec![sid])]);
+                    stop_sessions_msg(1)
                 }
-                StartNOutsideIsc => p.client.start_n(&[sid]).unwrap(),
-                StopNOutsideIsc => p.client.stop_n(&[sid]).unwrap(),
-                RequestWhileActive | StartSessionsTwice => {
-                    p.client.start_sessions(1).unwrap();
-                    p.pump();
-                    lens.push(32);
-                    if matches!(case, RequestWhileActive) {
-                        p.client.request_session(&request()).unwrap();
-                    } else {
-                        p.client.start_sessions(1).unwrap();
-                    }
+                StartNOutsideIsc => start_n_msg(&[sid]),
+                StopNOutsideIsc => stop_n_msg(&[sid]),
+                RequestWhileActive => {
+                    start(&mut c);
+                    request().to_bytes().to_vec()
                 }
-                StopSessionsBeforeStart => p.client.stop_sessions(Accept::Ok).unwrap(),
-            }
-            let calls_before = p.ctx.calls.len();
-            p.pump();
-            // Drop the answers to the preparatory commands.
-            p.client_events
-                .retain(|e| !matches!(e, ClientEvent::StartAck { .. } | ClientEvent::NAck { .. }));
+                StopSessionsBeforeStart => stop_sessions_msg(0),
+                StartSessionsTwice => {
+                    start(&mut c);
+                    start_sessions_msg()
+                }
+            };
             let what = format!("{security:?} {case:?}");
+            let calls_before = c.ctx.calls.len();
             assert_eq!(
-                p.server_error,
-                Some(ServerError::UnexpectedCommand { command, state }),
+                c.send(&msg),
+                Err(ServerError::UnexpectedCommand { command, state }),
                 "{what}"
             );
-            assert!(p.server.wants_close(), "{what}");
-            assert_eq!(p.ctx.calls.len(), calls_before, "{what}: nothing acted on");
-            lens.push(48);
-            let t = Transcript::open_framed(&spec, &p.c2s, &p.s2c, Some(&lens));
-            assert_refusal_octets(t.replies.last().unwrap(), 3);
-            // The client sees the refusal where it expects an Accept-Session,
-            // and a protocol error anywhere else.
-            if matches!(case, RequestWhileActive) {
-                assert_eq!(
-                    p.client_events(),
-                    [ClientEvent::SessionRefused {
-                        tag: 1,
-                        accept: Accept::NotSupported
-                    }]
-                );
-            } else {
-                assert!(p.client_error.is_some(), "{what}");
-            }
+            assert_refusal_octets(&c.read(48), 3);
+            assert!(c.server.pending_output().is_empty(), "{what}");
+            assert!(c.server.wants_close(), "{what}");
+            assert_eq!(c.ctx.calls.len(), calls_before, "{what}: nothing acted on");
         }
     }
 }
@@ -1885,7 +1878,9 @@ fn modes_the_server_cannot_accept_get_server_start_accept_3() {
 
 #[test]
 fn refused_sessions_answer_port_0_and_the_connection_continues() {
-    let refusals: [(&str, fn(&mut RequestTwSessionRepr), &str); 9] = [
+    /// (what, how to spoil a request, the field the refusal names)
+    type Spoil = (&'static str, fn(&mut RequestTwSessionRepr), &'static str);
+    let refusals: [Spoil; 9] = [
         ("Conf-Sender", |r| r.conf_sender = 1, "Conf-Sender"),
         ("Conf-Receiver", |r| r.conf_receiver = 1, "Conf-Receiver"),
         (
@@ -2126,7 +2121,12 @@ fn a_flipped_bit_in_a_protected_command_closes_the_connection() {
         let spec = Spec::new(security, Modes::NONE);
         let req = request().to_bytes().to_vec();
         flip_every_octet(&spec, &[], &req, installed);
-        flip_every_octet(&spec, &[req.clone()], &start_sessions_msg(), started);
+        flip_every_octet(
+            &spec,
+            std::slice::from_ref(&req),
+            &start_sessions_msg(),
+            started,
+        );
         flip_every_octet(
             &spec,
             &[req.clone(), start_sessions_msg()],
@@ -2138,7 +2138,12 @@ fn a_flipped_bit_in_a_protected_command_closes_the_connection() {
         let mut c = RawClient::connect_with(&spec, Ctx::default());
         c.send(&req).unwrap();
         let sid = c.read_accept().sid;
-        flip_every_octet(&spec, &[req.clone()], &start_n_msg(&[sid]), started);
+        flip_every_octet(
+            &spec,
+            std::slice::from_ref(&req),
+            &start_n_msg(&[sid]),
+            started,
+        );
         flip_every_octet(
             &spec,
             &[req.clone(), start_n_msg(&[sid])],
@@ -2360,7 +2365,7 @@ struct Replayed {
 /// Feeds a recorded client stream to a fresh server in the given chunks.
 /// With `boundaries`, checks after every chunk that the server holds a
 /// partial message exactly when the octets so far end inside one, and
-/// that it answers only at message boundaries.
+/// that it answers only when a chunk completes a message.
 fn replay(
     spec: &Spec,
     c2s: &[u8],
@@ -2376,6 +2381,8 @@ fn replay(
     let mut fed = 0;
     for chunk in split(c2s, &mut chunker) {
         if let Err(e) = server.receive(chunk, &mut ctx) {
+            // What was queued before the error (a refusal) is still sent.
+            s2c.extend_from_slice(server.pending_output());
             error = Some(e);
             break;
         }
@@ -2386,10 +2393,8 @@ fn replay(
         }
         let out = server.pending_output().to_vec();
         if let Some(b) = boundaries {
-            assert!(
-                out.is_empty() || b.contains(&fed),
-                "answered mid-message at {fed}"
-            );
+            let completed = b.iter().any(|&x| fed - chunk.len() < x && x <= fed);
+            assert!(out.is_empty() || completed, "answered mid-message at {fed}");
         }
         server.consume_output(out.len());
         s2c.extend(out);
@@ -2679,4 +2684,371 @@ fn client_commands_wait_for_the_server_start() {
         Err(ClientError::NotNow("Start-Sessions"))
     );
     assert_eq!(c.pending_output(), &[] as &[u8]);
+}
+
+// ---------------------------------------------------------------------------
+// 6. Property tests
+// ---------------------------------------------------------------------------
+
+/// Feeds `data` in chunks and checks the contract of `Server::receive`:
+/// never a panic; `Ok` means waiting or answered (connection open); `Err`
+/// is typed, closes the connection and drops the partial input; output is
+/// always whole AES blocks; the data plane holds exactly what was accepted.
+fn feed_server(
+    server: &mut Server,
+    ctx: &mut Ctx,
+    data: &[u8],
+    sizes: Vec<usize>,
+) -> Result<Option<ServerError>, TestCaseError> {
+    let mut chunker = Some(cycling(sizes));
+    let mut error = None;
+    for chunk in split(data, &mut chunker) {
+        match server.receive(chunk, ctx) {
+            Ok(()) => prop_assert!(!server.wants_close()),
+            Err(e) => {
+                prop_assert!(server.wants_close(), "{}", e);
+                prop_assert_ne!(&e, &ServerError::Closed);
+                prop_assert!(!server.mid_message());
+                prop_assert_eq!(server.receive(chunk, ctx), Err(ServerError::Closed));
+                error = Some(e);
+                break;
+            }
+        }
+        prop_assert_eq!(server.pending_output().len() % 16, 0);
+    }
+    let events: Vec<ServerEvent> = std::iter::from_fn(|| server.poll_event()).collect();
+    let accepted = events
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::SessionAccepted { .. }))
+        .count();
+    prop_assert_eq!(accepted, ctx.installed.len());
+    prop_assert!(server.sids().count() <= MAX_SESSIONS as usize);
+    Ok(error)
+}
+
+/// Feeds `data` in chunks to a client and checks the same contract.
+fn feed_client(client: &mut Client, data: &[u8], sizes: Vec<usize>) -> Result<(), TestCaseError> {
+    let mut chunker = Some(cycling(sizes));
+    for chunk in split(data, &mut chunker) {
+        match client.receive(chunk) {
+            Ok(()) => prop_assert!(!client.wants_close()),
+            Err(e) => {
+                prop_assert!(client.wants_close(), "{}", e);
+                prop_assert_ne!(&e, &ClientError::Closed);
+                prop_assert_eq!(client.receive(chunk), Err(ClientError::Closed));
+                break;
+            }
+        }
+        prop_assert_eq!(client.pending_output().len() % 4, 0);
+    }
+    while client.poll_event().is_some() {}
+    Ok(())
+}
+
+fn chunk_sizes() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1usize..200, 1..6)
+}
+
+fn any_combo() -> impl Strategy<Value = (SecurityMode, Modes)> {
+    prop::sample::select(combos())
+}
+
+/// A SID the server granted, or any other.
+fn any_sid() -> impl Strategy<Value = Sid> {
+    prop_oneof![
+        (1u8..=MAX_SESSIONS as u8).prop_map(|n| granted_sid(Ipv4Addr::new(192, 0, 2, 2).into(), n)),
+        any::<[u8; 16]>().prop_map(Sid),
+    ]
+}
+
+/// Plaintext client commands, mostly well-formed, some not.
+fn any_command() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        3 => prop::collection::vec((1usize..96, any::<u8>()), 0..3).prop_map(|edits| {
+            let mut m = request().to_bytes().to_vec();
+            for (i, v) in edits {
+                m[i] = v;
+            }
+            m
+        }),
+        1 => Just(start_sessions_msg()),
+        1 => prop_oneof![0u32..4, any::<u32>()].prop_map(stop_sessions_msg),
+        2 => prop::collection::vec(any_sid(), 0..4).prop_map(|s| start_n_msg(&s)),
+        2 => prop::collection::vec(any_sid(), 0..4).prop_map(|s| stop_n_msg(&s)),
+        1 => prop::collection::vec(any::<u8>(), 16..64).prop_map(|mut m| {
+            m.truncate(m.len() / 16 * 16);
+            m
+        }),
+    ]
+}
+
+/// An unauthenticated set-up with `features`, then `commands`.
+fn open_stream(features: Modes, commands: &[Vec<u8>]) -> Vec<u8> {
+    let mut s = SetUpResponseRepr {
+        mode: Modes(1) | features,
+        key_id: [0; 80],
+        token: [0; 64],
+        client_iv: [0; 16],
+    }
+    .to_bytes()
+    .to_vec();
+    for c in commands {
+        s.extend(c);
+    }
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Any octets, in any chunking, into a server that has just greeted.
+    #[test]
+    fn random_octets_into_a_fresh_server(
+        mode in prop_oneof![any::<u32>(), (0u32..0x400)],
+        rest in prop::collection::vec(any::<u8>(), 0..600),
+        sizes in chunk_sizes(),
+    ) {
+        let spec = Spec::new(SecurityMode::Unauthenticated, Modes::NONE);
+        let mut server = spec.server();
+        let mut ctx = Ctx::default();
+        let mut data = mode.to_be_bytes().to_vec();
+        data.extend(rest);
+        feed_server(&mut server, &mut ctx, &data, sizes)?;
+    }
+
+    /// Any octets into a server that is set up, in every mode.
+    #[test]
+    fn random_octets_into_an_established_server(
+        (security, wanted) in any_combo(),
+        data in prop::collection::vec(any::<u8>(), 0..600),
+        sizes in chunk_sizes(),
+    ) {
+        let mut c = RawClient::connect(security, wanted);
+        feed_server(&mut c.server, &mut c.ctx, &data, sizes)?;
+    }
+
+    /// Streams of plausible commands (open mode, so no HMAC stops them early)
+    /// in any chunking: the contract holds, and the server does exactly what
+    /// it does when the whole stream arrives at once.
+    #[test]
+    fn random_commands_in_any_chunking(
+        features in prop::sample::select(vec![Modes::NONE, ISC, REFLECT, ISC | REFLECT]),
+        commands in prop::collection::vec(any_command(), 0..12),
+        sizes in chunk_sizes(),
+    ) {
+        let spec = Spec::new(SecurityMode::Unauthenticated, features);
+        let stream = open_stream(features, &commands);
+        let mut server = spec.server();
+        let mut ctx = Ctx::default();
+        feed_server(&mut server, &mut ctx, &stream, sizes.clone())?;
+        let whole = replay(&spec, &stream, None, None);
+        let chunked = replay(&spec, &stream, Some(cycling(sizes)), None);
+        prop_assert_eq!(chunked, whole);
+    }
+
+    /// Any octets into a client that has just connected.
+    #[test]
+    fn random_octets_into_a_fresh_client(
+        modes in prop_oneof![any::<u32>(), (0u32..0x400)],
+        count in prop_oneof![Just(1024u32), 0u32..4096, any::<u32>()],
+        rest in prop::collection::vec(any::<u8>(), 0..300),
+        sizes in chunk_sizes(),
+    ) {
+        let mut spec = Spec::new(SecurityMode::Encrypted, Modes::NONE);
+        spec.max_count = 4096;
+        let mut client = spec.client();
+        let mut greeting = ServerGreetingRepr {
+            unused: [0; 12],
+            modes: Modes(modes),
+            challenge: CHALLENGE,
+            salt: SALT,
+            count,
+        }
+        .to_bytes()
+        .to_vec();
+        greeting.extend(rest);
+        feed_client(&mut client, &greeting, sizes)?;
+    }
+
+    /// Any octets into a ready client waiting for answers, in every mode.
+    #[test]
+    fn random_octets_into_a_waiting_client(
+        (security, wanted) in any_combo(),
+        data in prop::collection::vec(any::<u8>(), 0..400),
+        sizes in chunk_sizes(),
+    ) {
+        let mut p = Pair::established(Spec::new(security, wanted));
+        p.client.request_session(&request()).unwrap();
+        if wanted.contains(ISC) {
+            p.client.start_n(&[Sid([1; 16]), Sid([2; 16])]).unwrap();
+        } else {
+            p.client.start_sessions(1).unwrap();
+        }
+        drop_output(&mut p.client);
+        feed_client(&mut p.client, &data, sizes)?;
+    }
+
+    /// Plausible server answers (open mode) into a waiting client.
+    #[test]
+    fn random_answers_into_an_open_client(
+        answers in prop::collection::vec(
+            prop_oneof![
+                any::<[u8; 48]>().prop_map(|a| a.to_vec()),
+                (any::<u8>(), prop::collection::vec(any_sid(), 0..4)).prop_map(|(a, s)| {
+                    StartNAckRepr { accept: Accept::from(a), sids: s, hmac: [0; 16] }.to_bytes()
+                }),
+                any::<u8>().prop_map(|a| StartAckRepr { accept: Accept::from(a), hmac: [0; 16] }
+                    .to_bytes()
+                    .to_vec()),
+            ],
+            0..5,
+        ),
+        sizes in chunk_sizes(),
+    ) {
+        let mut c = ready_open_client(ISC);
+        c.request_session(&request()).unwrap();
+        c.start_n(&[granted_sid(Ipv4Addr::new(192, 0, 2, 2).into(), 1)]).unwrap();
+        c.request_session(&request()).unwrap();
+        drop_output(&mut c);
+        let data: Vec<u8> = answers.concat();
+        feed_client(&mut c, &data, sizes)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// However TCP cuts either direction, both machines say and do exactly
+    /// what they do when every flight arrives whole.
+    #[test]
+    fn chunking_never_changes_the_conversation(
+        (security, wanted) in any_combo(),
+        sizes in chunk_sizes(),
+    ) {
+        let spec = Spec::new(security, wanted);
+        let whole = life(spec.clone(), None);
+        let cut = life(spec.clone(), Some(cycling(sizes.clone())));
+        prop_assert_eq!(&cut.c2s, &whole.c2s);
+        prop_assert_eq!(&cut.s2c, &whole.s2c);
+        prop_assert_eq!(&cut.server_log, &whole.server_log);
+        prop_assert_eq!(&cut.client_log, &whole.client_log);
+        prop_assert_eq!(&cut.ctx.calls, &whole.ctx.calls);
+        prop_assert_eq!(&cut.ctx.installed, &whole.ctx.installed);
+        // And the server alone, fed the client's whole stream pipelined.
+        let expected = Replayed {
+            s2c: whole.s2c.clone(),
+            events: whole.server_log.clone(),
+            calls: whole.ctx.calls.clone(),
+            error: None,
+        };
+        let b = boundaries(&spec, &whole);
+        prop_assert_eq!(replay(&spec, &whole.c2s, Some(cycling(sizes)), Some(&b)), expected);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// REFWAIT: sessions the data plane expires
+// ---------------------------------------------------------------------------
+
+/// RFC 5357 §4.2 lets the reflector end a silent session after REFWAIT. The
+/// client does not know: its Stop-Sessions still counts every session it
+/// started (RFC 5357 §3.8), and must end the test normally.
+#[test]
+fn stop_sessions_after_refwait_expiry_counts_what_the_client_started() {
+    for expire in [1usize, 2] {
+        let spec = Spec::new(SecurityMode::Authenticated, Modes::NONE);
+        let mut p = Pair::established(spec);
+        let a = p.accepted(&request()).0;
+        let b = p.accepted(&request()).0;
+        p.client.start_sessions(2).unwrap();
+        p.pump();
+        p.server.forget_session(a);
+        if expire == 2 {
+            p.server.forget_session(b);
+        }
+        assert_eq!(p.server.sessions_in_progress(), expire == 1);
+        // While the client has not stopped, only Stop-Sessions is legal.
+        p.client.stop_sessions(Accept::Ok).unwrap();
+        p.pump();
+        p.assert_healthy();
+        assert_eq!(
+            p.ctx.stopped().iter().map(|s| s.0).collect::<Vec<_>>(),
+            if expire == 1 { vec![b] } else { vec![] },
+            "only live sessions are stopped in the data plane"
+        );
+        assert_eq!(p.server.sids().count(), 0);
+        // The connection goes on.
+        p.client_events();
+        p.accepted(&request());
+        p.assert_healthy();
+    }
+    // Individual Session Control: an expired SID is simply unknown.
+    let spec = Spec::new(SecurityMode::Unauthenticated, ISC);
+    let mut p = Pair::established(spec);
+    let a = p.accepted(&request()).0;
+    p.client.start_n(&[a]).unwrap();
+    p.pump();
+    p.server.forget_session(a);
+    assert!(!p.server.sessions_in_progress());
+    p.client_events();
+    p.client.stop_n(&[a]).unwrap();
+    p.pump();
+    assert_eq!(
+        p.client_events(),
+        [n_ack(Command::StopNSessions, Accept::Failure, &[a])]
+    );
+    p.assert_healthy();
+}
+
+#[test]
+fn client_only_sends_what_the_mode_and_state_allow() {
+    let not_now = |w| Err::<(), _>(ClientError::NotNow(w));
+    let some = [Sid([1; 16])];
+    for security in [SecurityMode::Unauthenticated, SecurityMode::Encrypted] {
+        let mut p = Pair::established(Spec::new(security, Modes::NONE));
+        // RFC 5938 commands need Individual Session Control.
+        assert_eq!(p.client.start_n(&some), not_now("Start-N-Sessions"));
+        assert_eq!(p.client.stop_n(&some), not_now("Stop-N-Sessions"));
+        // Nothing started, nothing to stop.
+        assert_eq!(p.client.stop_sessions(Accept::Ok), not_now("Stop-Sessions"));
+        let a = p.accepted(&request()).0;
+        p.client.start_sessions(1).unwrap();
+        // RFC 4656 §3.4: while sessions run only Stop-Sessions is legal.
+        assert_eq!(p.client.start_sessions(1), not_now("Start-Sessions"));
+        assert_eq!(
+            p.client.request_session(&request()),
+            Err(ClientError::NotNow("Request-TW-Session"))
+        );
+        p.pump();
+        assert_eq!(
+            p.client_events(),
+            [ClientEvent::StartAck { accept: Accept::Ok }]
+        );
+        p.client.stop_sessions(Accept::Ok).unwrap();
+        p.pump();
+        // A refused start leaves nothing to stop, and requests may follow.
+        let b = p.accepted(&request()).0;
+        p.ctx.refuse_start = vec![(b, Accept::TemporaryResourceLimitation)];
+        p.client.start_sessions(1).unwrap();
+        p.pump();
+        assert_eq!(
+            p.client_events(),
+            [ClientEvent::StartAck {
+                accept: Accept::TemporaryResourceLimitation
+            }]
+        );
+        assert_eq!(p.client.stop_sessions(Accept::Ok), not_now("Stop-Sessions"));
+        p.accepted(&request());
+        p.assert_healthy();
+        // Only legal commands reached the wire.
+        let cmds: Vec<u8> = p.transcript().commands.iter().map(|c| c[0]).collect();
+        assert_eq!(cmds, [5, 2, 3, 5, 2, 5]);
+        assert_eq!(p.ctx.started(), [a]);
+
+        let mut p = Pair::established(Spec::new(security, ISC));
+        assert_eq!(p.client.start_sessions(0), not_now("Start-Sessions"));
+        assert_eq!(p.client.stop_sessions(Accept::Ok), not_now("Stop-Sessions"));
+        assert!(p.client.pending_output().is_empty());
+        p.assert_healthy();
+    }
 }
