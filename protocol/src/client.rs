@@ -148,8 +148,9 @@ pub struct Client {
     expect: VecDeque<Expect>,
     next_tag: u32,
     started: u32,
-    /// Between Start-Sessions and Stop-Sessions (not in ISC mode), when
-    /// only Stop-Sessions may be sent (RFC 4656 §3.4).
+    /// Between Start-Sessions and Stop-Sessions (not in ISC mode): a
+    /// Stop-Sessions is due. (Requests are not refused meanwhile: the server
+    /// accepts them again once REFWAIT has ended every session.)
     active: bool,
 }
 
@@ -458,12 +459,9 @@ impl Client {
     }
 
     /// Queues a Request-TW-Session; its answer comes as an event with the
-    /// returned tag. Not while sessions started by Start-Sessions run.
+    /// returned tag.
     pub fn request_session(&mut self, request: &RequestTwSessionRepr) -> Result<u32, ClientError> {
         self.check_ready("Request-TW-Session")?;
-        if self.active {
-            return Err(ClientError::NotNow("Request-TW-Session"));
-        }
         self.send(request.to_bytes().to_vec())?;
         let tag = self.next_tag;
         self.next_tag += 1;
@@ -474,9 +472,6 @@ impl Client {
     /// Start-Sessions: starts every accepted session (not in ISC mode).
     pub fn start_sessions(&mut self, accepted: u32) -> Result<(), ClientError> {
         self.check_mode("Start-Sessions", false)?;
-        if self.active {
-            return Err(ClientError::NotNow("Start-Sessions"));
-        }
         self.send(StartSessionsRepr { hmac: [0; 16] }.to_bytes().to_vec())?;
         self.started = accepted;
         self.active = true;

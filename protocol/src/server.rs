@@ -333,12 +333,16 @@ impl Server {
 
     /// Forgets a session the context expired (REFWAIT, RFC 5357 §4.2).
     ///
-    /// The protocol state does not change: the client does not know, and
-    /// still ends the test with a Stop-Sessions counting every session it
-    /// started (RFC 5357 §3.8), which must not fail for it. In Individual
-    /// Session Control mode the SID becomes unknown to Stop-N.
+    /// Once no session is in progress the connection accepts requests again.
+    /// The client does not know of the expiry, so the Stop-Sessions it still
+    /// owes is accepted too, counting every session it started (RFC 5357
+    /// §3.8). In Individual Session Control mode the SID becomes unknown to
+    /// Stop-N.
     pub fn forget_session(&mut self, sid: Sid) {
         self.sessions.retain(|s| s.sid != sid);
+        if self.state == State::Active && !self.sessions_in_progress() {
+            self.state = State::Ready;
+        }
     }
 
     /// The largest message a client can send us: bounds buffering.
@@ -528,6 +532,8 @@ impl Server {
             }
             (Command::StartSessions, State::Ready) => !isc,
             (Command::StopSessions, State::Active) => !isc,
+            // Owed after REFWAIT expired every started session.
+            (Command::StopSessions, State::Ready) => !isc && self.started_by_client > 0,
             _ => false,
         };
         if !legal {
@@ -714,11 +720,17 @@ impl Server {
                 expected: in_progress,
             });
         }
-        // Sessions REFWAIT already removed are not stopped again.
-        let stopped = self.sessions.len();
-        for s in self.sessions.drain(..) {
-            ctx.stop_session(s.sid, s.timeout);
-        }
+        // Sessions REFWAIT already removed are not stopped again; sessions
+        // requested after that expiry and not started stay for the next
+        // Start-Sessions.
+        let mut stopped = 0;
+        self.sessions.retain(|s| {
+            if s.started {
+                ctx.stop_session(s.sid, s.timeout);
+                stopped += 1;
+            }
+            !s.started
+        });
         self.state = State::Ready;
         self.started_by_client = 0;
         self.events

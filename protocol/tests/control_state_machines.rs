@@ -2952,7 +2952,8 @@ proptest! {
 
 /// RFC 5357 §4.2 lets the reflector end a silent session after REFWAIT. The
 /// client does not know: its Stop-Sessions still counts every session it
-/// started (RFC 5357 §3.8), and must end the test normally.
+/// started (RFC 5357 §3.8), and must end the test normally. Once every
+/// started session has expired the connection also takes new requests.
 #[test]
 fn stop_sessions_after_refwait_expiry_counts_what_the_client_started() {
     for expire in [1usize, 2] {
@@ -2962,12 +2963,16 @@ fn stop_sessions_after_refwait_expiry_counts_what_the_client_started() {
         let b = p.accepted(&request()).0;
         p.client.start_sessions(2).unwrap();
         p.pump();
+        p.client_events();
         p.server.forget_session(a);
+        let mut waiting = vec![];
         if expire == 2 {
             p.server.forget_session(b);
+            // Nothing in progress: requests are served again...
+            waiting.push(p.accepted(&request()).0);
         }
         assert_eq!(p.server.sessions_in_progress(), expire == 1);
-        // While the client has not stopped, only Stop-Sessions is legal.
+        // ...and the Stop-Sessions the client owes still ends its test.
         p.client.stop_sessions(Accept::Ok).unwrap();
         p.pump();
         p.assert_healthy();
@@ -2976,12 +2981,41 @@ fn stop_sessions_after_refwait_expiry_counts_what_the_client_started() {
             if expire == 1 { vec![b] } else { vec![] },
             "only live sessions are stopped in the data plane"
         );
-        assert_eq!(p.server.sids().count(), 0);
-        // The connection goes on.
+        assert_eq!(
+            p.server_log.last(),
+            Some(&ServerEvent::Stopped {
+                sessions: 2 - expire
+            })
+        );
+        // A session requested after the expiry waits for its own start.
+        assert_eq!(p.server.sids().collect::<Vec<_>>(), waiting);
         p.client_events();
-        p.accepted(&request());
+        let c = p.accepted(&request()).0;
+        waiting.push(c);
+        p.client.start_sessions(waiting.len() as u32).unwrap();
+        p.pump();
+        assert_eq!(
+            p.client_events(),
+            [ClientEvent::StartAck { accept: Accept::Ok }]
+        );
+        assert_eq!(p.ctx.started()[2..], waiting[..]);
         p.assert_healthy();
     }
+    // A Stop-Sessions is owed only after a Start-Sessions.
+    let mut c = RawClient::connect(SecurityMode::Unauthenticated, Modes::NONE);
+    c.send(&request().to_bytes()).unwrap();
+    let a = c.read_accept().sid;
+    c.send(&start_sessions_msg()).unwrap();
+    c.read(32);
+    c.server.forget_session(a);
+    c.send(&stop_sessions_msg(1)).unwrap();
+    assert!(matches!(
+        c.send(&stop_sessions_msg(0)),
+        Err(ServerError::UnexpectedCommand {
+            command: Command::StopSessions,
+            ..
+        })
+    ));
     // Individual Session Control: an expired SID is simply unknown.
     let spec = Spec::new(SecurityMode::Unauthenticated, ISC);
     let mut p = Pair::established(spec);
@@ -3013,12 +3047,6 @@ fn client_only_sends_what_the_mode_and_state_allow() {
         assert_eq!(p.client.stop_sessions(Accept::Ok), not_now("Stop-Sessions"));
         let a = p.accepted(&request()).0;
         p.client.start_sessions(1).unwrap();
-        // RFC 4656 §3.4: while sessions run only Stop-Sessions is legal.
-        assert_eq!(p.client.start_sessions(1), not_now("Start-Sessions"));
-        assert_eq!(
-            p.client.request_session(&request()),
-            Err(ClientError::NotNow("Request-TW-Session"))
-        );
         p.pump();
         assert_eq!(
             p.client_events(),
