@@ -148,6 +148,10 @@ pub struct Client {
     expect: VecDeque<Expect>,
     next_tag: u32,
     started: u32,
+    /// Between Start-Sessions and Stop-Sessions (not in ISC mode): a
+    /// Stop-Sessions is due. (Requests are not refused meanwhile: the server
+    /// accepts them again once REFWAIT has ended every session.)
+    active: bool,
 }
 
 impl Client {
@@ -165,6 +169,7 @@ impl Client {
             expect: VecDeque::new(),
             next_tag: 0,
             started: 0,
+            active: false,
         }
     }
 
@@ -260,26 +265,17 @@ impl Client {
             self.config.allowed & Modes::UNAUTHENTICATED
         };
         let Some(selection) = modes::choose(offered, allowed, self.config.wanted) else {
-            // Mode 0: tell the server we quit (RFC 4656 §3.1).
-            let quit = SetUpResponseRepr {
-                mode: Modes::NONE,
-                key_id: [0; 80],
-                token: [0; 64],
-                client_iv: [0; 16],
-            };
-            self.output.extend_from_slice(&quit.to_bytes());
-            self.state = State::Closed;
-            return Err(ClientError::NoCommonMode { offered });
+            return Err(self.quit(ClientError::NoCommonMode { offered }));
         };
         let setup = if selection.security.protects_control() {
             if g.count > self.config.max_count {
-                return Err(ClientError::CountTooHigh {
+                return Err(self.quit(ClientError::CountTooHigh {
                     count: g.count,
                     max: self.config.max_count,
-                });
+                }));
             }
             let (Some(key_id), Some(secret)) = (self.config.key_id, &self.config.secret) else {
-                return Err(ClientError::NoKey);
+                return Err(self.quit(ClientError::NoKey));
             };
             let token_key = crypto::token_key(secret, &g.salt, g.count)?;
             let token = crypto::seal_token(&token_key, &g.challenge, &self.random.session_keys);
@@ -307,6 +303,20 @@ impl Client {
         self.events
             .push_back(ClientEvent::SetupSent { selection, offered });
         Ok(())
+    }
+
+    /// Declines the greeting with Mode 0 so the server can close at once
+    /// (RFC 4656 §3.1), and ends the connection with `error`.
+    fn quit(&mut self, error: ClientError) -> ClientError {
+        let quit = SetUpResponseRepr {
+            mode: Modes::NONE,
+            key_id: [0; 80],
+            token: [0; 64],
+            client_iv: [0; 16],
+        };
+        self.output.extend_from_slice(&quit.to_bytes());
+        self.state = State::Closed;
+        error
     }
 
     fn on_server_start(&mut self, msg: &mut [u8]) -> Result<(), ClientError> {
@@ -382,6 +392,8 @@ impl Client {
             }
             Expect::StartAck => {
                 let a = StartAckRepr::from_bytes(msg)?;
+                // A refused start leaves nothing to stop.
+                self.active = a.accept.is_ok();
                 self.events
                     .push_back(ClientEvent::StartAck { accept: a.accept });
             }
@@ -430,6 +442,22 @@ impl Client {
         }
     }
 
+    /// Ready, and the command belongs to the negotiated control mode:
+    /// Start-N/Stop-N only with Individual Session Control, Start- and
+    /// Stop-Sessions only without it (RFC 5938 §2). A server closes the
+    /// connection on the wrong one.
+    fn check_mode(&self, what: &'static str, isc_command: bool) -> Result<(), ClientError> {
+        self.check_ready(what)?;
+        let isc = self
+            .selection
+            .is_some_and(|s| s.has(Modes::INDIVIDUAL_SESSION_CONTROL));
+        if isc == isc_command {
+            Ok(())
+        } else {
+            Err(ClientError::NotNow(what))
+        }
+    }
+
     /// Queues a Request-TW-Session; its answer comes as an event with the
     /// returned tag.
     pub fn request_session(&mut self, request: &RequestTwSessionRepr) -> Result<u32, ClientError> {
@@ -443,16 +471,21 @@ impl Client {
 
     /// Start-Sessions: starts every accepted session (not in ISC mode).
     pub fn start_sessions(&mut self, accepted: u32) -> Result<(), ClientError> {
-        self.check_ready("Start-Sessions")?;
+        self.check_mode("Start-Sessions", false)?;
         self.send(StartSessionsRepr { hmac: [0; 16] }.to_bytes().to_vec())?;
         self.started = accepted;
+        self.active = true;
         self.expect.push_back(Expect::StartAck);
         Ok(())
     }
 
     /// Stop-Sessions with the given Accept (0 = normal end); no answer comes.
+    /// Only after Start-Sessions (not in ISC mode).
     pub fn stop_sessions(&mut self, accept: Accept) -> Result<(), ClientError> {
-        self.check_ready("Stop-Sessions")?;
+        self.check_mode("Stop-Sessions", false)?;
+        if !self.active {
+            return Err(ClientError::NotNow("Stop-Sessions"));
+        }
         let stop = StopSessionsRepr {
             accept,
             number_of_sessions: self.started,
@@ -460,12 +493,13 @@ impl Client {
         };
         self.send(stop.to_bytes().to_vec())?;
         self.started = 0;
+        self.active = false;
         Ok(())
     }
 
-    /// Start-N-Sessions (RFC 5938).
+    /// Start-N-Sessions (RFC 5938; Individual Session Control mode only).
     pub fn start_n(&mut self, sids: &[Sid]) -> Result<(), ClientError> {
-        self.check_ready("Start-N-Sessions")?;
+        self.check_mode("Start-N-Sessions", true)?;
         self.send(
             StartNSessionsRepr {
                 sids: sids.to_vec(),
@@ -480,9 +514,9 @@ impl Client {
         Ok(())
     }
 
-    /// Stop-N-Sessions (RFC 5938).
+    /// Stop-N-Sessions (RFC 5938; Individual Session Control mode only).
     pub fn stop_n(&mut self, sids: &[Sid]) -> Result<(), ClientError> {
-        self.check_ready("Stop-N-Sessions")?;
+        self.check_mode("Stop-N-Sessions", true)?;
         self.send(
             StopNSessionsRepr {
                 sids: sids.to_vec(),

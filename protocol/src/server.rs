@@ -15,7 +15,9 @@
 //! Failures that the protocol answers politely (a refused session, an
 //! unsupported request) keep the connection; anything that breaks the message
 //! stream or its integrity (a bad HMAC, an unknown command, a wrong message
-//! order) ends it with a typed [`ServerError`].
+//! order) ends it with a typed [`ServerError`]. An unknown command, or one
+//! not allowed in the current state, is first answered with an
+//! Accept-Session carrying Accept 3 (RFC 5357 §3.5).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -91,7 +93,8 @@ pub struct SessionGrant {
     /// The reflector port actually used.
     pub port: u16,
     pub sid: Sid,
-    /// RFC 6038 Server octets (0 unless the server wants the sender to carry them).
+    /// RFC 6038 Server octets (0 unless the server wants the sender to carry
+    /// them); sent only when Reflect Octets was selected, MBZ otherwise.
     pub server_octets: [u8; 2],
 }
 
@@ -123,6 +126,8 @@ pub trait ServerContext {
         selection: &Selection,
     ) -> Result<SharedSecret, Accept>;
     /// Policy on the mode (and identity, when authenticated) a client chose.
+    /// In protected modes it is asked only after the token proved that the
+    /// client holds the Key ID's secret.
     fn admit_mode(&mut self, identity: Option<&[u8]>, selection: &Selection) -> Result<(), Accept>;
     /// Admits a session request: policy, reflector port, SID.
     fn allocate_session(&mut self, request: &SessionRequest) -> Result<SessionGrant, Accept>;
@@ -164,7 +169,8 @@ pub enum ServerEvent {
         accept: Accept,
         sessions: usize,
     },
-    /// Sessions stopped (count).
+    /// Stop-Sessions accepted: this many sessions were stopped in the data
+    /// plane (those REFWAIT already removed are not counted).
     Stopped { sessions: usize },
 }
 
@@ -241,6 +247,9 @@ pub struct Server {
     output: Vec<u8>,
     events: VecDeque<ServerEvent>,
     sessions: Vec<Session>,
+    /// Sessions started by the last Start-Sessions, as the client counts
+    /// them: REFWAIT expiry ([`Server::forget_session`]) does not lower it.
+    started_by_client: u32,
 }
 
 const SETUP_LEN: usize = control::setup::LEN;
@@ -274,6 +283,7 @@ impl Server {
             output: Vec::with_capacity(256),
             events: VecDeque::new(),
             sessions: Vec::new(),
+            started_by_client: 0,
         };
         s.output.extend_from_slice(&greeting.to_bytes());
         s
@@ -321,7 +331,13 @@ impl Server {
         self.sessions.iter().map(|s| s.sid)
     }
 
-    /// Forgets a session the context expired (REFWAIT).
+    /// Forgets a session the context expired (REFWAIT, RFC 5357 §4.2).
+    ///
+    /// Once no session is in progress the connection accepts requests again.
+    /// The client does not know of the expiry, so the Stop-Sessions it still
+    /// owes is accepted too, counting every session it started (RFC 5357
+    /// §3.8). In Individual Session Control mode the SID becomes unknown to
+    /// Stop-N.
     pub fn forget_session(&mut self, sid: Sid) {
         self.sessions.retain(|s| s.sid != sid);
         if self.state == State::Active && !self.sessions_in_progress() {
@@ -331,7 +347,9 @@ impl Server {
 
     /// The largest message a client can send us: bounds buffering.
     fn input_limit(&self) -> usize {
-        (32 + 16 * self.config.max_sessions as usize).max(SETUP_LEN)
+        control::n_sessions::message_len(self.config.max_sessions)
+            .unwrap_or(usize::MAX)
+            .max(SETUP_LEN)
     }
 
     /// Feeds octets read from the connection and processes every complete
@@ -391,10 +409,7 @@ impl Server {
         first.copy_from_slice(&self.input[..BLOCK_LEN]);
         let header = control::client_command(&first, self.config.max_sessions)?;
         let Some(len) = header.len else {
-            return Err(ServerError::UnexpectedCommand {
-                command: header.command,
-                state: "(unknown command)",
-            });
+            return Err(self.reject_command(header.command, "(unknown command)"));
         };
         if self.input.len() < len {
             return Ok(None);
@@ -419,9 +434,9 @@ impl Server {
         };
         let protected = selection.security.protects_control();
         let identity = protected.then(|| setup.key_id_name().to_vec());
-        if let Err(a) = ctx.admit_mode(identity.as_deref(), &selection) {
-            return self.refuse_setup(a, SetupRefusal::Policy);
-        }
+        // Policy is asked only once the identity is proven (below, after the
+        // token): asking before would let a client without the secret learn
+        // which identities and modes are allowed from the Accept value.
         if protected {
             // Derive the token key even for an unknown Key ID (with a stand-in
             // secret) so that the answer takes the same time (RFC 4656 §6
@@ -439,6 +454,9 @@ impl Server {
                 Ok(k) => k,
                 Err(_) => return self.refuse_setup(Accept::Failure, SetupRefusal::BadToken),
             };
+            if let Err(a) = ctx.admit_mode(identity.as_deref(), &selection) {
+                return self.refuse_setup(a, SetupRefusal::Policy);
+            }
             let mut crypto = Crypto {
                 rx: ControlRx::new(&keys, &setup.client_iv),
                 tx: ControlTx::new(&keys, &self.random.server_iv),
@@ -456,6 +474,9 @@ impl Server {
             self.output.extend_from_slice(&bytes);
             self.crypto = Some(crypto);
         } else {
+            if let Err(a) = ctx.admit_mode(None, &selection) {
+                return self.refuse_setup(a, SetupRefusal::Policy);
+            }
             let start = ServerStartRepr {
                 accept: Accept::Ok,
                 server_iv: self.random.server_iv,
@@ -511,13 +532,12 @@ impl Server {
             }
             (Command::StartSessions, State::Ready) => !isc,
             (Command::StopSessions, State::Active) => !isc,
+            // Owed after REFWAIT expired every started session.
+            (Command::StopSessions, State::Ready) => !isc && self.started_by_client > 0,
             _ => false,
         };
         if !legal {
-            return Err(ServerError::UnexpectedCommand {
-                command,
-                state: self.state_name(),
-            });
+            return Err(self.reject_command(command, self.state_name()));
         }
         match command {
             Command::RequestTwSession => self.on_request(msg, ctx),
@@ -527,6 +547,19 @@ impl Server {
             Command::StopNSessions => self.on_stop_n(msg, ctx),
             _ => unreachable!("legal commands are matched above"),
         }
+    }
+
+    /// Answers an unknown command, or one not allowed now, with an
+    /// Accept-Session carrying Accept 3 (RFC 5357 §3.5), then ends the
+    /// connection: the client's next message cannot be framed (unknown
+    /// length) or its expected reply would not come, so the stream is not
+    /// resumed (perfSONAR closes without answering).
+    fn reject_command(&mut self, command: Command, state: &'static str) -> ServerError {
+        let answer = AcceptSessionRepr::refusal(Accept::NotSupported).to_bytes();
+        if let Err(e) = self.send(answer.to_vec()) {
+            return e;
+        }
+        ServerError::UnexpectedCommand { command, state }
     }
 
     /// Seals (protected modes) and queues a server message whose HMAC is its
@@ -632,7 +665,12 @@ impl Server {
             } else {
                 [0; 2]
             },
-            server_octets: grant.server_octets,
+            // RFC 6038 §4.2: MBZ unless Reflect Octets was selected.
+            server_octets: if reflect_octets {
+                grant.server_octets
+            } else {
+                [0; 2]
+            },
             hmac: [0; 16],
         };
         self.events.push_back(ServerEvent::SessionAccepted {
@@ -645,7 +683,9 @@ impl Server {
     fn on_start(&mut self, msg: &[u8], ctx: &mut dyn ServerContext) -> Result<(), ServerError> {
         StartSessionsRepr::from_bytes(msg)?;
         let mut accept = Accept::Ok;
-        for s in &mut self.sessions {
+        // After a partly refused Start-Sessions (Start-Ack ≠ 0) the client may
+        // retry: sessions already started are not started twice.
+        for s in self.sessions.iter_mut().filter(|s| !s.started) {
             let a = ctx.start_session(s.sid);
             if a.is_ok() {
                 s.started = true;
@@ -656,6 +696,7 @@ impl Server {
         let started = self.sessions.iter().filter(|s| s.started).count();
         if accept.is_ok() {
             self.state = State::Active;
+            self.started_by_client = u32::try_from(started).unwrap_or(u32::MAX);
             self.events
                 .push_back(ServerEvent::Started { sessions: started });
         }
@@ -671,7 +712,7 @@ impl Server {
 
     fn on_stop(&mut self, msg: &[u8], ctx: &mut dyn ServerContext) -> Result<(), ServerError> {
         let stop = StopSessionsRepr::from_bytes(msg)?;
-        let in_progress = self.sessions.iter().filter(|s| s.started).count() as u32;
+        let in_progress = self.started_by_client;
         if stop.number_of_sessions != in_progress {
             // RFC 5357 §3.8: the message is invalid; close (results discarded).
             return Err(ServerError::StopCountMismatch {
@@ -679,13 +720,21 @@ impl Server {
                 expected: in_progress,
             });
         }
-        for s in self.sessions.drain(..) {
-            ctx.stop_session(s.sid, s.timeout);
-        }
-        self.state = State::Ready;
-        self.events.push_back(ServerEvent::Stopped {
-            sessions: in_progress as usize,
+        // Sessions REFWAIT already removed are not stopped again; sessions
+        // requested after that expiry and not started stay for the next
+        // Start-Sessions.
+        let mut stopped = 0;
+        self.sessions.retain(|s| {
+            if s.started {
+                ctx.stop_session(s.sid, s.timeout);
+                stopped += 1;
+            }
+            !s.started
         });
+        self.state = State::Ready;
+        self.started_by_client = 0;
+        self.events
+            .push_back(ServerEvent::Stopped { sessions: stopped });
         Ok(())
     }
 
