@@ -473,7 +473,11 @@ fn broken_clients_are_closed_cleanly_while_another_is_served() {
     let mut bad = TwampConn::connect(d.v4(), Peer::open());
     bad.setup().expect("set-up");
     bad.stream.write_all(&[0xee; 16]).expect("write");
-    assert!(bad.read_to_close().is_empty(), "closed without an answer");
+    // RFC 5357 §3.5: an Accept-Session with Accept 3, then the close (the
+    // stream cannot be re-synchronised after an unknown command).
+    let answer = bad.read_to_close();
+    assert_eq!(answer.len(), 48, "one Accept-Session, then closed");
+    assert_eq!(answer[0], 3, "Accept 3: not supported");
 
     // A Request-TW-Session whose HMAC does not verify.
     let mut bad = TwampConn::connect(d.addrs[1], Peer::lab(AUTH));
