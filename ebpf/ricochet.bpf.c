@@ -621,6 +621,16 @@ static __always_inline int reflect(struct xdp_md *ctx, struct pkt *pk,
 	 * padding is reused from its start, the tail is truncated. */
 	__u32 len_out = len_in > hdr ? len_in : hdr;
 
+	/* A stateless listener admits nobody: its reply is never larger than
+	 * the packet that caused it (no amplification), so a probe shorter
+	 * than the reflector header gets no reply. Sessions were admitted by
+	 * TWAMP-Control and grow 14 -> 41 as RFC 5357 requires. */
+	if (!stateful && len_out > len_in) {
+		__sync_fetch_and_add(&e->stats.bad_length, 1);
+		count(RC_CNT_DROP_BAD_LENGTH);
+		return XDP_DROP;
+	}
+
 	/* RFC 6038 §4.2: the L octets to reflect must fit the reply's padding
 	 * (the sender MUST send at least 27 + L octets of padding). */
 	if ((flags & RC_F_REFLECT_OCTETS) &&

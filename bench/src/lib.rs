@@ -2,4 +2,5 @@
 //! and the benchmark (`ricochet-bench`). Shared pieces live here.
 
 pub mod pace;
+pub mod ping;
 pub mod stats;

@@ -235,6 +235,17 @@ impl Collector {
         self.sent += 1;
     }
 
+    /// Packets sent so far.
+    pub fn sent_count(&self) -> u64 {
+        self.sent
+    }
+
+    /// Distinct sender sequence numbers answered so far (duplicates not
+    /// counted).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
     /// Records a reply. Returns false (and counts nothing) for a sender
     /// sequence number that was never sent.
     pub fn reply(&mut self, r: &Reply) -> bool {

@@ -4,5 +4,6 @@
 pub mod afxdp;
 pub mod bpf;
 pub mod clock;
+pub mod engine;
 pub mod session_table;
 pub mod socket;

@@ -1,17 +1,47 @@
-//! `ricochet-ping`: TWAMP/STAMP control-client and session-sender.
-use clap::Parser;
+//! `ricochet-ping`: TWAMP control-client and session-sender (RFC 5357) in
+//! every mode. See `ricochet-ping --help` and bench/README.md.
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-/// TWAMP control-client and session-sender in every mode (twping's job).
-///
-/// Examples:
-///   ricochet-ping 198.18.0.2
-///   ricochet-ping --mode encrypted --key-id alice --key-file keys.pfs 198.18.0.2:862
-#[derive(Parser, Debug)]
-#[command(version, verbatim_doc_comment)]
-struct Cli {}
+use clap::Parser;
+use ricochet_bench::ping::{self, cli::Args, report};
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 fn main() {
-    let _cli = Cli::parse();
-    eprintln!("ricochet-ping: the client is not built yet (see issue 3)");
-    std::process::exit(2);
+    let args = Args::parse();
+    let (config, warnings) = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ricochet-ping: {e}");
+            std::process::exit(2);
+        }
+    };
+    for w in warnings {
+        eprintln!("ricochet-ping: warning: {w}");
+    }
+    // Ctrl-C: stop sending and report; a second Ctrl-C exits at once.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, interrupt.clone());
+        let _ = signal_hook::flag::register(sig, interrupt.clone());
+    }
+    let r = match ping::run_until(&config, &interrupt) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ricochet-ping: {e}");
+            std::process::exit(2);
+        }
+    };
+    for w in &r.warnings {
+        eprintln!("ricochet-ping: warning: {w}");
+    }
+    let out = if args.json {
+        report::json(&r)
+    } else if args.raw {
+        report::raw(&r)
+    } else {
+        report::text(&r, args.verbose > 0)
+    };
+    print!("{out}");
+    std::process::exit(r.exit_status());
 }

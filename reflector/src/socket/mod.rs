@@ -11,6 +11,9 @@
 //!   [`Reflect`] handler per packet; [`ReflectorHandle`] adds and removes
 //!   sockets while it runs.
 //! * [`cmsg`] — control-message parsing and encoding.
+//! * [`SocketSessionTable`] — the control plane's [`crate::session_table::SessionTable`]
+//!   over this path: one socket per session or listener, the
+//!   [`crate::engine`] per packet.
 //!
 //! TWAMP rules this layer serves (RFC 5357 §4.2, `twamp-test.md` §5): T2 as
 //! early as possible (kernel or NIC stamp), Sender TTL from the received
@@ -53,6 +56,7 @@
 pub mod batch;
 pub mod cmsg;
 pub mod reflector;
+pub mod table;
 pub mod udp;
 
 pub use batch::{
@@ -63,6 +67,7 @@ pub use reflector::{
     LoopGone, Reflect, ReflectorConfig, ReflectorHandle, ReplyTos, SocketKey, SocketReflector,
     Stats,
 };
+pub use table::{SocketSessionTable, TableConfig, TableDriver};
 pub use udp::{
     enable_nic_rx_timestamps, tos_from_dscp, BatchSocket, RxTimestamping, SocketOptions,
     TimestampingMode,
