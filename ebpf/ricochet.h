@@ -221,9 +221,10 @@ struct rc_keys {
 	/* rc_entry.generation this state belongs to: a packet is processed
 	 * only when its metadata carries the same generation. */
 	__u32 generation;
-	/* Changes whenever a NEW session takes the slot (and only then): the
-	 * pollers restart the reflector's own sequence number at 0 (RFC 5357
-	 * §4.2.1); a rekey or reconfiguration of the same session keeps it. */
+	/* Changes whenever a NEW session takes the slot. A new generation with
+	 * the same instance and otherwise identical values keeps the pollers'
+	 * session state (the reflector's own sequence counter, RFC 5357
+	 * §4.2.1); any other change rebuilds it, numbering from 0 again. */
 	__u32 instance;
 	__u8 mode;            /* enum rc_key_mode */
 	__u8 dscp;            /* DSCP (0..63) sent when RC_F_SET_DSCP */

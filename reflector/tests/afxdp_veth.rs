@@ -31,8 +31,8 @@ use ricochet_reflector::afxdp::{
     WaitMode,
 };
 use ricochet_reflector::bpf::{
-    ifindex, AttachMode, Counter, EntryConfig, EntryFlags, KeyMaterial, Mode, SessionKey,
-    SlotKeys,
+    ifindex, AttachMode, Counter, EntryConfig, EntryFlags, KeyMaterial, ListenerKey, Mode,
+    SessionKey, SlotKeys,
 };
 use ricochet_reflector::clock::{now_utc_ns, ClockCell, ClockState};
 use ricochet_testkit::lab::{Lab, Side};
@@ -135,7 +135,10 @@ impl Rig {
 
     /// Runs `f` in the reflector namespace with the sender namespace's name
     /// and the reflector interface.
-    fn in_reflector<T: Send + 'static>(&self, f: impl FnOnce(String, String) -> T + Send + 'static) -> T {
+    fn in_reflector<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(String, String) -> T + Send + 'static,
+    ) -> T {
         let (s, i) = (self.sender_ns.clone(), self.reflector_if.clone());
         in_netns(&self.reflector_ns, move || f(s, i))
     }
@@ -160,7 +163,8 @@ fn sender_socket(sender_ns: &str, v6: bool, port: u16) -> UdpSocket {
     let addr = SocketAddr::new(Lab::addr(Side::Sender, v6), port);
     in_netns(sender_ns, move || {
         let s = UdpSocket::bind(addr).expect("bind sender socket");
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         s
     })
 }
@@ -203,7 +207,13 @@ fn slot_keys(generation: u32, keys: KeyMaterial, sender: SocketAddr) -> SlotKeys
 }
 
 /// A protected TWAMP Session-Sender packet (48 octets + `padding`).
-fn twamp_probe(keys: &TestKeys, mode: TestProtection, seq: u32, t1: [u8; 8], padding: usize) -> Vec<u8> {
+fn twamp_probe(
+    keys: &TestKeys,
+    mode: TestProtection,
+    seq: u32,
+    t1: [u8; 8],
+    padding: usize,
+) -> Vec<u8> {
     let repr = SenderRepr {
         sequence_number: seq,
         timestamp: t1,
@@ -320,21 +330,59 @@ fn poller_reflects_secured_sessions_and_counts_drops() {
         let s4 = |p| sender_addr(false, p);
         let twamp_auth = |k: &SessionKeys| KeyMaterial::TwampAuthenticated(k.clone());
         let twamp_enc = |k: &SessionKeys| KeyMaterial::TwampEncrypted(k.clone());
-        add(1, 1, false, 40001, Some(slot_keys(1, twamp_auth(&auth_raw), s4(40001))));
-        add(2, 1, false, 40002, Some(slot_keys(1, twamp_enc(&enc_raw), s4(40002))));
+        add(
+            1,
+            1,
+            false,
+            40001,
+            Some(slot_keys(1, twamp_auth(&auth_raw), s4(40001))),
+        );
+        add(
+            2,
+            1,
+            false,
+            40002,
+            Some(slot_keys(1, twamp_enc(&enc_raw), s4(40002))),
+        );
+        // authenticated STAMP: a stateless listener on our address (no
+        // source check: any sender with the key)
         let stamp = KeyMaterial::StampAuthenticated(zeroize::Zeroizing::new(stamp_key));
-        add(3, 1, false, 40003, Some(slot_keys(1, stamp, s4(40003))));
+        let mut stamp_keys = slot_keys(1, stamp, s4(40003));
+        stamp_keys.sender = None;
+        m.write_keys(3, &stamp_keys).unwrap();
+        m.insert_listener(&ListenerKey::exact(reflector(false)), &secured_entry(3, 1))
+            .unwrap();
         let v6_sender = sender_addr(true, 40004);
-        add(4, 1, true, 40004, Some(slot_keys(1, twamp_enc(&v6_raw), v6_sender)));
+        add(
+            4,
+            1,
+            true,
+            40004,
+            Some(slot_keys(1, twamp_enc(&v6_raw), v6_sender)),
+        );
         // slot 7: an entry whose keys were never written (unknown slot)
         add(7, 1, false, 40005, None);
         // slot 8: entry at generation 5, keys already at 6 (stale)
-        add(8, 5, false, 40006, Some(slot_keys(6, twamp_auth(&auth_raw), s4(40006))));
+        add(
+            8,
+            5,
+            false,
+            40006,
+            Some(slot_keys(6, twamp_auth(&auth_raw), s4(40006))),
+        );
         // slot 9: keys name another sender port
-        add(9, 1, false, 40007, Some(slot_keys(1, twamp_auth(&auth_raw), s4(49999))));
+        add(
+            9,
+            1,
+            false,
+            40007,
+            Some(slot_keys(1, twamp_auth(&auth_raw), s4(49999))),
+        );
 
         let idx = ifindex(&iface).unwrap();
-        let _att = prog.attach(idx, AttachMode::Native).expect("native XDP on veth");
+        let _att = prog
+            .attach(idx, AttachMode::Native)
+            .expect("native XDP on veth");
         let shared = shared();
         let poller = Poller::spawn(PollerConfig::new(idx, 0), m, &shared).expect("poller");
 
@@ -346,10 +394,14 @@ fn poller_reflects_secured_sessions_and_counts_drops() {
             let (mut reply, sent, got) =
                 exchange(&auth_sock, reflector(false), &probe).expect("authenticated reply");
             assert_eq!(reply.len(), 112, "max(received 112, 112)");
-            keys.unprotect(PacketRole::Reflector, TestProtection::Authenticated, &mut reply)
-                .expect("reply verifies with the session's keys");
-            let r = ReflectorPacket::new_checked(&reply[..], ReflectorLayout::AUTHENTICATED)
-                .unwrap();
+            keys.unprotect(
+                PacketRole::Reflector,
+                TestProtection::Authenticated,
+                &mut reply,
+            )
+            .expect("reply verifies with the session's keys");
+            let r =
+                ReflectorPacket::new_checked(&reply[..], ReflectorLayout::AUTHENTICATED).unwrap();
             assert_eq!(r.sequence_number(), i, "reflector's own counter from 0");
             assert_eq!(r.sender_sequence_number(), 100 + i);
             assert_eq!(r.sender_timestamp(), t1);
@@ -375,8 +427,8 @@ fn poller_reflects_secured_sessions_and_counts_drops() {
             assert_eq!(reply.len(), 112, "48 -> 112 (RFC 5357 §4.2.1)");
             keys.unprotect(PacketRole::Reflector, TestProtection::Encrypted, &mut reply)
                 .expect("decrypts and verifies");
-            let r = ReflectorPacket::new_checked(&reply[..], ReflectorLayout::AUTHENTICATED)
-                .unwrap();
+            let r =
+                ReflectorPacket::new_checked(&reply[..], ReflectorLayout::AUTHENTICATED).unwrap();
             assert_eq!(r.sequence_number(), i);
             assert_eq!(r.sender_sequence_number(), 7 + i);
             assert_eq!(r.sender_timestamp(), t1);
@@ -392,23 +444,25 @@ fn poller_reflects_secured_sessions_and_counts_drops() {
             assert_eq!(reply.len(), 248, "equal size: 48 + 200 received");
             keys.unprotect(PacketRole::Reflector, TestProtection::Encrypted, &mut reply)
                 .unwrap();
-            let r = ReflectorPacket::new_checked(&reply[..], ReflectorLayout::AUTHENTICATED)
-                .unwrap();
+            let r =
+                ReflectorPacket::new_checked(&reply[..], ReflectorLayout::AUTHENTICATED).unwrap();
             assert_eq!((r.sequence_number(), r.sender_sequence_number()), (i, i));
             assert_eq!(r.sender_ttl(), 64, "IPv6 Hop Limit copied");
             assert_eq!(r.padding(), &[0xa5; 136][..], "sender padding reused");
         }
 
-        // --- authenticated STAMP (stateful session) ------------------------
+        // --- authenticated STAMP (stateless listener) ----------------------
         let hmac = StampHmac::new(&stamp_key);
         for i in 0..2u32 {
             let probe = stamp_probe(&hmac, 50 + i, 0xbeef);
             let (reply, _, _) =
                 exchange(&stamp_sock, reflector(false), &probe).expect("STAMP reply");
             assert_eq!(reply.len(), 112);
-            hmac.verify_packet(&reply).expect("reply HMAC-SHA-256 verifies");
+            hmac.verify_packet(&reply)
+                .expect("reply HMAC-SHA-256 verifies");
             let r = StampReply::new_checked(&reply[..], StampLayout::Authenticated).unwrap();
-            assert_eq!((r.sequence_number(), r.sender_sequence_number()), (i, 50 + i));
+            assert_eq!(r.sequence_number(), 50 + i, "stateless: sequence copied");
+            assert_eq!(r.sender_sequence_number(), 50 + i);
             assert_eq!(r.ssid(), 0xbeef, "SSID copied (RFC 8972 §3)");
         }
 
@@ -429,10 +483,13 @@ fn poller_reflects_secured_sessions_and_counts_drops() {
         });
         // a dropped packet consumed no sequence number
         let (mut reply, _, _) = exchange(&auth_sock, reflector(false), &good).unwrap();
-        keys.unprotect(PacketRole::Reflector, TestProtection::Authenticated, &mut reply)
-            .unwrap();
-        let r =
-            ReflectorPacket::new_checked(&reply[..], ReflectorLayout::AUTHENTICATED).unwrap();
+        keys.unprotect(
+            PacketRole::Reflector,
+            TestProtection::Authenticated,
+            &mut reply,
+        )
+        .unwrap();
+        let r = ReflectorPacket::new_checked(&reply[..], ReflectorLayout::AUTHENTICATED).unwrap();
         assert_eq!(r.sequence_number(), 3);
 
         // --- TX timestamps ---------------------------------------------------
@@ -449,7 +506,10 @@ fn poller_reflects_secured_sessions_and_counts_drops() {
             s.t3_to_completion.p99_ns,
             s.t3_to_completion.count
         );
-        assert_eq!(s.t3_to_completion.count, s.tx_completed, "every completion measured");
+        assert_eq!(
+            s.t3_to_completion.count, s.tx_completed,
+            "every completion measured"
+        );
         match &s.tx_timestamping {
             TxTimestamping::Delivered => {
                 assert!(s.last_tx_ts_ns.is_some());
@@ -495,7 +555,9 @@ fn echo_mode_echoes() {
         let sock = sender_socket(&sender_ns, false, 41000);
         let prog = load();
         let key = SessionKey::new(reflector(false), sender_addr(false, 41000)).unwrap();
-        prog.maps().insert_session(&key, &secured_entry(1, 1)).unwrap();
+        prog.maps()
+            .insert_session(&key, &secured_entry(1, 1))
+            .unwrap();
         let idx = ifindex(&iface).unwrap();
         let _att = prog.attach(idx, AttachMode::Native).unwrap();
         let mut cfg = PollerConfig::new(idx, 0);
@@ -534,7 +596,8 @@ fn throughput_echo_and_authenticated() {
         let _peer = rig.peer_xdp();
         rig.in_reflector(move |sender_ns, iface| {
             let sock = sender_socket(&sender_ns, false, 42000);
-            sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
             let raw = test_keys(9);
             let prog = load();
             let m = prog.maps();

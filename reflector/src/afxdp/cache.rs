@@ -1,4 +1,4 @@
-//! The per-poller key cache: one prepared [`SecuredSlot`] per slot, read
+//! The per-poller key cache: one prepared `SecuredSlot` per slot, read
 //! from the `keys` map only when a packet's metadata carries a generation
 //! the cache does not hold (ARCHITECTURE.md: "no syscall on the hot path").
 //!
@@ -60,7 +60,7 @@ impl<S: KeySource> KeyCache<S> {
         slot: u32,
         generation: u32,
         now_ns: u64,
-    ) -> Result<&SecuredSlot, DropReason> {
+    ) -> Result<&mut SecuredSlot, DropReason> {
         let i = slot as usize;
         let Some(entry) = self.entries.get(i) else {
             return Err(DropReason::UnknownSlot);
@@ -79,13 +79,23 @@ impl<S: KeySource> KeyCache<S> {
                     retry_at_ns: now_ns.saturating_add(RETRY_NS),
                     reason,
                 };
+                let old = std::mem::replace(&mut self.entries[i], Entry::Empty);
                 self.entries[i] = match self.source.read(slot) {
-                    Ok(Some(k)) if k.generation == generation => match SecuredSlot::new(&k) {
-                        Ok(s) => Entry::Ready(Box::new(s)),
-                        Err(why) => {
-                            tracing::warn!(slot, generation, %why, "unusable keys entry");
-                            fail(DropReason::BadKeys)
+                    // Same session, same configuration, new generation (an
+                    // entry change that does not touch the keys): keep the
+                    // engine and its sequence counter.
+                    Ok(Some(k)) if k.generation == generation => match old {
+                        Entry::Ready(mut s) if s.same_config(&k) => {
+                            s.generation = generation;
+                            Entry::Ready(s)
                         }
+                        _ => match SecuredSlot::new(&k) {
+                            Ok(s) => Entry::Ready(Box::new(s)),
+                            Err(why) => {
+                                tracing::warn!(slot, generation, %why, "unusable keys entry");
+                                fail(DropReason::BadKeys)
+                            }
+                        },
                     },
                     Ok(Some(_)) => fail(DropReason::StaleGeneration),
                     Ok(None) => fail(DropReason::UnknownSlot),
@@ -96,7 +106,7 @@ impl<S: KeySource> KeyCache<S> {
                 };
             }
         }
-        match &self.entries[i] {
+        match &mut self.entries[i] {
             Entry::Ready(s) => Ok(s),
             Entry::Failed { reason, .. } => Err(*reason),
             Entry::Empty => Err(DropReason::UnknownSlot),
@@ -164,8 +174,18 @@ mod tests {
         assert_eq!(c.lookup(4, 2, RETRY_NS).unwrap().generation, 2);
         assert_eq!(fake.reads.get(), 3);
 
+        // generation 3, same configuration: the prepared state is kept
+        fake.map.borrow_mut().insert(4, keys(3));
+        let ptr = c.lookup(4, 2, RETRY_NS).unwrap() as *const SecuredSlot;
+        let kept = c.lookup(4, 3, RETRY_NS).unwrap();
+        assert_eq!(kept.generation, 3);
+        assert!(std::ptr::eq(ptr, kept), "same state, not rebuilt");
+
         assert_eq!(c.lookup(9, 1, 0).err(), Some(DropReason::UnknownSlot));
-        assert_eq!(c.lookup(MAX_SLOTS, 1, 0).err(), Some(DropReason::UnknownSlot));
-        assert_eq!(fake.reads.get(), 4, "out-of-range slots are not read");
+        assert_eq!(
+            c.lookup(MAX_SLOTS, 1, 0).err(),
+            Some(DropReason::UnknownSlot)
+        );
+        assert_eq!(fake.reads.get(), 5, "out-of-range slots are not read");
     }
 }

@@ -370,7 +370,8 @@ pub fn build_reply(
             let h = &mut f[l3..l3 + IPV4_LEN];
             h[v4::VER_IHL] = 0x45;
             h[v4::TOS] = tos;
-            h[v4::TOT_LEN..v4::TOT_LEN + 2].copy_from_slice(&((IPV4_LEN + ulen) as u16).to_be_bytes());
+            h[v4::TOT_LEN..v4::TOT_LEN + 2]
+                .copy_from_slice(&((IPV4_LEN + ulen) as u16).to_be_bytes());
             h[v4::TTL] = 255;
             h[v4::PROTO] = IPPROTO_UDP;
             h[v4::SRC..v4::SRC + 4].copy_from_slice(&d.octets());
@@ -529,7 +530,10 @@ mod tests {
         let mut room = f.clone();
         room.resize(f.len() + 200, 0xee);
         // the engine wrote a 112-octet reply payload in place
-        for (i, b) in room[p.payload_off..p.payload_off + 112].iter_mut().enumerate() {
+        for (i, b) in room[p.payload_off..p.payload_off + 112]
+            .iter_mut()
+            .enumerate()
+        {
             *b = i as u8 ^ 0x5a;
         }
         let (start, len) = build_reply(&mut room, &p, 112, 46).unwrap();
@@ -611,7 +615,10 @@ mod tests {
         let orig = f.clone();
         echo_in_place(&mut f, &p);
         let q = parse(&f).unwrap();
-        assert_eq!((q.src, q.dst, q.sport, q.dport), (p.dst, p.src, p.dport, p.sport));
+        assert_eq!(
+            (q.src, q.dst, q.sport, q.dport),
+            (p.dst, p.src, p.dport, p.sport)
+        );
         assert_eq!(&f[0..6], &orig[6..12]);
         check_udp(&f, 14, false);
         assert_eq!(naive_sum(&f[14..34]), naive_sum(&orig[14..34]));

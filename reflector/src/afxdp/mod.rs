@@ -13,7 +13,10 @@
 //! * [`frame`]: Ethernet/VLAN/IPv4/IPv6/UDP parsing and the in-place reply;
 //! * [`poller`]: the thread, batches, key cache, TX timestamps, echo mode;
 //! * [`stats`]: per-poller counters, latency histograms, and the per-slot
-//!   sequence and last-TX-timestamp tables shared by the pollers.
+//!   last-TX-timestamp table shared by the pollers.
+//!
+//! The TWAMP/STAMP work itself (verify, decrypt, reflect, T3, protect) is
+//! the shared [`crate::engine`], one engine per slot and poller.
 //!
 //! Key material comes from the pinned `keys` map ([`crate::bpf::SlotKeys`]),
 //! cached per poller and re-read only when a generation changes.
@@ -35,8 +38,7 @@ pub use socket::{
     BindMode, BusyPoll, TxMetadataSupport, XdpStatistics, XskConfig, XskSocket, TX_METADATA_LEN,
 };
 pub use stats::{
-    DropReason, LastTx, LatencySummary, PollerStats, SeqTable, StatsSnapshot, TxStampTable,
-    TxTimestamping,
+    DropReason, LastTx, LatencySummary, PollerStats, StatsSnapshot, TxStampTable, TxTimestamping,
 };
 pub use umem::{Frame, Umem, UmemConfig};
 

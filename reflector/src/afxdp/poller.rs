@@ -24,11 +24,12 @@ use ricochet_protocol::twamp_test::RxMeta;
 use super::cache::KeyCache;
 use super::frame;
 use super::socket::{TxMetadataSupport, XskConfig, XskSocket};
-use super::stats::{DropReason, PollerStats, SeqTable, StatsSnapshot, TxStampTable, TxTimestamping};
+use super::stats::{DropReason, PollerStats, StatsSnapshot, TxStampTable, TxTimestamping};
 use super::umem::Frame;
 use super::XskError;
-use crate::bpf::{KeysReader, Maps, Origin, XdpMeta};
+use crate::bpf::{KeysReader, Maps, XdpMeta};
 use crate::clock::{now_tai_ns, ClockCell, ClockState};
+use crate::engine::same_endpoint;
 use std::net::SocketAddr;
 
 /// What the poller does with each frame.
@@ -85,8 +86,6 @@ pub struct PollerShared {
     /// The host clock state, refreshed by housekeeping (Error Estimate, TAI
     /// offset).
     pub clock: Arc<ClockCell>,
-    /// Reflector sequence numbers per slot.
-    pub seqs: Arc<SeqTable>,
     /// Last TX timestamp per slot (for Follow-Up Telemetry).
     pub tx_stamps: Arc<TxStampTable>,
 }
@@ -96,7 +95,6 @@ impl PollerShared {
     pub fn new(clock: Arc<ClockCell>) -> PollerShared {
         PollerShared {
             clock,
-            seqs: Arc::new(SeqTable::default()),
             tx_stamps: Arc::new(TxStampTable::default()),
         }
     }
@@ -113,7 +111,9 @@ pub struct Poller {
 
 impl std::fmt::Debug for Poller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Poller").field("queue", &self.queue).finish()
+        f.debug_struct("Poller")
+            .field("queue", &self.queue)
+            .finish()
     }
 }
 
@@ -121,7 +121,11 @@ impl Poller {
     /// Opens the socket of `cfg.xsk` (in the calling thread's network
     /// namespace), registers it in the `xsks` map for its queue and starts
     /// the thread.
-    pub fn spawn(cfg: PollerConfig, maps: &Maps, shared: &PollerShared) -> Result<Poller, XskError> {
+    pub fn spawn(
+        cfg: PollerConfig,
+        maps: &Maps,
+        shared: &PollerShared,
+    ) -> Result<Poller, XskError> {
         if cfg.batch == 0 || cfg.batch > cfg.xsk.ring_size as usize {
             return Err(XskError::Config(format!(
                 "batch {} (must be 1..={})",
@@ -153,7 +157,14 @@ impl Poller {
         );
         let stop = Arc::new(AtomicBool::new(false));
         let queue = cfg.xsk.queue;
-        let worker = Worker::new(sock, keys, &cfg, Arc::clone(&stats), Arc::clone(&stop), shared);
+        let worker = Worker::new(
+            sock,
+            keys,
+            &cfg,
+            Arc::clone(&stats),
+            Arc::clone(&stop),
+            shared,
+        );
         let thread = std::thread::Builder::new()
             .name(format!("ricochet-xsk-q{queue}"))
             .spawn(move || worker.run())
@@ -385,9 +396,9 @@ impl Worker {
             self.stats.kernel_rx_dropped.set(s.rx_dropped);
             self.stats.kernel_rx_ring_full.set(s.rx_ring_full);
             self.stats.kernel_fill_empty.set(s.rx_fill_ring_empty_descs);
-            self.stats.kernel_invalid_descs.set(
-                s.rx_invalid_descs + s.tx_invalid_descs + self.sock.invalid_descs(),
-            );
+            self.stats
+                .kernel_invalid_descs
+                .set(s.rx_invalid_descs + s.tx_invalid_descs + self.sock.invalid_descs());
         }
     }
 
@@ -411,7 +422,9 @@ impl Worker {
             }
             inf.active = false;
             let inf = *inf;
-            self.stats.t3_to_completion.record(now.saturating_sub(inf.t3_ns));
+            self.stats
+                .t3_to_completion
+                .record(now.saturating_sub(inf.t3_ns));
             if self.md_len == 0 || f.offset() < self.md_len {
                 continue;
             }
@@ -461,10 +474,11 @@ impl Worker {
     fn process_rx(&mut self) {
         let clock = self.shared.clock.load();
         let now = now_tai_ns();
+        let batch_start = Instant::now();
         let mut rx = std::mem::take(&mut self.rx);
         for f in rx.drain(..) {
             let r = match self.mode {
-                PollerMode::Reflect => self.reflect(f, &clock, now),
+                PollerMode::Reflect => self.reflect(f, &clock, now, batch_start),
                 PollerMode::Echo => self.echo(f, now),
             };
             match r {
@@ -519,8 +533,9 @@ impl Worker {
         mut f: Frame,
         clock: &ClockState,
         now: u64,
+        batch_start: Instant,
     ) -> Result<Frame, (Frame, DropReason)> {
-        match self.reflect_in_frame(&f, clock, now) {
+        match self.reflect_in_frame(&f, clock, now, batch_start) {
             Ok((start, len, inf)) => {
                 let fs = self.sock.umem().frame_size();
                 if f.set_packet(start, len, fs).is_err() {
@@ -541,11 +556,11 @@ impl Worker {
         f: &Frame,
         clock: &ClockState,
         now: u64,
+        batch_start: Instant,
     ) -> Result<(usize, usize, Inflight), DropReason> {
         let Worker {
             sock,
             cache,
-            shared,
             scratch,
             md_len,
             ..
@@ -554,11 +569,7 @@ impl Worker {
         let (off, len) = (f.offset(), f.len());
         let chunk = sock.umem_mut().chunk_mut(f);
         let meta = XdpMeta::parse(&chunk[..off]).map_err(|_| DropReason::BadMetadata)?;
-        let stateful = match meta.origin() {
-            Ok(Origin::Session) => true,
-            Ok(Origin::Listener) => false,
-            Err(_) => return Err(DropReason::BadMetadata),
-        };
+        let ts_source = meta.ts_source().map_err(|_| DropReason::BadMetadata)?;
         let room = &mut chunk[off..];
         let p = frame::parse(&room[..len]).map_err(|_| DropReason::Malformed)?;
         if p.payload_off != usize::from(meta.payload_off) {
@@ -566,16 +577,14 @@ impl Worker {
         }
         let slot = cache.lookup(meta.slot, meta.generation, now)?;
         if let Some(sender) = slot.sender {
-            if sender != SocketAddr::new(p.src, p.sport) {
+            if !same_endpoint(sender, SocketAddr::new(p.src, p.sport)) {
                 return Err(DropReason::WrongSource);
             }
         }
-        let rx = scratch
-            .get_mut(..p.payload_len)
-            .ok_or(DropReason::NoRoom)?;
+        // The engine reads the request and writes the reply: the request
+        // is copied out of the frame the reply is built in.
+        let rx = scratch.get_mut(..p.payload_len).ok_or(DropReason::NoRoom)?;
         rx.copy_from_slice(&room[p.payload_off..p.payload_off + p.payload_len]);
-        let seqs = &shared.seqs;
-        let (slot_id, instance) = (meta.slot, slot.instance);
         let r = slot.reflect(
             rx,
             RxMeta {
@@ -583,9 +592,9 @@ impl Worker {
                 tos: p.tos,
             },
             meta.rx_ts_ns,
+            ts_source,
             clock,
-            stateful,
-            || seqs.next(slot_id, instance),
+            batch_start,
             &mut room[p.payload_off..],
         )?;
         let dscp = slot.dscp.unwrap_or(p.tos >> 2);
@@ -599,7 +608,7 @@ impl Worker {
             Inflight {
                 active: true,
                 t3_ns: r.t3_tai_ns,
-                slot: slot_id,
+                slot: meta.slot,
                 seq: r.seq,
             },
         ))

@@ -466,7 +466,10 @@ mod tests {
         let (s, n) = c.take(2, || start.wrapping_add(3));
         assert_eq!((s, n), (start, 2));
         // one more is cached, no read needed for 1
-        assert_eq!(c.take(1, || unreachable!("cached")), (start.wrapping_add(2), 1));
+        assert_eq!(
+            c.take(1, || unreachable!("cached")),
+            (start.wrapping_add(2), 1)
+        );
         assert_eq!(c.consumer(), 2);
         // a broken producer 100 ahead counts as a full ring, not more
         let (_, n) = c.take(1000, || start.wrapping_add(103));

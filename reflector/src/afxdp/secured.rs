@@ -1,61 +1,65 @@
-//! The per-slot secured reflection a poller runs on a frame's UDP payload:
-//! verify (and decrypt) the sender packet, build the reply, take T3,
-//! protect the reply (twamp-test.md §1, §5; stamp.md §3).
+//! The per-slot state a poller keeps for a secured session: the shared
+//! reflection [`engine`](crate::engine) built from the slot's `keys` map
+//! entry, plus what the frame rewrite needs (DSCP, the sender for the
+//! source check).
 //!
-//! Built once per (slot, generation) from the `keys` map
-//! ([`SecuredSlot::new`]: AES key schedule and keyed HMAC states
-//! precomputed), then used for every packet without allocation.
+//! * TWAMP authenticated / encrypted (RFC 5357 modes 2/4): a started
+//!   [`SessionEngine`] with the per-SID test keys: own sequence numbers from
+//!   0, sender header decrypted and its HMAC checked, reply built, T3 taken
+//!   at the last moment and the reply protected (engine module docs).
+//! * STAMP authenticated (RFC 8762 §4.1.1): a [`ListenerEngine`] with the
+//!   HMAC-SHA-256 key: stateless (sequence number copied, reply never
+//!   longer than the request).
 //!
-//! Order of operations per mode (protocol::twamp_test module docs):
-//! * TWAMP authenticated: unprotect (sender role: ECB of block 0, HMAC over
-//!   0–15) → `reflect_twamp` → protect (HMAC over 0–15, ECB) → T3 (in the
-//!   clear, outside the HMAC: taken last);
-//! * TWAMP encrypted: unprotect (CBC over 0–31, HMAC) → `reflect_twamp` →
-//!   T3 → protect (HMAC over 0–95, CBC over 0–95);
-//! * STAMP authenticated: verify HMAC-SHA-256 over 0–95 → `reflect_stamp`
-//!   → TLV framing pass → T3 → HMAC over 0–95.
+//! Rate limits are the XDP program's (token bucket per map entry), so the
+//! engines here are unlimited.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::time::Instant;
 
-use ricochet_protocol::crypto::{
-    CryptoError, PacketRole, SessionKeys, StampHmac, TestKeys, TestProtection,
-};
-use ricochet_protocol::stamp::packet::StampLayout;
-use ricochet_protocol::stamp::reflect::{self as stamp_reflect, ReflectorMode, StampFormat};
-use ricochet_protocol::stamp::tlv::{process_tlvs_in_place, FramingOnly};
-use ricochet_protocol::time::{TimeFormat, Timestamp};
+use ricochet_protocol::time::TimeFormat;
 use ricochet_protocol::twamp_test::{
-    reflect_twamp, reflect_twamp_light, set_t3, AuthSymmetricalMbz, ReflectError, ReflectOctets,
-    ReflectParams, RxMeta, SessionFormat, TestSecurity,
+    AuthSymmetricalMbz, ReflectOctets, RxMeta, SessionFormat, TestSecurity,
 };
+use zeroize::Zeroizing;
 
 use super::stats::DropReason;
-use crate::bpf::{EntryFlags, KeyMaterial, SlotKeys};
-use crate::clock::{now_tai_ns, ClockState};
+use crate::bpf::{EntryFlags, KeyMaterial, SlotKeys, TsSource};
+use crate::clock::{ClockState, Stamp, StampSource, TimeScale};
+use crate::engine::{self, ListenerEngine, SessionEngine};
+use crate::session_table::ListenerKind;
 
-enum Kind {
-    Twamp {
-        keys: TestKeys,
-        protection: TestProtection,
-        format: SessionFormat,
-    },
-    Stamp {
-        hmac: StampHmac,
-        format: TimeFormat,
-    },
+thread_local! {
+    /// The last T3 the engines of this thread took (TAI ns): the poller
+    /// needs it for its T3 → TX statistics, the engine takes it itself.
+    static LAST_T3: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The engines' T3 source on poller threads: `CLOCK_TAI` now, remembered.
+fn t3_now() -> Stamp {
+    let s = Stamp::now();
+    LAST_T3.with(|c| c.set(s.ns));
+    s
+}
+
+enum Engine {
+    Twamp(SessionEngine),
+    Stamp(ListenerEngine),
 }
 
 /// One slot's prepared state.
 pub(crate) struct SecuredSlot {
     /// The generation it was built for.
     pub generation: u32,
-    /// The session instance (sequence numbers restart when it changes).
-    pub instance: u32,
     /// DSCP of the replies; `None` copies the received DSCP.
     pub dscp: Option<u8>,
     /// The only source accepted; `None` for listeners.
     pub sender: Option<SocketAddr>,
-    kind: Kind,
+    /// The map value without its generation: a new generation with the same
+    /// configuration keeps this state (and the sequence counter).
+    config: Zeroizing<Vec<u8>>,
+    engine: Engine,
 }
 
 /// What one reflection produced.
@@ -63,10 +67,17 @@ pub(crate) struct SecuredSlot {
 pub(crate) struct Reflected {
     /// UDP payload length of the reply.
     pub len: usize,
-    /// The reflector sequence number written (stateful) or copied.
+    /// The reflector sequence number of the reply.
     pub seq: u32,
     /// T3, TAI nanoseconds.
     pub t3_tai_ns: u64,
+}
+
+/// The map value of `k` with the generation zeroed.
+fn config_of(k: &SlotKeys) -> Zeroizing<Vec<u8>> {
+    let mut b = k.to_bytes();
+    b[..4].fill(0); // rc_keys.generation
+    b
 }
 
 impl SecuredSlot {
@@ -77,7 +88,11 @@ impl SecuredSlot {
         } else {
             TimeFormat::Ntp
         };
-        let twamp = |keys: &SessionKeys, security, protection| -> Result<Kind, String> {
+        let dscp = k
+            .flags
+            .contains(EntryFlags::SET_DSCP)
+            .then_some(k.dscp & 0x3f);
+        let twamp = |security| -> Result<SessionFormat, String> {
             let symmetrical_size = k.flags.contains(EntryFlags::SYMMETRICAL);
             let auth_symmetrical_mbz = match (symmetrical_size, k.sender_mbz) {
                 (false, _) | (true, 64) => AuthSymmetricalMbz::Octets64,
@@ -88,180 +103,121 @@ impl SecuredSlot {
                     ))
                 }
             };
-            Ok(Kind::Twamp {
-                keys: TestKeys::new(keys),
-                protection,
-                format: SessionFormat {
-                    reflect_octets: k
-                        .flags
-                        .contains(EntryFlags::REFLECT_OCTETS)
-                        .then_some(ReflectOctets {
-                            length: k.reflect_octets,
-                            server_octets: 0,
-                        }),
-                    symmetrical_size,
-                    dscp_ecn_monitoring: k.flags.contains(EntryFlags::DSCP_ECN),
-                    timestamp_format: format,
-                    auth_symmetrical_mbz,
-                    ..SessionFormat::new(security)
-                },
+            Ok(SessionFormat {
+                reflect_octets: k.flags.contains(EntryFlags::REFLECT_OCTETS).then_some(
+                    ReflectOctets {
+                        length: k.reflect_octets,
+                        server_octets: 0,
+                    },
+                ),
+                symmetrical_size,
+                dscp_ecn_monitoring: k.flags.contains(EntryFlags::DSCP_ECN),
+                timestamp_format: format,
+                auth_symmetrical_mbz,
+                ..SessionFormat::new(security)
             })
         };
-        let kind = match &k.keys {
-            KeyMaterial::TwampAuthenticated(keys) => twamp(
-                keys,
-                TestSecurity::Authenticated,
-                TestProtection::Authenticated,
-            )?,
-            KeyMaterial::TwampEncrypted(keys) => {
-                twamp(keys, TestSecurity::Encrypted, TestProtection::Encrypted)?
+        let session = |security, keys| -> Result<Engine, String> {
+            let mut e = SessionEngine::new(twamp(security)?, Some(keys), dscp.unwrap_or(0), 0, 0)
+                .map_err(|e| e.to_string())?;
+            e.set_t3_source(t3_now);
+            e.start();
+            Ok(Engine::Twamp(e))
+        };
+        let engine = match &k.keys {
+            KeyMaterial::TwampAuthenticated(keys) => session(TestSecurity::Authenticated, keys)?,
+            KeyMaterial::TwampEncrypted(keys) => session(TestSecurity::Encrypted, keys)?,
+            KeyMaterial::StampAuthenticated(key) => {
+                let mut e = ListenerEngine::new(
+                    &ListenerKind::StampAuthenticated { key: key.clone() },
+                    0,
+                    0,
+                );
+                e.set_t3_source(t3_now);
+                Engine::Stamp(e)
             }
-            KeyMaterial::StampAuthenticated(key) => Kind::Stamp {
-                hmac: StampHmac::new(&key[..]),
-                format,
-            },
         };
         Ok(SecuredSlot {
             generation: k.generation,
-            instance: k.instance,
-            dscp: k
-                .flags
-                .contains(EntryFlags::SET_DSCP)
-                .then_some(k.dscp & 0x3f),
+            dscp,
             sender: k.sender,
-            kind,
+            config: config_of(k),
+            engine,
         })
     }
 
-    /// Reflects the sender payload `rx` (decrypted in place) into `out`.
-    ///
-    /// `stateful`: a TWAMP-Control / provisioned session (own sequence
-    /// numbers from `next_seq`, called only once the packet is verified);
-    /// otherwise a stateless listener (sequence copied, reply never longer
-    /// than the request). `t2_tai_ns` is the XDP receive time.
+    /// Whether `k` describes this slot's session unchanged (only the
+    /// generation differs): then the state is kept.
+    pub fn same_config(&self, k: &SlotKeys) -> bool {
+        *self.config == *config_of(k)
+    }
+
+    /// Reflects the sender payload `rx` into `out` (distinct buffers).
+    /// `t2_tai_ns` and `source` come from the XDP metadata; `now` is the
+    /// batch time.
     pub fn reflect(
-        &self,
-        rx: &mut [u8],
+        &mut self,
+        rx: &[u8],
         meta: RxMeta,
         t2_tai_ns: u64,
+        source: TsSource,
         clock: &ClockState,
-        stateful: bool,
-        next_seq: impl FnOnce() -> u32,
+        now: Instant,
         out: &mut [u8],
     ) -> Result<Reflected, DropReason> {
-        let offset = clock.tai_offset();
-        let max_len = if stateful { out.len() } else { rx.len() };
-        match &self.kind {
-            Kind::Twamp {
-                keys,
-                protection,
-                format,
-            } => {
-                keys.unprotect(PacketRole::Sender, *protection, rx)
-                    .map_err(crypto_drop)?;
-                let seq = if stateful { next_seq() } else { rx_seq(rx) };
-                let params = ReflectParams {
-                    seq,
-                    t2: format.encode_timestamp(t2_tai_ns, offset),
-                    error_estimate: clock.error_estimate(format.timestamp_format),
-                    max_len,
-                };
-                let len = if stateful {
-                    reflect_twamp(format, rx, &meta, &params, out)
-                } else {
-                    reflect_twamp_light(format, rx, &meta, &params, out)
-                }
-                .map_err(reflect_drop)?;
-                let reply = &mut out[..len];
-                let t3 = match protection {
-                    TestProtection::Authenticated => {
-                        keys.protect(PacketRole::Reflector, *protection, reply)
-                            .map_err(crypto_drop)?;
-                        let t3 = now_tai_ns();
-                        set_t3(reply, format, format.encode_timestamp(t3, offset))
-                            .map_err(reflect_drop)?;
-                        t3
-                    }
-                    TestProtection::Encrypted => {
-                        let t3 = now_tai_ns();
-                        set_t3(reply, format, format.encode_timestamp(t3, offset))
-                            .map_err(reflect_drop)?;
-                        keys.protect(PacketRole::Reflector, *protection, reply)
-                            .map_err(crypto_drop)?;
-                        t3
-                    }
-                };
-                Ok(Reflected {
-                    len,
-                    seq,
-                    t3_tai_ns: t3,
-                })
+        let t2 = Stamp {
+            ns: t2_tai_ns,
+            scale: TimeScale::Tai,
+            source: match source {
+                TsSource::Nic => StampSource::NicHardware,
+                TsSource::KernelTai => StampSource::KernelSoftware,
+            },
+        };
+        LAST_T3.with(|c| c.set(0));
+        let (len, seq) = match &mut self.engine {
+            Engine::Twamp(e) => {
+                let seq = e.next_seq();
+                let len = e
+                    .reflect_at(rx, meta, t2, clock, now, out)
+                    .map_err(engine_drop)?;
+                (len, seq)
             }
-            Kind::Stamp { hmac, format } => {
-                hmac.verify_packet(rx).map_err(crypto_drop)?;
-                let fmt = StampFormat {
-                    layout: StampLayout::Authenticated,
-                    mode: if stateful {
-                        ReflectorMode::Stateful
-                    } else {
-                        ReflectorMode::Stateless
-                    },
-                    timestamp_format: *format,
-                };
-                let seq = if stateful { next_seq() } else { rx_seq(rx) };
-                let enc = |ns| Timestamp::from_tai_ns(ns, offset, *format).to_bytes();
-                let params = ReflectParams {
-                    seq,
-                    t2: enc(t2_tai_ns),
-                    error_estimate: clock.error_estimate(*format),
-                    max_len,
-                };
-                let len = stamp_reflect::reflect_stamp(&fmt, rx, &meta, &params, out)
-                    .map_err(reflect_drop)?;
-                let reply = &mut out[..len];
-                // RFC 8972 §4: TLVs are flagged (U for types not handled
-                // here) but never grow the reply.
-                process_tlvs_in_place(&mut reply[fmt.base_len()..], &mut FramingOnly);
-                let t3 = now_tai_ns();
-                stamp_reflect::set_t3(reply, &fmt, enc(t3)).map_err(reflect_drop)?;
-                hmac.seal_packet(reply).map_err(crypto_drop)?;
-                Ok(Reflected {
-                    len,
-                    seq,
-                    t3_tai_ns: t3,
-                })
+            Engine::Stamp(e) => {
+                let len = e
+                    .reflect_at(rx, meta, t2, clock, now, out)
+                    .map_err(engine_drop)?;
+                let seq = rx
+                    .get(..4)
+                    .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                (len, seq)
             }
-        }
+        };
+        Ok(Reflected {
+            len,
+            seq,
+            t3_tai_ns: LAST_T3.with(Cell::get),
+        })
     }
 }
 
-/// The sender's sequence number (octets 0–3, plaintext after unprotect).
-fn rx_seq(rx: &[u8]) -> u32 {
-    match rx.get(..4) {
-        Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-        None => 0,
-    }
-}
-
-fn crypto_drop(e: CryptoError) -> DropReason {
+fn engine_drop(e: engine::DropReason) -> DropReason {
     match e {
-        CryptoError::Wire(_) => DropReason::TooShort,
-        _ => DropReason::BadHmac,
-    }
-}
-
-fn reflect_drop(e: ReflectError) -> DropReason {
-    match e {
-        ReflectError::TooShort { .. } => DropReason::TooShort,
-        ReflectError::TooLong { .. } | ReflectError::BufferTooSmall { .. } => DropReason::NoRoom,
+        engine::DropReason::TooShort => DropReason::TooShort,
+        engine::DropReason::BadHmac => DropReason::BadHmac,
+        engine::DropReason::WrongSource => DropReason::WrongSource,
+        engine::DropReason::TooLong | engine::DropReason::BufferTooSmall => DropReason::NoRoom,
+        engine::DropReason::NotStarted
+        | engine::DropReason::Expired
+        | engine::DropReason::RateLimited => DropReason::Refused,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{ClockSource, LeapState};
-    use ricochet_protocol::twamp_test::{ReflectorPacket, ReflectorLayout};
+    use crate::clock::{now_tai_ns, ClockSource, LeapState};
+    use ricochet_protocol::crypto::{PacketRole, SessionKeys, StampHmac, TestKeys, TestProtection};
+    use ricochet_protocol::twamp_test::{ReflectorLayout, ReflectorPacket};
 
     fn clock() -> ClockState {
         ClockState {
@@ -275,18 +231,17 @@ mod tests {
         }
     }
 
-    fn slot(keys: KeyMaterial) -> SecuredSlot {
-        SecuredSlot::new(&SlotKeys {
-            generation: 1,
+    fn keys(material: KeyMaterial, generation: u32) -> SlotKeys {
+        SlotKeys {
+            generation,
             instance: 1,
-            keys,
+            keys: material,
             flags: EntryFlags::empty(),
             dscp: 0,
             reflect_octets: 0,
             sender_mbz: 0,
             sender: None,
-        })
-        .unwrap()
+        }
     }
 
     fn sk() -> SessionKeys {
@@ -297,60 +252,77 @@ mod tests {
     }
 
     #[test]
-    fn encrypted_round_trip_and_tamper() {
-        let s = slot(KeyMaterial::TwampEncrypted(sk()));
-        let keys = TestKeys::new(&sk());
+    fn encrypted_through_the_engine_with_t3_and_sequence() {
+        let mut s = SecuredSlot::new(&keys(KeyMaterial::TwampEncrypted(sk()), 1)).unwrap();
+        let tk = TestKeys::new(&sk());
         let mut tx = vec![0u8; 48 + 64];
         tx[..4].copy_from_slice(&17u32.to_be_bytes());
-        tx[16..24].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
-        tx[24..26].copy_from_slice(&0x8001u16.to_be_bytes());
-        keys.protect(PacketRole::Sender, TestProtection::Encrypted, &mut tx)
+        tk.protect(PacketRole::Sender, TestProtection::Encrypted, &mut tx)
             .unwrap();
         let mut out = vec![0u8; 1500];
         let meta = RxMeta { ttl: 63, tos: 0 };
         let t2 = now_tai_ns();
-        let r = s
-            .reflect(&mut tx.clone(), meta, t2, &clock(), true, || 5, &mut out)
-            .unwrap();
-        assert_eq!((r.len, r.seq), (112, 5), "48 + 64 padding → 112, truncated");
-        assert!(r.t3_tai_ns >= t2);
-        let mut reply = out[..r.len].to_vec();
-        keys.unprotect(PacketRole::Reflector, TestProtection::Encrypted, &mut reply)
-            .unwrap();
-        let p = ReflectorPacket::new_checked(&reply[..], ReflectorLayout::AUTHENTICATED).unwrap();
-        assert_eq!(p.sequence_number(), 5);
-        assert_eq!(p.sender_sequence_number(), 17);
-        assert_eq!(p.sender_timestamp(), [1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(p.sender_ttl(), 63);
-
+        let now = Instant::now();
+        for want_seq in 0..2 {
+            let r = s
+                .reflect(&tx, meta, t2, TsSource::KernelTai, &clock(), now, &mut out)
+                .unwrap();
+            assert_eq!((r.len, r.seq), (112, want_seq));
+            assert!(r.t3_tai_ns >= t2, "T3 recorded from the engine's clock");
+            let mut reply = out[..r.len].to_vec();
+            tk.unprotect(PacketRole::Reflector, TestProtection::Encrypted, &mut reply)
+                .unwrap();
+            let p =
+                ReflectorPacket::new_checked(&reply[..], ReflectorLayout::AUTHENTICATED).unwrap();
+            assert_eq!(
+                (p.sequence_number(), p.sender_sequence_number()),
+                (want_seq, 17)
+            );
+        }
         let mut bad = tx.clone();
-        bad[40] ^= 1; // the HMAC
-        let called = std::cell::Cell::new(false);
+        bad[40] ^= 1;
         assert_eq!(
-            s.reflect(&mut bad, meta, t2, &clock(), true, || {
-                called.set(true);
-                0
-            }, &mut out),
+            s.reflect(&bad, meta, t2, TsSource::KernelTai, &clock(), now, &mut out),
             Err(DropReason::BadHmac)
         );
-        assert!(!called.get(), "no sequence number for a dropped packet");
         assert_eq!(
-            s.reflect(&mut tx[..47].to_vec(), meta, t2, &clock(), true, || 0, &mut out),
+            s.reflect(
+                &tx[..47],
+                meta,
+                t2,
+                TsSource::KernelTai,
+                &clock(),
+                now,
+                &mut out
+            ),
             Err(DropReason::TooShort)
         );
+        // a new generation of the same configuration keeps the state
+        assert!(s.same_config(&keys(KeyMaterial::TwampEncrypted(sk()), 2)));
+        assert!(!s.same_config(&keys(KeyMaterial::TwampAuthenticated(sk()), 2)));
     }
 
     #[test]
-    fn stamp_stateless_copies_sequence_and_never_grows() {
+    fn stamp_listener_copies_sequence() {
         let key = [3u8; 32];
-        let s = slot(KeyMaterial::StampAuthenticated(zeroize::Zeroizing::new(key)));
+        let material = KeyMaterial::StampAuthenticated(Zeroizing::new(key));
+        let mut s = SecuredSlot::new(&keys(material, 1)).unwrap();
         let h = StampHmac::new(&key);
         let mut tx = vec![0u8; 112];
         tx[..4].copy_from_slice(&99u32.to_be_bytes());
         h.seal_packet(&mut tx).unwrap();
         let mut out = vec![0u8; 1500];
+        let meta = RxMeta { ttl: 255, tos: 0 };
         let r = s
-            .reflect(&mut tx, RxMeta { ttl: 255, tos: 0 }, 1, &clock(), false, || unreachable!(), &mut out)
+            .reflect(
+                &tx,
+                meta,
+                1,
+                TsSource::Nic,
+                &clock(),
+                Instant::now(),
+                &mut out,
+            )
             .unwrap();
         assert_eq!((r.len, r.seq), (112, 99));
         h.verify_packet(&out[..112]).unwrap();
@@ -359,16 +331,9 @@ mod tests {
 
     #[test]
     fn bad_symmetrical_mbz_is_refused() {
-        let r = SecuredSlot::new(&SlotKeys {
-            generation: 1,
-            instance: 1,
-            keys: KeyMaterial::TwampAuthenticated(sk()),
-            flags: EntryFlags::SYMMETRICAL,
-            dscp: 0,
-            reflect_octets: 0,
-            sender_mbz: 27,
-            sender: None,
-        });
-        assert!(r.is_err());
+        let mut k = keys(KeyMaterial::TwampAuthenticated(sk()), 1);
+        k.flags = EntryFlags::SYMMETRICAL;
+        k.sender_mbz = 27;
+        assert!(SecuredSlot::new(&k).is_err());
     }
 }

@@ -167,15 +167,8 @@ fn getsockopt<T: Copy>(fd: BorrowedFd<'_>, level: i32, name: i32, v: &mut T) -> 
     // SAFETY: `v` is a live, exclusively borrowed value of `len` octets
     // (plain C data for which any bytes are valid); the kernel writes at
     // most `len` octets and updates `len`.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (v as *mut T).cast(),
-            &mut len,
-        )
-    };
+    let r =
+        unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (v as *mut T).cast(), &mut len) };
     if r == 0 {
         Ok(len as usize)
     } else {

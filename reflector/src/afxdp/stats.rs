@@ -16,8 +16,10 @@ impl Counter {
     /// Adds `n` (only the owning poller calls this).
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// Sets the value (gauges, last values).
@@ -56,11 +58,14 @@ pub enum DropReason {
     NoRoom,
     /// The TX ring was full.
     TxRingFull,
+    /// Refused by the session engine (not started, expired, rate limited:
+    /// states the XDP program normally filters first).
+    Refused,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     /// All reasons in index order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::BadMetadata,
@@ -73,6 +78,7 @@ impl DropReason {
         DropReason::BadHmac,
         DropReason::NoRoom,
         DropReason::TxRingFull,
+        DropReason::Refused,
     ];
 
     /// A stable name for metrics.
@@ -88,6 +94,7 @@ impl DropReason {
             DropReason::BadHmac => "bad_hmac",
             DropReason::NoRoom => "no_room",
             DropReason::TxRingFull => "tx_ring_full",
+            DropReason::Refused => "refused",
         }
     }
 }
@@ -382,48 +389,6 @@ impl StatsSnapshot {
     }
 }
 
-/// The reflector's own sequence numbers per slot (RFC 5357 §4.2.1: a
-/// per-session counter from 0, +1 per packet transmitted), shared by every
-/// poller so that a session keeps one numbering even if its packets move
-/// between queues. Each entry packs the slot's instance (high 32 bits) and
-/// the next number (low 32): a new instance restarts at 0.
-#[derive(Debug)]
-pub struct SeqTable {
-    next: Box<[AtomicU64]>,
-}
-
-impl Default for SeqTable {
-    fn default() -> Self {
-        SeqTable {
-            next: (0..MAX_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-}
-
-impl SeqTable {
-    /// Takes the next sequence number of `slot` for session `instance`.
-    /// Out-of-range slots get 0 (the caller has checked the slot).
-    #[inline]
-    pub fn next(&self, slot: u32, instance: u32) -> u32 {
-        let Some(cell) = self.next.get(slot as usize) else {
-            return 0;
-        };
-        let mut cur = cell.load(Ordering::Relaxed);
-        loop {
-            let (seq, new) = if (cur >> 32) as u32 == instance {
-                let seq = cur as u32;
-                (seq, (cur & !0xffff_ffff) | u64::from(seq.wrapping_add(1)))
-            } else {
-                (0, (u64::from(instance) << 32) | 1)
-            };
-            match cell.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return seq,
-                Err(now) => cur = now,
-            }
-        }
-    }
-}
-
 /// The last transmission of a slot: the reflector sequence number and its
 /// TX timestamp (for RFC 8972 §4.7 Follow-Up Telemetry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -494,7 +459,20 @@ mod tests {
 
     #[test]
     fn histogram_buckets_bound_values_within_an_eighth() {
-        for v in [0u64, 1, 7, 8, 9, 15, 16, 100, 1000, 123_456, 1 << 40, u64::MAX] {
+        for v in [
+            0u64,
+            1,
+            7,
+            8,
+            9,
+            15,
+            16,
+            100,
+            1000,
+            123_456,
+            1 << 40,
+            u64::MAX,
+        ] {
             let b = bucket_of(v);
             let hi = bucket_max(b);
             assert!(hi >= v, "{v} -> bucket {b} max {hi}");
@@ -522,21 +500,17 @@ mod tests {
     }
 
     #[test]
-    fn sequence_numbers_per_instance() {
-        let t = SeqTable::default();
-        assert_eq!((t.next(5, 1), t.next(5, 1), t.next(5, 1)), (0, 1, 2));
-        assert_eq!(t.next(6, 1), 0, "slots are independent");
-        assert_eq!(t.next(5, 2), 0, "a new session restarts at 0");
-        assert_eq!(t.next(5, 2), 1);
-        assert_eq!(t.next(MAX_SLOTS, 1), 0);
-    }
-
-    #[test]
     fn tx_stamps_per_slot() {
         let t = TxStampTable::default();
         assert_eq!(t.last(3), None);
         t.record(3, 9, 1234);
-        assert_eq!(t.last(3), Some(LastTx { seq: 9, tx_ns: 1234 }));
+        assert_eq!(
+            t.last(3),
+            Some(LastTx {
+                seq: 9,
+                tx_ns: 1234
+            })
+        );
         assert_eq!(t.last(4), None);
         assert_eq!(t.last(MAX_SLOTS), None);
     }

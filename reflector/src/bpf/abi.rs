@@ -414,8 +414,10 @@ pub struct SlotKeys {
     /// The generation of the `sessions`/`listeners` entry this state
     /// belongs to ([`EntryConfig::generation`]).
     pub generation: u32,
-    /// A new value for every new session in the slot; the reflector's own
-    /// sequence number restarts at 0 when it changes (RFC 5357 §4.2.1).
+    /// A new value for every new session in the slot. A new generation
+    /// with the same instance and otherwise identical values keeps the
+    /// pollers' session state (the reflector's own sequence counter,
+    /// RFC 5357 §4.2.1); any other change rebuilds it from 0.
     pub instance: u32,
     /// Protection and keys.
     pub keys: KeyMaterial,
@@ -453,7 +455,11 @@ impl SlotKeys {
         );
         b[offset_of!(RawKeys, mode)] = self.keys.mode();
         b[offset_of!(RawKeys, dscp)] = self.dscp & 0x3f;
-        put(&mut b, offset_of!(RawKeys, flags), &self.flags.0.to_ne_bytes());
+        put(
+            &mut b,
+            offset_of!(RawKeys, flags),
+            &self.flags.0.to_ne_bytes(),
+        );
         put(
             &mut b,
             offset_of!(RawKeys, reflect_octets),
@@ -1176,7 +1182,10 @@ mod tests {
         assert_eq!(b[8], 2, "RC_KEYS_TWAMP_ENC");
         assert_eq!(b[9], 46);
         assert_eq!(b[15], 6, "sender family");
-        assert_eq!(&b[16..32], &"2001:2::1".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(
+            &b[16..32],
+            &"2001:2::1".parse::<Ipv6Addr>().unwrap().octets()
+        );
         assert_eq!(&b[32..34], &40000u16.to_be_bytes());
         assert_eq!(&b[36..52], &[0x11; 16], "AES key first (Token order)");
         assert_eq!(&b[52..84], &[0x22; 32]);

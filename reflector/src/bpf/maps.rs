@@ -14,14 +14,7 @@ use super::abi::{
 use super::BpfError;
 
 /// Names of the maps that are pinned (file names under the pin directory).
-pub const PINNED_MAPS: [&str; 6] = [
-    "sessions",
-    "listeners",
-    "clock",
-    "counters",
-    "xsks",
-    "keys",
-];
+pub const PINNED_MAPS: [&str; 6] = ["sessions", "listeners", "clock", "counters", "xsks", "keys"];
 
 /// Handles on the shared maps.
 #[derive(Debug)]
