@@ -23,6 +23,7 @@ use ricochet_protocol::twamp_test::RxMeta;
 
 use super::cache::KeyCache;
 use super::frame;
+use super::secured::t2_stamp;
 use super::socket::{TxMetadataSupport, XskConfig, XskSocket};
 use super::stats::{DropReason, PollerStats, StatsSnapshot, TxStampTable, TxTimestamping};
 use super::umem::Frame;
@@ -591,8 +592,7 @@ impl Worker {
                 ttl: p.ttl,
                 tos: p.tos,
             },
-            meta.rx_ts_ns,
-            ts_source,
+            t2_stamp(meta.rx_ts_ns, ts_source),
             clock,
             batch_start,
             &mut room[p.payload_off..],

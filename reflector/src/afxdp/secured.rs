@@ -153,26 +153,17 @@ impl SecuredSlot {
     }
 
     /// Reflects the sender payload `rx` into `out` (distinct buffers).
-    /// `t2_tai_ns` and `source` come from the XDP metadata; `now` is the
-    /// batch time.
+    /// `t2` comes from the XDP metadata ([`t2_stamp`]); `now` is the batch
+    /// time.
     pub fn reflect(
         &mut self,
         rx: &[u8],
         meta: RxMeta,
-        t2_tai_ns: u64,
-        source: TsSource,
+        t2: Stamp,
         clock: &ClockState,
         now: Instant,
         out: &mut [u8],
     ) -> Result<Reflected, DropReason> {
-        let t2 = Stamp {
-            ns: t2_tai_ns,
-            scale: TimeScale::Tai,
-            source: match source {
-                TsSource::Nic => StampSource::NicHardware,
-                TsSource::KernelTai => StampSource::KernelSoftware,
-            },
-        };
         LAST_T3.with(|c| c.set(0));
         let (len, seq) = match &mut self.engine {
             Engine::Twamp(e) => {
@@ -197,6 +188,19 @@ impl SecuredSlot {
             seq,
             t3_tai_ns: LAST_T3.with(Cell::get),
         })
+    }
+}
+
+/// T2 as the XDP metadata gives it: TAI nanoseconds from the kernel's TAI
+/// clock at XDP entry or from the NIC (`rc_xdp_meta.ts_source`).
+pub(crate) fn t2_stamp(tai_ns: u64, source: TsSource) -> Stamp {
+    Stamp {
+        ns: tai_ns,
+        scale: TimeScale::Tai,
+        source: match source {
+            TsSource::Nic => StampSource::NicHardware,
+            TsSource::KernelTai => StampSource::KernelSoftware,
+        },
     }
 }
 
@@ -265,7 +269,14 @@ mod tests {
         let now = Instant::now();
         for want_seq in 0..2 {
             let r = s
-                .reflect(&tx, meta, t2, TsSource::KernelTai, &clock(), now, &mut out)
+                .reflect(
+                    &tx,
+                    meta,
+                    t2_stamp(t2, TsSource::KernelTai),
+                    &clock(),
+                    now,
+                    &mut out,
+                )
                 .unwrap();
             assert_eq!((r.len, r.seq), (112, want_seq));
             assert!(r.t3_tai_ns >= t2, "T3 recorded from the engine's clock");
@@ -282,15 +293,21 @@ mod tests {
         let mut bad = tx.clone();
         bad[40] ^= 1;
         assert_eq!(
-            s.reflect(&bad, meta, t2, TsSource::KernelTai, &clock(), now, &mut out),
+            s.reflect(
+                &bad,
+                meta,
+                t2_stamp(t2, TsSource::KernelTai),
+                &clock(),
+                now,
+                &mut out
+            ),
             Err(DropReason::BadHmac)
         );
         assert_eq!(
             s.reflect(
                 &tx[..47],
                 meta,
-                t2,
-                TsSource::KernelTai,
+                t2_stamp(t2, TsSource::KernelTai),
                 &clock(),
                 now,
                 &mut out
@@ -317,8 +334,7 @@ mod tests {
             .reflect(
                 &tx,
                 meta,
-                1,
-                TsSource::Nic,
+                t2_stamp(1, TsSource::Nic),
                 &clock(),
                 Instant::now(),
                 &mut out,

@@ -68,8 +68,8 @@ impl Mmap {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::Other, "mmap returned NULL"))?;
+        let ptr =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
         Ok(Mmap { ptr, len })
     }
 
@@ -129,16 +129,31 @@ impl Frame {
 
     /// Places the packet at `off..off + len` of the chunk. `chunk_size` is
     /// the UMEM's frame size; fails if the packet would not fit.
-    pub fn set_packet(&mut self, off: usize, len: usize, chunk_size: u32) -> Result<(), ()> {
+    pub fn set_packet(
+        &mut self,
+        off: usize,
+        len: usize,
+        chunk_size: u32,
+    ) -> Result<(), OutsideFrame> {
         match off.checked_add(len) {
             Some(end) if end <= chunk_size as usize => {
                 self.off = off as u32;
                 self.len = len as u32;
                 Ok(())
             }
-            _ => Err(()),
+            _ => Err(OutsideFrame { off, len }),
         }
     }
+}
+
+/// A packet placement that does not fit its frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("packet at {off}+{len} does not fit the frame")]
+pub struct OutsideFrame {
+    /// Requested offset.
+    pub off: usize,
+    /// Requested length.
+    pub len: usize,
 }
 
 /// The UMEM of one socket.
