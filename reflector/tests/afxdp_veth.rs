@@ -27,12 +27,12 @@ use ricochet_protocol::twamp_test::{
     ReflectorLayout, ReflectorPacket, SenderPacket, SenderRepr, TestLayout,
 };
 use ricochet_reflector::afxdp::{
-    DropReason, Poller, PollerConfig, PollerMode, PollerShared, StatsSnapshot, TxTimestamping,
-    WaitMode,
+    BindMode, DropReason, Poller, PollerConfig, PollerMode, PollerShared, StatsSnapshot,
+    TxTimestamping, WaitMode,
 };
 use ricochet_reflector::bpf::{
-    ifindex, AttachMode, Counter, EntryConfig, EntryFlags, KeyMaterial, ListenerKey, Mode,
-    SessionKey, SlotKeys,
+    ifindex, AttachMode, Counter, EntryConfig, EntryFlags, KeyMaterial, KeysReader, ListenerKey,
+    Mode, SessionKey, SlotKeys, MAX_SLOTS,
 };
 use ricochet_reflector::clock::{now_utc_ns, ClockCell, ClockState};
 use ricochet_testkit::lab::{Lab, Side};
@@ -562,7 +562,14 @@ fn echo_mode_echoes() {
         let _att = prog.attach(idx, AttachMode::Native).unwrap();
         let mut cfg = PollerConfig::new(idx, 0);
         cfg.mode = PollerMode::Echo;
+        // veth has no AF_XDP zero-copy: asking for it is an error, not a
+        // silent copy-mode socket
+        let mut zc = cfg.clone();
+        zc.xsk.bind = BindMode::ZeroCopy;
+        let err = Poller::spawn(zc, prog.maps(), &shared()).expect_err("zero-copy on veth");
+        assert!(err.to_string().contains("ZeroCopy"), "{err}");
         let poller = Poller::spawn(cfg, prog.maps(), &shared()).unwrap();
+        assert!(!poller.stats().zero_copy);
         for len in [1usize, 14, 333, 1400] {
             let payload: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
             let (reply, _, _) = exchange(&sock, reflector(false), &payload).expect("echo");
@@ -648,4 +655,30 @@ fn throughput_echo_and_authenticated() {
             );
         });
     }
+}
+
+/// The `keys` map through the kernel: written, read back from the pins by
+/// a poller's reader, cleared; slots out of range are refused.
+#[test]
+fn keys_map_round_trip_through_the_pins() {
+    if skip() {
+        return;
+    }
+    let prog = load();
+    let m = prog.maps();
+    let sender = sender_addr(true, 40000);
+    let k = SlotKeys {
+        flags: EntryFlags::PTP | EntryFlags::SET_DSCP,
+        dscp: 46,
+        ..slot_keys(7, KeyMaterial::TwampEncrypted(test_keys(5)), sender)
+    };
+    m.write_keys(12, &k).unwrap();
+    let reader = KeysReader::open_pinned(prog.pin_dir()).expect("keys map is pinned");
+    let back = reader.read(12).unwrap().expect("slot 12 written");
+    assert_eq!(back.to_bytes(), k.to_bytes());
+    assert!(reader.read(13).unwrap().is_none(), "unused slot");
+    m.clear_keys(12).unwrap();
+    assert!(m.read_keys(12).unwrap().is_none(), "cleared");
+    assert!(m.write_keys(MAX_SLOTS, &k).is_err());
+    assert!(m.read_keys(MAX_SLOTS - 1).unwrap().is_none());
 }

@@ -33,7 +33,7 @@ pub mod socket;
 pub mod stats;
 pub mod umem;
 
-pub use poller::{Poller, PollerConfig, PollerMode, PollerShared, WaitMode};
+pub use poller::{parse_core_list, Poller, PollerConfig, PollerMode, PollerShared, WaitMode};
 pub use socket::{
     BindMode, BusyPoll, TxMetadataSupport, XdpStatistics, XskConfig, XskSocket, TX_METADATA_LEN,
 };

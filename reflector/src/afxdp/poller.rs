@@ -101,6 +101,33 @@ impl PollerShared {
     }
 }
 
+/// Parses a core list such as `2,4-6` (the `--cores` option: one core per
+/// queue, in queue order) into core indices.
+pub fn parse_core_list(list: &str) -> Result<Vec<usize>, String> {
+    let mut cores = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let num = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("bad core number {s:?} in {list:?}"))
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b || b - a >= 4096 {
+                    return Err(format!("bad core range {part:?}"));
+                }
+                cores.extend(a..=b);
+            }
+            None => cores.push(num(part)?),
+        }
+    }
+    if cores.is_empty() {
+        return Err(format!("empty core list {list:?}"));
+    }
+    Ok(cores)
+}
+
 /// A running poller thread; stopped (and joined) on [`Poller::stop`] or
 /// drop. Closing its socket removes it from the `xsks` map.
 pub struct Poller {
@@ -312,7 +339,9 @@ impl Worker {
         while !self.stop.load(Ordering::Relaxed) {
             let busy = self.step();
             iterations = iterations.wrapping_add(1);
-            if iterations % 1024 == 0 && last_kernel_stats.elapsed() >= Duration::from_secs(1) {
+            if (!busy || iterations % 1024 == 0)
+                && last_kernel_stats.elapsed() >= Duration::from_secs(1)
+            {
                 last_kernel_stats = Instant::now();
                 self.kernel_stats();
             }
@@ -628,4 +657,36 @@ fn request_tx_timestamp(chunk: &mut [u8], start: usize, md_len: usize) -> Result
     md[..8].copy_from_slice(&u64::from(libc::XDP_TXMD_FLAGS_TIMESTAMP).to_ne_bytes());
     md[8..].fill(0);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_lists() {
+        assert_eq!(parse_core_list("2,4-6, 9").unwrap(), vec![2, 4, 5, 6, 9]);
+        assert_eq!(parse_core_list("0").unwrap(), vec![0]);
+        for bad in ["", "x", "3-1", "1-", "-2", "1,,a"] {
+            assert!(parse_core_list(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tx_metadata_is_written_in_front_of_the_packet() {
+        let mut chunk = [0xffu8; 64];
+        request_tx_timestamp(&mut chunk, 32, 16).unwrap();
+        assert_eq!(
+            &chunk[16..24],
+            &1u64.to_ne_bytes(),
+            "XDP_TXMD_FLAGS_TIMESTAMP"
+        );
+        assert_eq!(&chunk[24..32], &[0; 8], "completion slot cleared");
+        assert_eq!(chunk[15], 0xff);
+        assert_eq!(chunk[32], 0xff);
+        assert!(request_tx_timestamp(&mut chunk, 8, 16).is_err());
+        let before = chunk;
+        request_tx_timestamp(&mut chunk, 8, 0).unwrap();
+        assert_eq!(chunk, before, "nothing without TX metadata");
+    }
 }
