@@ -216,7 +216,10 @@ impl<T: Copy> RingMem<T> {
         let words = heap.words.as_ptr();
         // SAFETY: HeapRing::new laid out producer, consumer and flags as the
         // first three u64 words and `size` descriptors (u64-aligned) after
-        // them; the Arc keeps the allocation alive.
+        // them; the words are atomics (interior mutability), so writing
+        // through pointers derived from a shared reference is allowed; the
+        // Arc keeps the allocation alive. Index and flags words are used
+        // through their first 4 octets, as HeapRing::word does.
         unsafe {
             RingMem {
                 producer: NonNull::new_unchecked(words.cast_mut().cast()),
@@ -401,7 +404,9 @@ impl<T: Copy> ConsumerRing<T> {
 /// drive the same [`ProducerRing`]/[`ConsumerRing`] code the sockets use,
 /// with one side playing the kernel.
 pub struct HeapRing {
-    words: Box<[u64]>,
+    /// Atomics so that both sides may write through shared references
+    /// (interior mutability, as the kernel's mapping has).
+    words: Box<[std::sync::atomic::AtomicU64]>,
     size: u32,
     desc_size: usize,
 }
@@ -414,22 +419,32 @@ impl HeapRing {
         assert!(size.is_power_of_two(), "ring size must be a power of two");
         let desc_size = std::mem::size_of::<T>();
         assert!(desc_size % 8 == 0 && desc_size <= 16 && std::mem::align_of::<T>() <= 8);
-        let mut words = vec![0u64; 3 + size as usize * desc_size / 8].into_boxed_slice();
-        words[0] = u64::from(start);
-        words[1] = u64::from(start);
-        Arc::new(HeapRing {
+        let words: Box<[std::sync::atomic::AtomicU64]> = (0..3 + size as usize * desc_size / 8)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect();
+        let ring = HeapRing {
             words,
             size,
             desc_size,
-        })
+        };
+        ring.word(0).store(start, Ordering::Relaxed);
+        ring.word(1).store(start, Ordering::Relaxed);
+        Arc::new(ring)
+    }
+
+    /// Word `i` (0 producer, 1 consumer, 2 flags) as the rings see it.
+    fn word(&self, i: usize) -> &AtomicU32 {
+        assert!(i < 3);
+        // SAFETY: words 0–2 are live atomics inside the boxed slice; their
+        // first 4 octets viewed as AtomicU32 (u64 alignment covers u32) are
+        // exactly what RingMem::from_heap points the rings at.
+        unsafe { &*self.words.as_ptr().add(i).cast::<AtomicU32>() }
     }
 
     /// Sets or clears `XDP_RING_NEED_WAKEUP` as the kernel would.
     pub fn set_need_wakeup(&self, on: bool) {
-        // SAFETY: word 2 is the flags word, a live u32 inside the boxed
-        // slice; AtomicU32 has the layout of u32 and u64 alignment covers it.
-        let flags = unsafe { &*self.words.as_ptr().add(2).cast::<AtomicU32>() };
-        flags.store(if on { NEED_WAKEUP } else { 0 }, Ordering::Release);
+        self.word(2)
+            .store(if on { NEED_WAKEUP } else { 0 }, Ordering::Release);
     }
 }
 
