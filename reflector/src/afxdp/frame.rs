@@ -625,6 +625,44 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Any parsable request (IPv4 with 0–40 octets of options and 0–2
+        /// VLAN tags, or IPv6 with or without an extension header) becomes
+        /// a reply that parses back with addresses and ports swapped, TTL
+        /// 255, the requested DSCP and checksums that verify.
+        #[test]
+        fn any_reply_is_consistent(
+            v6 in proptest::bool::ANY,
+            opt_words in 0usize..=10,
+            vlans in 0usize..=2,
+            req_len in 0usize..300,
+            reply_len in 0usize..400,
+            dscp in 0u8..64,
+        ) {
+            let payload = vec![0x3c; req_len];
+            let f = if v6 {
+                frame_v6(opt_words % 2 == 1, &payload)
+            } else {
+                frame_v4(&vec![1u8; opt_words * 4], vlans, &payload, 0x03, 9)
+            };
+            let p = parse(&f).unwrap();
+            let mut room = f.clone();
+            room.resize(p.payload_off + reply_len.max(req_len) + 64, 0x77);
+            let (start, len) = build_reply(&mut room, &p, reply_len, dscp).unwrap();
+            let r = &room[start..start + len];
+            let q = parse(r).unwrap();
+            proptest::prop_assert_eq!(
+                (q.src, q.dst, q.sport, q.dport),
+                (p.dst, p.src, p.dport, p.sport)
+            );
+            proptest::prop_assert_eq!((q.ttl, q.tos, q.opt_len), (255, dscp << 2, 0));
+            proptest::prop_assert_eq!(q.payload_len, reply_len);
+            proptest::prop_assert_eq!(q.payload_off, p.payload_off - p.opt_len);
+            check_udp(r, q.l3_off, v6);
+            if !v6 {
+                proptest::prop_assert_eq!(naive_sum(&r[q.l3_off..q.l4_off]), 0xffff);
+            }
+        }
+
         #[test]
         fn ones_sum_matches_naive(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
             proptest::prop_assert_eq!(u32::from(fold(ones_sum(&data, 0))), naive_sum(&data));
