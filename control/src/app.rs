@@ -1,45 +1,52 @@
-//! The daemon: configuration, logging, metrics endpoint and the control loop
-//! wired together (what `main` runs).
+//! The daemon: configuration, key sources, data plane, logging, metrics
+//! endpoint and the control loop wired together (what `main` runs).
+//!
+//! Start-up order: configuration → key sources (the key file must be private,
+//! see [`crate::keys`]) → `--check-config` stops here → logging → data plane
+//! ([`data_plane`]) → listeners and metrics endpoint ([`Daemon::start`]) →
+//! loop. Any failure before the loop exits with status 1 and a message that
+//! says what to change.
 
 use std::io;
-use std::path::Path;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
+
+use ricochet_protocol::modes::Modes;
+use ricochet_protocol::server::ServerConfig;
+use ricochet_protocol::time::NtpTimestamp;
+use ricochet_protocol::twamp_test::SessionFormat;
+use ricochet_reflector::session_table::SessionTable;
 
 use crate::cli::Cli;
-use crate::config::Config;
+use crate::config::{Config, DataPlaneKind};
 use crate::event_loop::{
-    Action, Activity, ConnInfo, ConnectionHandler, Context, HandlerFactory, LoopSettings, Reload,
-    Server,
+    ConnInfo, Context, HandlerFactory, LoopSettings, Reload, Server, StopHandle,
 };
+use crate::keys::{Keys, StaticKeys};
 use crate::logging::{self, LogHandle};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::policy::{Policy, Rules};
 use crate::ports::PortAllocator;
-
-/// Length of the Server Greeting (RFC 4656 §3.1).
-pub const GREETING_LEN: usize = 64;
-const GREETING_MODES: usize = 12;
-const GREETING_COUNT: usize = 48;
+use crate::twamp::{self, ntp_now, DaemonState, SessionSettings, TwampHandler};
 
 /// Run the program for `cli`; the exit code is 0 on a clean stop or a valid
 /// `--check-config`, 1 on any configuration or start-up error.
 pub fn main(cli: Cli) -> ExitCode {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("ricochet-control: {e}");
+        ExitCode::from(1)
+    };
     let config = match cli.effective_config() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("ricochet-control: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return fail(&e),
     };
-    let mut warnings = config.warnings();
-    match check_key_file(&config) {
-        Ok(w) => warnings.extend(w),
-        Err(e) => {
-            eprintln!("ricochet-control: {e}");
-            return ExitCode::from(1);
-        }
-    }
+    let keys = match StaticKeys::load(&config, cli.config.as_deref()) {
+        Ok(k) => k,
+        Err(e) => return fail(&e),
+    };
+    let warnings = warnings(&config, &keys);
     if cli.check_config {
         print!("{}", config.to_toml());
         for w in &warnings {
@@ -50,128 +57,283 @@ pub fn main(cli: Cli) -> ExitCode {
     }
     let log = match logging::init(&config.log_level) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("ricochet-control: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return fail(&e),
     };
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    match serve(cli, config, Some(log)) {
+    let table = match data_plane(&config) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    let options = DaemonOptions {
+        cli,
+        config,
+        keys,
+        table,
+        log: Some(log),
+        timing: None,
+    };
+    let result = Daemon::start(options).and_then(|mut daemon| {
+        daemon.handle_signals().map_err(|e| e.to_string())?;
+        daemon.run().map_err(|e| e.to_string())
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("ricochet-control: {e}");
-            ExitCode::from(1)
+            fail(&e)
         }
     }
 }
 
-/// Serve `config` until SIGTERM/SIGINT.
-pub fn serve(cli: Cli, config: Config, log: Option<LogHandle>) -> io::Result<()> {
-    let metrics = Arc::new(Metrics::new());
-    let metrics_server = if config.metrics.enabled {
-        let server = MetricsServer::start(config.metrics.listen, metrics.clone()).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot serve metrics on {}: {e}; choose another metrics.listen or use --metrics off",
-                    config.metrics.listen
-                ),
+/// The data plane selected by `data_plane` in the configuration.
+///
+/// The single place where a [`SessionTable`] implementation is chosen: the
+/// socket reflector (`reflector::socket`) and the pinned BPF maps
+/// (`reflector::bpf`) are wired here as they land.
+pub fn data_plane(config: &Config) -> Result<Box<dyn SessionTable>, String> {
+    match config.data_plane {
+        DataPlaneKind::Socket => {
+            let table = ricochet_reflector::socket::SocketSessionTable::spawn(
+                &ricochet_reflector::socket::TableConfig::default(),
             )
-        })?;
-        tracing::info!(addr = %server.local_addr(), "metrics at /metrics");
-        Some(server)
-    } else {
-        None
-    };
-    let mut server = Server::bind(
-        &config.listen,
-        LoopSettings::from_config(&config),
-        Policy::new(Rules::from_config(&config)),
-        PortAllocator::new(config.test_ports),
-        metrics,
-        (),
-        DaemonFactory {
+            .map_err(|e| format!("cannot start the socket data plane: {e}"))?;
+            Ok(Box::new(table))
+        }
+        DataPlaneKind::Bpf => Err(
+            "data_plane = \"bpf\" is not available in this build yet (the pinned-map \
+             SessionTable is not written); use data_plane = \"socket\""
+                .to_string(),
+        ),
+    }
+}
+
+/// Operator remarks on `config` and its keys (printed by `--check-config`,
+/// logged at start).
+pub fn warnings(config: &Config, keys: &StaticKeys) -> Vec<String> {
+    let mut w = config.warnings();
+    if config.security.needs_secret() && keys.is_empty() {
+        w.push(
+            "authenticated, encrypted or mixed mode is offered but no identity is configured: \
+             every client choosing them will be refused"
+                .to_owned(),
+        );
+    }
+    for name in config.identities.keys() {
+        if !keys.contains(name) {
+            w.push(format!(
+                "identities.{name:?} has no secret in security.key_file or [security.secrets]; \
+                 it can never authenticate"
+            ));
+        }
+    }
+    w
+}
+
+/// Timers in finer units than the configuration's seconds (embedding and
+/// tests); `None` in [`DaemonOptions`] takes them from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// SERVWAIT.
+    pub servwait: Duration,
+    /// REFWAIT.
+    pub refwait: Duration,
+    /// Stall timeout.
+    pub stall: Duration,
+    /// Cadence of the REFWAIT sweep (and of releasing stopped sessions).
+    pub sweep_interval: Duration,
+}
+
+impl Timing {
+    /// The timers of `config`.
+    pub fn from_config(config: &Config) -> Timing {
+        let loop_settings = LoopSettings::from_config(config);
+        Timing {
+            servwait: loop_settings.servwait,
+            refwait: config.timers.refwait(),
+            stall: loop_settings.stall,
+            sweep_interval: loop_settings.sweep_interval,
+        }
+    }
+}
+
+/// Everything a [`Daemon`] is made of.
+pub struct DaemonOptions {
+    /// The command line (re-read with the file on reload).
+    pub cli: Cli,
+    /// The validated configuration.
+    pub config: Config,
+    /// Static key sources loaded from `config`.
+    pub keys: StaticKeys,
+    /// The data plane.
+    pub table: Box<dyn SessionTable>,
+    /// The reloadable log filter, if logging is set up.
+    pub log: Option<LogHandle>,
+    /// Timer override; `None` = from the configuration.
+    pub timing: Option<Timing>,
+}
+
+/// A bound, ready-to-run daemon.
+pub struct Daemon {
+    server: Server<DaemonFactory>,
+    metrics: Arc<Metrics>,
+    metrics_server: Option<MetricsServer>,
+}
+
+impl Daemon {
+    /// Bind the listeners and the metrics endpoint, and clear the data plane
+    /// of sessions left by an earlier run (their control connections are
+    /// gone).
+    pub fn start(options: DaemonOptions) -> Result<Daemon, String> {
+        let DaemonOptions {
+            cli,
+            config,
+            keys,
+            table,
+            log,
+            timing,
+        } = options;
+        let metrics = Arc::new(Metrics::new());
+        let timing_override = timing;
+        let timing = timing_override.unwrap_or_else(|| Timing::from_config(&config));
+        let mut state = DaemonState::new(table, Keys::new(keys), session_settings(&config, timing));
+        let stale = state.remove_stale_sessions(&metrics);
+        if stale > 0 {
+            tracing::warn!(
+                sessions = stale,
+                "removed data-plane sessions left by an earlier run"
+            );
+        }
+        let start_time = ntp_now();
+        let factory = DaemonFactory {
+            server_config: server_config(&config, start_time),
             cli,
             config: config.clone(),
             log,
-        },
-    )?;
-    server.handle_signals()?;
-    tracing::warn!(
-        "the TWAMP-Control state machine is not integrated yet: clients receive a Server Greeting \
-         with Modes = 0 (RFC 4656 §3.1, \"not willing to serve\") and are disconnected"
-    );
-    let result = server.run();
-    if let Some(m) = metrics_server {
-        m.shutdown();
+            timing_override,
+            start_time,
+        };
+        let server = Server::bind(
+            &config.listen,
+            loop_settings(&config, timing),
+            Policy::new(Rules::from_config(&config)),
+            PortAllocator::new(config.test_ports),
+            metrics.clone(),
+            state,
+            factory,
+        )
+        .map_err(|e| e.to_string())?;
+        let metrics_server = if config.metrics.enabled {
+            let server =
+                MetricsServer::start(config.metrics.listen, metrics.clone()).map_err(|e| {
+                    format!(
+                        "cannot serve metrics on {}: {e}; choose another metrics.listen or use --metrics off",
+                        config.metrics.listen
+                    )
+                })?;
+            tracing::info!(addr = %server.local_addr(), "metrics at /metrics");
+            Some(server)
+        } else {
+            None
+        };
+        Ok(Daemon {
+            server,
+            metrics,
+            metrics_server,
+        })
     }
-    result
+
+    /// The bound TWAMP-Control addresses.
+    pub fn control_addrs(&self) -> Vec<SocketAddr> {
+        self.server.local_addrs()
+    }
+
+    /// The bound metrics endpoint, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(MetricsServer::local_addr)
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// A handle to stop or reload from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.server.stop_handle()
+    }
+
+    /// React to SIGTERM/SIGINT (stop) and SIGHUP (reload).
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        self.server.handle_signals()
+    }
+
+    /// Serve until stopped.
+    pub fn run(mut self) -> io::Result<()> {
+        let result = self.server.run();
+        if let Some(m) = self.metrics_server.take() {
+            m.shutdown();
+        }
+        result
+    }
 }
 
-/// Check that the key file named by `config` can be read; returns warnings
-/// (e.g. permissive permissions). Parsing the file is the key source's job.
-pub fn check_key_file(config: &Config) -> Result<Vec<String>, String> {
-    let Some(path) = &config.security.key_file else {
-        return Ok(Vec::new());
-    };
-    check_secret_file(path)
+/// The per-connection server settings of a configuration (RFC 4656 §3.1:
+/// the Start-Time is the same for every connection of this instance).
+pub fn server_config(config: &Config, start_time: NtpTimestamp) -> ServerConfig {
+    ServerConfig {
+        modes: Modes(config.security.offered_bits()),
+        count: config.security.pbkdf2_count,
+        start_time,
+        // A connection cannot hold more sessions than its client may.
+        max_sessions: config.policy.max_sessions_per_client,
+        greeting_unused: [0; 12],
+        test_format: SessionFormat::default(),
+    }
 }
 
-fn check_secret_file(path: &Path) -> Result<Vec<String>, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| {
-        format!(
-            "security.key_file {}: {e}; create it (identity<TAB>hex secret per line) or fix the path",
-            path.display()
-        )
-    })?;
-    if !meta.is_file() {
-        return Err(format!(
-            "security.key_file {} is not a regular file",
-            path.display()
-        ));
+fn session_settings(config: &Config, timing: Timing) -> SessionSettings {
+    SessionSettings {
+        refwait: timing.refwait,
+        rate_limit: config.rate_limit,
     }
-    std::fs::File::open(path).map_err(|e| {
-        format!(
-            "security.key_file {} cannot be opened: {e}; let the daemon's user read it",
-            path.display()
-        )
-    })?;
-    let mut warnings = Vec::new();
-    if meta.permissions().mode() & 0o077 != 0 {
-        warnings.push(format!(
-            "security.key_file {} is accessible by group or others (mode {:o}); chmod 600 it",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        ));
+}
+
+fn loop_settings(config: &Config, timing: Timing) -> LoopSettings {
+    LoopSettings {
+        servwait: timing.servwait,
+        stall: timing.stall,
+        sweep_interval: timing.sweep_interval,
+        ..LoopSettings::from_config(config)
     }
-    Ok(warnings)
 }
 
 /// Makes the per-connection handlers of the daemon and reloads its
-/// configuration on SIGHUP.
-#[derive(Debug)]
+/// configuration and keys on SIGHUP.
 pub struct DaemonFactory {
     cli: Cli,
     config: Config,
     log: Option<LogHandle>,
+    timing_override: Option<Timing>,
+    start_time: NtpTimestamp,
+    server_config: ServerConfig,
 }
 
 impl HandlerFactory for DaemonFactory {
-    type Handler = Unavailable;
+    type Handler = TwampHandler;
 
-    fn create(&mut self, _info: &ConnInfo) -> Unavailable {
-        Unavailable {
-            count: self.config.security.pbkdf2_count,
-        }
+    fn create(&mut self, info: &ConnInfo) -> TwampHandler {
+        TwampHandler::new(info, &self.server_config)
     }
 
-    fn reload(&mut self, _state: &mut ()) -> Result<Reload, String> {
+    /// Re-read the configuration and the keys. Any error (including a key
+    /// file with a bad line or loose permissions) keeps the running
+    /// configuration and keys.
+    fn reload(&mut self, state: &mut DaemonState) -> Result<Reload, String> {
         let new = self.cli.effective_config().map_err(|e| e.to_string())?;
-        for w in check_key_file(&new)?.into_iter().chain(new.warnings()) {
+        let keys = StaticKeys::load(&new, self.cli.config.as_deref())?;
+        for w in warnings(&new, &keys) {
             tracing::warn!("{w}");
         }
         let old = &self.config;
@@ -179,6 +341,7 @@ impl HandlerFactory for DaemonFactory {
             (old.listen != new.listen, "listen"),
             (old.test_ports != new.test_ports, "test_ports"),
             (old.metrics != new.metrics, "metrics"),
+            (old.data_plane != new.data_plane, "data_plane"),
         ] {
             if changed {
                 tracing::warn!("{what} changed; it takes effect at the next restart");
@@ -187,87 +350,22 @@ impl HandlerFactory for DaemonFactory {
         if let Some(log) = &self.log {
             log.set(&new.log_level)?;
         }
+        let timing = self
+            .timing_override
+            .unwrap_or_else(|| Timing::from_config(&new));
+        tracing::info!(identities = keys.len(), "keys loaded");
+        state.keys_mut().set_static(keys);
+        state.set_settings(session_settings(&new, timing));
+        self.server_config = server_config(&new, self.start_time);
         let reload = Reload {
             rules: Some(Rules::from_config(&new)),
-            settings: Some(LoopSettings::from_config(&new)),
+            settings: Some(loop_settings(&new, timing)),
         };
         self.config = new;
         Ok(reload)
     }
-}
 
-/// Placeholder handler until the protocol crate's TWAMP-Control server
-/// state machine is wired in: sends a Server Greeting with Modes = 0, which
-/// RFC 4656 §3.1 defines as "the server is not willing to communicate", and
-/// closes. Clients therefore fail fast and cleanly instead of hanging.
-#[derive(Debug)]
-pub struct Unavailable {
-    count: u32,
-}
-
-impl ConnectionHandler for Unavailable {
-    type State = ();
-
-    fn on_open(&mut self, _ctx: &mut Context<'_, ()>) -> Action {
-        Action::write_and_close(go_away_greeting(self.count))
-    }
-
-    fn on_bytes(&mut self, _ctx: &mut Context<'_, ()>, _data: &[u8]) -> Action {
-        Action::none()
-    }
-
-    fn on_close(&mut self, _ctx: &mut Context<'_, ()>, _reason: crate::event_loop::CloseReason) {}
-
-    fn activity(&self) -> Activity {
-        Activity::Idle
-    }
-}
-
-/// A Server Greeting offering no mode (RFC 4656 §3.1): Unused and Modes
-/// zero, Challenge and Salt zero (never used, since no mode can be chosen),
-/// Count as configured, MBZ zero.
-pub fn go_away_greeting(count: u32) -> [u8; GREETING_LEN] {
-    let mut g = [0u8; GREETING_LEN];
-    g[GREETING_MODES..GREETING_MODES + 4].copy_from_slice(&0u32.to_be_bytes());
-    g[GREETING_COUNT..GREETING_COUNT + 4].copy_from_slice(&count.to_be_bytes());
-    g
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn go_away_greeting_layout() {
-        // owamp-foundations.md §2: Modes at 12..16, Count at 48..52.
-        let g = go_away_greeting(2048);
-        assert_eq!(g.len(), 64);
-        assert_eq!(&g[12..16], &[0, 0, 0, 0]);
-        assert_eq!(&g[48..52], &[0, 0, 0x08, 0x00]);
-        assert!(g[..12].iter().chain(&g[52..]).all(|b| *b == 0));
-    }
-
-    #[test]
-    fn key_file_checks() {
-        let dir = std::env::temp_dir().join(format!("ricochet-ctl-key-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("twamp.pfs");
-        std::fs::write(&path, "interop\t7477616d702d676f6c64656e2d736563726574\n").expect("write");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let mut c = Config::default();
-        c.security.key_file = Some(path.clone());
-        assert_eq!(check_key_file(&c), Ok(vec![]));
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        let w = check_key_file(&c).expect("readable");
-        assert!(w[0].contains("chmod 600"), "{w:?}");
-        c.security.key_file = Some(dir.join("missing.pfs"));
-        let e = check_key_file(&c).expect_err("missing");
-        assert!(e.contains("missing.pfs"), "{e}");
-        c.security.key_file = Some(dir.clone());
-        assert!(check_key_file(&c)
-            .expect_err("dir")
-            .contains("not a regular file"));
-        std::fs::remove_dir_all(&dir).expect("cleanup");
+    fn sweep(&mut self, ctx: &mut Context<'_, DaemonState>) {
+        twamp::sweep(ctx);
     }
 }

@@ -162,6 +162,57 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// Which data plane reflects the test packets (see [`DataPlaneKind`]).
+    pub data_plane: DataPlaneKind,
+    /// Per-session reflection ceiling handed to the data plane.
+    pub rate_limit: RateLimit,
+}
+
+/// The data plane the daemon programs (`data_plane = "socket" | "bpf"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataPlaneKind {
+    /// The portable in-process UDP socket reflector (default).
+    #[default]
+    Socket,
+    /// The XDP / AF_XDP reflector behind pinned BPF maps.
+    Bpf,
+}
+
+impl fmt::Display for DataPlaneKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DataPlaneKind::Socket => "socket",
+            DataPlaneKind::Bpf => "bpf",
+        })
+    }
+}
+
+/// The operator's ceiling on the reflections one session may cause.
+///
+/// TWAMP-Control declares no packet rate (Number of Packets and the schedule
+/// MUST be 0, RFC 5357 §3.5), so a reflector cannot hold a client to a
+/// declared rate; it can only bound what any one session costs. Each session
+/// gets a token bucket of `pps` tokens per second holding at most `burst`;
+/// packets beyond it are dropped, not reflected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    /// Reflections per second per session; 0 = no limit. Default 100 000
+    /// (about 1.2 Gbit/s of 1500-octet packets: far above any measurement
+    /// stream, far below what a hostile sender could otherwise make us send).
+    pub pps: u32,
+    /// Packets a session may send back to back above the rate. Default 1000.
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            pps: 100_000,
+            burst: 1000,
+        }
+    }
 }
 
 /// Control-connection and session timers, in seconds.
@@ -190,9 +241,53 @@ pub struct Security {
     /// default maximum of RFC 5357 §6).
     pub pbkdf2_count: u32,
     /// Shared-secret file (perfSONAR `.pfs` format: identity, TAB, hex
-    /// secret). Required when authenticated, encrypted or mixed mode is
-    /// offered without IKEv2-derived keys.
+    /// secret). It must be owned by root or the daemon's user and have mode
+    /// 600 (or 400); the daemon refuses to start otherwise.
     pub key_file: Option<PathBuf>,
+    /// Shared secrets given here instead of (or besides) the key file:
+    /// identity = "hex secret", hex-encoded like a `.pfs` line. A
+    /// configuration file holding secrets must be mode 600 like a key file.
+    /// Secrets are never printed: `--check-config` shows `<redacted>`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, HexSecret>,
+}
+
+/// A hex-encoded shared secret from the configuration. Zeroized on drop;
+/// `Debug` and serialization print `<redacted>`, never the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HexSecret(zeroize::Zeroizing<String>);
+
+impl HexSecret {
+    /// Text printed instead of the secret.
+    pub const REDACTED: &'static str = "<redacted>";
+
+    /// Wrap hex text.
+    pub fn new(hex: impl Into<String>) -> HexSecret {
+        HexSecret(zeroize::Zeroizing::new(hex.into()))
+    }
+
+    /// The hex text. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for HexSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(Self::REDACTED)
+    }
+}
+
+impl Serialize for HexSecret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(Self::REDACTED)
+    }
+}
+
+impl<'de> Deserialize<'de> for HexSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(HexSecret::new)
+    }
 }
 
 /// What one identity (the KeyID of Set-Up-Response) may do.
@@ -254,6 +349,8 @@ impl Default for Config {
             identities: BTreeMap::new(),
             policy: PolicyConfig::default(),
             metrics: MetricsConfig::default(),
+            data_plane: DataPlaneKind::default(),
+            rate_limit: RateLimit::default(),
         }
     }
 }
@@ -276,6 +373,7 @@ impl Default for Security {
             modes: BTreeSet::from([ModeName::Unauthenticated]),
             pbkdf2_count: 2048,
             key_file: None,
+            secrets: BTreeMap::new(),
         }
     }
 }
@@ -443,6 +541,13 @@ impl Config {
                 ));
             }
         }
+        if self.security.modes.contains(&ModeName::Ikev2Derived) {
+            w.push(
+                "security.modes offers ikev2-derived, but this build has no IKEv2 key source yet: \
+                 clients selecting it are refused with Accept 6 (RFC 7717 §5.3)"
+                    .to_owned(),
+            );
+        }
         if self.metrics.enabled && !self.metrics.listen.ip().is_loopback() {
             w.push(format!(
                 "metrics.listen = {} is not a loopback address; the endpoint has no authentication",
@@ -528,16 +633,28 @@ impl Config {
             );
         }
         let ikev2 = s.modes.contains(&ModeName::Ikev2Derived);
-        if s.needs_secret() && s.key_file.is_none() && !ikev2 {
+        if s.needs_secret() && s.key_file.is_none() && s.secrets.is_empty() && !ikev2 {
             problems.push(
-                "security.modes offers authenticated, encrypted or mixed mode but security.key_file is not set; \
-                 set key_file or offer only unauthenticated"
+                "security.modes offers authenticated, encrypted or mixed mode but neither security.key_file \
+                 nor [security.secrets] is set; set one or offer only unauthenticated"
                     .to_owned(),
             );
+        }
+        for name in s.secrets.keys() {
+            if let Some(why) = identity_problem(name) {
+                problems.push(format!("security.secrets.{name:?}: {why}"));
+            }
         }
         if ikev2 && !s.needs_secret() {
             problems.push(
                 "ikev2-derived (RFC 7717) needs authenticated, encrypted or mixed mode; add one to security.modes"
+                    .to_owned(),
+            );
+        }
+        if self.rate_limit.pps > 0 && self.rate_limit.burst == 0 {
+            problems.push(
+                "rate_limit.burst is 0, which drops every packet; give at least 1 (default 1000) \
+                 or set rate_limit.pps = 0 for no limit"
                     .to_owned(),
             );
         }
@@ -555,10 +672,8 @@ impl Config {
     fn validate_identities(&self, problems: &mut Vec<String>) {
         let offered = &self.security.modes;
         for (name, identity) in &self.identities {
-            if name.is_empty() || name.len() > MAX_IDENTITY_OCTETS || name.contains('\0') {
-                problems.push(format!(
-                    "identity {name:?} must be 1 to {MAX_IDENTITY_OCTETS} octets of UTF-8 without NUL (the KeyID field, RFC 4656 §3.1)"
-                ));
+            if let Some(why) = identity_problem(name) {
+                problems.push(format!("identity {name:?}: {why}"));
             }
             if identity.modes.contains(&ModeName::Unauthenticated) {
                 problems.push(format!(
@@ -625,6 +740,16 @@ impl Config {
             ));
         }
     }
+}
+
+/// Why `name` cannot be an identity (a KeyID, RFC 4656 §3.1), if it cannot.
+fn identity_problem(name: &str) -> Option<String> {
+    (name.is_empty() || name.len() > MAX_IDENTITY_OCTETS || name.contains('\0')).then(|| {
+        format!(
+            "an identity must be 1 to {MAX_IDENTITY_OCTETS} octets of UTF-8 without NUL \
+             (the KeyID field, RFC 4656 §3.1)"
+        )
+    })
 }
 
 /// Whether two TCP listen addresses would collide on bind.
@@ -736,6 +861,38 @@ listen = "127.0.0.1:19862"
     }
 
     #[test]
+    fn data_plane_rate_limit_and_secrets() {
+        let d = Config::default();
+        assert_eq!(d.data_plane, DataPlaneKind::Socket);
+        assert_eq!(
+            d.rate_limit,
+            RateLimit {
+                pps: 100_000,
+                burst: 1000
+            }
+        );
+        let c = Config::parse(
+            "data_plane = \"bpf\"\n[rate_limit]\npps = 5000\nburst = 10\n\
+             [security]\nmodes = [\"authenticated\"]\n[security.secrets]\nlab = \"6869\"\n",
+        )
+        .expect("parses");
+        c.validate().expect("secrets stand in for a key file");
+        assert_eq!(c.data_plane, DataPlaneKind::Bpf);
+        assert_eq!(
+            c.rate_limit,
+            RateLimit {
+                pps: 5000,
+                burst: 10
+            }
+        );
+        assert_eq!(c.security.secrets["lab"].expose(), "6869");
+        let shown = format!("{} {c:?}", c.to_toml());
+        assert!(!shown.contains("6869"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(Config::parse("data_plane = \"dpdk\"").is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_their_name() {
         for (text, key) in [
             ("listne = []", "listne"),
@@ -774,13 +931,18 @@ listen = "127.0.0.1:19862"
             ("listen = []", "listen is empty"),
             (
                 "[security]\nmodes = [\"authenticated\"]",
-                "key_file is not set",
+                "nor [security.secrets]",
             ),
             (
                 "[security]\nmodes = [\"reflect-octets\"]",
                 "no security mode",
             ),
             ("[security]\npbkdf2_count = 1000", "power of two"),
+            ("[rate_limit]\nburst = 0", "rate_limit.burst is 0"),
+            (
+                "[security]\nmodes = [\"mixed\"]\n[security.secrets]\n\"\" = \"00\"",
+                "security.secrets.\"\"",
+            ),
             ("[security]\npbkdf2_count = 65536", "power of two"),
             (
                 "[security]\nmodes = [\"unauthenticated\", \"ikev2-derived\"]",

@@ -19,9 +19,15 @@
 //!   complete within `stall` closes the connection (RFC 4656 §3.1 allows
 //!   dropping incomplete messages; counted as a `timeout` rejection). Output
 //!   that makes no progress for `stall` closes it too.
+//! * **Fairness**: one turn reads at most 64 KiB from a connection and
+//!   accepts at most [`ACCEPT_BUDGET`] connections per listener; the rest
+//!   waits for the next turn, so a flood cannot starve the others, the
+//!   timers, a stop or a reload.
 //! * **Backpressure**: at most `max_output` octets may wait for a peer that
 //!   does not read; beyond that the connection is closed at once.
-//! * **REFWAIT sweep**: every `sweep_interval` the handlers of testing
+//! * **REFWAIT sweep**: every `sweep_interval` the factory gets
+//!   [`HandlerFactory::sweep`] (for state that outlives connections, such as
+//!   stopped sessions in their Timeout), then the handlers of testing
 //!   connections get [`ConnectionHandler::on_timer`], where they end sessions
 //!   that saw no test packet for REFWAIT (RFC 5357 §3.1, RFC 5938 §4.2); the
 //!   data plane knows the packet times, the handler asks it.
@@ -48,7 +54,7 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::metrics::{ConnRefusal, Metrics, RejectReason};
+use crate::metrics::{ConnRefusal, Metrics, RejectReason, ReloadResult};
 use crate::policy::{ClientKey, Policy, Rules};
 use crate::ports::PortAllocator;
 
@@ -61,6 +67,9 @@ const CONN_BASE: usize = MAX_LISTENERS + 2;
 const READ_CHUNK: usize = 4096;
 /// Octets read from one connection before the others get a turn.
 const READ_BUDGET: usize = 64 * 1024;
+/// Connections accepted from one listener per loop turn: a connection flood
+/// must not starve established connections, timers, stop or reload.
+pub const ACCEPT_BUDGET: usize = 64;
 
 const FLAG_STOP: u8 = 1;
 const FLAG_RELOAD: u8 = 2;
@@ -290,6 +299,11 @@ pub trait HandlerFactory {
     fn reload(&mut self, state: &mut StateOf<Self>) -> Result<Reload, String> {
         let _ = state;
         Ok(Reload::default())
+    }
+    /// Periodic work on the shared state, every `sweep_interval`, before the
+    /// testing connections' [`ConnectionHandler::on_timer`].
+    fn sweep(&mut self, ctx: &mut Context<'_, StateOf<Self>>) {
+        let _ = ctx;
     }
 }
 
@@ -668,6 +682,8 @@ pub struct Server<F: HandlerFactory> {
     stopping_until: Option<Instant>,
     /// Connections (key, id) that spent their read budget with data left.
     ready: Vec<(usize, u64)>,
+    /// Listeners that spent their accept budget with connections left.
+    accept_ready: Vec<usize>,
 }
 
 impl<F: HandlerFactory> Server<F> {
@@ -720,6 +736,7 @@ impl<F: HandlerFactory> Server<F> {
             accept_paused_until: None,
             stopping_until: None,
             ready: Vec::new(),
+            accept_ready: Vec::new(),
         })
     }
 
@@ -779,6 +796,9 @@ impl<F: HandlerFactory> Server<F> {
                     self.conn_event(key, now, true, false);
                 }
             }
+            for index in std::mem::take(&mut self.accept_ready) {
+                self.accept(index, now);
+            }
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
@@ -811,7 +831,7 @@ impl<F: HandlerFactory> Server<F> {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || !self.accept_ready.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut next = self.next_sweep;
@@ -860,7 +880,7 @@ impl<F: HandlerFactory> Server<F> {
             }
             self.accept_paused_until = None;
         }
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             let Some((listener, _)) = self.listeners.get(index) else {
                 return;
             };
@@ -883,6 +903,11 @@ impl<F: HandlerFactory> Server<F> {
                     return;
                 }
             }
+        }
+        // Budget spent with connections possibly left: come back next turn
+        // (readiness is edge-triggered, no new event would arrive).
+        if !self.accept_ready.contains(&index) {
+            self.accept_ready.push(index);
         }
     }
 
@@ -1060,6 +1085,7 @@ impl<F: HandlerFactory> Server<F> {
         }
         if now >= self.next_sweep {
             self.next_sweep = now + self.shared.settings.sweep_interval;
+            self.factory.sweep(&mut self.shared.ctx(now));
             let testing: Vec<usize> = self
                 .conns
                 .iter()
@@ -1098,9 +1124,11 @@ impl<F: HandlerFactory> Server<F> {
                         self.settle(key, now);
                     }
                 }
+                self.shared.metrics.reloaded(ReloadResult::Ok);
                 tracing::info!("configuration reloaded");
             }
             Err(message) => {
+                self.shared.metrics.reloaded(ReloadResult::Failed);
                 tracing::error!(%message, "reload failed; keeping the running configuration");
             }
         }

@@ -6,6 +6,11 @@
 //!   modes per identity) and the Accept value of each refusal.
 //! * [`ports`]: the reflector UDP port allocator.
 //! * [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
+//! * [`keys`]: the key-source seam ([`keys::KeySource`]), the `.pfs` key
+//!   file and configured secrets, the private-file checks.
+//! * [`twamp`]: the TWAMP-Control state machine per connection, its
+//!   `ServerContext`, and the session life cycle (data plane, ports,
+//!   REFWAIT, stop grace).
 //! * [`event_loop`]: the mio loop (listeners, timers, backpressure, signals)
 //!   and the [`event_loop::ConnectionHandler`] seam where the protocol
 //!   crate's sans-IO TWAMP-Control server plugs in.
@@ -21,7 +26,9 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod event_loop;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod ports;
+pub mod twamp;

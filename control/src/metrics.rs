@@ -16,6 +16,10 @@
 //! | `session_features_started_total` | counter | `feature` |
 //! | `accept_values_total` | counter | `message`, `code` (every Accept value sent) |
 //! | `session_refusals_total` | counter | `reason` (policy reason behind a non-zero Accept) |
+//! | `setup_refusals_total` | counter | `reason`: mode, policy, unknown_key, bad_token (Server-Start refusals) |
+//! | `sessions_ended_total` | counter | `reason`: stopped, refwait, connection_closed, never_started |
+//! | `data_plane_errors_total` | counter | `operation`: add, start, stop, remove |
+//! | `reloads_total` | counter | `result`: ok, failed |
 //! | `messages_rejected_total` | counter | `reason`: malformed, hmac, timeout, unexpected |
 //! | `hmac_failures_total` | counter | `plane`: control, test |
 //! | `packets_reflected_total` | counter | `mode` (fed from the data plane) |
@@ -163,6 +167,101 @@ impl DropReason {
     }
 }
 
+/// Why a Set-Up-Response was refused (Server-Start with Accept ≠ 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SetupFailure {
+    /// The Mode is invalid or was not offered (Accept 3).
+    Mode,
+    /// The identity may not use the Mode (policy, Accept 3).
+    Policy,
+    /// No secret for the KeyID (Accept 1, or 6 for an unknown IKEv2 SA).
+    UnknownKey,
+    /// The token did not decrypt to the challenge: wrong secret (Accept 1).
+    BadToken,
+}
+
+impl SetupFailure {
+    /// Metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            SetupFailure::Mode => "mode",
+            SetupFailure::Policy => "policy",
+            SetupFailure::UnknownKey => "unknown_key",
+            SetupFailure::BadToken => "bad_token",
+        }
+    }
+}
+
+/// How a test session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionEnd {
+    /// Stop-Sessions / Stop-N-Sessions, after its Timeout.
+    Stopped,
+    /// No test packet for REFWAIT (RFC 5357 §3.1).
+    Refwait,
+    /// The control connection closed while the session was started (it was
+    /// given its Timeout).
+    ConnectionClosed,
+    /// Ended without ever being started (stop, or connection closed).
+    NeverStarted,
+}
+
+impl SessionEnd {
+    /// Metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            SessionEnd::Stopped => "stopped",
+            SessionEnd::Refwait => "refwait",
+            SessionEnd::ConnectionClosed => "connection_closed",
+            SessionEnd::NeverStarted => "never_started",
+        }
+    }
+}
+
+/// A data-plane (`SessionTable`) operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TableOp {
+    /// `add`: install a session.
+    Add,
+    /// `start`.
+    Start,
+    /// `stop` with a grace period.
+    Stop,
+    /// `remove`.
+    Remove,
+}
+
+impl TableOp {
+    /// Metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            TableOp::Add => "add",
+            TableOp::Start => "start",
+            TableOp::Stop => "stop",
+            TableOp::Remove => "remove",
+        }
+    }
+}
+
+/// Outcome of a reload (SIGHUP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReloadResult {
+    /// The new configuration and keys are in force.
+    Ok,
+    /// The reload was refused; the running configuration and keys stay.
+    Failed,
+}
+
+impl ReloadResult {
+    /// Metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReloadResult::Ok => "ok",
+            ReloadResult::Failed => "failed",
+        }
+    }
+}
+
 /// Why a TCP connection was refused before any message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnRefusal {
@@ -190,6 +289,10 @@ impl ModeName {
 }
 
 label_value!(
+    SetupFailure,
+    SessionEnd,
+    TableOp,
+    ReloadResult,
     AcceptMessage,
     RejectReason,
     Plane,
@@ -214,8 +317,20 @@ reason_label!(
     ClosedLabel(CloseReason),
     PolicyLabel(RefusalReason),
     RejectLabel(RejectReason),
-    DropLabel(DropReason)
+    DropLabel(DropReason),
+    SetupLabel(SetupFailure),
+    EndLabel(SessionEnd)
 );
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OperationLabel {
+    operation: TableOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: ReloadResult,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ModeLabel {
@@ -256,6 +371,10 @@ pub struct Metrics {
     hmac_failures: Family<PlaneLabel, Counter>,
     packets_reflected: Family<ModeLabel, Counter>,
     packets_dropped: Family<DropLabel, Counter>,
+    setup_refusals: Family<SetupLabel, Counter>,
+    sessions_ended: Family<EndLabel, Counter>,
+    data_plane_errors: Family<OperationLabel, Counter>,
+    reloads: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -284,6 +403,10 @@ impl Metrics {
             hmac_failures: Family::default(),
             packets_reflected: Family::default(),
             packets_dropped: Family::default(),
+            setup_refusals: Family::default(),
+            sessions_ended: Family::default(),
+            data_plane_errors: Family::default(),
+            reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -355,6 +478,26 @@ impl Metrics {
             "packets_dropped",
             "Test packets dropped, by reason (from the data plane)",
             m.packets_dropped.clone(),
+        );
+        registry.register(
+            "setup_refusals",
+            "Set-Up-Responses refused (Server-Start Accept not 0), by reason",
+            m.setup_refusals.clone(),
+        );
+        registry.register(
+            "sessions_ended",
+            "Test sessions ended, by reason",
+            m.sessions_ended.clone(),
+        );
+        registry.register(
+            "data_plane_errors",
+            "Session-table operations the data plane refused, by operation",
+            m.data_plane_errors.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Configuration and key reloads (SIGHUP), by result",
+            m.reloads.clone(),
         );
         for mode in ModeName::ALL.into_iter().filter(|m| m.is_security()) {
             let _ = m.sessions.get_or_create(&ModeLabel { mode });
@@ -459,6 +602,34 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// A Set-Up-Response was refused.
+    pub fn setup_refused(&self, reason: SetupFailure) {
+        self.setup_refusals
+            .get_or_create(&SetupLabel { reason })
+            .inc();
+    }
+
+    /// A session with Mode bits `mode` ended (also lowers the `sessions`
+    /// gauges, as [`Metrics::session_ended`]).
+    pub fn session_finished(&self, mode: u32, reason: SessionEnd) {
+        self.session_ended(mode);
+        self.sessions_ended
+            .get_or_create(&EndLabel { reason })
+            .inc();
+    }
+
+    /// The data plane refused an operation.
+    pub fn data_plane_error(&self, operation: TableOp) {
+        self.data_plane_errors
+            .get_or_create(&OperationLabel { operation })
+            .inc();
+    }
+
+    /// A reload finished.
+    pub fn reloaded(&self, result: ReloadResult) {
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Add data-plane counts: `n` packets reflected in security mode `mode`
@@ -693,6 +864,11 @@ mod tests {
         m.message_rejected(RejectReason::Hmac);
         m.add_reflected(ModeName::Encrypted, 10);
         m.add_dropped(DropReason::Authentication, 2);
+        m.setup_refused(SetupFailure::BadToken);
+        m.session_started(0x01);
+        m.session_finished(0x01, SessionEnd::Refwait);
+        m.data_plane_error(TableOp::Add);
+        m.reloaded(ReloadResult::Failed);
         let text = m.encode();
         for needle in [
             "ricochet_control_connections 0",
@@ -713,6 +889,12 @@ mod tests {
             "ricochet_control_hmac_failures_total{plane=\"test\"} 2",
             "ricochet_control_packets_reflected_total{mode=\"encrypted\"} 10",
             "ricochet_control_packets_dropped_total{reason=\"authentication\"} 2",
+            "ricochet_control_setup_refusals_total{reason=\"bad_token\"} 1",
+            "ricochet_control_sessions{mode=\"unauthenticated\"} 0",
+            "ricochet_control_sessions_started_total{mode=\"unauthenticated\"} 1",
+            "ricochet_control_sessions_ended_total{reason=\"refwait\"} 1",
+            "ricochet_control_data_plane_errors_total{operation=\"add\"} 1",
+            "ricochet_control_reloads_total{result=\"failed\"} 1",
             "# TYPE ricochet_control_connections gauge",
             "# EOF",
         ] {

@@ -20,8 +20,9 @@
 //! Why 3 for a mode the identity may not use: the client selected a Mode the
 //! server offered, but not one this server supports for that client; `modes.md`
 //! §2 rule 4 allows 1 or 3, and 3 tells the client's operator the Mode is the
-//! problem. The client has already proven its key at that point, so the answer
-//! leaks nothing to an outsider.
+//! problem. Caveat: the protocol crate's server asks this before it checks
+//! the token, so a client naming a restricted identity learns the
+//! restriction without knowing the key (it learns nothing about the key).
 //!
 //! Per-client counting keys IPv4 clients by address and IPv6 clients by their
 //! `ipv6_client_prefix` (default /64), after mapping IPv4-mapped IPv6

@@ -5,12 +5,11 @@
 //! (decoded JSON), and the RFC layouts for the features no peer implements
 //! (RFC 6038, RFC 7750). Property tests cover round trips and hostile input.
 
-use std::path::{Path, PathBuf};
-
 use aes::cipher::block_padding::NoPadding;
 use aes::cipher::{BlockDecryptMut, KeyIvInit};
 use hmac::{Hmac, Mac};
 use proptest::prelude::*;
+use ricochet_testkit::{decoded_json, interop_file, read_pcap, unhex};
 use serde_json::Value;
 
 use ricochet_protocol::stamp::{
@@ -25,41 +24,8 @@ use ricochet_protocol::twamp_test::{
 };
 
 // ---------------------------------------------------------------------------
-// Golden data access (independent of the code under test).
-
-/// `shared/` beside the workspace, or `$RICOCHET_SHARED` (same convention as
-/// the workspace test kit).
-fn shared_dir() -> PathBuf {
-    if let Ok(p) = std::env::var("RICOCHET_SHARED") {
-        return PathBuf::from(p);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let candidates = [root.join("../shared"), root.join("shared")];
-    for c in &candidates {
-        if c.join("interop").is_dir() {
-            return c.clone();
-        }
-    }
-    panic!(
-        "golden data not found: expected {} (set RICOCHET_SHARED)",
-        candidates[0].display()
-    );
-}
-
-fn interop(peer: &str, file: &str) -> PathBuf {
-    shared_dir().join("interop").join(peer).join(file)
-}
-
-fn json(peer: &str, file: &str) -> Value {
-    let path = interop(peer, file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    let clean: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    hex::decode(clean).unwrap_or_else(|e| panic!("bad hex {s:?}: {e}"))
-}
+// Golden data access (the workspace test kit, independent of the code under
+// test).
 
 fn hex8(s: &str) -> [u8; 8] {
     unhex(s).try_into().expect("8 octets")
@@ -105,47 +71,6 @@ fn json_pairs(doc: &Value) -> Vec<(&Value, &Value)> {
 
 fn payload(p: &Value) -> Vec<u8> {
     unhex(p["payload_hex"].as_str().expect("payload_hex"))
-}
-
-/// One UDP datagram of an Ethernet pcap.
-struct Udp {
-    sport: u16,
-    dport: u16,
-    ttl: u8,
-    tos: u8,
-    payload: Vec<u8>,
-}
-
-fn udp_datagrams(path: &Path) -> Vec<Udp> {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut reader = pcap_file::pcap::PcapReader::new(file).expect("pcap header");
-    let mut out = Vec::new();
-    while let Some(pkt) = reader.next_packet() {
-        let pkt = pkt.expect("pcap record");
-        let d = &pkt.data[..];
-        let ethertype = u16::from_be_bytes([d[12], d[13]]);
-        let ip = &d[14..];
-        let (proto, tos, ttl, l4) = match ethertype {
-            0x0800 => {
-                let ihl = usize::from(ip[0] & 0x0f) * 4;
-                (ip[9], ip[1], ip[8], &ip[ihl..])
-            }
-            0x86dd => (ip[6], (ip[0] << 4) | (ip[1] >> 4), ip[7], &ip[40..]),
-            _ => continue,
-        };
-        if proto != 17 {
-            continue;
-        }
-        let ulen = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
-        out.push(Udp {
-            sport: u16::from_be_bytes([l4[0], l4[1]]),
-            dport: u16::from_be_bytes([l4[2], l4[3]]),
-            ttl,
-            tos,
-            payload: l4[8..ulen].to_vec(),
-        });
-    }
-    out
 }
 
 // Test-packet crypto, through the RustCrypto crates (the data plane's crypto
@@ -340,7 +265,7 @@ struct PsPair {
 }
 
 fn perfsonar_session(name: &str) -> PsSession {
-    let doc = json("perfsonar-5.2.3", &format!("{name}.decoded.json"));
+    let doc = decoded_json("perfsonar-5.2.3", &format!("{name}.decoded.json"));
     let security = match doc["mode"].as_str().unwrap() {
         "open" | "mixed" => TestSecurity::Unauthenticated,
         "authenticated" => TestSecurity::Authenticated,
@@ -354,7 +279,7 @@ fn perfsonar_session(name: &str) -> PsSession {
         ),
         None => (Vec::new(), Vec::new()),
     };
-    let dgrams = udp_datagrams(&interop("perfsonar-5.2.3", &format!("{name}.pcap")));
+    let dgrams = read_pcap(&interop_file("perfsonar-5.2.3", &format!("{name}.pcap"))).udp;
     // The decoded JSON lists the test packets in capture order with their
     // direction (ports alone do not tell: twping may use the same port on
     // both sides).
@@ -375,7 +300,7 @@ fn perfsonar_session(name: &str) -> PsSession {
     assert!(sent
         .iter()
         .zip(&replies)
-        .all(|(s, r)| s.dport == r.sport && s.sport == r.dport));
+        .all(|(s, r)| s.dst.port() == r.src.port() && s.src.port() == r.dst.port()));
     let (rx_plain, tx_plain) = match security {
         TestSecurity::Unauthenticated => (0, 0),
         TestSecurity::Authenticated => (16, 16),
@@ -552,7 +477,7 @@ fn perfsonar_14_to_41_growth_and_the_cap() {
 // documented deviations (README T1–T3) detected.
 
 fn check_twampy(file: &str, rx_len: usize, their_len: usize) {
-    let doc = json("twampy-1.3.2", file);
+    let doc = decoded_json("twampy-1.3.2", file);
     let pairs = json_pairs(&doc);
     assert_eq!(pairs.len(), 10, "{file}");
     let fmt = SessionFormat::default();
@@ -754,7 +679,7 @@ fn check_stamp_sender(req: &Value, rx: &[u8], layout: StampLayout) {
 }
 
 fn check_stamp(file: &str) -> StampFindings {
-    let doc = json("stamp-suite-0.8.0", file);
+    let doc = decoded_json("stamp-suite-0.8.0", file);
     let layout = match doc["mode"].as_str().unwrap() {
         "authenticated" => StampLayout::Authenticated,
         "unauthenticated" => StampLayout::Unauthenticated,
@@ -896,7 +821,7 @@ fn stamp_suite_stateless_ntp() {
 
 #[test]
 fn stamp_suite_stateful_counts_on_its_own() {
-    let doc = json("stamp-suite-0.8.0", "stamp-open-stateful.decoded.json");
+    let doc = decoded_json("stamp-suite-0.8.0", "stamp-open-stateful.decoded.json");
     // Second run from the same port: the sender restarts at 0, the reflector
     // counts on, so the two numbers differ and the builder must use its own.
     assert!(json_pairs(&doc)
@@ -920,7 +845,7 @@ fn stamp_suite_authenticated_with_tlvs() {
 
 #[test]
 fn stamp_suite_wrong_key_senders_still_parse() {
-    let doc = json(
+    let doc = decoded_json(
         "stamp-suite-0.8.0",
         "stamp-auth-wrongkey-dropped.decoded.json",
     );
@@ -944,7 +869,7 @@ fn stamp_suite_ptp_both_sides() {
 
 #[test]
 fn stamp_suite_reflector_ptp_sender_ntp_sets_z_from_the_format() {
-    let doc = json(
+    let doc = decoded_json(
         "stamp-suite-0.8.0",
         "stamp-open-sender-ntp-reflector-ptp.decoded.json",
     );
@@ -963,7 +888,7 @@ fn stamp_suite_rfc8972_tlvs() {
     // D3 stops TLV processing before Direct Measurement is reached.
     assert_eq!((f.malformed, f.direct_measurement_equal), (10, 0));
     // D3: Access Report with Length 2; a strict reflector flags it M.
-    let doc = json("stamp-suite-0.8.0", "stamp-open-tlvs-rfc8972.decoded.json");
+    let doc = decoded_json("stamp-suite-0.8.0", "stamp-open-tlvs-rfc8972.decoded.json");
     let rx = payload(&doc["packets"][0]);
     let area = &rx[44..];
     let items: Vec<_> = TlvIter::new(area).collect();
@@ -994,7 +919,7 @@ fn stamp_suite_hmac_tlv_unauthenticated() {
     check_stamp("stamp-open-tlvs-hmac-tlv.decoded.json");
     // The HMAC TLV of each sender packet covers Sequence Number ‖ preceding
     // TLVs as sent (RFC 8972 §4.8): our framing finds exactly that span.
-    let doc = json("stamp-suite-0.8.0", "stamp-open-tlvs-hmac-tlv.decoded.json");
+    let doc = decoded_json("stamp-suite-0.8.0", "stamp-open-tlvs-hmac-tlv.decoded.json");
     for p in doc["packets"].as_array().unwrap() {
         let pkt = payload(p);
         let area = &pkt[44..];
@@ -1025,7 +950,7 @@ fn stamp_suite_v6_location() {
 #[test]
 fn stamp_suite_rfc9503_rfc9534_sub_tlvs() {
     check_stamp("stamp-open-tlvs-rfc9503-rfc9534.decoded.json");
-    let doc = json(
+    let doc = decoded_json(
         "stamp-suite-0.8.0",
         "stamp-open-tlvs-rfc9503-rfc9534.decoded.json",
     );
@@ -1050,7 +975,7 @@ fn stamp_suite_rfc9503_rfc9534_sub_tlvs() {
 fn stamp_suite_reflector_with_a_twamp_light_sender() {
     let f = check_stamp("stamp-xcheck-twampy-sender-to-stamp-suite-reflector.decoded.json");
     assert_eq!(f.pairs, 10);
-    let doc = json(
+    let doc = decoded_json(
         "stamp-suite-0.8.0",
         "stamp-xcheck-twampy-sender-to-stamp-suite-reflector.decoded.json",
     );

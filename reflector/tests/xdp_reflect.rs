@@ -851,9 +851,15 @@ fn a_wildcard_listener_answers_only_its_port_and_family() {
     // request: a 14-octet probe (41-octet reply) gets nothing.
     let short = twamp_sender(76, T1, EE_SENDER, &[]);
     let c0 = p.maps().counters().unwrap();
-    assert_eq!(run(&p, &probe_v4(&[], 64, 0, &[], &short)).0, XdpAction::Drop);
+    assert_eq!(
+        run(&p, &probe_v4(&[], 64, 0, &[], &short)).0,
+        XdpAction::Drop
+    );
     let c = p.maps().counters().unwrap().since(&c0);
-    assert_eq!((c.get(Counter::DropBadLength), c.get(Counter::Reflected)), (1, 0));
+    assert_eq!(
+        (c.get(Counter::DropBadLength), c.get(Counter::Reflected)),
+        (1, 0)
+    );
     let sender = twamp_sender(77, T1, EE_SENDER, &[0; 27]);
     let (act, out) = run(&p, &probe_v4(&[], 64, 0, &[], &sender));
     assert_eq!(act, XdpAction::Tx);

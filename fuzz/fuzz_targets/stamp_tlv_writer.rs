@@ -1,0 +1,6 @@
+//! `TlvWriter`: what it writes reads back as written (RFC 8972 §4).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| ricochet_fuzz::stamp::tlv_writer(data));
