@@ -121,6 +121,16 @@ struct {
 	__type(value, __u32);
 } xsks SEC(".maps");
 
+/* Per-slot secured-session state for the AF_XDP pollers (ricochet.h).
+ * Declared here so that libbpf creates and pins it with the other maps;
+ * this program never reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RC_MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct rc_keys);
+} keys SEC(".maps");
+
 struct rc_scratch {
 	__u8 b[RC_SCRATCH_SIZE];
 };

@@ -196,9 +196,57 @@ struct rc_xdp_meta {
 	__u32 magic;         /* RC_META_MAGIC, last: adjacent to the frame */
 };
 
+/* ---- keys: per-slot secured-session state for the AF_XDP pollers ------- */
+
+/* rc_keys.mode: how the poller verifies and protects a slot's packets. */
+enum rc_key_mode {
+	RC_KEYS_NONE = 0,       /* slot unused: its packets are dropped */
+	RC_KEYS_TWAMP_AUTH = 1, /* RFC 5357 mode 2: key = AES-128 ‖ HMAC-SHA1 */
+	RC_KEYS_TWAMP_ENC = 2,  /* RFC 5357 mode 4: key = AES-128 ‖ HMAC-SHA1 */
+	RC_KEYS_STAMP_AUTH = 3, /* RFC 8762 §4.1.1: key[0..32] = HMAC-SHA-256 */
+};
+
+/* Octets of rc_keys.key: the per-SID Test AES key (16) then the Test HMAC
+ * key (32), in Token order (RFC 4656 §3.1, §4.1.2); or a 32-octet STAMP
+ * HMAC key followed by 16 zero octets. */
+#define RC_KEY_LEN 48
+
+/* Value of the `keys` array, indexed by rc_entry.slot. Written by the
+ * control plane (keys first, then the sessions/listeners entry that points
+ * at the slot); read only by the AF_XDP pollers, which cache it per worker
+ * and re-read it when the metadata's generation differs from the cached
+ * one. The XDP program never reads it (no key material in the kernel path).
+ * A slot that is freed is overwritten with zeros (mode RC_KEYS_NONE). */
+struct rc_keys {
+	/* rc_entry.generation this state belongs to: a packet is processed
+	 * only when its metadata carries the same generation. */
+	__u32 generation;
+	/* Changes whenever a NEW session takes the slot. A new generation with
+	 * the same instance and otherwise identical values keeps the pollers'
+	 * session state (the reflector's own sequence counter, RFC 5357
+	 * §4.2.1); any other change rebuilds it, numbering from 0 again. */
+	__u32 instance;
+	__u8 mode;            /* enum rc_key_mode */
+	__u8 dscp;            /* DSCP (0..63) sent when RC_F_SET_DSCP */
+	__u16 flags;          /* enum rc_flags: PTP, DSCP_ECN, SYMMETRICAL,
+			       * REFLECT_OCTETS, SET_DSCP */
+	__u16 reflect_octets; /* RFC 6038 Reflect Octets length L */
+	__u8 sender_mbz;      /* RFC 6038 symmetrical sender MBZ (27/28/30,
+			       * 56/64 authenticated) */
+	__u8 sender_family;   /* RC_FAMILY_*; 0: no source check (listener) */
+	/* The Session-Sender (RFC 5357 §4.2: packets from anywhere else are
+	 * not reflected), network byte order. */
+	__u8 sender_addr[16];
+	__be16 sender_port;
+	__u16 _pad;
+	__u8 key[RC_KEY_LEN];
+};
+
 /* Map capacities. */
 #define RC_MAX_SESSIONS 65536
 #define RC_MAX_LISTENERS 1024
 #define RC_MAX_QUEUES 256
+/* Slots: every session and listener may have one. */
+#define RC_MAX_SLOTS (RC_MAX_SESSIONS + RC_MAX_LISTENERS)
 
 #endif /* RICOCHET_H */

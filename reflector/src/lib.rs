@@ -1,6 +1,7 @@
 //! Ricochet's data plane: the XDP loader and pinned maps (`bpf`), the
 //! portable socket reflector (`socket`) and the host clock state (`clock`).
 
+pub mod afxdp;
 pub mod bpf;
 pub mod clock;
 pub mod engine;

@@ -327,6 +327,215 @@ pub const MAX_LISTENERS: u32 = 1024;
 /// Capacity of the `xsks` map (`RC_MAX_QUEUES`).
 pub const MAX_QUEUES: u32 = 256;
 
+/// Number of slots (`RC_MAX_SLOTS`): capacity of the `keys` map and the
+/// range of [`EntryConfig::slot`].
+pub const MAX_SLOTS: u32 = MAX_SESSIONS + MAX_LISTENERS;
+
+/// Octets of `rc_keys.key` (`RC_KEY_LEN`).
+pub const KEY_LEN: usize = 48;
+
+/// `struct rc_keys`: value of the `keys` array (per-slot secured-session
+/// state for the AF_XDP pollers). Holds key material: build it only to
+/// encode or decode, and let [`SlotKeys`] own the secret.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RawKeys {
+    pub generation: u32,
+    pub instance: u32,
+    pub mode: u8,
+    pub dscp: u8,
+    pub flags: u16,
+    pub reflect_octets: u16,
+    pub sender_mbz: u8,
+    pub sender_family: u8,
+    pub sender_addr: [u8; 16],
+    /// Network byte order.
+    pub sender_port: [u8; 2],
+    pub _pad: u16,
+    pub key: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for RawKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawKeys")
+            .field("generation", &self.generation)
+            .field("mode", &self.mode)
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key material of a secured slot and the protection it selects
+/// (`enum rc_key_mode` with `rc_keys.key`). Zeroized on drop; `Debug`
+/// never shows it.
+#[derive(Clone)]
+pub enum KeyMaterial {
+    /// TWAMP authenticated mode (RFC 5357 mode 2): the per-SID Test AES and
+    /// HMAC keys (RFC 4656 §4.1.2), not their schedules.
+    TwampAuthenticated(ricochet_protocol::crypto::SessionKeys),
+    /// TWAMP encrypted mode (RFC 5357 mode 4): the per-SID test keys.
+    TwampEncrypted(ricochet_protocol::crypto::SessionKeys),
+    /// Authenticated STAMP (RFC 8762 §4.1.1): the HMAC-SHA-256 key.
+    StampAuthenticated(zeroize::Zeroizing<[u8; 32]>),
+}
+
+impl KeyMaterial {
+    /// `RC_KEYS_TWAMP_AUTH`.
+    pub const TWAMP_AUTH: u8 = 1;
+    /// `RC_KEYS_TWAMP_ENC`.
+    pub const TWAMP_ENC: u8 = 2;
+    /// `RC_KEYS_STAMP_AUTH`.
+    pub const STAMP_AUTH: u8 = 3;
+
+    fn mode(&self) -> u8 {
+        match self {
+            KeyMaterial::TwampAuthenticated(_) => Self::TWAMP_AUTH,
+            KeyMaterial::TwampEncrypted(_) => Self::TWAMP_ENC,
+            KeyMaterial::StampAuthenticated(_) => Self::STAMP_AUTH,
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyMaterial::TwampAuthenticated(_) => "TwampAuthenticated(<redacted>)",
+            KeyMaterial::TwampEncrypted(_) => "TwampEncrypted(<redacted>)",
+            KeyMaterial::StampAuthenticated(_) => "StampAuthenticated(<redacted>)",
+        })
+    }
+}
+
+/// What the control plane writes into the `keys` map for one slot: the
+/// state an AF_XDP poller needs to verify, decrypt, reflect and protect the
+/// slot's packets (`struct rc_keys`).
+#[derive(Clone, Debug)]
+pub struct SlotKeys {
+    /// The generation of the `sessions`/`listeners` entry this state
+    /// belongs to ([`EntryConfig::generation`]).
+    pub generation: u32,
+    /// A new value for every new session in the slot. A new generation
+    /// with the same instance and otherwise identical values keeps the
+    /// pollers' session state (the reflector's own sequence counter,
+    /// RFC 5357 §4.2.1); any other change rebuilds it from 0.
+    pub instance: u32,
+    /// Protection and keys.
+    pub keys: KeyMaterial,
+    /// Format options: [`EntryFlags::PTP`], [`EntryFlags::DSCP_ECN`],
+    /// [`EntryFlags::SYMMETRICAL`], [`EntryFlags::REFLECT_OCTETS`],
+    /// [`EntryFlags::SET_DSCP`].
+    pub flags: EntryFlags,
+    /// DSCP (0..=63) of the replies with [`EntryFlags::SET_DSCP`] (Type-P,
+    /// RFC 5357 §3.5).
+    pub dscp: u8,
+    /// RFC 6038 Reflect Octets length with [`EntryFlags::REFLECT_OCTETS`].
+    pub reflect_octets: u16,
+    /// RFC 6038 Symmetrical Size sender MBZ octets with
+    /// [`EntryFlags::SYMMETRICAL`]: 56 or 64 for authenticated/encrypted
+    /// TWAMP (twamp-test.md §6.2).
+    pub sender_mbz: u8,
+    /// The Session-Sender's address and port; `None` for a listener (no
+    /// source check).
+    pub sender: Option<SocketAddr>,
+}
+
+impl SlotKeys {
+    /// The value as map octets; zeroized when dropped.
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut b = zeroize::Zeroizing::new(vec![0u8; size_of::<RawKeys>()]);
+        put(
+            &mut b,
+            offset_of!(RawKeys, generation),
+            &self.generation.to_ne_bytes(),
+        );
+        put(
+            &mut b,
+            offset_of!(RawKeys, instance),
+            &self.instance.to_ne_bytes(),
+        );
+        b[offset_of!(RawKeys, mode)] = self.keys.mode();
+        b[offset_of!(RawKeys, dscp)] = self.dscp & 0x3f;
+        put(
+            &mut b,
+            offset_of!(RawKeys, flags),
+            &self.flags.0.to_ne_bytes(),
+        );
+        put(
+            &mut b,
+            offset_of!(RawKeys, reflect_octets),
+            &self.reflect_octets.to_ne_bytes(),
+        );
+        b[offset_of!(RawKeys, sender_mbz)] = self.sender_mbz;
+        if let Some(s) = &self.sender {
+            b[offset_of!(RawKeys, sender_family)] = Family::of(&s.ip()) as u8;
+            put(
+                &mut b,
+                offset_of!(RawKeys, sender_addr),
+                &addr_bytes(&s.ip()),
+            );
+            put(
+                &mut b,
+                offset_of!(RawKeys, sender_port),
+                &s.port().to_be_bytes(),
+            );
+        }
+        let k = offset_of!(RawKeys, key);
+        match &self.keys {
+            KeyMaterial::TwampAuthenticated(sk) | KeyMaterial::TwampEncrypted(sk) => {
+                put(&mut b, k, &sk.aes);
+                put(&mut b, k + 16, &sk.hmac);
+            }
+            KeyMaterial::StampAuthenticated(key) => put(&mut b, k, &key[..]),
+        }
+        b
+    }
+
+    /// Parses map octets; `Ok(None)` for an unused slot (`RC_KEYS_NONE`).
+    pub fn from_bytes(b: &[u8]) -> Result<Option<SlotKeys>, BpfError> {
+        check_len("keys", b, size_of::<RawKeys>())?;
+        let k = offset_of!(RawKeys, key);
+        let twamp_keys = || {
+            let mut octets = zeroize::Zeroizing::new([0u8; KEY_LEN]);
+            octets.copy_from_slice(&b[k..k + KEY_LEN]);
+            ricochet_protocol::crypto::SessionKeys::from_bytes(&octets)
+        };
+        let keys = match b[offset_of!(RawKeys, mode)] {
+            0 => return Ok(None),
+            KeyMaterial::TWAMP_AUTH => KeyMaterial::TwampAuthenticated(twamp_keys()),
+            KeyMaterial::TWAMP_ENC => KeyMaterial::TwampEncrypted(twamp_keys()),
+            KeyMaterial::STAMP_AUTH => {
+                let mut key = zeroize::Zeroizing::new([0u8; 32]);
+                key.copy_from_slice(&b[k..k + 32]);
+                KeyMaterial::StampAuthenticated(key)
+            }
+            m => return Err(BpfError::BadMapData(format!("keys mode {m}"))),
+        };
+        let port = u16::from_be_bytes([
+            b[offset_of!(RawKeys, sender_port)],
+            b[offset_of!(RawKeys, sender_port) + 1],
+        ]);
+        let mut addr = [0u8; 16];
+        let a = offset_of!(RawKeys, sender_addr);
+        addr.copy_from_slice(&b[a..a + 16]);
+        let sender = match b[offset_of!(RawKeys, sender_family)] {
+            0 => None,
+            4 => Some(SocketAddr::new(addr_from(Family::V4, &addr), port)),
+            6 => Some(SocketAddr::new(addr_from(Family::V6, &addr), port)),
+            f => return Err(BpfError::BadMapData(format!("keys sender family {f}"))),
+        };
+        Ok(Some(SlotKeys {
+            generation: ne_u32(b, offset_of!(RawKeys, generation)),
+            instance: ne_u32(b, offset_of!(RawKeys, instance)),
+            keys,
+            flags: EntryFlags(ne_u16(b, offset_of!(RawKeys, flags))),
+            dscp: b[offset_of!(RawKeys, dscp)],
+            reflect_octets: ne_u16(b, offset_of!(RawKeys, reflect_octets)),
+            sender_mbz: b[offset_of!(RawKeys, sender_mbz)],
+            sender,
+        }))
+    }
+}
+
 fn ne_u16(b: &[u8], off: usize) -> u16 {
     u16::from_ne_bytes([b[off], b[off + 1]])
 }
@@ -868,6 +1077,24 @@ mod tests {
             [tai_offset, error_estimate, flags, updated_ns]
         );
         check!(
+            "rc_keys",
+            RawKeys,
+            [
+                generation,
+                instance,
+                mode,
+                dscp,
+                flags,
+                reflect_octets,
+                sender_mbz,
+                sender_family,
+                sender_addr,
+                sender_port,
+                _pad,
+                key
+            ]
+        );
+        check!(
             "rc_xdp_meta",
             XdpMeta,
             [
@@ -930,6 +1157,61 @@ mod tests {
         let re = back.reconfigured(&cfg);
         assert_eq!((re.seq, re.stats.reflected, re.generation), (41, 3, 8));
         assert!(RawEntry::from_bytes(&[0; 10]).is_err());
+    }
+
+    #[test]
+    fn keys_encoding_follows_the_header_and_roundtrips() {
+        use ricochet_protocol::crypto::SessionKeys;
+        let sk = SessionKeys {
+            aes: [0x11; 16],
+            hmac: [0x22; 32],
+        };
+        let k = SlotKeys {
+            generation: 7,
+            instance: 3,
+            keys: KeyMaterial::TwampEncrypted(sk),
+            flags: EntryFlags::PTP | EntryFlags::SET_DSCP,
+            dscp: 46,
+            reflect_octets: 0,
+            sender_mbz: 64,
+            sender: Some("[2001:2::1]:40000".parse().unwrap()),
+        };
+        let b = k.to_bytes();
+        assert_eq!(b.len(), 84);
+        assert_eq!(&b[0..4], &7u32.to_ne_bytes());
+        assert_eq!(b[8], 2, "RC_KEYS_TWAMP_ENC");
+        assert_eq!(b[9], 46);
+        assert_eq!(b[15], 6, "sender family");
+        assert_eq!(
+            &b[16..32],
+            &"2001:2::1".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!(&b[32..34], &40000u16.to_be_bytes());
+        assert_eq!(&b[36..52], &[0x11; 16], "AES key first (Token order)");
+        assert_eq!(&b[52..84], &[0x22; 32]);
+        let back = SlotKeys::from_bytes(&b).unwrap().unwrap();
+        assert_eq!(back.to_bytes(), b);
+        assert!(format!("{back:?}").contains("redacted"));
+        assert!(!format!("{back:?}").contains("17, 17"));
+
+        let stamp = SlotKeys {
+            keys: KeyMaterial::StampAuthenticated(zeroize::Zeroizing::new([0x33; 32])),
+            sender: None,
+            ..back
+        };
+        let b = stamp.to_bytes();
+        assert_eq!((b[8], b[15]), (3, 0));
+        assert_eq!(&b[36..68], &[0x33; 32]);
+        assert_eq!(&b[68..84], &[0; 16]);
+        let back = SlotKeys::from_bytes(&b).unwrap().unwrap();
+        assert!(back.sender.is_none());
+        assert!(matches!(back.keys, KeyMaterial::StampAuthenticated(_)));
+
+        assert!(SlotKeys::from_bytes(&[0u8; 84]).unwrap().is_none());
+        let mut bad = vec![0u8; 84];
+        bad[8] = 9;
+        assert!(SlotKeys::from_bytes(&bad).is_err());
+        assert!(SlotKeys::from_bytes(&[0u8; 83]).is_err());
     }
 
     #[test]

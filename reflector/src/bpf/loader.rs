@@ -167,6 +167,7 @@ impl XdpProgram {
             clock: handle("clock")?,
             counters: handle("counters")?,
             xsks: handle("xsks")?,
+            keys: handle("keys")?,
         };
         Ok(XdpProgram {
             obj,

@@ -7,11 +7,14 @@ use std::path::Path;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use super::abi::{ClockState, Counter, Entry, EntryConfig, ListenerKey, RawEntry, SessionKey};
+use super::abi::{
+    ClockState, Counter, Entry, EntryConfig, ListenerKey, RawEntry, RawKeys, SessionKey, SlotKeys,
+    MAX_SLOTS,
+};
 use super::BpfError;
 
 /// Names of the maps that are pinned (file names under the pin directory).
-pub const PINNED_MAPS: [&str; 5] = ["sessions", "listeners", "clock", "counters", "xsks"];
+pub const PINNED_MAPS: [&str; 6] = ["sessions", "listeners", "clock", "counters", "xsks", "keys"];
 
 /// Handles on the shared maps.
 #[derive(Debug)]
@@ -21,6 +24,7 @@ pub struct Maps {
     pub(crate) clock: MapHandle,
     pub(crate) counters: MapHandle,
     pub(crate) xsks: MapHandle,
+    pub(crate) keys: MapHandle,
 }
 
 fn ctx(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
@@ -41,6 +45,7 @@ impl Maps {
             clock: open("clock")?,
             counters: open("counters")?,
             xsks: open("xsks")?,
+            keys: open("keys")?,
         })
     }
 
@@ -148,6 +153,89 @@ impl Maps {
     pub fn remove_xsk(&self, queue: u32) -> Result<bool, BpfError> {
         remove(&self.xsks, "xsks", &queue.to_ne_bytes())
     }
+}
+
+impl Maps {
+    /// Writes the secured-session state of `slot` (`keys[slot]`). Write it
+    /// before the `sessions`/`listeners` entry that carries the same slot
+    /// and generation, so that a poller never sees a generation whose keys
+    /// are not there yet. The encoded copy is zeroized after the write.
+    pub fn write_keys(&self, slot: u32, keys: &SlotKeys) -> Result<(), BpfError> {
+        check_slot(slot)?;
+        self.keys
+            .update(&slot.to_ne_bytes(), &keys.to_bytes(), MapFlags::ANY)
+            .map_err(ctx(format!("write keys of slot {slot}")))
+    }
+
+    /// Frees `slot`: overwrites its state with zeros (`RC_KEYS_NONE`; an
+    /// array entry cannot be deleted). Pollers drop its packets from then on.
+    pub fn clear_keys(&self, slot: u32) -> Result<(), BpfError> {
+        check_slot(slot)?;
+        self.keys
+            .update(
+                &slot.to_ne_bytes(),
+                &[0u8; std::mem::size_of::<RawKeys>()],
+                MapFlags::ANY,
+            )
+            .map_err(ctx(format!("clear keys of slot {slot}")))
+    }
+
+    /// Reads the state of `slot`; `Ok(None)` when the slot is unused.
+    pub fn read_keys(&self, slot: u32) -> Result<Option<SlotKeys>, BpfError> {
+        read_keys(&self.keys, slot)
+    }
+
+    /// A handle on the `keys` map for a poller thread (its own descriptor).
+    pub fn keys_reader(&self) -> Result<KeysReader, BpfError> {
+        Ok(KeysReader {
+            map: MapHandle::try_from(&self.keys).map_err(ctx("duplicate keys map fd"))?,
+        })
+    }
+}
+
+/// Read access to the `keys` map for one AF_XDP poller: one `bpf(2)` lookup
+/// per call, no allocation; the raw value is zeroized after decoding.
+#[derive(Debug)]
+pub struct KeysReader {
+    map: MapHandle,
+}
+
+impl KeysReader {
+    /// Opens the `keys` map pinned under `dir`.
+    pub fn open_pinned(dir: &Path) -> Result<KeysReader, BpfError> {
+        let p = dir.join("keys");
+        Ok(KeysReader {
+            map: MapHandle::from_pinned_path(&p)
+                .map_err(ctx(format!("open pinned map {}", p.display())))?,
+        })
+    }
+
+    /// The state of `slot`; `Ok(None)` when the slot is unused.
+    pub fn read(&self, slot: u32) -> Result<Option<SlotKeys>, BpfError> {
+        read_keys(&self.map, slot)
+    }
+}
+
+fn check_slot(slot: u32) -> Result<(), BpfError> {
+    if slot >= MAX_SLOTS {
+        return Err(BpfError::BadMapData(format!(
+            "slot {slot} out of range (max {})",
+            MAX_SLOTS - 1
+        )));
+    }
+    Ok(())
+}
+
+fn read_keys(map: &MapHandle, slot: u32) -> Result<Option<SlotKeys>, BpfError> {
+    check_slot(slot)?;
+    let mut raw = zeroize::Zeroizing::new([0u8; std::mem::size_of::<RawKeys>()]);
+    let found = map
+        .lookup_into(&slot.to_ne_bytes(), &mut raw[..], MapFlags::ANY)
+        .map_err(ctx(format!("read keys of slot {slot}")))?;
+    if !found {
+        return Ok(None);
+    }
+    SlotKeys::from_bytes(&raw[..])
 }
 
 fn insert(map: &MapHandle, name: &str, key: &[u8], cfg: &EntryConfig) -> Result<(), BpfError> {

@@ -5,7 +5,7 @@
 //! STAMP (RFC 8762 §4.3) test packets itself with XDP_TX, hands
 //! authenticated/encrypted ones to AF_XDP sockets with [`abi::XdpMeta`] in
 //! front of the frame, and passes everything else untouched. The pinned
-//! maps (`sessions`, `listeners`, `clock`, `counters`, `xsks`) are the only
+//! maps (`sessions`, `listeners`, `clock`, `counters`, `xsks`, `keys`) are the only
 //! contract with the control plane: [`Maps::open_pinned`] gives a separate
 //! process the same typed access as [`XdpProgram::maps`].
 //!
@@ -23,13 +23,13 @@ mod loader;
 mod maps;
 
 pub use abi::{
-    ClockState, Counter, Entry, EntryConfig, EntryFlags, EntryStats, Family, ListenerKey,
-    MetaError, Mode, Origin, SessionKey, TsSource, XdpMeta,
+    ClockState, Counter, Entry, EntryConfig, EntryFlags, EntryStats, Family, KeyMaterial,
+    ListenerKey, MetaError, Mode, Origin, SessionKey, SlotKeys, TsSource, XdpMeta, MAX_SLOTS,
 };
 pub use loader::{
     ifindex, AttachMode, Attachment, LoadOptions, TestRun, XdpAction, XdpProgram, DEFAULT_PIN_DIR,
 };
-pub use maps::{Counters, Maps, PINNED_MAPS};
+pub use maps::{Counters, KeysReader, Maps, PINNED_MAPS};
 
 /// The compiled XDP object (clang-19, BTF included), embedded at build time.
 pub(crate) const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ricochet.bpf.o"));

@@ -1,0 +1,355 @@
+//! The per-slot state a poller keeps for a secured session: the shared
+//! reflection [`engine`](crate::engine) built from the slot's `keys` map
+//! entry, plus what the frame rewrite needs (DSCP, the sender for the
+//! source check).
+//!
+//! * TWAMP authenticated / encrypted (RFC 5357 modes 2/4): a started
+//!   [`SessionEngine`] with the per-SID test keys: own sequence numbers from
+//!   0, sender header decrypted and its HMAC checked, reply built, T3 taken
+//!   at the last moment and the reply protected (engine module docs).
+//! * STAMP authenticated (RFC 8762 §4.1.1): a [`ListenerEngine`] with the
+//!   HMAC-SHA-256 key: stateless (sequence number copied, reply never
+//!   longer than the request).
+//!
+//! Rate limits are the XDP program's (token bucket per map entry), so the
+//! engines here are unlimited.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use ricochet_protocol::time::TimeFormat;
+use ricochet_protocol::twamp_test::{
+    AuthSymmetricalMbz, ReflectOctets, RxMeta, SessionFormat, TestSecurity,
+};
+use zeroize::Zeroizing;
+
+use super::stats::DropReason;
+use crate::bpf::{EntryFlags, KeyMaterial, SlotKeys, TsSource};
+use crate::clock::{ClockState, Stamp, StampSource, TimeScale};
+use crate::engine::{self, ListenerEngine, SessionEngine};
+use crate::session_table::ListenerKind;
+
+thread_local! {
+    /// The last T3 the engines of this thread took (TAI ns): the poller
+    /// needs it for its T3 → TX statistics, the engine takes it itself.
+    static LAST_T3: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The engines' T3 source on poller threads: `CLOCK_TAI` now, remembered.
+fn t3_now() -> Stamp {
+    let s = Stamp::now();
+    LAST_T3.with(|c| c.set(s.ns));
+    s
+}
+
+enum Engine {
+    Twamp(SessionEngine),
+    Stamp(ListenerEngine),
+}
+
+/// One slot's prepared state.
+pub(crate) struct SecuredSlot {
+    /// The generation it was built for.
+    pub generation: u32,
+    /// DSCP of the replies; `None` copies the received DSCP.
+    pub dscp: Option<u8>,
+    /// The only source accepted; `None` for listeners.
+    pub sender: Option<SocketAddr>,
+    /// The map value without its generation: a new generation with the same
+    /// configuration keeps this state (and the sequence counter).
+    config: Zeroizing<Vec<u8>>,
+    engine: Engine,
+}
+
+/// What one reflection produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reflected {
+    /// UDP payload length of the reply.
+    pub len: usize,
+    /// The reflector sequence number of the reply.
+    pub seq: u32,
+    /// T3, TAI nanoseconds.
+    pub t3_tai_ns: u64,
+}
+
+/// The map value of `k` with the generation zeroed.
+fn config_of(k: &SlotKeys) -> Zeroizing<Vec<u8>> {
+    let mut b = k.to_bytes();
+    b[..4].fill(0); // rc_keys.generation
+    b
+}
+
+impl SecuredSlot {
+    /// Prepares a slot from its `keys` map entry.
+    pub fn new(k: &SlotKeys) -> Result<SecuredSlot, String> {
+        let format = if k.flags.contains(EntryFlags::PTP) {
+            TimeFormat::Ptp
+        } else {
+            TimeFormat::Ntp
+        };
+        let dscp = k
+            .flags
+            .contains(EntryFlags::SET_DSCP)
+            .then_some(k.dscp & 0x3f);
+        let twamp = |security| -> Result<SessionFormat, String> {
+            let symmetrical_size = k.flags.contains(EntryFlags::SYMMETRICAL);
+            let auth_symmetrical_mbz = match (symmetrical_size, k.sender_mbz) {
+                (false, _) | (true, 64) => AuthSymmetricalMbz::Octets64,
+                (true, 56) => AuthSymmetricalMbz::Octets56,
+                (true, n) => {
+                    return Err(format!(
+                        "symmetrical sender MBZ {n} (authenticated TWAMP: 56 or 64)"
+                    ))
+                }
+            };
+            Ok(SessionFormat {
+                reflect_octets: k.flags.contains(EntryFlags::REFLECT_OCTETS).then_some(
+                    ReflectOctets {
+                        length: k.reflect_octets,
+                        server_octets: 0,
+                    },
+                ),
+                symmetrical_size,
+                dscp_ecn_monitoring: k.flags.contains(EntryFlags::DSCP_ECN),
+                timestamp_format: format,
+                auth_symmetrical_mbz,
+                ..SessionFormat::new(security)
+            })
+        };
+        let session = |security, keys| -> Result<Engine, String> {
+            let mut e = SessionEngine::new(twamp(security)?, Some(keys), dscp.unwrap_or(0), 0, 0)
+                .map_err(|e| e.to_string())?;
+            e.set_t3_source(t3_now);
+            e.start();
+            Ok(Engine::Twamp(e))
+        };
+        let engine = match &k.keys {
+            KeyMaterial::TwampAuthenticated(keys) => session(TestSecurity::Authenticated, keys)?,
+            KeyMaterial::TwampEncrypted(keys) => session(TestSecurity::Encrypted, keys)?,
+            KeyMaterial::StampAuthenticated(key) => {
+                let mut e = ListenerEngine::new(
+                    &ListenerKind::StampAuthenticated { key: key.clone() },
+                    0,
+                    0,
+                );
+                e.set_t3_source(t3_now);
+                Engine::Stamp(e)
+            }
+        };
+        Ok(SecuredSlot {
+            generation: k.generation,
+            dscp,
+            sender: k.sender,
+            config: config_of(k),
+            engine,
+        })
+    }
+
+    /// Whether `k` describes this slot's session unchanged (only the
+    /// generation differs): then the state is kept.
+    pub fn same_config(&self, k: &SlotKeys) -> bool {
+        *self.config == *config_of(k)
+    }
+
+    /// Reflects the sender payload `rx` into `out` (distinct buffers).
+    /// `t2` comes from the XDP metadata ([`t2_stamp`]); `now` is the batch
+    /// time.
+    pub fn reflect(
+        &mut self,
+        rx: &[u8],
+        meta: RxMeta,
+        t2: Stamp,
+        clock: &ClockState,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<Reflected, DropReason> {
+        LAST_T3.with(|c| c.set(0));
+        let (len, seq) = match &mut self.engine {
+            Engine::Twamp(e) => {
+                let seq = e.next_seq();
+                let len = e
+                    .reflect_at(rx, meta, t2, clock, now, out)
+                    .map_err(engine_drop)?;
+                (len, seq)
+            }
+            Engine::Stamp(e) => {
+                let len = e
+                    .reflect_at(rx, meta, t2, clock, now, out)
+                    .map_err(engine_drop)?;
+                let seq = rx
+                    .get(..4)
+                    .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                (len, seq)
+            }
+        };
+        Ok(Reflected {
+            len,
+            seq,
+            t3_tai_ns: LAST_T3.with(Cell::get),
+        })
+    }
+}
+
+/// T2 as the XDP metadata gives it: TAI nanoseconds from the kernel's TAI
+/// clock at XDP entry or from the NIC (`rc_xdp_meta.ts_source`).
+pub(crate) fn t2_stamp(tai_ns: u64, source: TsSource) -> Stamp {
+    Stamp {
+        ns: tai_ns,
+        scale: TimeScale::Tai,
+        source: match source {
+            TsSource::Nic => StampSource::NicHardware,
+            TsSource::KernelTai => StampSource::KernelSoftware,
+        },
+    }
+}
+
+fn engine_drop(e: engine::DropReason) -> DropReason {
+    match e {
+        engine::DropReason::TooShort => DropReason::TooShort,
+        engine::DropReason::BadHmac => DropReason::BadHmac,
+        engine::DropReason::WrongSource => DropReason::WrongSource,
+        engine::DropReason::TooLong | engine::DropReason::BufferTooSmall => DropReason::NoRoom,
+        engine::DropReason::NotStarted
+        | engine::DropReason::Expired
+        | engine::DropReason::RateLimited => DropReason::Refused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{now_tai_ns, ClockSource, LeapState};
+    use ricochet_protocol::crypto::{PacketRole, SessionKeys, StampHmac, TestKeys, TestProtection};
+    use ricochet_protocol::twamp_test::{ReflectorLayout, ReflectorPacket};
+
+    fn clock() -> ClockState {
+        ClockState {
+            tai_offset_s: 37,
+            synchronized: true,
+            est_error_ns: 1_000,
+            max_error_ns: 10_000,
+            source: ClockSource::External,
+            leap: LeapState::None,
+            phc_present: false,
+        }
+    }
+
+    fn keys(material: KeyMaterial, generation: u32) -> SlotKeys {
+        SlotKeys {
+            generation,
+            instance: 1,
+            keys: material,
+            flags: EntryFlags::empty(),
+            dscp: 0,
+            reflect_octets: 0,
+            sender_mbz: 0,
+            sender: None,
+        }
+    }
+
+    fn sk() -> SessionKeys {
+        SessionKeys {
+            aes: [7; 16],
+            hmac: [9; 32],
+        }
+    }
+
+    #[test]
+    fn encrypted_through_the_engine_with_t3_and_sequence() {
+        let mut s = SecuredSlot::new(&keys(KeyMaterial::TwampEncrypted(sk()), 1)).unwrap();
+        let tk = TestKeys::new(&sk());
+        let mut tx = vec![0u8; 48 + 64];
+        tx[..4].copy_from_slice(&17u32.to_be_bytes());
+        tk.protect(PacketRole::Sender, TestProtection::Encrypted, &mut tx)
+            .unwrap();
+        let mut out = vec![0u8; 1500];
+        let meta = RxMeta { ttl: 63, tos: 0 };
+        let t2 = now_tai_ns();
+        let now = Instant::now();
+        for want_seq in 0..2 {
+            let r = s
+                .reflect(
+                    &tx,
+                    meta,
+                    t2_stamp(t2, TsSource::KernelTai),
+                    &clock(),
+                    now,
+                    &mut out,
+                )
+                .unwrap();
+            assert_eq!((r.len, r.seq), (112, want_seq));
+            assert!(r.t3_tai_ns >= t2, "T3 recorded from the engine's clock");
+            let mut reply = out[..r.len].to_vec();
+            tk.unprotect(PacketRole::Reflector, TestProtection::Encrypted, &mut reply)
+                .unwrap();
+            let p =
+                ReflectorPacket::new_checked(&reply[..], ReflectorLayout::AUTHENTICATED).unwrap();
+            assert_eq!(
+                (p.sequence_number(), p.sender_sequence_number()),
+                (want_seq, 17)
+            );
+        }
+        let mut bad = tx.clone();
+        bad[40] ^= 1;
+        assert_eq!(
+            s.reflect(
+                &bad,
+                meta,
+                t2_stamp(t2, TsSource::KernelTai),
+                &clock(),
+                now,
+                &mut out
+            ),
+            Err(DropReason::BadHmac)
+        );
+        assert_eq!(
+            s.reflect(
+                &tx[..47],
+                meta,
+                t2_stamp(t2, TsSource::KernelTai),
+                &clock(),
+                now,
+                &mut out
+            ),
+            Err(DropReason::TooShort)
+        );
+        // a new generation of the same configuration keeps the state
+        assert!(s.same_config(&keys(KeyMaterial::TwampEncrypted(sk()), 2)));
+        assert!(!s.same_config(&keys(KeyMaterial::TwampAuthenticated(sk()), 2)));
+    }
+
+    #[test]
+    fn stamp_listener_copies_sequence() {
+        let key = [3u8; 32];
+        let material = KeyMaterial::StampAuthenticated(Zeroizing::new(key));
+        let mut s = SecuredSlot::new(&keys(material, 1)).unwrap();
+        let h = StampHmac::new(&key);
+        let mut tx = vec![0u8; 112];
+        tx[..4].copy_from_slice(&99u32.to_be_bytes());
+        h.seal_packet(&mut tx).unwrap();
+        let mut out = vec![0u8; 1500];
+        let meta = RxMeta { ttl: 255, tos: 0 };
+        let r = s
+            .reflect(
+                &tx,
+                meta,
+                t2_stamp(1, TsSource::Nic),
+                &clock(),
+                Instant::now(),
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!((r.len, r.seq), (112, 99));
+        h.verify_packet(&out[..112]).unwrap();
+        assert_eq!(&out[..4], &99u32.to_be_bytes());
+    }
+
+    #[test]
+    fn bad_symmetrical_mbz_is_refused() {
+        let mut k = keys(KeyMaterial::TwampAuthenticated(sk()), 1);
+        k.flags = EntryFlags::SYMMETRICAL;
+        k.sender_mbz = 27;
+        assert!(SecuredSlot::new(&k).is_err());
+    }
+}
