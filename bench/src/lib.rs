@@ -3,3 +3,4 @@
 
 pub mod pace;
 pub mod stats;
+pub mod gen;
