@@ -1,4 +1,6 @@
 //! The benchmark's traffic generator and sender-side counter.
 
 pub mod abi;
+pub mod bpf;
 pub mod frame;
+pub mod netns;
