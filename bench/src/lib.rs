@@ -4,3 +4,4 @@
 pub mod pace;
 pub mod stats;
 pub mod gen;
+pub mod search;
