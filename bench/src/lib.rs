@@ -5,3 +5,4 @@ pub mod pace;
 pub mod stats;
 pub mod gen;
 pub mod search;
+pub mod report;

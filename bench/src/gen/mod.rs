@@ -15,3 +15,4 @@ pub mod frame;
 pub mod latency;
 pub mod netns;
 pub mod trial;
+pub mod target;
