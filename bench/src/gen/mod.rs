@@ -16,3 +16,4 @@ pub mod latency;
 pub mod netns;
 pub mod trial;
 pub mod target;
+pub mod run;
