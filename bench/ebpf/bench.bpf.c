@@ -3,7 +3,8 @@
  * bench.bpf.c: the benchmark's BPF programs (ricochet-bench).
  *
  *   bench_gen      generator, run only through BPF_PROG_TEST_RUN with
- *                  BPF_F_TEST_XDP_LIVE_FRAMES on the sender veth: writes the
+ *                  BPF_F_TEST_XDP_LIVE_FRAMES on the sender veth: paces
+ *                  itself (see "Rate control" below), writes the
  *                  template test frame, stamps sequence number and T1 (or
  *                  copies a pre-protected pool entry), fixes the UDP
  *                  checksum incrementally, records the send time, XDP_TX.
@@ -23,6 +24,15 @@
  * that would compete with the generator for the VM's two cores. Per-CPU
  * log-linear histograms (~3 % bucket width, bench.h) cost one array
  * increment and are read once per trial.
+ *
+ * Rate control: every BPF_PROG_TEST_RUN call sets up and tears down a page
+ * pool (an RCU grace period, tens of milliseconds), so a trial is one long
+ * call, ended by a signal, and the generator paces itself: it keeps an
+ * absolute per-CPU schedule (interval in ns << 16) and returns XDP_DROP
+ * (cheap, the page is recycled at once) for iterations before the next
+ * send time or after stop_ns. A generator that falls behind sends at most
+ * max_burst frames back to back to catch up, so the offered rate that user
+ * space computes (frames sent / trial time) is what really went out.
  *
  * Frames of BPF_PROG_TEST_RUN live mode are recycled pages that the
  * reflector may have rewritten (on a veth the same page travels to the
@@ -245,6 +255,32 @@ int bench_gen(struct xdp_md *ctx)
 
 	if (!cfg || !st || !tpl)
 		return XDP_ABORTED;
+
+	__u64 now = bpf_ktime_get_ns();
+
+	if (cfg->stop_ns && now >= cfg->stop_ns) {
+		st->idle += 1;
+		return XDP_DROP;
+	}
+	__u64 iv = cfg->interval_fp;
+
+	if (iv) {
+		__u64 now_fp = now << 16;
+
+		if (st->epoch != cfg->epoch || !st->next_fp) {
+			st->epoch = cfg->epoch;
+			st->next_fp = now_fp;
+		}
+		if (now_fp < st->next_fp) {
+			st->idle += 1;
+			return XDP_DROP;
+		}
+		__u64 lag = iv * (cfg->max_burst ? cfg->max_burst : 1);
+
+		if (now_fp - st->next_fp > lag)
+			st->next_fp = now_fp - lag;
+		st->next_fp += iv;
+	}
 
 	__u32 len = cfg->frame_len;
 	__u32 l4 = cfg->l4_off;

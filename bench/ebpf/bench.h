@@ -53,6 +53,10 @@ struct bench_gen_cfg {
 	__u8 pad;
 	__u32 slots;      /* generator CPUs: seq = n * slots + cpu % slots */
 	__s32 tai_offset; /* TAI - UTC, seconds (NTP timestamps) */
+	__u32 max_burst;  /* frames a late generator may send back to back */
+	__u32 epoch;      /* changed per trial: restarts the schedule */
+	__u64 interval_fp; /* ns between frames << 16 (0: as fast as possible) */
+	__u64 stop_ns;    /* CLOCK_MONOTONIC end of sending (0: never) */
 };
 
 /* Per-CPU generator counters (`gen_stats[0]`). */
@@ -61,6 +65,9 @@ struct bench_gen_stats {
 	__u64 bytes;      /* their octets (Ethernet header onwards) */
 	__u64 next;       /* this CPU's frame counter n */
 	__u64 errors;     /* frames aborted (bad configuration) */
+	__u64 idle;       /* iterations dropped by the rate schedule */
+	__u64 next_fp;    /* next send time (ns << 16) on this CPU */
+	__u64 epoch;      /* cfg epoch next_fp belongs to */
 };
 
 /* Counter configuration (`cnt_cfg[0]`). */

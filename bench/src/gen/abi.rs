@@ -98,9 +98,25 @@ pub struct GenCfg {
     pub slots: u32,
     /// TAI − UTC in seconds, for NTP timestamps.
     pub tai_offset: i32,
+    /// Frames a late generator may send back to back.
+    pub max_burst: u32,
+    /// Changed per trial: restarts the send schedule.
+    pub epoch: u32,
+    /// Nanoseconds between frames × 2^16 (0: as fast as possible).
+    pub interval_fp: u64,
+    /// CLOCK_MONOTONIC nanoseconds after which nothing is sent (0: never).
+    pub stop_ns: u64,
 }
 
 impl GenCfg {
+    /// The schedule's interval for `rate_pps` (ns × 2^16).
+    pub fn interval_for(rate_pps: f64) -> u64 {
+        if rate_pps <= 0.0 {
+            return u64::MAX;
+        }
+        (1e9 / rate_pps * 65536.0).round().max(1.0) as u64
+    }
+
     /// The map value.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = vec![0u8; size_of::<Self>()];
@@ -112,6 +128,10 @@ impl GenCfg {
         b[offset_of!(Self, t1_ptp)] = self.t1_ptp;
         put(&mut b, offset_of!(Self, slots), &self.slots.to_ne_bytes());
         put(&mut b, offset_of!(Self, tai_offset), &self.tai_offset.to_ne_bytes());
+        put(&mut b, offset_of!(Self, max_burst), &self.max_burst.to_ne_bytes());
+        put(&mut b, offset_of!(Self, epoch), &self.epoch.to_ne_bytes());
+        put(&mut b, offset_of!(Self, interval_fp), &self.interval_fp.to_ne_bytes());
+        put(&mut b, offset_of!(Self, stop_ns), &self.stop_ns.to_ne_bytes());
         b
     }
 }
@@ -128,6 +148,12 @@ pub struct GenStats {
     pub next: u64,
     /// Frames aborted for a bad configuration.
     pub errors: u64,
+    /// Iterations dropped by the rate schedule.
+    pub idle: u64,
+    /// Per CPU: next send time (ns × 2^16); meaningless summed.
+    pub next_fp: u64,
+    /// Per CPU: the configuration epoch of `next_fp`.
+    pub epoch: u64,
 }
 
 impl GenStats {
@@ -138,6 +164,9 @@ impl GenStats {
             bytes: get_u64(b, offset_of!(Self, bytes)),
             next: get_u64(b, offset_of!(Self, next)),
             errors: get_u64(b, offset_of!(Self, errors)),
+            idle: get_u64(b, offset_of!(Self, idle)),
+            next_fp: get_u64(b, offset_of!(Self, next_fp)),
+            epoch: get_u64(b, offset_of!(Self, epoch)),
         })
     }
 
@@ -147,6 +176,9 @@ impl GenStats {
         self.bytes += o.bytes;
         self.next += o.next;
         self.errors += o.errors;
+        self.idle += o.idle;
+        self.next_fp = self.next_fp.max(o.next_fp);
+        self.epoch = self.epoch.max(o.epoch);
     }
 }
 

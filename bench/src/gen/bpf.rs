@@ -235,6 +235,13 @@ impl Sender {
             .map_err(err("write the generator configuration"))
     }
 
+    /// Rewrites the generator configuration (per trial: schedule, stop time).
+    pub fn write_gen_cfg(&self, cfg: &super::abi::GenCfg) -> Result<(), BpfError> {
+        self.gen_cfg
+            .update(&KEY0, &cfg.to_bytes(), MapFlags::ANY)
+            .map_err(err("write the generator configuration"))
+    }
+
     /// Installs the counter configuration.
     pub fn configure_counter(&self, c: &CntCfg) -> Result<(), BpfError> {
         self.cnt_cfg
@@ -287,9 +294,15 @@ impl Sender {
                 libbpf_rs::libbpf_sys::bpf_prog_test_run_opts(p.as_fd().as_raw_fd(), &mut opts)
             };
             if rc < 0 {
+                // libbpf returns -errno (libbpf_err); older versions -1 with errno.
+                let code = if rc == -1 {
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(1)
+                } else {
+                    -rc
+                };
                 return Err(BpfError::TestRun {
                     what: "live frames",
-                    source: std::io::Error::from_raw_os_error(-rc),
+                    source: std::io::Error::from_raw_os_error(code),
                 });
             }
             Ok(())

@@ -538,6 +538,7 @@ pub fn build(flow: &Flow, session: &TestSession, ip_len: usize) -> Result<Genera
             pad: 0,
             slots: 1,
             tai_offset: tai.0,
+            ..GenCfg::default()
         },
         frame: f,
         pool,

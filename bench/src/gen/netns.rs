@@ -124,8 +124,15 @@ pub fn online_cpus() -> usize {
 /// its NAPI threads to `core`, so that the interface's receive processing
 /// (and the XDP program on it) runs on a known CPU. The interface must have
 /// its NAPI instances (a veth has them once an XDP program is attached).
-/// Returns the pinned thread ids.
-pub fn thread_napi(ns: &str, iface: &str, core: usize) -> io::Result<Vec<libc::pid_t>> {
+/// With `fifo`, the threads also get SCHED_FIFO priority `fifo` so that they
+/// preempt a busy thread on the same CPU (the generator) as soon as
+/// packets arrive. Returns the pinned thread ids.
+pub fn thread_napi(
+    ns: &str,
+    iface: &str,
+    core: usize,
+    fifo: Option<i32>,
+) -> io::Result<Vec<libc::pid_t>> {
     // `ip netns exec` mounts the namespace's own sysfs, where the interface
     // is visible.
     let out = Command::new("ip")
@@ -150,6 +157,15 @@ pub fn thread_napi(ns: &str, iface: &str, core: usize) -> io::Result<Vec<libc::p
         if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
             if comm.trim_end().starts_with(prefix) {
                 pin(pid, core)?;
+                if let Some(prio) = fifo {
+                    let p = libc::sched_param {
+                        sched_priority: prio,
+                    };
+                    // SAFETY: sched_setscheduler reads `p`, valid for the call.
+                    if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &p) } != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
                 pids.push(pid);
             }
         }

@@ -73,7 +73,8 @@ pub struct SenderSide {
 
 impl SenderSide {
     /// Loads generator and counter, attaches the counter to the sender's
-    /// veth and (with a generator core) pins its NAPI thread there.
+    /// veth and (with a generator core) pins its NAPI thread there at
+    /// real-time priority.
     pub fn new(env: &LabEnv, gen_core: Option<usize>) -> Result<SenderSide, String> {
         let ns = netns::path_of(&env.sender_ns);
         let iface = env.sender_iface.clone();
@@ -90,7 +91,10 @@ impl SenderSide {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         if let Some(core) = gen_core {
-            if let Err(e) = netns::thread_napi(&env.sender_ns, &env.sender_iface, core) {
+            // The counter shares the generator's CPU and must win it: the
+            // generator spins between sends, the counter's NAPI thread
+            // preempts it (SCHED_FIFO) whenever replies arrive.
+            if let Err(e) = netns::thread_napi(&env.sender_ns, &env.sender_iface, core, Some(50)) {
                 eprintln!("ricochet-bench: counter NAPI not pinned: {e}");
             }
         }
@@ -162,6 +166,7 @@ fn measure(
         side.netns.clone(),
         side.ifindex,
         g.frame.clone(),
+        g.gen,
         settings.live.clone(),
     );
     // Warm-up: resolves neighbours, fills caches; not reported.

@@ -135,7 +135,7 @@ fn attach_in(env: &LabEnv, role: Role, prog: &'static str) -> Result<Attached, T
     .map_err(|e| TargetError::Failed(e.to_string()))?
     .map_err(failed("attach in the reflector namespace"))?;
     if let Some(core) = env.reflector_core {
-        if let Err(e) = netns::thread_napi(&env.reflector_ns, &env.reflector_iface, core) {
+        if let Err(e) = netns::thread_napi(&env.reflector_ns, &env.reflector_iface, core, None) {
             eprintln!("ricochet-bench: reflector NAPI not pinned: {e}");
         }
     }

@@ -2,21 +2,22 @@
 //! generator, then count what came back (RFC 2544 §23: a trial, then a
 //! wait for stragglers before reading the counters).
 //!
-//! Rate control: the kernel sends each BPF_PROG_TEST_RUN call's `repeat`
-//! frames back to back, so the generator issues bursts of
-//! `rate × burst_window` frames (at most [`LiveConfig::max_burst`], at least
-//! 1) at absolute deadlines `burst / rate` apart ([`crate::pace`]). A
-//! generator that falls behind catches up with back-to-back bursts and
-//! stops at the trial's end, so the offered rate it reports is what it
-//! really sent (sent ÷ elapsed) and may be below the requested rate.
+//! Rate control is in the generator program itself (bench.bpf.c, "Rate
+//! control"): each trial is one long BPF_PROG_TEST_RUN call in live-frames
+//! mode, the program sends on an absolute schedule and drops the
+//! iterations in between, stops at the trial's end, and a signal ends the
+//! call. The offered rate reported is frames sent ÷ trial time, which is
+//! below the requested rate when the generator cannot keep up.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::pace::{wait_until, Pacer, Schedule};
 use crate::search::{Outcome, Trial};
 
+use std::os::unix::thread::JoinHandleExt;
+
+use super::abi::GenCfg;
 use super::bpf::{BpfError, Sender, MAX_BATCH};
 use super::latency::Latency;
 use super::netns;
@@ -26,10 +27,12 @@ use super::netns;
 pub struct LiveConfig {
     /// CPU the generator thread is pinned to.
     pub gen_core: Option<usize>,
-    /// Largest burst (frames per test run); a veth's peer ring holds 256.
+    /// Frames a late generator may send back to back to catch up (a
+    /// veth's peer ring holds 256).
     pub max_burst: u32,
-    /// Time a burst covers at the offered rate.
-    pub burst_window: Duration,
+    /// Live-frames batch: iterations between two flushes of the transmit
+    /// queue (1..=256).
+    pub batch: u32,
     /// Wait after the last frame before reading the counters.
     pub drain: Duration,
 }
@@ -38,8 +41,8 @@ impl Default for LiveConfig {
     fn default() -> Self {
         LiveConfig {
             gen_core: None,
-            max_burst: 64,
-            burst_window: Duration::from_micros(50),
+            max_burst: 32,
+            batch: 32,
             drain: Duration::from_millis(100),
         }
     }
@@ -100,17 +103,20 @@ pub struct LiveTrial {
     netns: PathBuf,
     ifindex: u32,
     frame: Arc<Vec<u8>>,
+    gen: GenCfg,
+    epoch: u32,
     cfg: LiveConfig,
 }
 
 impl LiveTrial {
-    /// Trials sending `frame` (the configured template) out of `ifindex`
-    /// in namespace `netns`.
+    /// Trials sending `frame` (the template configured with `gen`) out
+    /// of `ifindex` in namespace `netns`.
     pub fn new(
         sender: Arc<Sender>,
         netns: PathBuf,
         ifindex: u32,
         frame: Vec<u8>,
+        gen: GenCfg,
         cfg: LiveConfig,
     ) -> LiveTrial {
         LiveTrial {
@@ -118,47 +124,69 @@ impl LiveTrial {
             netns,
             ifindex,
             frame: Arc::new(frame),
+            gen,
+            epoch: 0,
             cfg,
         }
     }
-
-    /// Frames per burst at `rate_pps`.
-    pub fn burst_at(&self, rate_pps: f64) -> u32 {
-        let b = (rate_pps * self.cfg.burst_window.as_secs_f64()).round();
-        (b as u32).clamp(1, self.cfg.max_burst.clamp(1, MAX_BATCH))
-    }
 }
 
-/// Sends `total` frames in bursts paced for `rate_pps`, stopping at `end`.
-/// Returns the elapsed time.
-fn send_paced(
+extern "C" fn on_wake(_: libc::c_int) {}
+
+/// The signal that ends a generator's test run (handler installed once,
+/// without SA_RESTART so that the syscall returns EINTR).
+const WAKE: libc::c_int = libc::SIGUSR1;
+
+fn install_wake_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sigaction is plain old data; the handler does nothing
+        // (async-signal-safe) and lives for the whole program.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_wake as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = 0;
+            libc::sigaction(WAKE, &sa, std::ptr::null_mut());
+        }
+    });
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid timespec pointer; CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The generator thread's work: configure the schedule, then run live
+/// frames until the stop time (a signal interrupts the run).
+fn send_scheduled(
     sender: &Sender,
     ifindex: u32,
     frame: &[u8],
-    rate_pps: f64,
-    burst: u32,
-    total: u64,
+    mut cfg: GenCfg,
     duration: Duration,
+    batch: u32,
+    started: &std::sync::mpsc::Sender<u64>,
 ) -> Result<Duration, BpfError> {
-    let start = Instant::now();
-    let end = start + duration;
-    let interval = Duration::from_secs_f64(f64::from(burst) / rate_pps);
-    let mut pacer = Pacer::new(start, Schedule::Fixed(interval));
-    let mut sent = 0u64;
-    while sent < total {
-        let deadline = pacer.next_deadline();
-        if deadline >= end {
-            break;
-        }
-        wait_until(deadline);
-        let n = (total - sent).min(u64::from(burst)) as u32;
-        sender.run_live(ifindex, frame, n, n)?;
-        sent += u64::from(n);
-        if Instant::now() >= end {
-            break;
+    let start = monotonic_ns();
+    let stop = start + duration.as_nanos() as u64;
+    cfg.stop_ns = stop;
+    sender.write_gen_cfg(&cfg)?;
+    let _ = started.send(stop);
+    while monotonic_ns() < stop {
+        match sender.run_live(ifindex, frame, i32::MAX as u32, batch) {
+            Ok(()) => {}
+            Err(BpfError::TestRun { source, .. })
+                if source.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
         }
     }
-    Ok(start.elapsed())
+    Ok(Duration::from_nanos(stop - start))
 }
 
 impl Trial for LiveTrial {
@@ -166,11 +194,18 @@ impl Trial for LiveTrial {
     type Error = TrialError;
 
     fn run(&mut self, rate_pps: f64, duration: Duration) -> Result<LiveOutcome, TrialError> {
+        install_wake_handler();
         let g0 = self.sender.gen_stats()?;
         let c0 = self.sender.cnt_stats()?;
         let (r0, s0) = self.sender.histograms()?;
-        let burst = self.burst_at(rate_pps);
-        let total = (rate_pps * duration.as_secs_f64()).round().max(1.0) as u64;
+        self.epoch = self.epoch.wrapping_add(1);
+        let cfg = GenCfg {
+            interval_fp: GenCfg::interval_for(rate_pps),
+            max_burst: self.cfg.max_burst.max(1),
+            epoch: self.epoch,
+            ..self.gen
+        };
+        let batch = self.cfg.batch.clamp(1, MAX_BATCH);
         let (sender, frame, ifindex, core) = (
             self.sender.clone(),
             self.frame.clone(),
@@ -178,17 +213,37 @@ impl Trial for LiveTrial {
             self.cfg.gen_core,
         );
         let netns = self.netns.clone();
-        let elapsed = std::thread::spawn(move || -> Result<Duration, TrialError> {
-            netns::enter(&netns)?;
-            if let Some(c) = core {
-                netns::pin(0, c)?;
-            }
-            Ok(send_paced(
-                &sender, ifindex, &frame, rate_pps, burst, total, duration,
-            )?)
-        })
-        .join()
-        .map_err(|_| std::io::Error::other("generator thread panicked"))??;
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done2 = done.clone();
+        let handle = std::thread::spawn(move || -> Result<Duration, TrialError> {
+            let r = (|| {
+                netns::enter(&netns)?;
+                if let Some(c) = core {
+                    netns::pin(0, c)?;
+                }
+                Ok(send_scheduled(
+                    &sender, ifindex, &frame, cfg, duration, batch, &started_tx,
+                )?)
+            })();
+            done2.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        });
+        // Wait for the stop time, then interrupt the run until the thread
+        // has noticed (a signal that lands between two calls is repeated).
+        if let Ok(stop) = started_rx.recv() {
+            let left = stop.saturating_sub(monotonic_ns());
+            std::thread::sleep(Duration::from_nanos(left) + Duration::from_millis(1));
+        }
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            // SAFETY: the thread is alive (not yet joined); WAKE has a no-op
+            // handler installed above.
+            unsafe { libc::pthread_kill(handle.as_pthread_t(), WAKE) };
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let elapsed = handle
+            .join()
+            .map_err(|_| std::io::Error::other("generator thread panicked"))??;
         std::thread::sleep(self.cfg.drain);
         let g1 = self.sender.gen_stats()?;
         let c1 = self.sender.cnt_stats()?.since(&c0);
