@@ -260,7 +260,10 @@ impl Report {
                 Ok(()) => files.push(p),
                 Err(e) => warnings.push(format!("{}: {e}", p.display())),
             }
-            if rs.iter().any(|r| r.measured.as_ref().is_some_and(|m| !m.rtt_cdf.is_empty())) {
+            if rs
+                .iter()
+                .any(|r| r.measured.as_ref().is_some_and(|m| !m.rtt_cdf.is_empty()))
+            {
                 let p = dir.join(format!("latency-cdf-{ip_len}.png"));
                 match plot::latency_cdf(&p, ip_len, &rs) {
                     Ok(()) => files.push(p),
@@ -345,7 +348,12 @@ pub mod plot {
         font()?;
         let mut max = 0.01f64;
         for r in rs {
-            for t in &r.measured.as_ref().map_or(&[][..], |m| &m.trials[..]).to_vec() {
+            for t in &r
+                .measured
+                .as_ref()
+                .map_or(&[][..], |m| &m.trials[..])
+                .to_vec()
+            {
                 max = max.max(t.offered_pps / 1e6).max(t.received_pps / 1e6);
             }
         }
@@ -353,7 +361,10 @@ pub mod plot {
         let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("Throughput, {ip_len}-octet IP packets"), ("sans-serif", 24))
+            .caption(
+                format!("Throughput, {ip_len}-octet IP packets"),
+                ("sans-serif", 24),
+            )
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(60)
@@ -614,9 +625,17 @@ mod tests {
         let t = r.table();
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 2 + 6);
-        assert!(lines[4].starts_with("| socket | 112 (112) | 1.000 | "), "{}", lines[4]);
+        assert!(
+            lines[4].starts_with("| socket | 112 (112) | 1.000 | "),
+            "{}",
+            lines[4]
+        );
         assert!(lines[4].contains("| 25 % |"));
-        assert!(lines[4].contains("| 20.0 µs | 40.0 µs | 60.0 µs | – | – |"), "{}", lines[4]);
+        assert!(
+            lines[4].contains("| 20.0 µs | 40.0 µs | 60.0 µs | – | – |"),
+            "{}",
+            lines[4]
+        );
         assert!(lines[7].contains("skipped: not wired yet: loader"));
         assert_eq!(fmt_ns(950), "950 ns");
         assert_eq!(fmt_ns(25_000_000), "25.0 ms");
@@ -626,16 +645,23 @@ mod tests {
     fn writes_json_table_and_plots() {
         let mut r = report();
         r.fill_shares();
-        let dir = std::env::temp_dir().join(format!("ricochet-bench-report-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("ricochet-bench-report-{}", std::process::id()));
         let (files, warnings) = r.write(&dir).unwrap();
         let json: serde_json::Value =
             serde_json::from_reader(std::fs::File::open(dir.join("report.json")).unwrap()).unwrap();
         assert_eq!(json["results"][2]["measured"]["share_of_ceiling"], 0.25);
         assert_eq!(json["results"][5]["status"], "skipped");
-        assert!(std::fs::read_to_string(dir.join("table.md")).unwrap().contains("| ceiling |"));
+        assert!(std::fs::read_to_string(dir.join("table.md"))
+            .unwrap()
+            .contains("| ceiling |"));
         if plot::font().is_ok() {
             assert!(warnings.is_empty(), "{warnings:?}");
-            for n in ["throughput-112.png", "latency-cdf-112.png", "throughput-512.png"] {
+            for n in [
+                "throughput-112.png",
+                "latency-cdf-112.png",
+                "throughput-512.png",
+            ] {
                 let p = dir.join(n);
                 assert!(files.contains(&p), "{n} written");
                 let head = std::fs::read(&p).unwrap();

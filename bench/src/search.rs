@@ -304,12 +304,19 @@ mod tests {
     #[test]
     fn monotone_curve_converges_to_the_knee_and_confirms() {
         for k in [2_345_678.0, 99_000.0, 9_876_543.0] {
-            let mut t = Curve { loss: knee(k), gen_max: f64::MAX, calls: 0 };
+            let mut t = Curve {
+                loss: knee(k),
+                gen_max: f64::MAX,
+                calls: 0,
+            };
             let c = cfg();
             let r = search(&mut t, &c, |_| {}).unwrap();
             let x = r.throughput_pps();
             assert!(x <= k, "never above the knee: {x} > {k}");
-            assert!(x >= k * (1.0 - c.resolution), "within resolution: {x} vs {k}");
+            assert!(
+                x >= k * (1.0 - c.resolution),
+                "within resolution: {x} vs {k}"
+            );
             assert!(r.confirmed);
             assert!(!r.generator_limited);
             let last = r.steps.last().unwrap();
@@ -324,26 +331,45 @@ mod tests {
     fn loss_threshold_accepts_small_loss() {
         // 0.5 % loss everywhere below 5 Mpps, heavy above.
         let curve = |r: f64| if r <= 5e6 { 0.005 } else { 0.3 };
-        let mut t = Curve { loss: curve, gen_max: f64::MAX, calls: 0 };
+        let mut t = Curve {
+            loss: curve,
+            gen_max: f64::MAX,
+            calls: 0,
+        };
         let zero = search(&mut t, &cfg(), |_| {}).unwrap();
         assert_eq!(zero.throughput_pps(), 0.0, "zero-loss: nothing passes");
         assert!(zero.best.is_none());
-        let mut t = Curve { loss: curve, gen_max: f64::MAX, calls: 0 };
-        let c = SearchConfig { loss_threshold: 0.01, ..cfg() };
+        let mut t = Curve {
+            loss: curve,
+            gen_max: f64::MAX,
+            calls: 0,
+        };
+        let c = SearchConfig {
+            loss_threshold: 0.01,
+            ..cfg()
+        };
         let r = search(&mut t, &c, |_| {}).unwrap();
         assert!(r.throughput_pps() <= 5e6 && r.throughput_pps() >= 5e6 * 0.98);
     }
 
     #[test]
     fn lossless_target_is_limited_by_the_generator() {
-        let mut t = Curve { loss: |_| 0.0, gen_max: 3_000_000.0, calls: 0 };
+        let mut t = Curve {
+            loss: |_| 0.0,
+            gen_max: 3_000_000.0,
+            calls: 0,
+        };
         let r = search(&mut t, &cfg(), |_| {}).unwrap();
         assert_eq!(r.throughput_pps(), 3_000_000.0);
         assert!(r.generator_limited);
         assert!(r.confirmed);
         assert_eq!(r.steps.len(), 2, "one trial at max, one confirmation");
         // And lossless up to the configured maximum.
-        let mut t = Curve { loss: |_| 0.0, gen_max: f64::MAX, calls: 0 };
+        let mut t = Curve {
+            loss: |_| 0.0,
+            gen_max: f64::MAX,
+            calls: 0,
+        };
         let r = search(&mut t, &cfg(), |_| {}).unwrap();
         assert_eq!(r.throughput_pps(), 10_000_000.0);
         assert!(!r.generator_limited);
@@ -351,14 +377,25 @@ mod tests {
 
     #[test]
     fn always_losing_target_has_zero_throughput() {
-        let mut t = Curve { loss: |_| 0.01, gen_max: f64::MAX, calls: 0 };
+        let mut t = Curve {
+            loss: |_| 0.01,
+            gen_max: f64::MAX,
+            calls: 0,
+        };
         let c = cfg();
         let r = search(&mut t, &c, |_| {}).unwrap();
         assert_eq!(r.throughput_pps(), 0.0);
         assert!(!r.confirmed);
         assert!(r.steps.iter().all(|s| !s.passed));
-        assert!(r.steps.iter().any(|s| s.requested_pps == c.min_pps), "tried the floor");
-        assert!(r.steps.len() < c.max_trials, "stops at the floor: {}", r.steps.len());
+        assert!(
+            r.steps.iter().any(|s| s.requested_pps == c.min_pps),
+            "tried the floor"
+        );
+        assert!(
+            r.steps.len() < c.max_trials,
+            "stops at the floor: {}",
+            r.steps.len()
+        );
     }
 
     #[test]
@@ -387,7 +424,11 @@ mod tests {
                     (r - k) / r
                 }
             };
-            let mut t = Curve { loss: curve, gen_max: f64::MAX, calls: 0 };
+            let mut t = Curve {
+                loss: curve,
+                gen_max: f64::MAX,
+                calls: 0,
+            };
             let c = cfg();
             let r = search(&mut t, &c, |_| {}).unwrap();
             let x = r.throughput_pps();
@@ -404,10 +445,20 @@ mod tests {
 
     #[test]
     fn steps_are_reported_as_they_happen() {
-        let mut t = Curve { loss: knee(1e6), gen_max: f64::MAX, calls: 0 };
+        let mut t = Curve {
+            loss: knee(1e6),
+            gen_max: f64::MAX,
+            calls: 0,
+        };
         let mut seen = Vec::new();
         let r = search(&mut t, &cfg(), |s| seen.push(s.requested_pps)).unwrap();
-        assert_eq!(seen, r.steps.iter().map(|s| s.requested_pps).collect::<Vec<_>>());
-        assert_eq!(r.steps[0].requested_pps, 10_000_000.0, "starts at the maximum");
+        assert_eq!(
+            seen,
+            r.steps.iter().map(|s| s.requested_pps).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            r.steps[0].requested_pps, 10_000_000.0,
+            "starts at the maximum"
+        );
     }
 }

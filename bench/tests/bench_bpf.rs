@@ -8,7 +8,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use ricochet_bench::gen::abi::{bucket_of, NONE};
-use ricochet_bench::gen::bpf::{Programs, Role, Sender, PROG_CEILING, PROG_COUNT, PROG_GEN, XDP_DROP, XDP_PASS, XDP_TX};
+use ricochet_bench::gen::bpf::{
+    Programs, Role, Sender, PROG_CEILING, PROG_COUNT, PROG_GEN, XDP_DROP, XDP_PASS, XDP_TX,
+};
 use ricochet_bench::gen::frame::{self, Flow, ProbeMode, ReplyKind, SessionKeys, TestSession};
 use ricochet_protocol::crypto::{PacketRole, TestProtection};
 
@@ -18,7 +20,11 @@ fn skip() -> bool {
         return true;
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "BPF tests need root (RICOCHET_SKIP_BPF_TESTS=1 skips)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "BPF tests need root (RICOCHET_SKIP_BPF_TESTS=1 skips)"
+    );
     false
 }
 
@@ -39,7 +45,9 @@ fn flow(v6: bool) -> Flow {
 /// Independent UDP checksum check with etherparse; returns the payload.
 fn udp_payload_checked(f: &[u8]) -> Vec<u8> {
     let p = etherparse::SlicedPacket::from_ethernet(f).expect("frame parses");
-    let Some(etherparse::TransportSlice::Udp(u)) = p.transport else { panic!("UDP") };
+    let Some(etherparse::TransportSlice::Udp(u)) = p.transport else {
+        panic!("UDP")
+    };
     let payload = u.payload().to_vec();
     let want = match p.net.expect("IP") {
         etherparse::NetSlice::Ipv4(ip) => u
@@ -56,7 +64,10 @@ fn udp_payload_checked(f: &[u8]) -> Vec<u8> {
 }
 
 fn tai_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid timespec pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_TAI, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -86,12 +97,16 @@ fn generator_stamps_sequence_and_t1_with_valid_checksums() {
                     // T1: NTP, UTC = TAI − offset (RFC 5905 era 0).
                     let secs = u64::from(u32::from_be_bytes(p[4..8].try_into().unwrap()));
                     let frac = u64::from(u32::from_be_bytes(p[8..12].try_into().unwrap()));
-                    let utc = (secs - 2_208_988_800) * 1_000_000_000 + ((frac * 1_000_000_000) >> 32);
+                    let utc =
+                        (secs - 2_208_988_800) * 1_000_000_000 + ((frac * 1_000_000_000) >> 32);
                     let tai = utc as i64 + i64::from(frame::host_tai_offset().0) * 1_000_000_000;
                     let d = tai - t0 as i64;
                     assert!((-1_000..50_000_000).contains(&d), "T1 {d} ns from now");
                     // Headers are the template's.
-                    assert_eq!(&out[..g.gen.l4_off as usize], &g.frame[..g.gen.l4_off as usize]);
+                    assert_eq!(
+                        &out[..g.gen.l4_off as usize],
+                        &g.frame[..g.gen.l4_off as usize]
+                    );
                 }
                 assert_eq!(seqs[1], seqs[0] + 1);
                 assert_eq!(seqs[2], seqs[1] + 1);
@@ -109,7 +124,11 @@ fn generator_copies_protected_pool_entries() {
         return;
     }
     let s = Sender::load().unwrap();
-    for mode in [ProbeMode::TwampAuth, ProbeMode::TwampEnc, ProbeMode::StampAuth] {
+    for mode in [
+        ProbeMode::TwampAuth,
+        ProbeMode::TwampEnc,
+        ProbeMode::StampAuth,
+    ] {
         let session = TestSession::with_random_keys(mode);
         let g = frame::build(&flow(false), &session, 512).unwrap();
         s.configure_generator(&g).unwrap();
@@ -125,7 +144,8 @@ fn generator_copies_protected_pool_entries() {
                     } else {
                         TestProtection::Encrypted
                     };
-                    k.unprotect(PacketRole::Sender, prot, &mut p).expect("reflector-side check passes");
+                    k.unprotect(PacketRole::Sender, prot, &mut p)
+                        .expect("reflector-side check passes");
                     if mode == ProbeMode::TwampAuth {
                         assert_ne!(&p[16..24], &[0; 8], "T1 stamped in clear");
                     }
@@ -150,7 +170,9 @@ fn reply_frame(flow: &Flow, t2: [u8; 8], t3: [u8; 8], sender_seq: u32) -> Vec<u8
     payload[12..14].copy_from_slice(&0x8001u16.to_be_bytes()); // S=1, NTP, mult 1
     payload[16..24].copy_from_slice(&t2);
     payload[24..28].copy_from_slice(&sender_seq.to_be_bytes());
-    let (IpAddr::V4(src), IpAddr::V4(dst)) = (flow.dst.ip(), flow.src.ip()) else { unreachable!() };
+    let (IpAddr::V4(src), IpAddr::V4(dst)) = (flow.dst.ip(), flow.src.ip()) else {
+        unreachable!()
+    };
     let b = etherparse::PacketBuilder::ethernet2(flow.dst_mac, flow.src_mac)
         .ipv4(src.octets(), dst.octets(), 64)
         .udp(flow.dst.port(), flow.src.port());
@@ -226,7 +248,8 @@ fn round_trip_from_the_send_table() {
     let session = TestSession::open(ProbeMode::Twamp);
     let g = frame::build(&f, &session, 100).unwrap();
     s.configure_generator(&g).unwrap();
-    s.configure_counter(&frame::counter_config(&f, &session, ReplyKind::Echo)).unwrap();
+    s.configure_counter(&frame::counter_config(&f, &session, ReplyKind::Echo))
+        .unwrap();
     let (_, out) = s.programs().run_once(PROG_GEN, &g.frame).unwrap();
     // Turn it into its echo: the ceiling program does exactly that.
     let ceiling = Programs::load(Role::Ceiling).expect("ceiling passes the verifier");
@@ -240,7 +263,10 @@ fn round_trip_from_the_send_table() {
     assert_eq!(&echo[36..38], &out[34..36]);
     assert_eq!(&echo[38..], &out[38..], "nothing else changed");
     let (rtt0, _) = s.histograms().unwrap();
-    assert_eq!(s.programs().run_once(PROG_COUNT, &echo).unwrap().0, XDP_DROP);
+    assert_eq!(
+        s.programs().run_once(PROG_COUNT, &echo).unwrap().0,
+        XDP_DROP
+    );
     let st = s.cnt_stats().unwrap();
     assert_eq!((st.packets, st.rtt_samples), (1, 1));
     let (rtt1, _) = s.histograms().unwrap();

@@ -23,7 +23,11 @@ fn skip() -> bool {
         return true;
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "lab tests need root (RICOCHET_SKIP_BPF_TESTS=1 skips)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "lab tests need root (RICOCHET_SKIP_BPF_TESTS=1 skips)"
+    );
     false
 }
 
@@ -35,7 +39,11 @@ fn ceiling_and_socket_echo_reflect_and_are_counted() {
     let lab = Lab::up("bs");
     let name = lab.name().to_owned();
     let cpus = netns::online_cpus();
-    let (gen_core, refl_core) = if cpus >= 2 { (Some(0), Some(1)) } else { (None, None) };
+    let (gen_core, refl_core) = if cpus >= 2 {
+        (Some(0), Some(1))
+    } else {
+        (None, None)
+    };
     let env = LabEnv {
         sender_ns: lab.netns(Side::Sender),
         reflector_ns: lab.netns(Side::Reflector),
@@ -87,7 +95,11 @@ fn ceiling_and_socket_echo_reflect_and_are_counted() {
         let received: u64 = m.trials.iter().map(|t| t.received).sum();
         assert!(sent > 0, "{}: the generator sent", r.target);
         assert!(received > 0, "{}: replies were counted", r.target);
-        assert!(received <= sent, "{}: no phantom replies ({received} > {sent})", r.target);
+        assert!(
+            received <= sent,
+            "{}: no phantom replies ({received} > {sent})",
+            r.target
+        );
         assert_eq!(r.ip_len, 69, "min TWAMP over IPv4");
     }
     // The ceiling's replies are echoes: RTT measured from the send table.

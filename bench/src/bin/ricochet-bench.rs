@@ -145,8 +145,10 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
     if unsafe { libc::geteuid() } != 0 {
         return Err("needs root (network namespaces, XDP, BPF test runs)".into());
     }
-    let loss = parse_loss(&cli.loss).ok_or_else(|| format!("--loss {}: not a ratio or percentage", cli.loss))?;
-    let mode = ProbeMode::parse(&cli.mode).ok_or_else(|| format!("--mode {}: unknown", cli.mode))?;
+    let loss = parse_loss(&cli.loss)
+        .ok_or_else(|| format!("--loss {}: not a ratio or percentage", cli.loss))?;
+    let mode =
+        ProbeMode::parse(&cli.mode).ok_or_else(|| format!("--mode {}: unknown", cli.mode))?;
     let external_mode = match cli.external_mode.as_str() {
         "twamp" => ProbeMode::Twamp,
         "stamp" => ProbeMode::Stamp,
@@ -185,7 +187,9 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         (None, None)
     } else {
         if cli.gen_core >= cpus || cli.reflector_core >= cpus {
-            return Err(format!("only {cpus} CPUs: use --gen-core/--reflector-core below {cpus} or --no-pin"));
+            return Err(format!(
+                "only {cpus} CPUs: use --gen-core/--reflector-core below {cpus} or --no-pin"
+            ));
         }
         if cli.gen_core == cli.reflector_core {
             notes.push("generator and reflector share a CPU".into());
@@ -222,7 +226,9 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         (name, env)
     };
     if !netns::path_of(&env.sender_ns).exists() {
-        return Err(format!("lab {lab_name} is not up (LAB={lab_name} scripts/lab.sh up)"));
+        return Err(format!(
+            "lab {lab_name} is not up (LAB={lab_name} scripts/lab.sh up)"
+        ));
     }
 
     let search = SearchConfig {
@@ -296,5 +302,9 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         .results
         .iter()
         .any(|r| r.status == ricochet_bench::report::Status::Failed);
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -120,18 +120,46 @@ impl GenCfg {
     /// The map value.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = vec![0u8; size_of::<Self>()];
-        put(&mut b, offset_of!(Self, frame_len), &self.frame_len.to_ne_bytes());
+        put(
+            &mut b,
+            offset_of!(Self, frame_len),
+            &self.frame_len.to_ne_bytes(),
+        );
         put(&mut b, offset_of!(Self, l4_off), &self.l4_off.to_ne_bytes());
-        put(&mut b, offset_of!(Self, seq_off), &self.seq_off.to_ne_bytes());
+        put(
+            &mut b,
+            offset_of!(Self, seq_off),
+            &self.seq_off.to_ne_bytes(),
+        );
         put(&mut b, offset_of!(Self, t1_off), &self.t1_off.to_ne_bytes());
-        put(&mut b, offset_of!(Self, pool_len), &self.pool_len.to_ne_bytes());
+        put(
+            &mut b,
+            offset_of!(Self, pool_len),
+            &self.pool_len.to_ne_bytes(),
+        );
         b[offset_of!(Self, t1_ptp)] = self.t1_ptp;
         put(&mut b, offset_of!(Self, slots), &self.slots.to_ne_bytes());
-        put(&mut b, offset_of!(Self, tai_offset), &self.tai_offset.to_ne_bytes());
-        put(&mut b, offset_of!(Self, max_burst), &self.max_burst.to_ne_bytes());
+        put(
+            &mut b,
+            offset_of!(Self, tai_offset),
+            &self.tai_offset.to_ne_bytes(),
+        );
+        put(
+            &mut b,
+            offset_of!(Self, max_burst),
+            &self.max_burst.to_ne_bytes(),
+        );
         put(&mut b, offset_of!(Self, epoch), &self.epoch.to_ne_bytes());
-        put(&mut b, offset_of!(Self, interval_fp), &self.interval_fp.to_ne_bytes());
-        put(&mut b, offset_of!(Self, stop_ns), &self.stop_ns.to_ne_bytes());
+        put(
+            &mut b,
+            offset_of!(Self, interval_fp),
+            &self.interval_fp.to_ne_bytes(),
+        );
+        put(
+            &mut b,
+            offset_of!(Self, stop_ns),
+            &self.stop_ns.to_ne_bytes(),
+        );
         b
     }
 }
@@ -213,16 +241,32 @@ impl CntCfg {
     /// The map value.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = vec![0u8; size_of::<Self>()];
-        put(&mut b, offset_of!(Self, local_port), &self.local_port.to_ne_bytes());
-        put(&mut b, offset_of!(Self, remote_port), &self.remote_port.to_ne_bytes());
-        put(&mut b, offset_of!(Self, seq_off), &self.seq_off.to_ne_bytes());
+        put(
+            &mut b,
+            offset_of!(Self, local_port),
+            &self.local_port.to_ne_bytes(),
+        );
+        put(
+            &mut b,
+            offset_of!(Self, remote_port),
+            &self.remote_port.to_ne_bytes(),
+        );
+        put(
+            &mut b,
+            offset_of!(Self, seq_off),
+            &self.seq_off.to_ne_bytes(),
+        );
         put(&mut b, offset_of!(Self, t1_off), &self.t1_off.to_ne_bytes());
         put(&mut b, offset_of!(Self, t2_off), &self.t2_off.to_ne_bytes());
         put(&mut b, offset_of!(Self, t3_off), &self.t3_off.to_ne_bytes());
         put(&mut b, offset_of!(Self, ee_off), &self.ee_off.to_ne_bytes());
         b[offset_of!(Self, measure)] = self.measure;
         b[offset_of!(Self, t1_ptp)] = self.t1_ptp;
-        put(&mut b, offset_of!(Self, tai_offset), &self.tai_offset.to_ne_bytes());
+        put(
+            &mut b,
+            offset_of!(Self, tai_offset),
+            &self.tai_offset.to_ne_bytes(),
+        );
         b
     }
 }
@@ -332,7 +376,9 @@ mod tests {
                 .unwrap_or_else(|| panic!("map {name} in object"));
             // SAFETY: the pointer comes from a live OpenMap of `open`, which
             // outlives the call; the getter only reads the map definition.
-            let got = unsafe { libbpf_rs::libbpf_sys::bpf_map__value_size(map.as_libbpf_object().as_ptr()) };
+            let got = unsafe {
+                libbpf_rs::libbpf_sys::bpf_map__value_size(map.as_libbpf_object().as_ptr())
+            };
             assert_eq!(got as usize, size, "value size of {name}");
         }
     }

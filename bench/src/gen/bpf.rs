@@ -114,9 +114,10 @@ impl Programs {
             let name = p.name().to_string_lossy().into_owned();
             p.set_autoload(role.programs().contains(&name.as_str()));
         }
-        let obj = open
-            .load()
-            .map_err(err(format!("load {:?} programs (verifier log above)", role)))?;
+        let obj = open.load().map_err(err(format!(
+            "load {:?} programs (verifier log above)",
+            role
+        )))?;
         Ok(Programs { obj, role })
     }
 
@@ -162,9 +163,11 @@ impl Programs {
     pub fn run_once(&self, name: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), BpfError> {
         self.with_prog(name, |p| {
             let mut out = vec![0u8; frame.len() + 256];
-            let mut input = ProgramInput::default();
-            input.data_in = Some(frame);
-            input.data_out = Some(&mut out);
+            let input = ProgramInput {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            };
             let o = p.test_run(input).map_err(err(format!("test run {name}")))?;
             let ret = o.return_value;
             let n = o.data.map_or(0, |d| d.len());

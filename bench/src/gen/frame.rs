@@ -124,9 +124,7 @@ impl ProbeMode {
     const fn pool_len(self) -> usize {
         match self {
             ProbeMode::Twamp | ProbeMode::Stamp => 0,
-            ProbeMode::TwampAuth | ProbeMode::TwampEnc => {
-                twamp_field::auth_sender::HMAC.end
-            }
+            ProbeMode::TwampAuth | ProbeMode::TwampEnc => twamp_field::auth_sender::HMAC.end,
             ProbeMode::StampAuth => stamp_field::auth_sender::HMAC.end,
         }
     }
@@ -164,9 +162,9 @@ pub enum ReplyKind {
 #[derive(Clone)]
 pub enum SessionKeys {
     /// TWAMP authenticated/encrypted test keys (derived from the SID).
-    Twamp(TestKeys),
+    Twamp(Box<TestKeys>),
     /// The STAMP session's HMAC key.
-    Stamp(StampHmac),
+    Stamp(Box<StampHmac>),
 }
 
 impl std::fmt::Debug for SessionKeys {
@@ -216,12 +214,12 @@ impl TestSession {
                 };
                 rng.fill_bytes(&mut k.aes);
                 rng.fill_bytes(&mut k.hmac);
-                Some(SessionKeys::Twamp(TestKeys::new(&k)))
+                Some(SessionKeys::Twamp(Box::new(TestKeys::new(&k))))
             }
             ProbeMode::StampAuth => {
                 let mut k = zeroize::Zeroizing::new([0u8; 32]);
                 rng.fill_bytes(k.as_mut());
-                Some(SessionKeys::Stamp(StampHmac::new(k.as_ref())))
+                Some(SessionKeys::Stamp(Box::new(StampHmac::new(k.as_ref()))))
             }
         };
         TestSession {
@@ -559,10 +557,18 @@ pub fn counter_config(flow: &Flow, session: &TestSession, kind: ReplyKind) -> Cn
         (ReplyKind::Echo, ProbeMode::Twamp | ProbeMode::Stamp) => {
             (o(s::SEQ.start), o(s::TIMESTAMP.start), NONE, NONE, NONE)
         }
-        (ReplyKind::Echo, ProbeMode::TwampAuth) => (NONE, o(asn::TIMESTAMP.start), NONE, NONE, NONE),
+        (ReplyKind::Echo, ProbeMode::TwampAuth) => {
+            (NONE, o(asn::TIMESTAMP.start), NONE, NONE, NONE)
+        }
         (ReplyKind::Echo, ProbeMode::TwampEnc) => (NONE, NONE, NONE, NONE, NONE),
         // STAMP is never encrypted: the sequence number is in clear.
-        (ReplyKind::Echo, ProbeMode::StampAuth) => (o(stamp_field::auth_sender::SEQ.start), NONE, NONE, NONE, NONE),
+        (ReplyKind::Echo, ProbeMode::StampAuth) => (
+            o(stamp_field::auth_sender::SEQ.start),
+            NONE,
+            NONE,
+            NONE,
+            NONE,
+        ),
         (ReplyKind::Reflector, ProbeMode::Twamp | ProbeMode::Stamp) => (
             o(r::SENDER_SEQ.start),
             o(r::SENDER_TIMESTAMP.start),
@@ -728,14 +734,22 @@ mod tests {
     /// protocol crate's receive-side functions and carry sequence number i.
     #[test]
     fn pool_entries_verify_with_the_session_keys() {
-        for mode in [ProbeMode::TwampAuth, ProbeMode::TwampEnc, ProbeMode::StampAuth] {
+        for mode in [
+            ProbeMode::TwampAuth,
+            ProbeMode::TwampEnc,
+            ProbeMode::StampAuth,
+        ] {
             let s = TestSession::with_random_keys(mode);
             let g = build(&flow(false), &s, 512).unwrap();
             let p = check_frame(&g.frame, false);
             assert_eq!(p.len(), 512 - 28);
             assert_eq!(g.pool.len(), SLOTS);
             let plen = usize::from(g.gen.pool_len);
-            assert_eq!(&p[..plen], &vec![0u8; plen][..], "template zero under the pool");
+            assert_eq!(
+                &p[..plen],
+                &vec![0u8; plen][..],
+                "template zero under the pool"
+            );
             for i in [0usize, 1, 4242, SLOTS - 1] {
                 let mut pkt = p.clone();
                 pkt[..plen].copy_from_slice(&g.pool[i][..plen]);
@@ -746,21 +760,48 @@ mod tests {
                 match (&s.keys, mode) {
                     (Some(SessionKeys::Twamp(k)), _) => {
                         let prot = mode.twamp_protection().unwrap();
-                        k.unprotect(PacketRole::Sender, prot, &mut pkt).expect("HMAC verifies");
+                        k.unprotect(PacketRole::Sender, prot, &mut pkt)
+                            .expect("HMAC verifies");
                     }
-                    (Some(SessionKeys::Stamp(h)), _) => h.verify_packet(&pkt).expect("HMAC verifies"),
+                    (Some(SessionKeys::Stamp(h)), _) => {
+                        h.verify_packet(&pkt).expect("HMAC verifies")
+                    }
                     (None, _) => unreachable!("secured modes have keys"),
                 }
                 assert_eq!(u32::from_be_bytes(pkt[0..4].try_into().unwrap()), i as u32);
             }
         }
         // Only TWAMP authenticated can stamp T1 itself (octets 16–23 clear).
-        let g = build(&flow(false), &TestSession::with_random_keys(ProbeMode::TwampAuth), 140).unwrap();
-        assert_eq!((g.gen.seq_off, g.gen.t1_off, g.gen.pool_len), (NONE, 16, 48));
-        let g = build(&flow(false), &TestSession::with_random_keys(ProbeMode::TwampEnc), 140).unwrap();
-        assert_eq!((g.gen.seq_off, g.gen.t1_off, g.gen.pool_len), (NONE, NONE, 48));
-        let g = build(&flow(true), &TestSession::with_random_keys(ProbeMode::StampAuth), 160).unwrap();
-        assert_eq!((g.gen.seq_off, g.gen.t1_off, g.gen.pool_len), (NONE, NONE, 112));
+        let g = build(
+            &flow(false),
+            &TestSession::with_random_keys(ProbeMode::TwampAuth),
+            140,
+        )
+        .unwrap();
+        assert_eq!(
+            (g.gen.seq_off, g.gen.t1_off, g.gen.pool_len),
+            (NONE, 16, 48)
+        );
+        let g = build(
+            &flow(false),
+            &TestSession::with_random_keys(ProbeMode::TwampEnc),
+            140,
+        )
+        .unwrap();
+        assert_eq!(
+            (g.gen.seq_off, g.gen.t1_off, g.gen.pool_len),
+            (NONE, NONE, 48)
+        );
+        let g = build(
+            &flow(true),
+            &TestSession::with_random_keys(ProbeMode::StampAuth),
+            160,
+        )
+        .unwrap();
+        assert_eq!(
+            (g.gen.seq_off, g.gen.t1_off, g.gen.pool_len),
+            (NONE, NONE, 112)
+        );
     }
 
     #[test]
@@ -768,16 +809,41 @@ mod tests {
         let f = flow(false);
         // TWAMP unauthenticated reflector (RFC 5357 §4.2.1): T3 @4, EE @12,
         // T2 @16, sender seq @24, T1 @28.
-        let c = counter_config(&f, &TestSession::open(ProbeMode::Twamp), ReplyKind::Reflector);
-        assert_eq!((c.seq_off, c.t1_off, c.t2_off, c.t3_off, c.ee_off), (24, 28, 16, 4, 12));
+        let c = counter_config(
+            &f,
+            &TestSession::open(ProbeMode::Twamp),
+            ReplyKind::Reflector,
+        );
+        assert_eq!(
+            (c.seq_off, c.t1_off, c.t2_off, c.t3_off, c.ee_off),
+            (24, 28, 16, 4, 12)
+        );
         assert_eq!(c.measure, M_RTT | M_SEQ | M_RESIDENCE);
         assert_eq!((c.local_port, c.remote_port), (40000, 862));
         // Authenticated (112-octet layout): T3 @16, EE @24, T2 @32, seq @48, T1 @64.
-        let c = counter_config(&f, &TestSession::open(ProbeMode::TwampAuth), ReplyKind::Reflector);
-        assert_eq!((c.seq_off, c.t1_off, c.t2_off, c.t3_off, c.ee_off), (48, 64, 32, 16, 24));
-        let c = counter_config(&f, &TestSession::open(ProbeMode::StampAuth), ReplyKind::Reflector);
-        assert_eq!((c.seq_off, c.t1_off, c.t2_off, c.t3_off), (48, NONE, 32, 16));
-        let c = counter_config(&f, &TestSession::open(ProbeMode::TwampEnc), ReplyKind::Reflector);
+        let c = counter_config(
+            &f,
+            &TestSession::open(ProbeMode::TwampAuth),
+            ReplyKind::Reflector,
+        );
+        assert_eq!(
+            (c.seq_off, c.t1_off, c.t2_off, c.t3_off, c.ee_off),
+            (48, 64, 32, 16, 24)
+        );
+        let c = counter_config(
+            &f,
+            &TestSession::open(ProbeMode::StampAuth),
+            ReplyKind::Reflector,
+        );
+        assert_eq!(
+            (c.seq_off, c.t1_off, c.t2_off, c.t3_off),
+            (48, NONE, 32, 16)
+        );
+        let c = counter_config(
+            &f,
+            &TestSession::open(ProbeMode::TwampEnc),
+            ReplyKind::Reflector,
+        );
         assert_eq!(c.measure, 0, "encrypted replies can only be counted");
         let c = counter_config(&f, &TestSession::open(ProbeMode::Twamp), ReplyKind::Echo);
         assert_eq!((c.seq_off, c.t1_off, c.t2_off), (0, 4, NONE));

@@ -137,7 +137,11 @@ mod tests {
         assert!(near(s.p99_ns, 990_000.0), "p99 {}", s.p99_ns);
         assert!(near(s.p999_ns, 999_000.0), "p99.9 {}", s.p999_ns);
         assert!(near(s.min_ns, 1_000.0) && near(s.max_ns, 1_000_000.0));
-        assert!((s.mean_ns - 500_500.0).abs() < 500_500.0 / 32.0, "mean {}", s.mean_ns);
+        assert!(
+            (s.mean_ns - 500_500.0).abs() < 500_500.0 / 32.0,
+            "mean {}",
+            s.mean_ns
+        );
     }
 
     #[test]

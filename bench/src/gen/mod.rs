@@ -14,6 +14,6 @@ pub mod bpf;
 pub mod frame;
 pub mod latency;
 pub mod netns;
-pub mod trial;
-pub mod target;
 pub mod run;
+pub mod target;
+pub mod trial;

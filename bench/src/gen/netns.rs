@@ -82,10 +82,7 @@ pub fn mac_address(name: &str) -> io::Result<[u8; 6]> {
     // SAFETY: `fd` is the socket opened above, closed exactly once.
     unsafe { libc::close(fd) };
     if r != 0 {
-        return Err(io::Error::new(
-            err.kind(),
-            format!("MAC of {name}: {err}"),
-        ));
+        return Err(io::Error::new(err.kind(), format!("MAC of {name}: {err}")));
     }
     // SAFETY: after a successful SIOCGIFHWADDR the union holds ifru_hwaddr.
     let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
@@ -150,7 +147,10 @@ pub fn thread_napi(
     let prefix = &prefix[..prefix.len().min(15)];
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok())
+        let Some(pid) = e
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<libc::pid_t>().ok())
         else {
             continue;
         };

@@ -147,7 +147,10 @@ fn measure(
     let min = frame::min_ip_len(ep.session.mode, v6);
     let (ip_len, note) = match size {
         Size::Min => (min, None),
-        Size::Ip(n) if n < min => (min, Some(format!("{n} octets raised to the mode's minimum {min}"))),
+        Size::Ip(n) if n < min => (
+            min,
+            Some(format!("{n} octets raised to the mode's minimum {min}")),
+        ),
         Size::Ip(n) => (n, None),
     };
     let flow = Flow {
@@ -157,7 +160,9 @@ fn measure(
         dst: ep.addr,
     };
     let g = frame::build(&flow, &ep.session, ip_len).map_err(|e| e.to_string())?;
-    side.sender.configure_generator(&g).map_err(|e| e.to_string())?;
+    side.sender
+        .configure_generator(&g)
+        .map_err(|e| e.to_string())?;
     side.sender
         .configure_counter(&frame::counter_config(&flow, &ep.session, ep.reply))
         .map_err(|e| e.to_string())?;
@@ -207,7 +212,10 @@ fn measure(
     let pps = r.throughput_pps();
     let mut note = note;
     if ep.reply == ReplyKind::Reflector && best.is_some_and(|b| b.outcome.rtt.count() == 0) {
-        note = Some(note.map_or(String::new(), |n| n + "; ") + "latency not readable in this mode's replies");
+        note = Some(
+            note.map_or(String::new(), |n| n + "; ")
+                + "latency not readable in this mode's replies",
+        );
     }
     Ok(TargetResult {
         target: t.name().into(),
@@ -249,7 +257,11 @@ pub fn run(
         let running = match t.start(env) {
             Ok(r) => r,
             Err(e) => {
-                let status = if e.is_skip() { Status::Skipped } else { Status::Failed };
+                let status = if e.is_skip() {
+                    Status::Skipped
+                } else {
+                    Status::Failed
+                };
                 for &size in &settings.sizes {
                     out.push(skipped(t.as_ref(), env, size, status, e.to_string()));
                     progress.inc();

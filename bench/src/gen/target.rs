@@ -307,9 +307,9 @@ fn echo_loop(fd: OwnedFd, stop: &AtomicBool, echoed: &AtomicU64) -> io::Result<(
         if n < 0 {
             let e = io::Error::last_os_error();
             match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {
-                    continue
-                }
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => continue,
                 _ => return Err(e),
             }
         }

@@ -181,8 +181,8 @@ fn send_scheduled(
     while monotonic_ns() < stop {
         match sender.run_live(ifindex, frame, i32::MAX as u32, batch) {
             Ok(()) => {}
-            Err(BpfError::TestRun { source, .. })
-                if source.raw_os_error() == Some(libc::EINTR) => {}
+            Err(BpfError::TestRun { source, .. }) if source.raw_os_error() == Some(libc::EINTR) => {
+            }
             Err(e) => return Err(e),
         }
     }
@@ -223,7 +223,13 @@ impl Trial for LiveTrial {
                     netns::pin(0, c)?;
                 }
                 Ok(send_scheduled(
-                    &sender, ifindex, &frame, cfg, duration, batch, &started_tx,
+                    &sender,
+                    ifindex,
+                    &frame,
+                    cfg,
+                    duration,
+                    batch,
+                    &started_tx,
                 )?)
             })();
             done2.store(true, std::sync::atomic::Ordering::SeqCst);
