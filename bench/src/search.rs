@@ -203,13 +203,10 @@ pub fn search<T: Trial>(
             if lo.is_none_or(|(l, _)| offered > l) {
                 lo = Some((offered, i));
             }
-            if steps[i].outcome.offered_pps() < rate * cfg.generator_tolerance {
-                // Lossless at everything the generator could offer: there
-                // is nothing higher to try.
-                hi = None;
+            if hi.is_none() && offered < rate * cfg.generator_tolerance {
+                // Lossless at the highest rate the generator could offer:
+                // there is nothing higher to try; confirm right away.
                 lo = Some((offered, i));
-                next = rate;
-                // Confirm right away.
                 continue;
             }
         } else {

@@ -278,3 +278,37 @@ fn round_trip_from_the_send_table() {
     // The pass program loads too.
     Programs::load(Role::Pass).expect("pass stub loads");
 }
+
+#[test]
+fn generator_keeps_its_schedule_and_stop_time() {
+    if skip() {
+        return;
+    }
+    use ricochet_bench::gen::abi::GenCfg;
+    let s = Sender::load().unwrap();
+    let g = frame::build(&flow(false), &TestSession::open(ProbeMode::Twamp), 100).unwrap();
+    s.configure_generator(&g).unwrap();
+    // One frame per second: the first iteration sends, the next ones are
+    // before the schedule's next slot and are dropped.
+    let paced = GenCfg {
+        interval_fp: GenCfg::interval_for(1.0),
+        max_burst: 1,
+        epoch: 1,
+        ..g.gen
+    };
+    assert_eq!(GenCfg::interval_for(1.0), 1_000_000_000 << 16);
+    s.write_gen_cfg(&paced).unwrap();
+    let run = || s.programs().run_once(PROG_GEN, &g.frame).unwrap().0;
+    assert_eq!(run(), XDP_TX);
+    assert_eq!(run(), ricochet_bench::gen::bpf::XDP_DROP);
+    assert_eq!(run(), ricochet_bench::gen::bpf::XDP_DROP);
+    let st = s.gen_stats().unwrap();
+    assert_eq!((st.frames, st.idle), (1, 2));
+    // A new epoch restarts the schedule at once.
+    s.write_gen_cfg(&GenCfg { epoch: 2, ..paced }).unwrap();
+    assert_eq!(run(), XDP_TX);
+    // After the stop time nothing is sent.
+    s.write_gen_cfg(&GenCfg { epoch: 3, stop_ns: 1, ..paced }).unwrap();
+    assert_eq!(run(), ricochet_bench::gen::bpf::XDP_DROP);
+    assert_eq!(s.gen_stats().unwrap().frames, 2);
+}

@@ -112,6 +112,35 @@ pub fn pin(tid: libc::pid_t, core: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Gives thread `tid` (0: the calling thread) SCHED_FIFO priority `prio`,
+/// so that builds and other tenants of a shared machine do not delay it by
+/// whole scheduler slices (the kernel's RT throttling still leaves them 5 %).
+pub fn set_fifo(tid: libc::pid_t, prio: i32) -> io::Result<()> {
+    let p = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: sched_setscheduler reads `p`, valid for the call.
+    if unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &p) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("SCHED_FIFO for {tid}: {e}")));
+    }
+    Ok(())
+}
+
+/// Real-time priorities of the benchmark's threads (SCHED_FIFO): the
+/// counter's NAPI above the generator on the generator CPU, the reflector's
+/// NAPI above its user-space thread on the reflector CPU.
+pub mod prio {
+    /// The counter's NAPI thread.
+    pub const COUNTER_NAPI: i32 = 50;
+    /// The reflector's NAPI thread.
+    pub const REFLECTOR_NAPI: i32 = 40;
+    /// A reflector's user-space thread (socket echo).
+    pub const REFLECTOR_THREAD: i32 = 30;
+    /// The generator thread.
+    pub const GENERATOR: i32 = 20;
+}
+
 /// Number of CPUs the kernel has online.
 pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -158,13 +187,7 @@ pub fn thread_napi(
             if comm.trim_end().starts_with(prefix) {
                 pin(pid, core)?;
                 if let Some(prio) = fifo {
-                    let p = libc::sched_param {
-                        sched_priority: prio,
-                    };
-                    // SAFETY: sched_setscheduler reads `p`, valid for the call.
-                    if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &p) } != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+                    set_fifo(pid, prio)?;
                 }
                 pids.push(pid);
             }

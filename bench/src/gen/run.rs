@@ -94,7 +94,12 @@ impl SenderSide {
             // The counter shares the generator's CPU and must win it: the
             // generator spins between sends, the counter's NAPI thread
             // preempts it (SCHED_FIFO) whenever replies arrive.
-            if let Err(e) = netns::thread_napi(&env.sender_ns, &env.sender_iface, core, Some(50)) {
+            if let Err(e) = netns::thread_napi(
+                &env.sender_ns,
+                &env.sender_iface,
+                core,
+                Some(netns::prio::COUNTER_NAPI),
+            ) {
                 eprintln!("ricochet-bench: counter NAPI not pinned: {e}");
             }
         }

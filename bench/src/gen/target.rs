@@ -135,7 +135,12 @@ fn attach_in(env: &LabEnv, role: Role, prog: &'static str) -> Result<Attached, T
     .map_err(|e| TargetError::Failed(e.to_string()))?
     .map_err(failed("attach in the reflector namespace"))?;
     if let Some(core) = env.reflector_core {
-        if let Err(e) = netns::thread_napi(&env.reflector_ns, &env.reflector_iface, core, None) {
+        if let Err(e) = netns::thread_napi(
+            &env.reflector_ns,
+            &env.reflector_iface,
+            core,
+            Some(netns::prio::REFLECTOR_NAPI),
+        ) {
             eprintln!("ricochet-bench: reflector NAPI not pinned: {e}");
         }
     }
@@ -366,6 +371,7 @@ impl Target for SocketEcho {
                 netns::enter(&ns)?;
                 if let Some(c) = core {
                     netns::pin(0, c)?;
+                    netns::set_fifo(0, netns::prio::REFLECTOR_THREAD)?;
                 }
                 echo_socket(addr)
             })();

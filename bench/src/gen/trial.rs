@@ -221,6 +221,7 @@ impl Trial for LiveTrial {
                 netns::enter(&netns)?;
                 if let Some(c) = core {
                     netns::pin(0, c)?;
+                    netns::set_fifo(0, netns::prio::GENERATOR)?;
                 }
                 Ok(send_scheduled(
                     &sender,
