@@ -6,9 +6,10 @@
 //! The search runs on the abstract [`Trial`] so that it is tested on
 //! synthetic loss curves; `gen::trial` implements it on the lab.
 //!
-//! Rates are the rates a trial *actually offered* (a generator that cannot
-//! reach the requested rate narrows the search to what it did offer), so
-//! the result is never above what was really sent.
+//! The bisection runs on requested rates; a failing trial whose generator
+//! fell well short of the request bounds the search at what it did offer,
+//! and the throughput reported is the offered rate of the deciding trial,
+//! so the result is never above what was really sent.
 
 use std::time::Duration;
 
@@ -75,7 +76,7 @@ impl Default for SearchConfig {
             trial: Duration::from_secs(2),
             max_trials: 24,
             max_confirms: 3,
-            generator_tolerance: 0.97,
+            generator_tolerance: 0.9,
         }
     }
 }
@@ -180,15 +181,15 @@ pub fn search<T: Trial>(
             // The found rate did not hold: it becomes the failing bound and
             // the search continues below it from the best pass that is
             // clearly lower (or from scratch).
-            let failed_at = steps[i].outcome.offered_pps().min(l);
+            let failed_at = l;
             hi = Some(failed_at);
             lo = steps
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| {
-                    s.passed && s.outcome.offered_pps() < failed_at * (1.0 - cfg.resolution / 2.0)
+                    s.passed && s.requested_pps < failed_at * (1.0 - cfg.resolution / 2.0)
                 })
-                .map(|(j, s)| (s.outcome.offered_pps(), j))
+                .map(|(j, s)| (s.requested_pps, j))
                 .max_by(|a, b| a.0.total_cmp(&b.0));
             next = match lo {
                 Some((l, _)) => (l + failed_at) / 2.0,
@@ -200,8 +201,11 @@ pub fn search<T: Trial>(
         let i = run(rate, Phase::Search, &mut steps)?;
         let offered = steps[i].outcome.offered_pps();
         if steps[i].passed {
-            if lo.is_none_or(|(l, _)| offered > l) {
-                lo = Some((offered, i));
+            // Bisect on the requested rate (an offered rate a little short of
+            // it must not make the search repeat itself); the throughput is
+            // the deciding trial's offered rate.
+            if lo.is_none_or(|(l, _)| rate > l) {
+                lo = Some((rate, i));
             }
             if hi.is_none() && offered < rate * cfg.generator_tolerance {
                 // Lossless at the highest rate the generator could offer:
@@ -210,7 +214,14 @@ pub fn search<T: Trial>(
                 continue;
             }
         } else {
-            hi = Some(hi.map_or(offered, |h: f64| h.min(offered)));
+            // A failing trial bounds the search at what it requested, or at
+            // what it offered when the generator fell short of that.
+            let bound = if offered < rate * cfg.generator_tolerance {
+                offered
+            } else {
+                rate
+            };
+            hi = Some(hi.map_or(bound, |h: f64| h.min(bound)));
             if rate <= cfg.min_pps {
                 break; // loses at the lowest rate worth trying
             }

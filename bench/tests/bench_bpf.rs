@@ -308,7 +308,12 @@ fn generator_keeps_its_schedule_and_stop_time() {
     s.write_gen_cfg(&GenCfg { epoch: 2, ..paced }).unwrap();
     assert_eq!(run(), XDP_TX);
     // After the stop time nothing is sent.
-    s.write_gen_cfg(&GenCfg { epoch: 3, stop_ns: 1, ..paced }).unwrap();
+    s.write_gen_cfg(&GenCfg {
+        epoch: 3,
+        stop_ns: 1,
+        ..paced
+    })
+    .unwrap();
     assert_eq!(run(), ricochet_bench::gen::bpf::XDP_DROP);
     assert_eq!(s.gen_stats().unwrap().frames, 2);
 }

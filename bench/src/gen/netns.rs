@@ -122,7 +122,10 @@ pub fn set_fifo(tid: libc::pid_t, prio: i32) -> io::Result<()> {
     // SAFETY: sched_setscheduler reads `p`, valid for the call.
     if unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &p) } != 0 {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("SCHED_FIFO for {tid}: {e}")));
+        return Err(io::Error::new(
+            e.kind(),
+            format!("SCHED_FIFO for {tid}: {e}"),
+        ));
     }
     Ok(())
 }
