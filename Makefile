@@ -28,5 +28,10 @@ demo: setup
 fuzz: setup
 	bash scripts/fuzz.sh
 
+## The standard benchmark comparison in the namespace lab (under 10 minutes):
+## writes bench/results/<timestamp>/ (report.json, table.md, PNG plots).
+bench: setup
+	$(CARGO) run --release -p ricochet-bench --bin ricochet-bench -- --targets all --sizes min,112,512,1500 --trial-secs 1 --max-trials 16
+
 clean:
 	$(CARGO) clean

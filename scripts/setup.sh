@@ -16,7 +16,7 @@ check_only=0
 # (offload settings on veth), bpftool (inspecting pinned maps), util-linux (nsenter).
 APT_PACKAGES=(
   clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make gcc libc6-dev linux-libc-dev
-  iproute2 iputils-ping tcpdump tshark ethtool bpftool util-linux procps jq
+  iproute2 iputils-ping tcpdump tshark ethtool bpftool util-linux procps jq fonts-dejavu-core
 )
 
 missing=()

@@ -1,0 +1,673 @@
+//! The benchmark report: a Markdown table, JSON (serde) and PNG plots
+//! (plotters: throughput against offered load, latency CDF), plus the
+//! progress bar shown while it runs (indicatif).
+//!
+//! Throughput in Gbit/s is on the wire: every frame counted with its FCS
+//! (4), padded to the 64-octet minimum, plus preamble/SFD (8) and the
+//! inter-frame gap (12) (IEEE 802.3; RFC 2544 §20 counts frames the same
+//! way).
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::stats::Distribution;
+
+/// FCS octets of an Ethernet frame.
+pub const FCS: usize = 4;
+/// Preamble, SFD and inter-frame gap per frame.
+pub const WIRE_OVERHEAD: usize = 20;
+/// Smallest Ethernet frame (with FCS).
+pub const MIN_FRAME: usize = 64;
+
+/// Bits one frame occupies on the wire; `frame_len` counts from the
+/// Ethernet header to the end of the payload (no FCS).
+pub fn wire_bits(frame_len: usize) -> u64 {
+    ((frame_len + FCS).max(MIN_FRAME) + WIRE_OVERHEAD) as u64 * 8
+}
+
+/// Gbit/s on the wire of `pps` frames of `frame_len` octets.
+pub fn wire_gbps(pps: f64, frame_len: usize) -> f64 {
+    pps * wire_bits(frame_len) as f64 / 1e9
+}
+
+/// Settings and environment of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    /// The command line.
+    pub command: String,
+    /// Start, seconds since the Unix epoch.
+    pub started_unix: u64,
+    /// `uname -r`.
+    pub kernel: String,
+    /// Online CPUs.
+    pub cpus: usize,
+    /// Lab name.
+    pub lab: String,
+    /// Generator CPU.
+    pub gen_core: Option<usize>,
+    /// Reflector CPU.
+    pub reflector_core: Option<usize>,
+    /// Test mode of the ceiling and echo targets.
+    pub mode: String,
+    /// IPv6 instead of IPv4.
+    pub ipv6: bool,
+    /// The search settings.
+    pub search: crate::search::SearchConfig,
+    /// The generator settings.
+    pub generator: crate::gen::trial::LiveConfig,
+    /// Things the reader should know (sweeps skipped, fonts missing…).
+    pub notes: Vec<String>,
+}
+
+/// Outcome of one target at one size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Searched.
+    Measured,
+    /// Not measured, with the reason (not wired, no command…).
+    Skipped,
+    /// Set-up or a trial failed.
+    Failed,
+}
+
+/// One trial, for the throughput plot and the JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrialPoint {
+    pub phase: crate::search::Phase,
+    pub requested_pps: f64,
+    pub offered_pps: f64,
+    pub received_pps: f64,
+    pub sent: u64,
+    pub received: u64,
+    pub loss_ratio: f64,
+    pub passed: bool,
+}
+
+/// The result of a search.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Measured {
+    /// Highest rate with loss at or under the threshold, packets/s.
+    pub throughput_pps: f64,
+    /// The same on the wire.
+    pub throughput_gbps: f64,
+    /// Fraction of the target's ceiling at the same size.
+    pub share_of_ceiling: Option<f64>,
+    /// Loss of the deciding trial.
+    pub loss_ratio: f64,
+    /// Whether a confirming trial passed.
+    pub confirmed: bool,
+    /// Whether the generator, not the target, was the limit.
+    pub generator_limited: bool,
+    /// Round trip T4 − T1 of the deciding trial.
+    pub rtt: Option<Distribution>,
+    /// Reflector residence T3 − T2 of the deciding trial.
+    pub residence: Option<Distribution>,
+    /// CDF of the round trip: (ns, fraction).
+    pub rtt_cdf: Vec<(f64, f64)>,
+    /// Every trial.
+    pub trials: Vec<TrialPoint>,
+}
+
+/// One target at one packet size.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetResult {
+    pub target: String,
+    pub description: String,
+    pub ceiling: Option<String>,
+    /// Test mode of its packets.
+    pub mode: String,
+    /// Size as asked (`min` or octets).
+    pub size: String,
+    /// IP packet length.
+    pub ip_len: usize,
+    /// Ethernet frame length without FCS.
+    pub frame_len: usize,
+    pub status: Status,
+    /// Why skipped or failed, or remarks.
+    pub note: Option<String>,
+    pub measured: Option<Measured>,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub meta: Meta,
+    pub results: Vec<TargetResult>,
+}
+
+impl Report {
+    /// Fills `share_of_ceiling` of every measured result whose ceiling was
+    /// measured at the same IP length.
+    pub fn fill_shares(&mut self) {
+        let ceilings: Vec<(String, usize, f64)> = self
+            .results
+            .iter()
+            .filter_map(|r| {
+                r.measured
+                    .as_ref()
+                    .map(|m| (r.target.clone(), r.ip_len, m.throughput_pps))
+            })
+            .collect();
+        for r in &mut self.results {
+            let Some(c) = r.ceiling.clone() else { continue };
+            let ip_len = r.ip_len;
+            if let Some(m) = r.measured.as_mut() {
+                m.share_of_ceiling = ceilings
+                    .iter()
+                    .find(|(t, l, pps)| *t == c && *l == ip_len && *pps > 0.0)
+                    .map(|(_, _, pps)| m.throughput_pps / pps);
+            }
+        }
+    }
+
+    /// The Markdown table.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        s.push_str("| target | size (IP) | Mpps | Gbit/s | of ceiling | loss | RTT p50 | RTT p99 | RTT p99.9 | residence p50 | residence p99 | note |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        for r in &self.results {
+            let size = format!("{} ({})", r.size, r.ip_len);
+            match (&r.status, &r.measured) {
+                (Status::Measured, Some(m)) => {
+                    let d = |x: &Option<Distribution>, f: fn(&Distribution) -> i64| {
+                        x.as_ref().map_or("–".into(), |d| fmt_ns(f(d)))
+                    };
+                    let mut note = Vec::new();
+                    if m.generator_limited {
+                        note.push("generator-limited".to_string());
+                    }
+                    if !m.confirmed && m.throughput_pps > 0.0 {
+                        note.push("unconfirmed".to_string());
+                    }
+                    if let Some(n) = &r.note {
+                        note.push(n.clone());
+                    }
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {:.3} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                        r.target,
+                        size,
+                        m.throughput_pps / 1e6,
+                        m.throughput_gbps,
+                        m.share_of_ceiling
+                            .map_or("–".into(), |x| format!("{:.0} %", x * 100.0)),
+                        fmt_loss(m.loss_ratio),
+                        d(&m.rtt, |d| d.p50_ns),
+                        d(&m.rtt, |d| d.p99_ns),
+                        d(&m.rtt, |d| d.p999_ns),
+                        d(&m.residence, |d| d.p50_ns),
+                        d(&m.residence, |d| d.p99_ns),
+                        note.join("; ")
+                    );
+                }
+                _ => {
+                    let what = match r.status {
+                        Status::Failed => "failed",
+                        _ => "skipped",
+                    };
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | – | – | – | – | – | – | – | – | – | {}: {} |",
+                        r.target,
+                        size,
+                        what,
+                        r.note.as_deref().unwrap_or("")
+                    );
+                }
+            }
+        }
+        s
+    }
+
+    /// Writes `report.json`, `table.md` and the plots into `dir`; returns
+    /// the files written and the plots that could not be drawn (why).
+    pub fn write(&self, dir: &Path) -> io::Result<(Vec<PathBuf>, Vec<String>)> {
+        let mut warnings = Vec::new();
+        std::fs::create_dir_all(dir)?;
+        let mut files = Vec::new();
+        let json = dir.join("report.json");
+        let f = std::fs::File::create(&json)?;
+        serde_json::to_writer_pretty(io::BufWriter::new(f), self)?;
+        files.push(json);
+        let md = dir.join("table.md");
+        std::fs::write(
+            &md,
+            format!(
+                "# ricochet-bench\n\n`{}`\n\n{}",
+                self.meta.command,
+                self.table()
+            ),
+        )?;
+        files.push(md);
+        let mut sizes: Vec<usize> = self.results.iter().map(|r| r.ip_len).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        for ip_len in sizes {
+            let rs: Vec<&TargetResult> = self
+                .results
+                .iter()
+                .filter(|r| r.ip_len == ip_len && r.measured.is_some())
+                .collect();
+            if rs.is_empty() {
+                continue;
+            }
+            let p = dir.join(format!("throughput-{ip_len}.png"));
+            match plot::throughput(&p, ip_len, &rs) {
+                Ok(()) => files.push(p),
+                Err(e) => warnings.push(format!("{}: {e}", p.display())),
+            }
+            if rs
+                .iter()
+                .any(|r| r.measured.as_ref().is_some_and(|m| !m.rtt_cdf.is_empty()))
+            {
+                let p = dir.join(format!("latency-cdf-{ip_len}.png"));
+                match plot::latency_cdf(&p, ip_len, &rs) {
+                    Ok(()) => files.push(p),
+                    Err(e) => warnings.push(format!("{}: {e}", p.display())),
+                }
+            }
+        }
+        Ok((files, warnings))
+    }
+}
+
+/// Nanoseconds for humans: ns below 10 µs, µs below 10 ms, else ms.
+pub fn fmt_ns(ns: i64) -> String {
+    let a = ns.unsigned_abs();
+    if a < 10_000 {
+        format!("{ns} ns")
+    } else if a < 10_000_000 {
+        format!("{:.1} µs", ns as f64 / 1e3)
+    } else {
+        format!("{:.1} ms", ns as f64 / 1e6)
+    }
+}
+
+fn fmt_loss(r: f64) -> String {
+    if r == 0.0 {
+        "0".into()
+    } else {
+        format!("{:.3} %", r * 100.0)
+    }
+}
+
+/// PNG plots. Text needs a TrueType font: DejaVu Sans (Debian
+/// `fonts-dejavu-core`) or `RICOCHET_BENCH_FONT`; without one the plots are
+/// skipped with an error the caller reports.
+pub mod plot {
+    use super::TargetResult;
+    use plotters::prelude::*;
+    use std::path::Path;
+    use std::sync::OnceLock;
+
+    const FONT_PATHS: [&str; 3] = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    ];
+
+    /// Registers a font for plotters once; the error says what is missing.
+    pub fn font() -> Result<(), String> {
+        static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+        DONE.get_or_init(|| {
+            let env = std::env::var("RICOCHET_BENCH_FONT").ok();
+            let paths = env.iter().map(String::as_str).chain(FONT_PATHS);
+            for p in paths {
+                if let Ok(bytes) = std::fs::read(p) {
+                    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                    return plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                        .map_err(|_| format!("{p}: not a usable font"));
+                }
+            }
+            Err("no TrueType font for the plots (install fonts-dejavu-core or set RICOCHET_BENCH_FONT)".into())
+        })
+        .clone()
+    }
+
+    fn colour(i: usize) -> RGBColor {
+        const C: [RGBColor; 8] = [
+            RGBColor(31, 119, 180),
+            RGBColor(255, 127, 14),
+            RGBColor(44, 160, 44),
+            RGBColor(214, 39, 40),
+            RGBColor(148, 103, 189),
+            RGBColor(140, 86, 75),
+            RGBColor(227, 119, 194),
+            RGBColor(127, 127, 127),
+        ];
+        C[i % C.len()]
+    }
+
+    /// Received against offered load (Mpps), one series per target, with
+    /// the lossless diagonal.
+    pub fn throughput(path: &Path, ip_len: usize, rs: &[&TargetResult]) -> Result<(), String> {
+        font()?;
+        let mut max = 0.01f64;
+        for r in rs {
+            for t in &r
+                .measured
+                .as_ref()
+                .map_or(&[][..], |m| &m.trials[..])
+                .to_vec()
+            {
+                max = max.max(t.offered_pps / 1e6).max(t.received_pps / 1e6);
+            }
+        }
+        let max = max * 1.05;
+        let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("Throughput, {ip_len}-octet IP packets"),
+                ("sans-serif", 24),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..max, 0f64..max)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("offered (Mpps)")
+            .y_desc("received (Mpps)")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(LineSeries::new([(0.0, 0.0), (max, max)], BLACK.mix(0.3)))
+            .map_err(|e| e.to_string())?
+            .label("no loss")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.3)));
+        for (i, r) in rs.iter().enumerate() {
+            let Some(m) = &r.measured else { continue };
+            let mut pts: Vec<(f64, f64)> = m
+                .trials
+                .iter()
+                .map(|t| (t.offered_pps / 1e6, t.received_pps / 1e6))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let c = colour(i);
+            chart
+                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(r.target.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, c.filled())))
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())
+    }
+
+    /// CDF of the round trip at each target's throughput (log time axis).
+    pub fn latency_cdf(path: &Path, ip_len: usize, rs: &[&TargetResult]) -> Result<(), String> {
+        font()?;
+        let (mut lo, mut hi) = (f64::MAX, 0f64);
+        for r in rs {
+            for (x, _) in r.measured.as_ref().map_or(&[][..], |m| &m.rtt_cdf[..]) {
+                lo = lo.min(*x / 1e3);
+                hi = hi.max(*x / 1e3);
+            }
+        }
+        if hi <= 0.0 {
+            return Ok(());
+        }
+        let lo = (lo * 0.8).max(0.01);
+        let hi = (hi * 1.25).max(lo * 10.0);
+        let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("Round-trip time CDF at throughput, {ip_len}-octet IP packets"),
+                ("sans-serif", 24),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d((lo..hi).log_scale(), 0f64..1.0)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("round trip (µs)")
+            .y_desc("fraction of replies")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, r) in rs.iter().enumerate() {
+            let Some(m) = &r.measured else { continue };
+            if m.rtt_cdf.is_empty() {
+                continue;
+            }
+            let c = colour(i);
+            let pts: Vec<(f64, f64)> = m.rtt_cdf.iter().map(|(x, y)| (x / 1e3, *y)).collect();
+            chart
+                .draw_series(LineSeries::new(pts, c.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(r.target.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())
+    }
+}
+
+/// The progress bar on stderr (hidden when stderr is not a terminal).
+pub struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    /// A bar over `jobs` target × size searches.
+    pub fn new(jobs: u64) -> Progress {
+        let bar = indicatif::ProgressBar::new(jobs);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        Progress { bar }
+    }
+
+    /// A bar that draws nothing (tests).
+    pub fn hidden() -> Progress {
+        Progress {
+            bar: indicatif::ProgressBar::hidden(),
+        }
+    }
+
+    /// Shows what runs now.
+    pub fn message(&self, m: String) {
+        self.bar.set_message(m);
+    }
+
+    /// One search done.
+    pub fn inc(&self) {
+        self.bar.inc(1);
+    }
+
+    /// Prints a line above the bar.
+    pub fn println(&self, m: impl AsRef<str>) {
+        self.bar.println(m);
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::Phase;
+
+    #[test]
+    fn wire_rate_counts_fcs_padding_preamble_and_gap() {
+        // 64-octet frames (60 + FCS): 84 octets on the wire; 14.88 Mpps fill 10 Gbit/s.
+        assert_eq!(wire_bits(60), 84 * 8);
+        assert_eq!(wire_bits(20), 84 * 8, "short frames are padded to 64");
+        assert!((wire_gbps(14_880_952.0, 60) - 10.0).abs() < 1e-3);
+        // 1514-octet frames (1500-octet IP): 1538 on the wire, 812,744 pps = 10 Gbit/s.
+        assert_eq!(wire_bits(1514), 1538 * 8);
+        assert!((wire_gbps(812_743.8, 1514) - 10.0).abs() < 1e-3);
+    }
+
+    fn dist(p50: i64) -> Distribution {
+        Distribution {
+            count: 10,
+            min_ns: p50 / 2,
+            p50_ns: p50,
+            p99_ns: p50 * 2,
+            p999_ns: p50 * 3,
+            max_ns: p50 * 4,
+            mean_ns: p50 as f64,
+        }
+    }
+
+    fn result(target: &str, ceiling: Option<&str>, ip_len: usize, pps: f64) -> TargetResult {
+        TargetResult {
+            target: target.into(),
+            description: String::new(),
+            ceiling: ceiling.map(Into::into),
+            mode: "twamp".into(),
+            size: ip_len.to_string(),
+            ip_len,
+            frame_len: ip_len + 14,
+            status: Status::Measured,
+            note: None,
+            measured: Some(Measured {
+                throughput_pps: pps,
+                throughput_gbps: wire_gbps(pps, ip_len + 14),
+                share_of_ceiling: None,
+                loss_ratio: 0.0,
+                confirmed: true,
+                generator_limited: false,
+                rtt: Some(dist(20_000)),
+                residence: None,
+                rtt_cdf: vec![(10_000.0, 0.5), (40_000.0, 1.0)],
+                trials: vec![TrialPoint {
+                    phase: Phase::Search,
+                    requested_pps: pps,
+                    offered_pps: pps,
+                    received_pps: pps,
+                    sent: 100,
+                    received: 100,
+                    loss_ratio: 0.0,
+                    passed: true,
+                }],
+            }),
+        }
+    }
+
+    fn report() -> Report {
+        let mut skipped = result("xdp", Some("ceiling"), 112, 0.0);
+        skipped.status = Status::Skipped;
+        skipped.measured = None;
+        skipped.note = Some("not wired yet: loader".into());
+        Report {
+            meta: Meta {
+                command: "ricochet-bench --standard".into(),
+                started_unix: 0,
+                kernel: "6.18".into(),
+                cpus: 2,
+                lab: "rcl".into(),
+                gen_core: Some(0),
+                reflector_core: Some(1),
+                mode: "twamp".into(),
+                ipv6: false,
+                search: crate::search::SearchConfig::default(),
+                generator: crate::gen::trial::LiveConfig::default(),
+                notes: vec![],
+            },
+            results: vec![
+                result("ceiling", None, 112, 4_000_000.0),
+                result("ceiling", None, 512, 2_000_000.0),
+                result("socket", Some("ceiling"), 112, 1_000_000.0),
+                result("socket", Some("ceiling"), 512, 1_500_000.0),
+                result("socket", Some("missing"), 1500, 1_500_000.0),
+                skipped,
+            ],
+        }
+    }
+
+    #[test]
+    fn shares_are_taken_at_the_same_size() {
+        let mut r = report();
+        r.fill_shares();
+        let share = |i: usize| r.results[i].measured.as_ref().unwrap().share_of_ceiling;
+        assert_eq!(share(0), None, "a ceiling has no ceiling");
+        assert_eq!(share(2), Some(0.25));
+        assert_eq!(share(3), Some(0.75));
+        assert_eq!(share(4), None, "ceiling not measured");
+    }
+
+    #[test]
+    fn table_shows_measured_and_skipped_rows() {
+        let mut r = report();
+        r.fill_shares();
+        let t = r.table();
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2 + 6);
+        assert!(
+            lines[4].starts_with("| socket | 112 (112) | 1.000 | "),
+            "{}",
+            lines[4]
+        );
+        assert!(lines[4].contains("| 25 % |"));
+        assert!(
+            lines[4].contains("| 20.0 µs | 40.0 µs | 60.0 µs | – | – |"),
+            "{}",
+            lines[4]
+        );
+        assert!(lines[7].contains("skipped: not wired yet: loader"));
+        assert_eq!(fmt_ns(950), "950 ns");
+        assert_eq!(fmt_ns(25_000_000), "25.0 ms");
+    }
+
+    #[test]
+    fn writes_json_table_and_plots() {
+        let mut r = report();
+        r.fill_shares();
+        let dir =
+            std::env::temp_dir().join(format!("ricochet-bench-report-{}", std::process::id()));
+        let (files, warnings) = r.write(&dir).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_reader(std::fs::File::open(dir.join("report.json")).unwrap()).unwrap();
+        assert_eq!(json["results"][2]["measured"]["share_of_ceiling"], 0.25);
+        assert_eq!(json["results"][5]["status"], "skipped");
+        assert!(std::fs::read_to_string(dir.join("table.md"))
+            .unwrap()
+            .contains("| ceiling |"));
+        if plot::font().is_ok() {
+            assert!(warnings.is_empty(), "{warnings:?}");
+            for n in [
+                "throughput-112.png",
+                "latency-cdf-112.png",
+                "throughput-512.png",
+            ] {
+                let p = dir.join(n);
+                assert!(files.contains(&p), "{n} written");
+                let head = std::fs::read(&p).unwrap();
+                assert_eq!(&head[1..4], b"PNG");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
