@@ -16,7 +16,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod control;
+pub mod crypto;
 pub mod keyfile;
 pub mod seeds;
 pub mod stamp;
@@ -40,6 +42,9 @@ pub const HARNESSES: &[(&str, Harness)] = &[
     ("stamp_tlv_writer", stamp::tlv_writer),
     ("control_messages", control::messages),
     ("control_server", control::server),
+    ("control_client", client::client),
+    ("crypto_test_packet", crypto::test_packet),
+    ("esp_open", crypto::esp_open),
     ("keyfile", keyfile::keyfile),
 ];
 
