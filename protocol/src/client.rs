@@ -16,10 +16,11 @@ use crate::accept::Accept;
 use crate::control::{
     self, AcceptSessionRepr, Command, RequestTwSessionRepr, ServerGreetingRepr, ServerReply,
     ServerStartRepr, SetUpResponseRepr, Sid, StartAckRepr, StartNAckRepr, StartNSessionsRepr,
-    StartSessionsRepr, StopNAckRepr, StopNSessionsRepr, StopSessionsRepr, BLOCK_LEN,
+    StartSessionsRepr, StopNAckRepr, StopNSessionsRepr, StopSessionsRepr,
 };
 use crate::crypto::{self, ControlRx, ControlTx, CryptoError, SessionKeys, SharedSecret, TestKeys};
 use crate::error::WireError;
+use crate::inbox::Inbox;
 use crate::modes::{self, Modes, Selection};
 use crate::server::KeyId;
 use crate::time::NtpTimestamp;
@@ -141,8 +142,7 @@ pub struct Client {
     state: State,
     selection: Option<Selection>,
     crypto: Option<Crypto>,
-    input: Vec<u8>,
-    decrypted: usize,
+    input: Inbox,
     output: Vec<u8>,
     events: VecDeque<ClientEvent>,
     expect: VecDeque<Expect>,
@@ -162,8 +162,7 @@ impl Client {
             state: State::AwaitGreeting,
             selection: None,
             crypto: None,
-            input: Vec::new(),
-            decrypted: 0,
+            input: Inbox::default(),
             output: Vec::new(),
             events: VecDeque::new(),
             expect: VecDeque::new(),
@@ -213,7 +212,7 @@ impl Client {
         if self.state == State::Closed {
             return Err(ClientError::Closed);
         }
-        self.input.extend_from_slice(data);
+        self.input.push(data);
         let r = self.process();
         if r.is_err() {
             self.state = State::Closed;
@@ -226,17 +225,15 @@ impl Client {
             match self.state {
                 State::Closed => return Ok(()),
                 State::AwaitGreeting => {
-                    if self.input.len() < control::greeting::LEN {
+                    let Some(msg) = self.input.take(control::greeting::LEN) else {
                         return Ok(());
-                    }
-                    let msg: Vec<u8> = self.input.drain(..control::greeting::LEN).collect();
+                    };
                     self.on_greeting(&msg)?;
                 }
                 State::AwaitServerStart => {
-                    if self.input.len() < control::server_start::LEN {
+                    let Some(mut msg) = self.input.take(control::server_start::LEN) else {
                         return Ok(());
-                    }
-                    let mut msg: Vec<u8> = self.input.drain(..control::server_start::LEN).collect();
+                    };
                     self.on_server_start(&mut msg)?;
                 }
                 State::Ready => {
@@ -342,32 +339,21 @@ impl Client {
     }
 
     fn next_reply(&mut self, expect: Expect) -> Result<Option<Vec<u8>>, ClientError> {
-        if self.input.len() < BLOCK_LEN {
+        let Some(first) = self
+            .input
+            .first_block(self.crypto.as_mut().map(|c| &mut c.rx))?
+        else {
             return Ok(None);
-        }
-        if self.decrypted < BLOCK_LEN {
-            if let Some(c) = &mut self.crypto {
-                c.rx.decrypt(&mut self.input[..BLOCK_LEN])?;
-            }
-            self.decrypted = BLOCK_LEN;
-        }
-        let mut first = [0u8; BLOCK_LEN];
-        first.copy_from_slice(&self.input[..BLOCK_LEN]);
+        };
         let reply = match expect {
             Expect::Accept { .. } => ServerReply::AcceptSession,
             Expect::StartAck => ServerReply::StartAck,
             Expect::NAck { reply, .. } => reply,
         };
         let len = control::server_reply_len(reply, &first, self.config.max_sessions)?;
-        if self.input.len() < len {
-            return Ok(None);
-        }
-        if let Some(c) = &mut self.crypto {
-            c.rx.decrypt(&mut self.input[BLOCK_LEN..len])?;
-            c.rx.verify(&self.input[..len], len - control::HMAC_LEN)?;
-        }
-        self.decrypted = 0;
-        Ok(Some(self.input.drain(..len).collect()))
+        Ok(self
+            .input
+            .message(len, self.crypto.as_mut().map(|c| &mut c.rx))?)
     }
 
     fn on_reply(&mut self, expect: Expect, msg: &[u8]) -> Result<(), ClientError> {

@@ -27,6 +27,7 @@ pub mod stamp;
 pub mod crypto;
 
 pub mod client;
+mod inbox;
 pub mod keyfile;
 pub mod server;
 

@@ -28,10 +28,11 @@ use crate::accept::Accept;
 use crate::control::{
     self, AcceptSessionRepr, Command, RequestTwSessionRepr, ServerGreetingRepr, ServerStartRepr,
     SetUpResponseRepr, Sid, StartAckRepr, StartNAckRepr, StartNSessionsRepr, StartSessionsRepr,
-    StopNAckRepr, StopNSessionsRepr, StopSessionsRepr, BLOCK_LEN,
+    StopNAckRepr, StopNSessionsRepr, StopSessionsRepr,
 };
 use crate::crypto::{self, ControlRx, ControlTx, CryptoError, SessionKeys, SharedSecret};
 use crate::error::WireError;
+use crate::inbox::Inbox;
 use crate::modes::{self, ModeError, Modes, SecurityMode, Selection};
 use crate::time::{NtpTimestamp, TimeFormat};
 use crate::twamp_test::{ReflectOctets, SessionFormat};
@@ -241,9 +242,7 @@ pub struct Server {
     selection: Option<Selection>,
     identity: Option<Vec<u8>>,
     crypto: Option<Crypto>,
-    input: Vec<u8>,
-    /// Octets at the front of `input` already decrypted.
-    decrypted: usize,
+    input: Inbox,
     output: Vec<u8>,
     events: VecDeque<ServerEvent>,
     sessions: Vec<Session>,
@@ -278,8 +277,7 @@ impl Server {
             selection: None,
             identity: None,
             crypto: None,
-            input: Vec::new(),
-            decrypted: 0,
+            input: Inbox::default(),
             output: Vec::with_capacity(256),
             events: VecDeque::new(),
             sessions: Vec::new(),
@@ -359,7 +357,7 @@ impl Server {
         if self.state == State::Closed {
             return Err(ServerError::Closed);
         }
-        self.input.extend_from_slice(data);
+        self.input.push(data);
         let r = self.process(ctx);
         if r.is_err() {
             self.state = State::Closed;
@@ -378,10 +376,9 @@ impl Server {
             match self.state {
                 State::Closed => return Ok(()),
                 State::AwaitSetup => {
-                    if self.input.len() < SETUP_LEN {
+                    let Some(msg) = self.input.take(SETUP_LEN) else {
                         return Ok(());
-                    }
-                    let msg: Vec<u8> = self.input.drain(..SETUP_LEN).collect();
+                    };
                     self.on_setup(&msg, ctx)?;
                 }
                 State::Ready | State::Active => {
@@ -396,30 +393,19 @@ impl Server {
 
     /// Takes the next complete (decrypted, verified) command off the input.
     fn next_command(&mut self) -> Result<Option<Vec<u8>>, ServerError> {
-        if self.input.len() < BLOCK_LEN {
+        let Some(first) = self
+            .input
+            .first_block(self.crypto.as_mut().map(|c| &mut c.rx))?
+        else {
             return Ok(None);
-        }
-        if self.decrypted < BLOCK_LEN {
-            if let Some(c) = &mut self.crypto {
-                c.rx.decrypt(&mut self.input[..BLOCK_LEN])?;
-            }
-            self.decrypted = BLOCK_LEN;
-        }
-        let mut first = [0u8; BLOCK_LEN];
-        first.copy_from_slice(&self.input[..BLOCK_LEN]);
+        };
         let header = control::client_command(&first, self.config.max_sessions)?;
         let Some(len) = header.len else {
             return Err(self.reject_command(header.command, "(unknown command)"));
         };
-        if self.input.len() < len {
-            return Ok(None);
-        }
-        if let Some(c) = &mut self.crypto {
-            c.rx.decrypt(&mut self.input[BLOCK_LEN..len])?;
-            c.rx.verify(&self.input[..len], len - control::HMAC_LEN)?;
-        }
-        self.decrypted = 0;
-        Ok(Some(self.input.drain(..len).collect()))
+        Ok(self
+            .input
+            .message(len, self.crypto.as_mut().map(|c| &mut c.rx))?)
     }
 
     fn on_setup(&mut self, msg: &[u8], ctx: &mut dyn ServerContext) -> Result<(), ServerError> {
