@@ -28,6 +28,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, UdpSocket};
+
+use crate::ports::PortAllocator;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ricochet_protocol::accept::Accept;
@@ -352,6 +354,34 @@ fn report_session_activity(ctx: &mut Context<'_, DaemonState>, sid: &Sid) {
     }
 }
 
+/// A port of the range that is free in our pool *and* can be bound on the
+/// reflector address: another program may hold a port of the range. Like
+/// perfSONAR's twampd, move on to the next port (RFC 5357 §3.5 lets the
+/// server answer with another port) instead of refusing; `None` only when
+/// every port is taken.
+fn allocate_port(ports: &mut PortAllocator, reflector: IpAddr, requested: u16) -> Option<u16> {
+    let mut skipped = Vec::new();
+    let mut want = requested;
+    let found = loop {
+        let Some(p) = ports.allocate(want) else {
+            break None;
+        };
+        match UdpSocket::bind((reflector, p)) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                skipped.push(p);
+                want = p.wrapping_add(1);
+            }
+            // Bindable (the probe closes at once), or an error the data
+            // plane will report when it binds for real.
+            _ => break Some(p),
+        }
+    };
+    for p in skipped {
+        ports.release(p);
+    }
+    found
+}
+
 /// The [`ServerContext`] of one connection: the loop's shared state plus who
 /// the connection is.
 struct ConnContext<'c, 'a> {
@@ -402,7 +432,7 @@ impl ServerContext for ConnContext<'_, '_> {
         if let Err(reason) = self.ctx.policy.admit_session(client) {
             return Err(self.refuse(reason));
         }
-        let Some(port) = self.ctx.ports.allocate(request.reflector.port()) else {
+        let Some(port) = allocate_port(self.ctx.ports, reflector, request.reflector.port()) else {
             self.ctx.policy.release_session(client);
             return Err(self.refuse(RefusalReason::PortsExhausted));
         };

@@ -240,6 +240,26 @@ fn individual_session_control_starts_and_stops_sessions_one_by_one() {
 }
 
 #[test]
+fn a_port_held_by_another_program_is_skipped_not_refused() {
+    // perfSONAR interop found this: twampd moves on to the next port when
+    // the one it picked is busy (RFC 5357 §3.5 allows another port with
+    // Accept 0); refusing with Accept 5 broke twping's -P and our own
+    // --sender-port when the port was taken outside the daemon.
+    let dir = TempDir::new("busyport");
+    let d = TestDaemon::start(config(&dir, &ALL_SECURITY), timing());
+    let addr = d.v4();
+    let busy = FIRST_PORT + 17;
+    let _holder = std::net::UdpSocket::bind((addr.ip(), busy)).expect("hold a port of the range");
+    let mut conn = TwampConn::connect(addr, Peer::open());
+    conn.setup().expect("set-up");
+    let (port, _) = conn
+        .request(&request(addr.ip(), 40100, busy))
+        .expect("accepted with another port, not refused");
+    assert_ne!(port, busy);
+    assert!((FIRST_PORT..FIRST_PORT + 300).contains(&port));
+}
+
+#[test]
 fn a_wrong_secret_is_refused_with_accept_1() {
     let dir = TempDir::new("wrong-secret");
     let d = TestDaemon::start(config(&dir, &ALL_SECURITY), timing());
