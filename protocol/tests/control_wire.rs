@@ -4,10 +4,7 @@
 //! whole sessions are parsed; in the other modes the greeting, Set-Up-Response
 //! and the clear part of Server-Start are).
 
-use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use ricochet_protocol::accept::Accept;
@@ -232,70 +229,21 @@ fn tv15_server_start_and_decrypted_accept_session() {
 // perfSONAR 5.2.3 captures.
 // ---------------------------------------------------------------------------
 
-const PERFSONAR: &str = "/work/shared/interop/perfsonar-5.2.3";
+const PERFSONAR: &str = "perfsonar-5.2.3";
 const MAX_N: u32 = 64;
 
 /// The two TCP byte streams of the control connection: (to server, to client).
-fn control_streams(pcap: &Path, server_port: u16) -> (Vec<u8>, Vec<u8>) {
-    let file = File::open(pcap).expect("open pcap");
-    let mut reader = pcap_file::pcap::PcapReader::new(file).expect("pcap header");
-    // Segments by direction, keyed by sequence number (dedups retransmits).
-    let mut segs: [BTreeMap<u32, Vec<u8>>; 2] = [BTreeMap::new(), BTreeMap::new()];
-    let mut isn: [Option<u32>; 2] = [None, None];
-    while let Some(pkt) = reader.next_packet() {
-        let pkt = pkt.expect("pcap record");
-        let d = &pkt.data[..];
-        let ethertype = u16::from_be_bytes([d[12], d[13]]);
-        let ip = &d[14..];
-        let (proto, l4) = match ethertype {
-            0x0800 => {
-                let ihl = usize::from(ip[0] & 0x0f) * 4;
-                let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-                (ip[9], &ip[ihl..total])
-            }
-            0x86dd => {
-                let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-                (ip[6], &ip[40..40 + payload])
-            }
-            _ => continue,
-        };
-        if proto != 6 {
-            continue;
-        }
-        let sport = u16::from_be_bytes([l4[0], l4[1]]);
-        let dport = u16::from_be_bytes([l4[2], l4[3]]);
-        let dir = if dport == server_port {
-            0
-        } else if sport == server_port {
-            1
-        } else {
-            continue;
-        };
-        let seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
-        let syn = l4[13] & 0x02 != 0;
-        if syn {
-            isn[dir] = Some(seq.wrapping_add(1));
-        }
-        let off = usize::from(l4[12] >> 4) * 4;
-        if l4.len() > off {
-            segs[dir].insert(seq, l4[off..].to_vec());
-        }
-    }
-    let assemble = |dir: usize| {
-        let base = isn[dir].expect("SYN seen");
-        let mut by_rel: Vec<(u32, &Vec<u8>)> = segs[dir]
-            .iter()
-            .map(|(seq, data)| (seq.wrapping_sub(base), data))
-            .collect();
-        by_rel.sort();
-        let mut out = Vec::new();
-        for (rel, data) in by_rel {
-            assert_eq!(rel as usize, out.len(), "gap in TCP stream");
-            out.extend_from_slice(data);
-        }
-        out
-    };
-    (assemble(0), assemble(1))
+fn control_streams(name: &str, server_port: u16) -> (Vec<u8>, Vec<u8>) {
+    let cap = ricochet_testkit::read_pcap(&ricochet_testkit::interop_file(
+        PERFSONAR,
+        &format!("{name}.pcap"),
+    ));
+    let conv = cap
+        .tcp
+        .into_iter()
+        .find(|c| c.server.port() == server_port)
+        .expect("the control connection");
+    (conv.client_to_server, conv.server_to_client)
 }
 
 struct Cursor<'a>(&'a [u8]);
@@ -332,13 +280,9 @@ fn endpoint(s: &str) -> (IpAddr, u16) {
 /// Parses every control message of one capture and compares it with the
 /// independent decoder's JSON. Returns how many messages were checked.
 fn check_capture(name: &str) -> usize {
-    let dir = PathBuf::from(PERFSONAR);
-    let json: Value = serde_json::from_reader(
-        File::open(dir.join(format!("{name}.decoded.json"))).expect("json"),
-    )
-    .expect("json parse");
+    let json: Value = ricochet_testkit::decoded_json(PERFSONAR, &format!("{name}.decoded.json"));
     let (_, server_port) = endpoint(js_str(&json, "server"));
-    let (to_server, to_client) = control_streams(&dir.join(format!("{name}.pcap")), server_port);
+    let (to_server, to_client) = control_streams(name, server_port);
     let mut c = Cursor(&to_server);
     let mut s = Cursor(&to_client);
     let mut clear = true; // the control stream is readable in clear

@@ -701,55 +701,14 @@ mod golden {
     }
 
     fn read_pcap(name: &str) -> Capture {
-        let file = std::fs::File::open(interop_dir().join(name)).unwrap();
-        let mut reader = pcap_file::pcap::PcapReader::new(file).unwrap();
+        let raw = ricochet_testkit::read_pcap(&interop_dir().join(name));
         let mut cap = Capture {
             tcp: HashMap::new(),
-            udp: Vec::new(),
+            udp: raw.udp.into_iter().map(|d| d.payload).collect(),
         };
-        let mut next_seq: HashMap<u16, u32> = HashMap::new();
-        while let Some(pkt) = reader.next_packet() {
-            let pkt = pkt.unwrap();
-            let frame = &pkt.data[..];
-            let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
-            let ip = &frame[14..];
-            let (proto, l4) = match ethertype {
-                0x0800 => {
-                    let ihl = usize::from(ip[0] & 0x0f) * 4;
-                    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-                    (ip[9], &ip[ihl..total])
-                }
-                0x86dd => {
-                    let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-                    (ip[6], &ip[40..40 + plen])
-                }
-                _ => continue,
-            };
-            let src_port = u16::from_be_bytes([l4[0], l4[1]]);
-            match proto {
-                6 => {
-                    let seq = u32::from_be_bytes(l4[4..8].try_into().unwrap());
-                    let data = &l4[usize::from(l4[12] >> 4) * 4..];
-                    let syn = l4[13] & 0x02 != 0;
-                    if syn {
-                        next_seq.insert(src_port, seq.wrapping_add(1));
-                        continue;
-                    }
-                    let expected = next_seq.get(&src_port).copied().unwrap_or(seq);
-                    let skip = expected.wrapping_sub(seq) as usize;
-                    if data.is_empty() || skip >= data.len() {
-                        continue; // ACK only, or a retransmission
-                    }
-                    assert!(skip < 1 << 20, "gap in TCP stream of {name}");
-                    cap.tcp
-                        .entry(src_port)
-                        .or_default()
-                        .extend_from_slice(&data[skip..]);
-                    next_seq.insert(src_port, seq.wrapping_add(data.len() as u32));
-                }
-                17 => cap.udp.push(l4[8..].to_vec()),
-                _ => {}
-            }
+        for c in raw.tcp {
+            cap.tcp.insert(c.client.port(), c.client_to_server);
+            cap.tcp.insert(c.server.port(), c.server_to_client);
         }
         cap
     }
