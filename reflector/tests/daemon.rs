@@ -216,3 +216,44 @@ fn daemon_reflects_a_session_programmed_through_its_pins_and_detaches_on_sigterm
     assert!(!has_xdp(&r, "rcd0"), "detached on SIGTERM");
     drop(table);
 }
+
+#[test]
+fn fails_with_a_clear_message_and_nonzero_exit() {
+    for (args, want) in [
+        (&["--iface", "rc-no-such-if0"][..], "no network interface"),
+        (&["--path", "socket"][..], "inside ricochet-control"),
+        (&["--path", "xdp"][..], "--iface is required"),
+        (
+            &["--iface", "lo", "--queues", "0"][..],
+            "--queues must be at least 1",
+        ),
+        (&["--iface", "lo", "--cores", "x"][..], "--cores"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ricochet-reflector"))
+            .args(args)
+            .output()
+            .expect("run ricochet-reflector");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_ricochet-reflector"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for opt in [
+        "--iface",
+        "--path",
+        "--pin-dir",
+        "--queues",
+        "--cores",
+        "--busy-poll",
+        "--generic",
+        "--keep-attached",
+        "Examples:",
+    ] {
+        assert!(text.contains(opt), "--help lacks {opt}");
+    }
+}

@@ -631,4 +631,34 @@ mod tests {
             assert!(parse_line(bad).is_none(), "{bad:?}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn registry_parser_never_panics(line in ".{0,120}") {
+            let _ = parse_line(&line);
+        }
+
+        #[test]
+        fn registry_line_round_trips(
+            sid in proptest::array::uniform16(proptest::num::u8::ANY),
+            a in proptest::num::u32::ANY, b in proptest::num::u32::ANY,
+            pa in 1u16.., pb in 1u16..,
+            slot in proptest::option::of(0..MAX_SLOTS),
+            deadline in proptest::option::of(proptest::num::u64::ANY),
+        ) {
+            let local = SocketAddr::from((std::net::Ipv4Addr::from(a), pa));
+            let remote = SocketAddr::from((std::net::Ipv4Addr::from(b), pb));
+            let line = format!(
+                "{} {local} {remote} {} {}",
+                hex(&Sid(sid)),
+                slot.map_or("-".into(), |s| s.to_string()),
+                deadline.map_or("-".into(), |d| d.to_string()),
+            );
+            let (s, r) = parse_line(&line).expect("valid");
+            proptest::prop_assert_eq!(s, Sid(sid));
+            proptest::prop_assert_eq!(r.key, SessionKey::new(local, remote).unwrap());
+            proptest::prop_assert_eq!(r.slot, slot);
+            proptest::prop_assert_eq!(r.state, deadline.map_or(State::Started, State::Stopping));
+        }
+    }
 }
