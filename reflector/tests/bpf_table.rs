@@ -300,3 +300,76 @@ fn a_restarted_control_plane_lists_and_removes_pinned_sessions() {
     let t3 = BpfSessionTable::open(p.pin_dir(), &r.0).unwrap();
     assert_eq!(t3.sessions(), vec![Sid(SID)]);
 }
+
+#[test]
+fn listeners_reflect_until_removed_and_secured_ones_get_a_slot() {
+    if skip() {
+        return;
+    }
+    use ricochet_reflector::session_table::{ListenerKind, ListenerSpec};
+    let (p, _r, mut t) = setup();
+    let stamp = |sport: u16| {
+        let payload = stamp_sender(3, [0x22; 8], 0x0001, 0, &[]);
+        frame_v4(
+            &[],
+            ipv4_udp(V4_PEER, V4_US, 255, 0, &[], sport, PORT_US, &payload),
+        )
+    };
+    let local = SocketAddr::new(IpAddr::V4(V4_US), PORT_US);
+    assert_eq!(
+        p.test_run(&stamp(PORT_PEER)).unwrap().action,
+        XdpAction::Pass
+    );
+    t.add_listener(ListenerSpec {
+        local,
+        kind: ListenerKind::Unauthenticated,
+        dscp: None,
+        rate_limit_pps: 0,
+        rate_burst: 0,
+    })
+    .unwrap();
+    // Any sender port: a listener has no source check.
+    assert_eq!(p.test_run(&stamp(PORT_PEER)).unwrap().action, XdpAction::Tx);
+    assert_eq!(
+        p.test_run(&stamp(PORT_PEER + 7)).unwrap().action,
+        XdpAction::Tx
+    );
+    assert!(matches!(
+        t.add_listener(ListenerSpec {
+            local,
+            kind: ListenerKind::Unauthenticated,
+            dscp: None,
+            rate_limit_pps: 0,
+            rate_burst: 0,
+        }),
+        Err(TableError::Address(..))
+    ));
+    t.remove_listener(local).unwrap();
+    assert_eq!(
+        p.test_run(&stamp(PORT_PEER)).unwrap().action,
+        XdpAction::Pass
+    );
+    assert!(t.remove_listener(local).is_err());
+
+    // Authenticated STAMP on every IPv4 address: a slot with the key.
+    let any = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8620);
+    t.add_listener(ListenerSpec {
+        local: any,
+        kind: ListenerKind::StampAuthenticated {
+            key: zeroize::Zeroizing::new([0x5a; 32]),
+        },
+        dscp: Some(10),
+        rate_limit_pps: 0,
+        rate_burst: 0,
+    })
+    .unwrap();
+    let k = p.maps().read_keys(0).unwrap().expect("keys of slot 0");
+    match &k.keys {
+        KeyMaterial::StampAuthenticated(key) => assert_eq!(**key, [0x5a; 32]),
+        other => panic!("wrong key material {other:?}"),
+    }
+    assert_eq!(k.sender, None);
+    assert_eq!(k.dscp, 10);
+    t.remove_listener(any).unwrap();
+    assert!(p.maps().read_keys(0).unwrap().is_none());
+}
