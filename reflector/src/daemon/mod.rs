@@ -2,6 +2,7 @@
 //! pins its maps for the control plane, keeps the clock map fresh, runs the
 //! AF_XDP pollers and detaches cleanly on SIGTERM/SIGINT.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -231,8 +232,10 @@ pub fn run(cli: &Cli) -> Result<(), String> {
     }
     match prog.maps().counters() {
         Ok(c) => {
+            // A closed stdout must not turn a clean exit into a panic.
+            let mut out = std::io::stdout().lock();
             for (name, v) in c.iter() {
-                println!("{name} {v}");
+                let _ = writeln!(out, "{name} {v}");
             }
         }
         Err(e) => eprintln!("ricochet-reflector: reading counters: {e}"),
