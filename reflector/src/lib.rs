@@ -4,6 +4,7 @@
 pub mod afxdp;
 pub mod bpf;
 pub mod clock;
+pub mod daemon;
 pub mod engine;
 pub mod session_table;
 pub mod socket;

@@ -1,17 +1,18 @@
-//! `ricochet-reflector`: the data plane.
+//! `ricochet-reflector`: the data plane daemon (see [`ricochet_reflector::daemon`]).
 use clap::Parser;
-
-/// Ricochet data plane: XDP fast path, AF_XDP pollers, socket reflector.
-///
-/// Examples:
-///   ricochet-reflector --path xdp --iface eth0
-///   ricochet-reflector --path socket
-#[derive(Parser, Debug)]
-#[command(version, verbatim_doc_comment)]
-struct Cli {}
+use ricochet_reflector::daemon::{run, Cli};
 
 fn main() {
-    let _cli = Cli::parse();
-    eprintln!("ricochet-reflector: the data plane is not built yet (see issues 3 and 4)");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(&cli) {
+        eprintln!("ricochet-reflector: error: {e}");
+        std::process::exit(1);
+    }
 }

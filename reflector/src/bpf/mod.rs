@@ -21,6 +21,7 @@
 pub mod abi;
 mod loader;
 mod maps;
+pub mod table;
 
 pub use abi::{
     ClockState, Counter, Entry, EntryConfig, EntryFlags, EntryStats, Family, KeyMaterial,
@@ -30,6 +31,7 @@ pub use loader::{
     ifindex, AttachMode, Attachment, LoadOptions, TestRun, XdpAction, XdpProgram, DEFAULT_PIN_DIR,
 };
 pub use maps::{Counters, KeysReader, Maps, PINNED_MAPS};
+pub use table::BpfSessionTable;
 
 /// The compiled XDP object (clang-19, BTF included), embedded at build time.
 pub(crate) const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ricochet.bpf.o"));
