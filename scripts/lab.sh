@@ -46,6 +46,10 @@ up() {
     in_ns "$ns" ip link set lo up
     in_ns "$ns" ip addr add "$v4/24" dev "$if"
     in_ns "$ns" ip -6 addr add "$v6/64" dev "$if" nodad
+    # Locally generated packets cross a veth with their checksum not yet
+    # filled in (TX offload); XDP programs see them before any NIC would
+    # fill it. Compute checksums in software so the lab looks like a wire.
+    in_ns "$ns" ethtool -K "$if" tx off >/dev/null
     in_ns "$ns" ip link set "$if" up
   done
 }

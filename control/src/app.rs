@@ -101,11 +101,25 @@ pub fn data_plane(config: &Config) -> Result<Box<dyn SessionTable>, String> {
             .map_err(|e| format!("cannot start the socket data plane: {e}"))?;
             Ok(Box::new(table))
         }
-        DataPlaneKind::Bpf => Err(
-            "data_plane = \"bpf\" is not available in this build yet (the pinned-map \
-             SessionTable is not written); use data_plane = \"socket\""
-                .to_string(),
-        ),
+        DataPlaneKind::Bpf => {
+            if let Some(dir) = config.bpf.registry.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            let table = ricochet_reflector::bpf::BpfSessionTable::open(
+                &config.bpf.pin_dir,
+                &config.bpf.registry,
+            )
+            .map_err(|e| {
+                format!(
+                    "cannot open the BPF data plane at {}: {e}; start ricochet-reflector \
+                     --pin-dir {} first",
+                    config.bpf.pin_dir.display(),
+                    config.bpf.pin_dir.display()
+                )
+            })?;
+            Ok(Box::new(table))
+        }
     }
 }
 

@@ -166,6 +166,29 @@ pub struct Config {
     pub data_plane: DataPlaneKind,
     /// Per-session reflection ceiling handed to the data plane.
     pub rate_limit: RateLimit,
+    /// Where the BPF data plane's pinned maps are (`data_plane = "bpf"`).
+    pub bpf: BpfConfig,
+}
+
+/// The pinned maps `ricochet-reflector` created, and the session registry
+/// the control plane keeps beside them (SIDs are not in the maps).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BpfConfig {
+    /// `ricochet-reflector --pin-dir` (bpffs).
+    pub pin_dir: std::path::PathBuf,
+    /// A regular file (not on bpffs) listing the started sessions, so a
+    /// restarted control plane finds them again.
+    pub registry: std::path::PathBuf,
+}
+
+impl Default for BpfConfig {
+    fn default() -> Self {
+        BpfConfig {
+            pin_dir: "/sys/fs/bpf/ricochet".into(),
+            registry: "/var/lib/ricochet/sessions".into(),
+        }
+    }
 }
 
 /// The data plane the daemon programs (`data_plane = "socket" | "bpf"`).
@@ -351,6 +374,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             data_plane: DataPlaneKind::default(),
             rate_limit: RateLimit::default(),
+            bpf: BpfConfig::default(),
         }
     }
 }

@@ -162,12 +162,19 @@ fn configured_secrets_need_a_private_configuration_file() {
 }
 
 #[test]
-fn the_bpf_data_plane_is_refused_with_a_way_out() {
-    // The pinned-map SessionTable is not written yet: the daemon must say
-    // so (and what to use instead) rather than accept sessions nobody reflects.
+fn the_bpf_data_plane_without_a_reflector_says_what_to_start() {
+    // No ricochet-reflector has pinned maps there: the daemon must say so
+    // and what to run, rather than accept sessions nobody reflects.
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "data_plane = \"bpf\"\n").expect("write config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_plane = \"bpf\"\n[bpf]\npin_dir = \"{0}/no-pins\"\nregistry = \"{0}/sessions\"\n",
+            dir.path().display()
+        ),
+    )
+    .expect("write config");
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let (status, _, stderr) = run(&[
@@ -179,7 +186,7 @@ fn the_bpf_data_plane_is_refused_with_a_way_out() {
         "off",
     ]);
     assert_eq!(status.code(), Some(1));
-    assert!(stderr.contains("use data_plane = \"socket\""), "{stderr}");
+    assert!(stderr.contains("start ricochet-reflector"), "{stderr}");
 }
 
 #[test]
