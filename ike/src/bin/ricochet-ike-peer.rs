@@ -232,10 +232,8 @@ fn run(args: &Args) -> Result<(), String> {
                         child_at = Some(now);
                     }
                 }
-                Event::IkeSaDeleted { spi_i, spi_r, .. } => {
-                    if current == Some((*spi_i, *spi_r)) {
-                        current = None;
-                    }
+                Event::IkeSaDeleted { spi_i, spi_r, .. } if current == Some((*spi_i, *spi_r)) => {
+                    current = None;
                 }
                 _ => {}
             }
