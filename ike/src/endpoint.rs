@@ -38,6 +38,11 @@ use ricochet_protocol::crypto::ikev2::{self as kdf, SkLengths};
 /// The 4-octet non-ESP marker before IKE messages on the NAT-T port (RFC 3948 §2.2).
 pub const NON_ESP_MARKER: [u8; 4] = [0; 4];
 
+/// Most CHILD_SAs one IKE SA may hold; further CREATE_CHILD_SA requests get
+/// NO_ADDITIONAL_SAS (an authenticated peer still cannot grow our state
+/// without bound).
+pub const MAX_CHILDREN: usize = 16;
+
 /// Largest IKE message we accept or build (RFC 7296 §2 asks for ≥ 1280;
 /// without fragmentation anything larger cannot cross most paths anyway).
 pub const MAX_MESSAGE: usize = 8192;
@@ -192,6 +197,8 @@ struct IkeSa {
     nat: bool,
     created: Instant,
     last_heard: Instant,
+    /// When the SA was replaced by a rekey (it then waits for the Delete).
+    rekeyed_at: Option<Instant>,
 }
 
 impl IkeSa {
@@ -319,6 +326,10 @@ impl Endpoint {
                     let e = s.created + self.config.half_open_timeout;
                     t = Some(t.map_or(e, |t| t.min(e)));
                 }
+                if let (State::Rekeyed, Some(r)) = (s.state, s.rekeyed_at) {
+                    let e = r + self.config.half_open_timeout;
+                    t = Some(t.map_or(e, |t| t.min(e)));
+                }
                 if let (Some(iv), State::Established, None) =
                     (self.config.liveness_interval, s.state, &s.outstanding)
                 {
@@ -342,11 +353,30 @@ impl Endpoint {
                 self.init_index.remove(&(sa.peer, sa.spi_i));
                 continue;
             }
+            // A rekeyed SA whose Delete never came (a peer that rekeys and
+            // never deletes must not pile up old SAs).
+            if sa.state == State::Rekeyed
+                && sa.outstanding.is_none()
+                && sa
+                    .rekeyed_at
+                    .is_some_and(|t| now >= t + self.config.half_open_timeout)
+            {
+                self.events.push_back(Event::IkeSaDeleted {
+                    spi_i: sa.spi_i,
+                    spi_r: sa.spi_r,
+                    peer: sa.peer,
+                    reason: DeleteReason::Rekeyed,
+                });
+                self.init_index.remove(&(sa.peer, sa.spi_i));
+                continue;
+            }
             if let Some(o) = sa.outstanding.as_mut() {
                 if now >= o.next_at {
                     if o.tries >= self.config.retransmit_tries {
                         let deleting = matches!(o.kind, Pending::Informational { delete: true });
-                        let reason = if deleting {
+                        let reason = if sa.state == State::Rekeyed {
+                            DeleteReason::Rekeyed
+                        } else if deleting {
                             DeleteReason::Local
                         } else {
                             DeleteReason::Timeout
@@ -526,6 +556,7 @@ impl Endpoint {
             nat: false,
             created: now,
             last_heard: now,
+            rekeyed_at: None,
         };
         self.send_init(&mut sa, now);
         self.sas.insert(spi_i, sa);
@@ -1091,6 +1122,7 @@ impl Endpoint {
             nat,
             created: now,
             last_heard: now,
+            rekeyed_at: None,
         };
         self.transmits
             .push_back(wrap(local, remote, resp, self.config.natt_port));
@@ -1619,6 +1651,16 @@ impl Endpoint {
             return;
         }
         // CHILD_SA creation or rekey.
+        if sa.children.len() >= MAX_CHILDREN {
+            self.respond(
+                sa,
+                hdr.exchange_type,
+                hdr.message_id,
+                &err(notify::NO_ADDITIONAL_SAS),
+                rng,
+            );
+            return;
+        }
         let (Some(tsi), Some(tsr)) = (tsi, tsr) else {
             self.respond(
                 sa,
@@ -1736,6 +1778,7 @@ impl Endpoint {
     fn finish_ike_rekey(&mut self, old: &mut IkeSa, mut new: IkeSa) {
         new.children = std::mem::take(&mut old.children);
         old.state = State::Rekeyed;
+        old.rekeyed_at = Some(new.created);
         if let Some(info) = new.info() {
             self.events.push_back(Event::IkeSaRekeyed {
                 old_spi_i: old.spi_i,
@@ -2350,6 +2393,7 @@ fn rekeyed_sa(
         nat: old.nat,
         created: now,
         last_heard: now,
+        rekeyed_at: None,
     })
 }
 
