@@ -742,7 +742,12 @@ impl Endpoint {
     ) -> Result<(), EndpointError> {
         let k = self.key_of(&spi_i, &spi_r)?;
         let mut sa = self.sas.remove(&k).ok_or(EndpointError::NoSuchSa)?;
-        if sa.keys.is_none() || sa.outstanding.is_some() && sa.state != State::Established {
+        let unprotected = sa.keys.is_none()
+            || matches!(
+                sa.state,
+                State::InitSent | State::AuthSent | State::HalfOpen
+            );
+        if unprotected {
             // Nothing to tell the peer in a protected way: just forget it.
             self.sa_gone(&sa, DeleteReason::Local);
             return Ok(());

@@ -271,10 +271,24 @@ fn ippm(sk_d_hex: &str) -> String {
 }
 
 fn swanctl_conf(proposal: &str, child: bool, charon_initiates: bool, secret: &str) -> String {
-    let children = if child {
-        "    children {\n      t {\n        local_ts = 198.19.0.1/32\n        remote_ts = 198.19.0.2/32\n        esp_proposals = aes128gcm16\n        rekey_time = 0\n      }\n    }\n"
-    } else {
-        ""
+    swanctl_conf_esp(
+        proposal,
+        child.then_some("aes128gcm16"),
+        charon_initiates,
+        secret,
+    )
+}
+
+fn swanctl_conf_esp(
+    proposal: &str,
+    esp: Option<&str>,
+    charon_initiates: bool,
+    secret: &str,
+) -> String {
+    let child = esp.is_some();
+    let children = match esp {
+        Some(esp) => format!("    children {{\n      t {{\n        local_ts = 198.19.0.1/32\n        remote_ts = 198.19.0.2/32\n        esp_proposals = {esp}\n        rekey_time = 0\n      }}\n    }}\n"),
+        None => String::new(),
     };
     let childless = if !child && charon_initiates {
         "    childless = force\n"
@@ -611,4 +625,140 @@ fn wrong_psk_fails_cleanly_in_both_directions() {
         charon.log().contains("pre-shared key failed") || charon.log().contains("MAC mismatch")
     );
     assert!(charon_spis(&charon.list_sas()).is_empty());
+}
+
+#[test]
+fn invalid_ke_payload_both_ways() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("k6");
+    let tmp = Tmp::new("k6");
+    // Charon offers X25519 and ECP-256 and sends an X25519 KE; we only take
+    // ECP-256: we answer INVALID_KE_PAYLOAD(19) and charon retries.
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        false,
+        &swanctl_conf("aes128gcm16-prfsha256-x25519-ecp256", false, true, PSK),
+    );
+    {
+        let mut peer = Peer::start(&lab, &tmp.0, PSK, &["--dh", "19"]);
+        let out = charon.swanctl(&["--initiate", "--ike", "c", "--timeout", "10"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let keys = peer.expect("keys");
+        assert_eq!(charon.logged("Sk_d secret")[0], field(&keys, "sk_d"));
+        let log = charon.log();
+        assert!(
+            log.contains("parsed IKE_SA_INIT response 0 [ N(INVAL_KE) ]"),
+            "{log}"
+        );
+        assert!(
+            log.contains("peer didn't accept DH group CURVE_25519, it requested ECP_256"),
+            "{log}"
+        );
+        let out = charon.swanctl(&["--terminate", "--ike", "c", "--timeout", "10"]);
+        assert!(out.status.success(), "{}", text(&out));
+        peer.expect("deleted");
+    }
+    // We send ECP-256 first (default order 19, 31, 14); a charon that only
+    // takes X25519 asks for group 31 and we retry.
+    let tmp2 = Tmp::new("k6b");
+    drop(charon);
+    let charon = Charon::start(
+        &lab,
+        &tmp2.0,
+        false,
+        &swanctl_conf("aes128gcm16-prfsha256-x25519", false, false, PSK),
+    );
+    let mut peer = Peer::start(
+        &lab,
+        &tmp2.0,
+        PSK,
+        &["--initiate", "198.18.0.1", "--peer-id", "s.ike.test"],
+    );
+    let keys = peer.expect("keys");
+    assert_eq!(charon.logged("Sk_d secret")[0], field(&keys, "sk_d"));
+    let log = charon.log();
+    assert!(log.contains("requesting CURVE_25519"), "{log}");
+    assert!(charon.list_sas().contains("CURVE_25519"));
+}
+
+#[test]
+fn modp2048_with_aes_cbc_hmac_sha256_both_roles() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("k7");
+    let tmp = Tmp::new("k7");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        true,
+        &swanctl_conf_esp("aes256-sha256-modp2048", Some("aes128-sha256"), true, PSK),
+    );
+    {
+        let mut peer = Peer::start(&lab, &tmp.0, PSK, &["--dh", "14"]);
+        let out = charon.swanctl(&["--initiate", "--child", "t", "--timeout", "10"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let keys = peer.expect("keys");
+        assert_eq!(charon.logged("Sk_d secret")[0], field(&keys, "sk_d"));
+        let ck = peer.expect("childkeys");
+        assert_eq!(
+            charon.logged("encryption initiator key")[0],
+            field(&ck, "sk_ei")
+        );
+        assert_eq!(
+            charon.logged("integrity initiator key")[0],
+            field(&ck, "sk_ai")
+        );
+        assert_eq!(
+            charon.logged("encryption responder key")[0],
+            field(&ck, "sk_er")
+        );
+        assert_eq!(
+            charon.logged("integrity responder key")[0],
+            field(&ck, "sk_ar")
+        );
+        assert_eq!(field(&ck, "sk_ai").len(), 64);
+        let list = charon.list_sas();
+        assert!(
+            list.contains("AES_CBC-256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048"),
+            "{list}"
+        );
+        let out = charon.swanctl(&["--terminate", "--ike", "c", "--timeout", "10"]);
+        assert!(out.status.success(), "{}", text(&out));
+        peer.expect("deleted");
+    }
+    let mut peer = Peer::start(
+        &lab,
+        &tmp.0,
+        PSK,
+        &[
+            "--initiate",
+            "198.18.0.1",
+            "--peer-id",
+            "s.ike.test",
+            "--dh",
+            "14",
+            "--rekey-ike-ms",
+            "200",
+            "--delete-ms",
+            "200",
+            "--exit-when-idle",
+        ],
+    );
+    let keys = peer.expect("keys");
+    assert_eq!(charon.logged("Sk_d secret")[1], field(&keys, "sk_d"));
+    peer.expect("rekeyed");
+    let keys2 = peer.expect("keys");
+    assert_eq!(charon.logged("Sk_d secret")[2], field(&keys2, "sk_d"));
+    // The old SA's Delete (after the rekey) and ours of the new one may
+    // complete in either order.
+    let mut reasons = vec![
+        field(&peer.expect("deleted"), "reason").to_owned(),
+        field(&peer.expect("deleted"), "reason").to_owned(),
+    ];
+    reasons.sort();
+    assert_eq!(reasons, ["Local", "Rekeyed"]);
 }

@@ -173,31 +173,27 @@ fn run(args: &Args) -> Result<(), String> {
             let act = |ms: Option<u64>, done: bool| {
                 ms.is_some_and(|ms| !done && now >= t + Duration::from_millis(ms))
             };
-            if act(args.rekey_ike_ms, did_rekey_ike) && ep.rekey_ike_sa(now, &mut rng, i, r).is_ok()
-            {
-                did_rekey_ike = true;
-            }
-            if let (Some(c), Some(ct)) = (child_spi, child_at) {
-                if args
+            // One action per turn, in this order; each waits for the
+            // previous one's events (a rekey moves `current` to the new SA).
+            let child_due = match (child_spi, child_at) {
+                (Some(_), Some(ct)) => args
                     .rekey_child_ms
-                    .is_some_and(|ms| !did_rekey_child && now >= ct + Duration::from_millis(ms))
-                    && ep.rekey_child_sa(now, &mut rng, i, r, c).is_ok()
-                {
-                    did_rekey_child = true;
-                }
-            }
-            if act(args.liveness_ms, did_liveness) && ep.check_liveness(now, &mut rng, i, r).is_ok()
-            {
-                did_liveness = true;
-            }
-            let rekeys_done = (args.rekey_ike_ms.is_none() || did_rekey_ike)
+                    .is_some_and(|ms| !did_rekey_child && now >= ct + Duration::from_millis(ms)),
+                _ => false,
+            };
+            if act(args.rekey_ike_ms, did_rekey_ike) {
+                did_rekey_ike = ep.rekey_ike_sa(now, &mut rng, i, r).is_ok();
+            } else if child_due {
+                let c = child_spi.unwrap_or_default();
+                did_rekey_child = ep.rekey_child_sa(now, &mut rng, i, r, c).is_ok();
+            } else if act(args.liveness_ms, did_liveness) {
+                did_liveness = ep.check_liveness(now, &mut rng, i, r).is_ok();
+            } else if (args.rekey_ike_ms.is_none() || did_rekey_ike)
                 && (args.rekey_child_ms.is_none() || did_rekey_child)
-                && (args.liveness_ms.is_none() || did_liveness);
-            if rekeys_done
+                && (args.liveness_ms.is_none() || did_liveness)
                 && act(args.delete_ms, did_delete)
-                && ep.delete_ike_sa(now, &mut rng, i, r).is_ok()
             {
-                did_delete = true;
+                did_delete = ep.delete_ike_sa(now, &mut rng, i, r).is_ok();
             }
         }
         while let Some(t) = ep.poll_transmit() {
@@ -353,10 +349,12 @@ fn print_event(ev: &Event, keys: bool) {
             );
             if keys {
                 println!(
-                    "childkeys spi_i={:08x} sk_ei={} sk_er={}",
+                    "childkeys spi_i={:08x} sk_ei={} sk_er={} sk_ai={} sk_ar={}",
                     child.spi_i,
                     hex_lower(&child.sk_ei),
-                    hex_lower(&child.sk_er)
+                    hex_lower(&child.sk_er),
+                    hex_lower(&child.sk_ai),
+                    hex_lower(&child.sk_ar)
                 );
             }
         }
