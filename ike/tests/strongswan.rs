@@ -547,7 +547,7 @@ fn we_initiate_with_child_x25519() {
             "--child",
             "198.19.0.2,198.19.0.1",
             "--delete-ms",
-            "500",
+            "3000",
             "--exit-when-idle",
         ],
     );
@@ -574,6 +574,35 @@ fn we_initiate_with_child_x25519() {
         list.contains(&format!("in  {}", field(&child, "spi_r"))),
         "{list}"
     );
+    // Real ESP from charon opens with our inbound keys: a ping into
+    // libipsec's TUN device leaves as ESP-in-UDP under our SPI (spi_i: we
+    // are the CHILD_SA initiator), carrying an inner IPv4 packet.
+    let out = lab.run(
+        Side::Sender,
+        "ip",
+        &[
+            "route",
+            "add",
+            "198.19.0.2/32",
+            "dev",
+            "ipsec0",
+            "src",
+            "198.19.0.1",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = lab.run(
+        Side::Sender,
+        "ping",
+        &["-c1", "-W1", "-s", "16", "198.19.0.2"],
+    );
+    assert!(!out.status.success(), "nobody answers the inner ping");
+    let esp = peer.expect("esp");
+    assert_eq!(field(&esp, "spi"), field(&child, "spi_i"), "{esp}");
+    assert_eq!(field(&esp, "seq"), "1");
+    assert_eq!(field(&esp, "next_header"), "4");
+    // 20 (IPv4) + 8 (ICMP) + 16 octets of data.
+    assert_eq!(field(&esp, "payload_len"), "44");
     peer.expect("child_deleted");
     let del = peer.expect("deleted");
     assert_eq!(field(&del, "reason"), "Local");

@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use ricochet_ike::info::hex_lower;
+use ricochet_ike::EncrAlg;
 use ricochet_ike::{
     ChildMode, ChildParams, Config, Endpoint, EspSuite, Event, Identification, IkeSuite,
     InitiateParams, OsRng, PskAuthenticator, PskStore, TrafficSelector,
 };
+use ricochet_protocol::crypto::EspGcm128;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -161,6 +163,9 @@ fn run(args: &Args) -> Result<(), String> {
     let mut did_liveness = false;
     let mut did_delete = false;
     let mut seen_any = false;
+    // Inbound ESP SAs (AES-GCM-128 only), to show the CHILD_SA keys open the
+    // peer's real ESP packets (UDP-encapsulated on the NAT-T port).
+    let mut esp_in: Vec<(u32, EspGcm128)> = Vec::new();
     let mut buf = vec![0u8; 65536];
     loop {
         let now = Instant::now();
@@ -223,6 +228,12 @@ fn run(args: &Args) -> Result<(), String> {
                     est_at = Some(now);
                 }
                 Event::ChildSaInstalled { child, .. } => {
+                    let inb = child.inbound();
+                    if child.encr == (EncrAlg::AesGcm16 { key_bits: 128 }) {
+                        if let Ok(k) = EspGcm128::from_keymat(inb.encr_key) {
+                            esp_in.push((inb.spi, k));
+                        }
+                    }
                     child_spi = Some(child.spi_i);
                     if child_at.is_none() {
                         child_at = Some(now);
@@ -280,6 +291,10 @@ fn run(args: &Args) -> Result<(), String> {
                 match s.recv_from(&mut buf) {
                     Ok((len, from)) => {
                         let local = s.local_addr().map_err(|e| e.to_string())?;
+                        if local.port() == natt && len > 8 && buf[..4] != [0; 4] {
+                            report_esp(&esp_in, &mut buf[..len]);
+                            continue;
+                        }
                         ep.handle_datagram(now, &mut rng, local, from, &buf[..len]);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -292,6 +307,26 @@ fn run(args: &Args) -> Result<(), String> {
                 ep.handle_timeout(now, &mut rng);
             }
         }
+    }
+}
+
+/// Opens a UDP-encapsulated ESP packet with the matching inbound SA and
+/// prints what it carried (nothing is forwarded: this is a key check).
+fn report_esp(sas: &[(u32, EspGcm128)], pkt: &mut [u8]) {
+    let spi = u32::from_be_bytes([pkt[0], pkt[1], pkt[2], pkt[3]]);
+    let Some((_, sa)) = sas.iter().find(|(s, _)| *s == spi) else {
+        println!("esp_unknown spi={spi:08x}");
+        return;
+    };
+    match sa.open(pkt) {
+        Ok(o) => println!(
+            "esp spi={:08x} seq={} next_header={} payload_len={}",
+            o.spi,
+            o.seq,
+            o.next_header,
+            o.payload.len()
+        ),
+        Err(e) => println!("esp_bad spi={spi:08x} error={e}"),
     }
 }
 
