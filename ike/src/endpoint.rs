@@ -148,6 +148,8 @@ enum Pending {
         ni: Vec<u8>,
         spi: u32,
         params: ChildParams,
+        /// Our KE when the exchange has PFS.
+        ke: Option<KeyExchange>,
     },
     DeleteChild {
         spi_in: u32,
@@ -709,8 +711,22 @@ impl Endpoint {
                     &[],
                 )));
             }
-            p.push(Payload::Sa(self.esp_proposals(spi)));
+            let ke = self.config.child_pfs.then(|| sa.suite.dh.generate(rng));
+            let mut props = self.esp_proposals(spi);
+            if let Some(k) = &ke {
+                for pr in &mut props {
+                    pr.transforms
+                        .push(wire::Transform::new(wire::ttype::DH, k.group.id()));
+                }
+            }
+            p.push(Payload::Sa(props));
             p.push(Payload::Nonce(ni.clone()));
+            if let Some(k) = &ke {
+                p.push(Payload::Ke {
+                    group: k.group.id(),
+                    data: k.public().to_vec(),
+                });
+            }
             p.push(Payload::TsI(params.ts_i.clone()));
             p.push(Payload::TsR(params.ts_r.clone()));
             self.start_request(
@@ -724,6 +740,7 @@ impl Endpoint {
                     ni,
                     spi,
                     params,
+                    ke,
                 },
             );
             Ok(())
@@ -1416,10 +1433,11 @@ impl Endpoint {
         tsi: &[TrafficSelector],
         tsr: &[TrafficSelector],
         mode: ChildMode,
-        g_ir: Option<&[u8]>,
+        pfs: Option<(u16, &[u8])>,
         ni: &[u8],
         nr: &[u8],
     ) -> Result<(ChildSaKeys, Vec<Payload>), u16> {
+        let g_ir = pfs.map(|(_, g)| g);
         let chosen = props.iter().find_map(|p| {
             self.config
                 .esp_suites
@@ -1430,6 +1448,16 @@ impl Endpoint {
         let Some((p, suite)) = chosen else {
             return Err(notify::NO_PROPOSAL_CHOSEN);
         };
+        // PFS: the KE's group must be one the chosen proposal offers.
+        if let Some((group, _)) = pfs {
+            let offered = p
+                .transforms
+                .iter()
+                .any(|t| t.ttype == wire::ttype::DH && t.id == group);
+            if !offered {
+                return Err(notify::NO_PROPOSAL_CHOSEN);
+            }
+        }
         if tsi.is_empty() || tsr.is_empty() {
             return Err(notify::TS_UNACCEPTABLE);
         }
@@ -1454,6 +1482,11 @@ impl Endpoint {
         .ok_or(notify::TEMPORARY_FAILURE)?;
         let mut resp_p = suite.proposal(p.number, spi_r);
         resp_p.number = p.number;
+        if let Some((group, _)) = pfs {
+            resp_p
+                .transforms
+                .push(wire::Transform::new(wire::ttype::DH, group));
+        }
         Ok((
             c,
             vec![
@@ -1742,7 +1775,10 @@ impl Endpoint {
             &tsi,
             &tsr,
             mode,
-            g_ir.as_deref().map(|v| &v[..]),
+            ke_out
+                .as_ref()
+                .zip(g_ir.as_deref())
+                .map(|(k, g)| (k.group.id(), &g[..])),
             &ni,
             &nr,
         ) {
@@ -1908,13 +1944,16 @@ impl Endpoint {
                 ni,
                 spi,
                 params,
+                ke,
             } => {
                 let mut nr = None;
                 let mut props = None;
                 let mut tsi = None;
                 let mut tsr = None;
+                let mut ker = None;
                 for p in &payloads {
                     match p {
+                        Payload::Ke { group, data } => ker = Some((*group, data.clone())),
                         Payload::Nonce(n) => nr = Some(n.clone()),
                         Payload::Sa(s) => props = Some(s.clone()),
                         Payload::TsI(t) => tsi = Some(t.clone()),
@@ -1925,8 +1964,28 @@ impl Endpoint {
                 let (Some(nr), Some(props)) = (nr, props) else {
                     return true;
                 };
-                let Some(c) = self.initiator_child(sa, &props, spi, &params, tsi, tsr, &ni, &nr)
-                else {
+                // With PFS the answer must carry a KE in our group.
+                let g_ir = match (&ke, ker) {
+                    (None, _) => None,
+                    (Some(k), Some((g, data))) if g == k.group.id() => {
+                        match k.shared_secret(&data) {
+                            Ok(s) => Some(s),
+                            Err(_) => return true,
+                        }
+                    }
+                    (Some(_), _) => return true,
+                };
+                let Some(c) = self.initiator_child(
+                    sa,
+                    &props,
+                    spi,
+                    &params,
+                    tsi,
+                    tsr,
+                    g_ir.as_deref().map(|g| &g[..]),
+                    &ni,
+                    &nr,
+                ) else {
                     return true;
                 };
                 self.events.push_back(Event::ChildSaInstalled {
@@ -1975,6 +2034,7 @@ impl Endpoint {
         params: &ChildParams,
         tsi: Option<Vec<TrafficSelector>>,
         tsr: Option<Vec<TrafficSelector>>,
+        g_ir: Option<&[u8]>,
         ni: &[u8],
         nr: &[u8],
     ) -> Option<ChildSaKeys> {
@@ -1986,7 +2046,7 @@ impl Endpoint {
             sa.suite.prf,
             &keys.sk_d,
             *suite,
-            None,
+            g_ir,
             ni,
             nr,
             our_spi,
@@ -2227,7 +2287,8 @@ impl Endpoint {
         sa.state = State::Established;
         if let (Some(props), Some(cp)) = (props, sa.child_params.clone()) {
             let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
-            if let Some(c) = self.initiator_child(sa, &props, sa.child_spi, &cp, tsi, tsr, &ni, &nr)
+            if let Some(c) =
+                self.initiator_child(sa, &props, sa.child_spi, &cp, tsi, tsr, None, &ni, &nr)
             {
                 sa.children.push(c);
             }

@@ -861,3 +861,55 @@ mod hostile {
         }
     }
 }
+
+#[test]
+fn child_sa_rekey_with_pfs_agrees_on_both_sides() {
+    let mut ca = Config::new(Identification::fqdn("a.ike.test"));
+    ca.child_pfs = true;
+    let mut p = Pair::new(
+        ca,
+        Config::new(Identification::fqdn("b.ike.test")),
+        b"s",
+        b"s",
+    );
+    p.initiate(Some(child_params()));
+    p.pump();
+    let (ea, _) = p.events();
+    let i = established(&ea);
+    let old = i.child.clone().unwrap();
+    p.a.rekey_child_sa(p.now, &mut p.ra, i.spi_i, i.spi_r, old.spi_r)
+        .unwrap();
+    // The CREATE_CHILD_SA request carries a KE: it is longer than the
+    // same request without PFS would be by the KE payload (4 + 4 + 64).
+    let req = p.a.poll_transmit().unwrap();
+    p.b.handle_datagram(p.now, &mut p.rb, req.remote, req.local, &req.data);
+    p.pump();
+    let (ea, eb) = p.events();
+    let new = |ev: &[Event]| {
+        ev.iter()
+            .find_map(|e| match e {
+                Event::ChildSaInstalled { child, .. } => Some(child.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let (na, nb) = (new(&ea), new(&eb));
+    assert_eq!((na.spi_i, na.spi_r), (nb.spi_i, nb.spi_r));
+    assert_eq!(&na.sk_ei[..], &nb.sk_ei[..]);
+    assert_eq!(&na.sk_er[..], &nb.sk_er[..]);
+    assert_ne!(&na.sk_ei[..], &old.sk_ei[..]);
+    let mut plain = Pair::default();
+    plain.initiate(Some(child_params()));
+    plain.pump();
+    let (ea, _) = plain.events();
+    let j = established(&ea);
+    let c = j.child.unwrap();
+    plain
+        .a
+        .rekey_child_sa(plain.now, &mut plain.ra, j.spi_i, j.spi_r, c.spi_r)
+        .unwrap();
+    let req_plain = plain.a.poll_transmit().unwrap();
+    // KE payload: 4 (generic header) + 4 (group, reserved) + 64 (P-256),
+    // plus one DH transform (8) in each of the three ESP proposals.
+    assert_eq!(req.data.len(), req_plain.data.len() + 72 + 3 * 8);
+}

@@ -791,3 +791,78 @@ fn modp2048_with_aes_cbc_hmac_sha256_both_roles() {
     reasons.sort();
     assert_eq!(reasons, ["Local", "Rekeyed"]);
 }
+
+#[test]
+fn child_sa_rekey_with_pfs_both_ways() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("k8");
+    let tmp = Tmp::new("k8");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        true,
+        &swanctl_conf_esp(
+            "aes128gcm16-prfsha256-x25519",
+            Some("aes128gcm16-x25519"),
+            true,
+            PSK,
+        ),
+    );
+    let mut peer = Peer::start(
+        &lab,
+        &tmp.0,
+        PSK,
+        &["--dh", "31", "--child-pfs", "--rekey-child-ms", "300"],
+    );
+    let out = charon.swanctl(&["--initiate", "--child", "t", "--timeout", "10"]);
+    assert!(out.status.success(), "{}", text(&out));
+    peer.expect("child ");
+    // Our PFS rekey (we are its initiator).
+    let c2 = peer.expect("child ");
+    let k2 = peer.expect("childkeys");
+    peer.expect("child_deleted");
+    assert_eq!(
+        charon.logged("encryption initiator key")[1],
+        field(&k2, "sk_ei")
+    );
+    assert_eq!(
+        charon.logged("encryption responder key")[1],
+        field(&k2, "sk_er")
+    );
+    let log = charon.log();
+    assert!(
+        log.contains("parsed CREATE_CHILD_SA request 0 [ N(REKEY_SA) SA No KE TSi TSr ]"),
+        "our rekey carried a KE"
+    );
+    // Charon's PFS rekey of the new child (charon initiates it).
+    let out = charon.swanctl(&["--rekey", "--child", "t"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let c3 = peer.expect("child ");
+    let k3 = peer.expect("childkeys");
+    assert_ne!(field(&c3, "spi_i"), field(&c2, "spi_i"));
+    assert_eq!(
+        charon.logged("encryption initiator key")[2],
+        field(&k3, "sk_ei")
+    );
+    assert_eq!(
+        charon.logged("encryption responder key")[2],
+        field(&k3, "sk_er")
+    );
+    let del = peer.expect("child_deleted");
+    assert_eq!(field(&del, "spi_i"), field(&c2, "spi_i"));
+    let log = charon.log();
+    assert!(
+        log.contains("generating CREATE_CHILD_SA request 2 [ N(REKEY_SA) SA No KE TSi TSr ]"),
+        "charon's rekey carried a KE: {}",
+        log.lines()
+            .filter(|l| l.contains("CREATE_CHILD_SA"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        log.contains("parsed CREATE_CHILD_SA response 2 [ SA No KE TSi TSr ]"),
+        "and our answer too"
+    );
+}

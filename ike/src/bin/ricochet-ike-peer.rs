@@ -69,6 +69,9 @@ struct Args {
     /// Rekey the first CHILD_SA this long after it is installed.
     #[arg(long)]
     rekey_child_ms: Option<u64>,
+    /// Use PFS (a KE in the IKE SA's group) when we rekey a CHILD_SA.
+    #[arg(long)]
+    child_pfs: bool,
     /// Send a liveness check this long after the last establishment/rekey.
     #[arg(long)]
     liveness_ms: Option<u64>,
@@ -123,6 +126,7 @@ fn run(args: &Args) -> Result<(), String> {
         };
     }
     config.esp_suites = vec![EspSuite::GCM128, EspSuite::CBC128_SHA256];
+    config.child_pfs = args.child_pfs;
     let natt = config.natt_port;
     let mut rng = OsRng;
     let mut ep = Endpoint::new(config, Box::new(PskAuthenticator { store }), &mut rng);
