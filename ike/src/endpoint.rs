@@ -1294,8 +1294,10 @@ impl Endpoint {
         let mut tsi = None;
         let mut tsr = None;
         let mut transport = false;
+        let mut initial_contact = false;
         for p in payloads {
             match p {
+                Payload::Notify(n) if n.ntype == notify::INITIAL_CONTACT => initial_contact = true,
                 Payload::IdI(i) => idi = Some(i.clone()),
                 Payload::Auth { method, data } => auth = Some((*method, data.clone())),
                 Payload::Sa(s) => sa_p = Some(s.clone()),
@@ -1372,6 +1374,11 @@ impl Endpoint {
                 data: our_auth,
             },
         ];
+        if initial_contact {
+            // RFC 7296 §2.4: the peer has no other SA with us (it restarted):
+            // forget every other SA with the same authenticated identity.
+            self.forget_peer(&idi);
+        }
         sa.peer_id = Some(idi);
         let mut child = None;
         if let (Some(props), Some(tsi), Some(tsr)) = (sa_p, tsi, tsr) {
@@ -1816,6 +1823,30 @@ impl Endpoint {
         }
     }
 
+    /// Drops every SA (in the table) authenticated as `id`, announcing each.
+    fn forget_peer(&mut self, id: &Identification) {
+        let gone: Vec<[u8; 8]> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.peer_id.as_ref() == Some(id))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            if let Some(old) = self.sas.remove(&k) {
+                if old.state == State::Rekeyed {
+                    self.events.push_back(Event::IkeSaDeleted {
+                        spi_i: old.spi_i,
+                        spi_r: old.spi_r,
+                        peer: old.peer,
+                        reason: DeleteReason::Rekeyed,
+                    });
+                } else {
+                    self.sa_gone(&old, DeleteReason::Peer);
+                }
+            }
+        }
+    }
+
     fn finish_ike_rekey(&mut self, old: &mut IkeSa, mut new: IkeSa) {
         new.children = std::mem::take(&mut old.children);
         old.state = State::Rekeyed;
@@ -2205,6 +2236,13 @@ impl Endpoint {
             return false;
         };
         let mut p = vec![Payload::IdI(local_id)];
+        // INITIAL_CONTACT when this is our only SA with the peer (RFC 7296 §2.4).
+        if !self.sas.values().any(|s| s.peer.ip() == sa.peer.ip()) {
+            p.push(Payload::Notify(Notify::status(
+                notify::INITIAL_CONTACT,
+                &[],
+            )));
+        }
         if let Some(r) = &sa.want_peer_id {
             p.push(Payload::IdR(r.clone()));
         }

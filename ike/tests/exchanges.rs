@@ -913,3 +913,67 @@ fn child_sa_rekey_with_pfs_agrees_on_both_sides() {
     // plus one DH transform (8) in each of the three ESP proposals.
     assert_eq!(req.data.len(), req_plain.data.len() + 72 + 3 * 8);
 }
+
+#[test]
+fn initial_contact_replaces_the_peers_old_sas() {
+    let mut p = Pair::default();
+    p.initiate(Some(child_params()));
+    p.pump();
+    let (ea, _) = p.events();
+    let first = established(&ea);
+    // A restarts (a fresh endpoint with no memory of the SA) and connects again.
+    let mut ra = SeqRng::new(77);
+    p.a = Endpoint::new(
+        Config::new(Identification::fqdn("a.ike.test")),
+        psk("b.ike.test", b"secret"),
+        &mut ra,
+    );
+    p.ra = ra;
+    p.initiate(None);
+    p.pump();
+    let (ea, eb) = p.events();
+    let second = established(&ea);
+    assert_ne!(second.spi_i, first.spi_i);
+    // B dropped the old SA and its CHILD_SA when the new one came up.
+    assert!(eb.iter().any(|e| matches!(e,
+        Event::IkeSaDeleted { spi_i, reason: DeleteReason::Peer, .. } if *spi_i == first.spi_i)));
+    assert!(eb.iter().any(|e| matches!(e, Event::ChildSaDeleted { .. })));
+    assert_eq!(p.b.established().len(), 1);
+    assert!(p.b.find(&second.spi_i, &second.spi_r).is_some());
+    // A second SA while the first lives carries no INITIAL_CONTACT: B keeps both.
+    p.initiate(None);
+    p.pump();
+    assert_eq!(p.b.established().len(), 2);
+}
+
+#[test]
+fn ipv6_endpoints() {
+    let mut p = Pair::default();
+    p.a.initiate(
+        p.now,
+        &mut p.ra,
+        InitiateParams {
+            local: addr("[2001:2::1]:500"),
+            peer: addr("[2001:2::2]:500"),
+            peer_id: Some(Identification::fqdn("b.ike.test")),
+            child: Some(ChildParams {
+                ts_i: vec![TrafficSelector::host("2001:2:0:1::1".parse().unwrap())],
+                ts_r: vec![TrafficSelector::host("2001:2:0:1::2".parse().unwrap())],
+                mode: ChildMode::Transport,
+            }),
+        },
+    )
+    .unwrap();
+    p.pump();
+    let (ea, eb) = p.events();
+    let (ia, ib) = (established(&ea), established(&eb));
+    assert_eq!(*ia.sk_d, *ib.sk_d);
+    assert_eq!(ib.peer, addr("[2001:2::1]:500"));
+    let c = ib.child.unwrap();
+    assert_eq!(c.mode, ChildMode::Transport);
+    assert!(!c.udp_encap, "NAT-D hashes over IPv6 addresses match");
+    assert_eq!(
+        c.ts_r[0].start_addr,
+        "2001:2:0:1::2".parse::<std::net::IpAddr>().unwrap()
+    );
+}

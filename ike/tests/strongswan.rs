@@ -204,7 +204,12 @@ impl Peer {
         std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).unwrap();
         let mut proc = lab
             .command(Side::Reflector, env!("CARGO_BIN_EXE_ricochet-ike-peer"))
-            .args(["--listen", "198.18.0.2", "--id", "r.ike.test", "--psk-file"])
+            .args(if args.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "198.18.0.2"][..]
+            })
+            .args(["--id", "r.ike.test", "--psk-file"])
             .arg(&psk)
             .args(["--insecure-print-keys", "--run-ms", "20000"])
             .args(args)
@@ -865,4 +870,51 @@ fn child_sa_rekey_with_pfs_both_ways() {
         log.contains("parsed CREATE_CHILD_SA response 2 [ SA No KE TSi TSr ]"),
         "and our answer too"
     );
+}
+
+#[test]
+fn ipv6_both_roles_childless() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("k9");
+    let tmp = Tmp::new("k9");
+    let conf = swanctl_conf("aes128gcm16-prfsha256-x25519", false, true, PSK)
+        .replace("198.18.0.1", "2001:2::1")
+        .replace("198.18.0.2", "2001:2::2");
+    let charon = Charon::start(&lab, &tmp.0, false, &conf);
+    {
+        let mut peer = Peer::start(&lab, &tmp.0, PSK, &["--listen", "2001:2::2"]);
+        let out = charon.swanctl(&["--initiate", "--ike", "c", "--timeout", "10"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let est = peer.expect("established");
+        assert_eq!(field(&est, "peer"), "[2001:2::1]:500");
+        let keys = peer.expect("keys");
+        assert_eq!(charon.logged("Sk_d secret")[0], field(&keys, "sk_d"));
+        let out = charon.swanctl(&["--terminate", "--ike", "c", "--timeout", "10"]);
+        assert!(out.status.success(), "{}", text(&out));
+        peer.expect("deleted");
+    }
+    let mut peer = Peer::start(
+        &lab,
+        &tmp.0,
+        PSK,
+        &[
+            "--listen",
+            "2001:2::2",
+            "--initiate",
+            "2001:2::1",
+            "--peer-id",
+            "s.ike.test",
+            "--dh",
+            "31",
+            "--delete-ms",
+            "200",
+            "--exit-when-idle",
+        ],
+    );
+    let keys = peer.expect("keys");
+    assert_eq!(charon.logged("Sk_d secret")[1], field(&keys, "sk_d"));
+    let del = peer.expect("deleted");
+    assert_eq!(field(&del, "reason"), "Local");
 }
