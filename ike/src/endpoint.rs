@@ -201,6 +201,13 @@ struct IkeSa {
     last_heard: Instant,
     /// When the SA was replaced by a rekey (it then waits for the Delete).
     rekeyed_at: Option<Instant>,
+    /// A simultaneous IKE SA rekey by the peer while ours is outstanding
+    /// (RFC 7296 §2.8.2): the SA it created (our SPI) and the lower nonce
+    /// of its exchange.
+    collision: Option<([u8; 8], Vec<u8>)>,
+    /// A redundant SA from a rekey collision: never announced, so its end
+    /// is not announced either.
+    silent: bool,
 }
 
 impl IkeSa {
@@ -297,7 +304,7 @@ impl Endpoint {
     pub fn established(&self) -> Vec<IkeSaInfo> {
         self.sas
             .values()
-            .filter(|s| s.state == State::Established)
+            .filter(|s| s.state == State::Established && !s.silent)
             .filter_map(IkeSa::info)
             .collect()
     }
@@ -306,7 +313,9 @@ impl Endpoint {
     pub fn find(&self, spi_i: &[u8; 8], spi_r: &[u8; 8]) -> Option<IkeSaInfo> {
         self.sas
             .values()
-            .find(|s| &s.spi_i == spi_i && &s.spi_r == spi_r && s.state == State::Established)
+            .find(|s| {
+                &s.spi_i == spi_i && &s.spi_r == spi_r && s.state == State::Established && !s.silent
+            })
             .and_then(IkeSa::info)
     }
 
@@ -314,7 +323,7 @@ impl Endpoint {
     pub fn find_by_peer(&self, peer: std::net::IpAddr) -> Option<IkeSaInfo> {
         self.sas
             .values()
-            .find(|s| s.peer.ip() == peer && s.state == State::Established)
+            .find(|s| s.peer.ip() == peer && s.state == State::Established && !s.silent)
             .and_then(IkeSa::info)
     }
 
@@ -421,6 +430,12 @@ impl Endpoint {
     }
 
     fn sa_gone(&mut self, sa: &IkeSa, reason: DeleteReason) {
+        if !sa.initiator {
+            self.init_index.remove(&(sa.peer, sa.spi_i));
+        }
+        if sa.silent {
+            return;
+        }
         for c in &sa.children {
             self.events.push_back(Event::ChildSaDeleted {
                 ike_spi_i: sa.spi_i,
@@ -559,6 +574,8 @@ impl Endpoint {
             created: now,
             last_heard: now,
             rekeyed_at: None,
+            collision: None,
+            silent: false,
         };
         self.send_init(&mut sa, now);
         self.sas.insert(spi_i, sa);
@@ -1145,6 +1162,8 @@ impl Endpoint {
             created: now,
             last_heard: now,
             rekeyed_at: None,
+            collision: None,
+            silent: false,
         };
         self.transmits
             .push_back(wrap(local, remote, resp, self.config.natt_port));
@@ -1548,6 +1567,11 @@ impl Endpoint {
         }
         if delete_ike {
             self.respond(sa, exchange::INFORMATIONAL, hdr.message_id, &[], rng);
+            if let Some((peer_new, _)) = sa.collision.take() {
+                // RFC 7296 §2.25.2: forget our own rekey; the peer's stands.
+                sa.outstanding = None;
+                self.adopt_peer_rekey(sa, peer_new);
+            }
             let reason = if sa.state == State::Rekeyed {
                 DeleteReason::Rekeyed
             } else {
@@ -1692,7 +1716,22 @@ impl Endpoint {
                 ],
                 rng,
             );
-            self.finish_ike_rekey(sa, new);
+            let ours_outstanding = matches!(
+                sa.outstanding,
+                Some(Outstanding {
+                    kind: Pending::RekeyIke { .. },
+                    ..
+                })
+            );
+            if ours_outstanding {
+                // Simultaneous rekey (RFC 7296 §2.8.2): keep the peer's new SA
+                // aside until our own exchange ends, then keep one of the two.
+                let lowest = ni.clone().min(new.nr.clone());
+                sa.collision = Some((new.local_spi(), lowest));
+                self.sas.insert(new.local_spi(), new);
+            } else {
+                self.finish_ike_rekey(sa, new);
+            }
             return;
         }
         // CHILD_SA creation or rekey.
@@ -1847,6 +1886,13 @@ impl Endpoint {
         }
     }
 
+    /// Completes a collided rekey in favour of the SA the peer created.
+    fn adopt_peer_rekey(&mut self, old: &mut IkeSa, peer_new: [u8; 8]) {
+        if let Some(n) = self.sas.remove(&peer_new) {
+            self.finish_ike_rekey(old, n);
+        }
+    }
+
     fn finish_ike_rekey(&mut self, old: &mut IkeSa, mut new: IkeSa) {
         new.children = std::mem::take(&mut old.children);
         old.state = State::Rekeyed;
@@ -1942,21 +1988,44 @@ impl Endpoint {
                         _ => {}
                     }
                 }
-                let (Some(nr), Some(ker), Some(spi_r), Some(suite)) = (nr, ker, spi_r, suite)
-                else {
-                    return true; // refused (error notify) or malformed: keep the old SA
+                let new = match (nr, ker, spi_r, suite) {
+                    (Some(nr), Some(ker), Some(spi_r), Some(suite)) => {
+                        let old_sk_d = sa.keys.as_ref().map(|k| k.sk_d.clone()).unwrap_or_default();
+                        ke.shared_secret(&ker).ok().and_then(|g_ir| {
+                            rekeyed_sa(
+                                sa, suite, &old_sk_d, &g_ir, &ni, &nr, new_spi_i, spi_r, true, now,
+                            )
+                        })
+                    }
+                    // Refused (error notify) or malformed: keep the old SA.
+                    _ => None,
                 };
-                let Ok(g_ir) = ke.shared_secret(&ker) else {
+                let collision = sa.collision.take();
+                let Some(mut new) = new else {
+                    if let Some((peer_new, _)) = collision {
+                        // Ours failed: the peer's rekey stands; it deletes the old SA.
+                        self.adopt_peer_rekey(sa, peer_new);
+                    }
                     return true;
                 };
-                let old_sk_d = sa.keys.as_ref().map(|k| k.sk_d.clone()).unwrap_or_default();
-                let Some(new) = rekeyed_sa(
-                    sa, suite, &old_sk_d, &g_ir, &ni, &nr, new_spi_i, spi_r, true, now,
-                ) else {
-                    return true;
-                };
+                if let Some((peer_new, peer_lowest)) = collision {
+                    let our_lowest = ni.clone().min(new.nr.clone());
+                    if our_lowest < peer_lowest {
+                        // Ours is redundant: we close it; the peer's stands and
+                        // the peer deletes the old SA (RFC 7296 §2.8.2).
+                        new.silent = true;
+                        self.start_delete(&mut new, now, rng);
+                        self.sas.insert(new.local_spi(), new);
+                        self.adopt_peer_rekey(sa, peer_new);
+                        return true;
+                    }
+                    // Theirs is redundant: the peer closes it, silently for us.
+                    if let Some(p) = self.sas.get_mut(&peer_new) {
+                        p.silent = true;
+                    }
+                }
                 self.finish_ike_rekey(sa, new);
-                // The rekeying side deletes the old SA.
+                // The rekeying side (whose SA survived) deletes the old SA.
                 self.start_request(
                     sa,
                     now,
@@ -2498,6 +2567,8 @@ fn rekeyed_sa(
         created: now,
         last_heard: now,
         rekeyed_at: None,
+        collision: None,
+        silent: false,
     })
 }
 

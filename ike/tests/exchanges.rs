@@ -977,3 +977,74 @@ fn ipv6_endpoints() {
         "2001:2:0:1::2".parse::<std::net::IpAddr>().unwrap()
     );
 }
+
+#[test]
+fn simultaneous_ike_sa_rekey_ends_with_one_sa_on_both_sides() {
+    let mut a_won = [false, false];
+    for seed in 0..8u64 {
+        let mut p = Pair::default();
+        p.ra = SeqRng::new(100 + seed);
+        p.rb = SeqRng::new(200 + seed);
+        p.initiate(Some(child_params()));
+        p.pump();
+        let (ea, _) = p.events();
+        let g0 = established(&ea);
+        p.a.rekey_ike_sa(p.now, &mut p.ra, g0.spi_i, g0.spi_r)
+            .unwrap();
+        p.b.rekey_ike_sa(p.now, &mut p.rb, g0.spi_i, g0.spi_r)
+            .unwrap();
+        let ta = p.a.poll_transmit().unwrap();
+        let tb = p.b.poll_transmit().unwrap();
+        // Both requests cross on the wire, then both responses.
+        p.b.handle_datagram(p.now, &mut p.rb, ta.remote, ta.local, &ta.data);
+        p.a.handle_datagram(p.now, &mut p.ra, tb.remote, tb.local, &tb.data);
+        p.pump();
+        let (ea, eb) = p.events();
+        let rekeyed = |ev: &[Event]| -> Vec<([u8; 8], [u8; 8], Vec<u8>)> {
+            ev.iter()
+                .filter_map(|e| match e {
+                    Event::IkeSaRekeyed { new, .. } => {
+                        Some((new.spi_i, new.spi_r, new.sk_d.to_vec()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let (ra, rb) = (rekeyed(&ea), rekeyed(&eb));
+        assert_eq!(ra.len(), 1, "seed {seed}: {ea:?}");
+        let won = ea
+            .iter()
+            .any(|e| matches!(e, Event::IkeSaRekeyed { new, .. } if new.we_initiated));
+        a_won[usize::from(won)] = true;
+        assert_eq!(ra, rb, "seed {seed}: both keep the same new SA");
+        for ep in [&p.a, &p.b] {
+            let est = ep.established();
+            assert_eq!(est.len(), 1, "seed {seed}");
+            assert_eq!((est[0].spi_i, est[0].spi_r), (ra[0].0, ra[0].1));
+            assert!(est[0].child.is_some(), "the CHILD_SA moved to the survivor");
+        }
+        // Nothing else announced: no CHILD_SA deleted, the old SA gone as Rekeyed.
+        for ev in [&ea, &eb] {
+            assert!(!ev.iter().any(|e| matches!(e, Event::ChildSaDeleted { .. })));
+            let gone: Vec<_> = ev
+                .iter()
+                .filter_map(|e| match e {
+                    Event::IkeSaDeleted { spi_i, reason, .. } => Some((*spi_i, reason.clone())),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(gone, vec![(g0.spi_i, DeleteReason::Rekeyed)], "seed {seed}");
+        }
+        // And the survivor works.
+        let (i, r) = (ra[0].0, ra[0].1);
+        p.a.check_liveness(p.now, &mut p.ra, i, r).unwrap();
+        p.pump();
+        let (ea, _) = p.events();
+        assert!(ea.iter().any(|e| matches!(e, Event::PeerAlive { .. })));
+    }
+    assert_eq!(
+        a_won,
+        [true, true],
+        "both outcomes of the nonce comparison seen"
+    );
+}
