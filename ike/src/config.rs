@@ -184,6 +184,13 @@ pub struct Config {
     /// first CHILD_SA (in IKE_AUTH) never has one. A peer's KE is always
     /// answered.
     pub child_pfs: bool,
+    /// Rekey each IKE SA this long after it was established (shortened by
+    /// up to 9 % per SA so both peers do not start together); `None`: only
+    /// when asked (`Endpoint::rekey_ike_sa`) or by the peer.
+    pub ike_rekey_after: Option<Duration>,
+    /// Rekey each CHILD_SA this long after it was installed (same jitter);
+    /// a CHILD_SA the peer rekeys first is left to the peer.
+    pub child_rekey_after: Option<Duration>,
 }
 
 impl Config {
@@ -206,6 +213,8 @@ impl Config {
             natt_port: 4500,
             liveness_interval: None,
             child_pfs: false,
+            ike_rekey_after: None,
+            child_rekey_after: None,
         }
     }
 }

@@ -208,6 +208,11 @@ struct IkeSa {
     /// A redundant SA from a rekey collision: never announced, so its end
     /// is not announced either.
     silent: bool,
+    /// When the SA was established (for the automatic rekey).
+    established_at: Instant,
+    /// When each CHILD_SA (by its `spi_i`) was installed; removed when the
+    /// peer rekeys it (its replacement then has its own entry).
+    child_since: HashMap<u32, Instant>,
 }
 
 impl IkeSa {
@@ -347,6 +352,11 @@ impl Endpoint {
                     let e = s.last_heard + iv;
                     t = Some(t.map_or(e, |t| t.min(e)));
                 }
+                if let (State::Established, None, false) = (s.state, &s.outstanding, s.silent) {
+                    if let Some(e) = self.rekey_due(s) {
+                        t = Some(t.map_or(e, |t| t.min(e)));
+                    }
+                }
                 t
             })
             .min()
@@ -403,6 +413,26 @@ impl Endpoint {
                         self.send(&sa, bytes);
                     }
                 }
+            } else if sa.state == State::Established
+                && !sa.silent
+                && self.rekey_due(&sa).is_some_and(|t| now >= t)
+            {
+                // Automatic rekey: the IKE SA first, else the oldest due child.
+                let ike_due = self
+                    .config
+                    .ike_rekey_after
+                    .is_some_and(|l| now >= sa.established_at + jittered(l, &sa.local_spi()));
+                if ike_due {
+                    // Should this rekey fail, try again after a tenth of the
+                    // lifetime (a successful one retires this SA).
+                    if let Some(l) = self.config.ike_rekey_after {
+                        sa.established_at = retry_base(now, l, &sa.local_spi());
+                    }
+                    let _ = self.start_ike_rekey(&mut sa, now, rng);
+                } else if let Some(c) = self.child_due(&sa, now) {
+                    sa.child_since.remove(&c);
+                    let _ = self.start_child_rekey(&mut sa, now, rng, c);
+                }
             } else if let (Some(iv), State::Established) = (self.config.liveness_interval, sa.state)
             {
                 if now >= sa.last_heard + iv {
@@ -420,6 +450,38 @@ impl Endpoint {
                 self.sas.insert(k, sa);
             }
         }
+    }
+
+    /// The earliest automatic rekey deadline of an SA (IKE SA or a child).
+    fn rekey_due(&self, sa: &IkeSa) -> Option<Instant> {
+        let j = sa.local_spi();
+        let ike = self
+            .config
+            .ike_rekey_after
+            .map(|l| sa.established_at + jittered(l, &j));
+        let child = self.config.child_rekey_after.and_then(|l| {
+            sa.children
+                .iter()
+                .filter_map(|c| sa.child_since.get(&c.spi_i))
+                .map(|t| *t + jittered(l, &j))
+                .min()
+        });
+        match (ike, child) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A CHILD_SA (its `spi_i`) whose automatic rekey is due.
+    fn child_due(&self, sa: &IkeSa, now: Instant) -> Option<u32> {
+        let l = self.config.child_rekey_after?;
+        let j = sa.local_spi();
+        sa.children
+            .iter()
+            .filter_map(|c| sa.child_since.get(&c.spi_i).map(|t| (c.spi_i, *t)))
+            .filter(|(_, t)| now >= *t + jittered(l, &j))
+            .min_by_key(|(_, t)| *t)
+            .map(|(spi, _)| spi)
     }
 
     // ---------------------------------------------------------------- output
@@ -576,6 +638,8 @@ impl Endpoint {
             rekeyed_at: None,
             collision: None,
             silent: false,
+            established_at: now,
+            child_since: HashMap::new(),
         };
         self.send_init(&mut sa, now);
         self.sas.insert(spi_i, sa);
@@ -641,35 +705,7 @@ impl Endpoint {
     ) -> Result<(), EndpointError> {
         let k = self.key_of(&spi_i, &spi_r)?;
         let mut sa = self.sas.remove(&k).ok_or(EndpointError::NoSuchSa)?;
-        let r = (|| {
-            if sa.state != State::Established {
-                return Err(EndpointError::NotEstablished);
-            }
-            if sa.outstanding.is_some() {
-                return Err(EndpointError::Busy);
-            }
-            let new_spi_i = self.fresh_spi(rng);
-            let mut ni = vec![0u8; 32];
-            rng.fill(&mut ni);
-            let ke = sa.suite.dh.generate(rng);
-            let p = vec![
-                Payload::Sa(vec![sa.suite.proposal(1, &new_spi_i)]),
-                Payload::Nonce(ni.clone()),
-                Payload::Ke {
-                    group: ke.group.id(),
-                    data: ke.public().to_vec(),
-                },
-            ];
-            self.start_request(
-                &mut sa,
-                now,
-                rng,
-                exchange::CREATE_CHILD_SA,
-                p,
-                Pending::RekeyIke { ke, ni, new_spi_i },
-            );
-            Ok(())
-        })();
+        let r = self.start_ike_rekey(&mut sa, now, rng);
         self.sas.insert(k, sa);
         r
     }
@@ -686,84 +722,127 @@ impl Endpoint {
     ) -> Result<(), EndpointError> {
         let k = self.key_of(&spi_i, &spi_r)?;
         let mut sa = self.sas.remove(&k).ok_or(EndpointError::NoSuchSa)?;
-        let r = (|| {
-            if sa.state != State::Established {
-                return Err(EndpointError::NotEstablished);
-            }
-            if sa.outstanding.is_some() {
-                return Err(EndpointError::Busy);
-            }
-            let c = sa
-                .children
-                .iter()
-                .find(|c| c.spi_i == child_spi || c.spi_r == child_spi)
-                .ok_or(EndpointError::NoSuchChild)?;
-            let old_in = c.inbound().spi;
-            let params = ChildParams {
-                // The rekeying side is the new CHILD_SA's initiator.
-                ts_i: if c.we_initiated {
-                    c.ts_i.clone()
-                } else {
-                    c.ts_r.clone()
-                },
-                ts_r: if c.we_initiated {
-                    c.ts_r.clone()
-                } else {
-                    c.ts_i.clone()
-                },
-                mode: c.mode,
-            };
-            let spi = fresh_esp_spi(rng);
-            let mut ni = vec![0u8; 32];
-            rng.fill(&mut ni);
-            let mut p = vec![Payload::Notify(Notify {
-                protocol: proto::ESP,
-                spi: old_in.to_be_bytes().to_vec(),
-                ntype: notify::REKEY_SA,
-                data: Vec::new(),
-            })];
-            if params.mode == ChildMode::Transport {
-                p.push(Payload::Notify(Notify::status(
-                    notify::USE_TRANSPORT_MODE,
-                    &[],
-                )));
-            }
-            let ke = self.config.child_pfs.then(|| sa.suite.dh.generate(rng));
-            let mut props = self.esp_proposals(spi);
-            if let Some(k) = &ke {
-                for pr in &mut props {
-                    pr.transforms
-                        .push(wire::Transform::new(wire::ttype::DH, k.group.id()));
-                }
-            }
-            p.push(Payload::Sa(props));
-            p.push(Payload::Nonce(ni.clone()));
-            if let Some(k) = &ke {
-                p.push(Payload::Ke {
-                    group: k.group.id(),
-                    data: k.public().to_vec(),
-                });
-            }
-            p.push(Payload::TsI(params.ts_i.clone()));
-            p.push(Payload::TsR(params.ts_r.clone()));
-            self.start_request(
-                &mut sa,
-                now,
-                rng,
-                exchange::CREATE_CHILD_SA,
-                p,
-                Pending::CreateChild {
-                    rekey_of: Some(old_in),
-                    ni,
-                    spi,
-                    params,
-                    ke,
-                },
-            );
-            Ok(())
-        })();
+        let r = self.start_child_rekey(&mut sa, now, rng, child_spi);
         self.sas.insert(k, sa);
         r
+    }
+
+    fn start_ike_rekey(
+        &mut self,
+        sa: &mut IkeSa,
+        now: Instant,
+        rng: &mut dyn Rng,
+    ) -> Result<(), EndpointError> {
+        if sa.state != State::Established {
+            return Err(EndpointError::NotEstablished);
+        }
+        if sa.outstanding.is_some() {
+            return Err(EndpointError::Busy);
+        }
+        let new_spi_i = self.fresh_spi(rng);
+        let mut ni = vec![0u8; 32];
+        rng.fill(&mut ni);
+        let ke = sa.suite.dh.generate(rng);
+        let p = vec![
+            Payload::Sa(vec![sa.suite.proposal(1, &new_spi_i)]),
+            Payload::Nonce(ni.clone()),
+            Payload::Ke {
+                group: ke.group.id(),
+                data: ke.public().to_vec(),
+            },
+        ];
+        self.start_request(
+            sa,
+            now,
+            rng,
+            exchange::CREATE_CHILD_SA,
+            p,
+            Pending::RekeyIke { ke, ni, new_spi_i },
+        );
+        Ok(())
+    }
+
+    fn start_child_rekey(
+        &mut self,
+        sa: &mut IkeSa,
+        now: Instant,
+        rng: &mut dyn Rng,
+        child_spi: u32,
+    ) -> Result<(), EndpointError> {
+        if sa.state != State::Established {
+            return Err(EndpointError::NotEstablished);
+        }
+        if sa.outstanding.is_some() {
+            return Err(EndpointError::Busy);
+        }
+        let c = sa
+            .children
+            .iter()
+            .find(|c| c.spi_i == child_spi || c.spi_r == child_spi)
+            .ok_or(EndpointError::NoSuchChild)?;
+        let old_in = c.inbound().spi;
+        let params = ChildParams {
+            // The rekeying side is the new CHILD_SA's initiator.
+            ts_i: if c.we_initiated {
+                c.ts_i.clone()
+            } else {
+                c.ts_r.clone()
+            },
+            ts_r: if c.we_initiated {
+                c.ts_r.clone()
+            } else {
+                c.ts_i.clone()
+            },
+            mode: c.mode,
+        };
+        let spi = fresh_esp_spi(rng);
+        let mut ni = vec![0u8; 32];
+        rng.fill(&mut ni);
+        let mut p = vec![Payload::Notify(Notify {
+            protocol: proto::ESP,
+            spi: old_in.to_be_bytes().to_vec(),
+            ntype: notify::REKEY_SA,
+            data: Vec::new(),
+        })];
+        if params.mode == ChildMode::Transport {
+            p.push(Payload::Notify(Notify::status(
+                notify::USE_TRANSPORT_MODE,
+                &[],
+            )));
+        }
+        let ke = self.config.child_pfs.then(|| sa.suite.dh.generate(rng));
+        let mut props = self.esp_proposals(spi);
+        if let Some(k) = &ke {
+            for pr in &mut props {
+                pr.transforms
+                    .push(wire::Transform::new(wire::ttype::DH, k.group.id()));
+            }
+        }
+        p.push(Payload::Sa(props));
+        p.push(Payload::Nonce(ni.clone()));
+        if let Some(k) = &ke {
+            p.push(Payload::Ke {
+                group: k.group.id(),
+                data: k.public().to_vec(),
+            });
+        }
+        p.push(Payload::TsI(params.ts_i.clone()));
+        p.push(Payload::TsR(params.ts_r.clone()));
+        self.start_request(
+            sa,
+            now,
+            rng,
+            exchange::CREATE_CHILD_SA,
+            p,
+            Pending::CreateChild {
+                rekey_of: Some(old_in),
+                ni,
+                spi,
+                params,
+                ke,
+            },
+        );
+        Ok(())
     }
 
     /// Deletes an IKE SA (and its CHILD_SAs) with an INFORMATIONAL Delete.
@@ -1164,6 +1243,8 @@ impl Endpoint {
             rekeyed_at: None,
             collision: None,
             silent: false,
+            established_at: now,
+            child_since: HashMap::new(),
         };
         self.transmits
             .push_back(wrap(local, remote, resp, self.config.natt_port));
@@ -1301,7 +1382,7 @@ impl Endpoint {
 
     fn responder_auth(
         &mut self,
-        _now: Instant,
+        now: Instant,
         rng: &mut dyn Rng,
         sa: &mut IkeSa,
         hdr: &HeaderRepr,
@@ -1432,7 +1513,9 @@ impl Endpoint {
         }
         self.respond(sa, exchange::IKE_AUTH, hdr.message_id, &out, rng);
         sa.state = State::Established;
+        sa.established_at = now;
         if let Some(c) = child {
+            sa.child_since.insert(c.spi_i, now);
             sa.children.push(c);
         }
         if let Some(info) = sa.info() {
@@ -1854,6 +1937,13 @@ impl Endpoint {
                     ike_spi_r: sa.spi_r,
                     child: c.clone(),
                 });
+                if let Some(old) = rekey_spi {
+                    // The peer replaces it: no automatic rekey of ours for it.
+                    if let Some(o) = sa.children.iter().find(|c| c.outbound().spi == old) {
+                        sa.child_since.remove(&o.spi_i);
+                    }
+                }
+                sa.child_since.insert(c.spi_i, now);
                 sa.children.push(c);
             }
             Err(n) => {
@@ -1895,6 +1985,7 @@ impl Endpoint {
 
     fn finish_ike_rekey(&mut self, old: &mut IkeSa, mut new: IkeSa) {
         new.children = std::mem::take(&mut old.children);
+        new.child_since = std::mem::take(&mut old.child_since);
         old.state = State::Rekeyed;
         old.rekeyed_at = Some(new.created);
         if let Some(info) = new.info() {
@@ -1935,7 +2026,7 @@ impl Endpoint {
         let o = sa.outstanding.take().expect("checked above");
         sa.last_heard = now;
         match o.kind {
-            Pending::Auth => self.initiator_auth_response(sa, &payloads),
+            Pending::Auth => self.initiator_auth_response(now, sa, &payloads),
             Pending::Informational { delete } => {
                 if delete || sa.state == State::Deleting {
                     let reason = if sa.state == State::Rekeyed {
@@ -2062,6 +2153,13 @@ impl Endpoint {
                     }
                 }
                 let (Some(nr), Some(props)) = (nr, props) else {
+                    // Refused: an automatic rekey tries again later.
+                    if let (Some(old_in), Some(l)) = (rekey_of, self.config.child_rekey_after) {
+                        let j = sa.local_spi();
+                        if let Some(c) = sa.children.iter().find(|c| c.inbound().spi == old_in) {
+                            sa.child_since.insert(c.spi_i, retry_base(now, l, &j));
+                        }
+                    }
                     return true;
                 };
                 // With PFS the answer must carry a KE in our group.
@@ -2093,6 +2191,7 @@ impl Endpoint {
                     ike_spi_r: sa.spi_r,
                     child: c.clone(),
                 });
+                sa.child_since.insert(c.spi_i, now);
                 sa.children.push(c);
                 if let Some(old_in) = rekey_of {
                     self.start_request(
@@ -2337,7 +2436,12 @@ impl Endpoint {
         true
     }
 
-    fn initiator_auth_response(&mut self, sa: &mut IkeSa, payloads: &[Payload]) -> bool {
+    fn initiator_auth_response(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        payloads: &[Payload],
+    ) -> bool {
         let mut idr = None;
         let mut auth = None;
         let mut props = None;
@@ -2392,11 +2496,13 @@ impl Endpoint {
         }
         sa.peer_id = Some(idr);
         sa.state = State::Established;
+        sa.established_at = now;
         if let (Some(props), Some(cp)) = (props, sa.child_params.clone()) {
             let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
             if let Some(c) =
                 self.initiator_child(sa, &props, sa.child_spi, &cp, tsi, tsr, None, &ni, &nr)
             {
+                sa.child_since.insert(c.spi_i, now);
                 sa.children.push(c);
             }
         }
@@ -2415,6 +2521,19 @@ impl Endpoint {
 }
 
 // ------------------------------------------------------------------ helpers
+
+/// A lifetime shortened by 0–9 % according to our own SPI, so two peers
+/// with the same lifetime rarely start the same rekey at once.
+fn jittered(life: std::time::Duration, our_spi: &[u8; 8]) -> std::time::Duration {
+    life - life * u32::from(our_spi[7] % 10) / 100
+}
+
+/// The start time that makes an automatic rekey fall due again a tenth of
+/// the lifetime from `now`.
+fn retry_base(now: Instant, life: std::time::Duration, our_spi: &[u8; 8]) -> Instant {
+    let j = jittered(life, our_spi);
+    now.checked_sub(j - j / 10).unwrap_or(now)
+}
 
 fn flags(initiator: bool, response: bool) -> u8 {
     (if initiator { FLAG_I } else { 0 }) | (if response { FLAG_R } else { 0 })
@@ -2569,6 +2688,8 @@ fn rekeyed_sa(
         rekeyed_at: None,
         collision: None,
         silent: false,
+        established_at: now,
+        child_since: HashMap::new(),
     })
 }
 

@@ -1048,3 +1048,58 @@ fn simultaneous_ike_sa_rekey_ends_with_one_sa_on_both_sides() {
         "both outcomes of the nonce comparison seen"
     );
 }
+
+#[test]
+fn automatic_rekeys_follow_the_configured_lifetimes() {
+    let mut ca = Config::new(Identification::fqdn("a.ike.test"));
+    ca.ike_rekey_after = Some(Duration::from_secs(3600));
+    ca.child_rekey_after = Some(Duration::from_secs(600));
+    let mut p = Pair::new(
+        ca,
+        Config::new(Identification::fqdn("b.ike.test")),
+        b"s",
+        b"s",
+    );
+    p.initiate(Some(child_params()));
+    p.pump();
+    let (ea, _) = p.events();
+    let g0 = established(&ea);
+    let c0 = g0.child.clone().unwrap();
+    let t0 = p.now;
+    // The child falls due first, within 10 % before its lifetime.
+    let due = p.a.poll_timeout().unwrap();
+    assert!(due <= t0 + Duration::from_secs(600) && due >= t0 + Duration::from_secs(540));
+    p.now = due;
+    p.a.handle_timeout(p.now, &mut p.ra);
+    p.pump();
+    let (ea, eb) = p.events();
+    for ev in [&ea, &eb] {
+        assert!(ev
+            .iter()
+            .any(|e| matches!(e, Event::ChildSaInstalled { .. })));
+        assert!(ev.iter().any(|e| matches!(e,
+            Event::ChildSaDeleted { spi_i, .. } if *spi_i == c0.spi_i)));
+    }
+    // Then the IKE SA, within 10 % before an hour; the new child moves along.
+    let mut rekeyed = None;
+    for _ in 0..20 {
+        let Some(t) = p.a.poll_timeout() else { break };
+        p.now = t;
+        p.a.handle_timeout(p.now, &mut p.ra);
+        p.b.handle_timeout(p.now, &mut p.rb);
+        p.pump();
+        let (ea, _) = p.events();
+        if let Some(new) = ea.iter().find_map(|e| match e {
+            Event::IkeSaRekeyed { new, .. } => Some(new.clone()),
+            _ => None,
+        }) {
+            rekeyed = Some((p.now, new));
+            break;
+        }
+    }
+    let (when, g1) = rekeyed.expect("the IKE SA was rekeyed");
+    assert!(when <= t0 + Duration::from_secs(3600) && when >= t0 + Duration::from_secs(3240));
+    assert!(g1.child.is_some());
+    assert_eq!(p.a.established().len(), 1);
+    assert_eq!(p.b.established().len(), 1);
+}
