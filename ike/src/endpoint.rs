@@ -152,7 +152,8 @@ enum Pending {
         ke: Option<KeyExchange>,
     },
     DeleteChild {
-        spi_in: u32,
+        /// Our inbound SPIs of the CHILD_SAs being deleted.
+        spis_in: Vec<u32>,
     },
 }
 
@@ -213,6 +214,9 @@ struct IkeSa {
     /// When each CHILD_SA (by its `spi_i`) was installed; removed when the
     /// peer rekeys it (its replacement then has its own entry).
     child_since: HashMap<u32, Instant>,
+    /// CHILD_SAs (our inbound SPI) the peer rekeyed while our own rekey of
+    /// them was outstanding, with the lowest nonce of the peer's exchange.
+    child_collisions: HashMap<u32, Vec<u8>>,
 }
 
 impl IkeSa {
@@ -322,6 +326,15 @@ impl Endpoint {
                 &s.spi_i == spi_i && &s.spi_r == spi_r && s.state == State::Established && !s.silent
             })
             .and_then(IkeSa::info)
+    }
+
+    /// Every CHILD_SA of an established IKE SA (the data plane's view).
+    pub fn children(&self, spi_i: &[u8; 8], spi_r: &[u8; 8]) -> Vec<ChildSaKeys> {
+        self.sas
+            .values()
+            .find(|s| &s.spi_i == spi_i && &s.spi_r == spi_r && s.state == State::Established)
+            .map(|s| s.children.clone())
+            .unwrap_or_default()
     }
 
     /// The established IKE SA with a peer address (RFC 7717 §5.1 client lookup).
@@ -640,6 +653,7 @@ impl Endpoint {
             silent: false,
             established_at: now,
             child_since: HashMap::new(),
+            child_collisions: HashMap::new(),
         };
         self.send_init(&mut sa, now);
         self.sas.insert(spi_i, sa);
@@ -1245,6 +1259,7 @@ impl Endpoint {
             silent: false,
             established_at: now,
             child_since: HashMap::new(),
+            child_collisions: HashMap::new(),
         };
         self.transmits
             .push_back(wrap(local, remote, resp, self.config.natt_port));
@@ -1839,7 +1854,34 @@ impl Endpoint {
             return;
         };
         if let Some(old) = rekey_spi {
-            if !sa.children.iter().any(|c| c.outbound().spi == old) {
+            // Our inbound SPI of the CHILD_SA the peer wants to rekey.
+            let old_in = sa
+                .children
+                .iter()
+                .find(|c| c.outbound().spi == old)
+                .map(|c| c.inbound().spi);
+            let closing = match (&sa.outstanding, old_in) {
+                (
+                    Some(Outstanding {
+                        kind: Pending::DeleteChild { spis_in },
+                        ..
+                    }),
+                    Some(i),
+                ) => spis_in.contains(&i),
+                _ => false,
+            };
+            if closing {
+                // RFC 7296 §2.25.1: we are closing it.
+                self.respond(
+                    sa,
+                    hdr.exchange_type,
+                    hdr.message_id,
+                    &err(notify::TEMPORARY_FAILURE),
+                    rng,
+                );
+                return;
+            }
+            if old_in.is_none() {
                 let n = Notify {
                     protocol: proto::ESP,
                     spi: old.to_be_bytes().to_vec(),
@@ -1923,7 +1965,7 @@ impl Endpoint {
                 if let Some(sa_payload) = resp.next() {
                     out.push(sa_payload);
                 }
-                out.push(Payload::Nonce(nr));
+                out.push(Payload::Nonce(nr.clone()));
                 if let Some(ke) = &ke_out {
                     out.push(Payload::Ke {
                         group: ke.group.id(),
@@ -1941,6 +1983,19 @@ impl Endpoint {
                     // The peer replaces it: no automatic rekey of ours for it.
                     if let Some(o) = sa.children.iter().find(|c| c.outbound().spi == old) {
                         sa.child_since.remove(&o.spi_i);
+                        let o_in = o.inbound().spi;
+                        // Are we rekeying it too? Remember this exchange's
+                        // lowest nonce for when ours completes.
+                        let ours = matches!(
+                            &sa.outstanding,
+                            Some(Outstanding {
+                                kind: Pending::CreateChild { rekey_of: Some(x), .. },
+                                ..
+                            }) if *x == o_in
+                        );
+                        if ours {
+                            sa.child_collisions.insert(o_in, ni.clone().min(nr.clone()));
+                        }
                     }
                 }
                 sa.child_since.insert(c.spi_i, now);
@@ -2191,9 +2246,21 @@ impl Endpoint {
                     ike_spi_r: sa.spi_r,
                     child: c.clone(),
                 });
+                let our_new_in = c.inbound().spi;
+                let our_lowest = ni.clone().min(nr.clone());
                 sa.child_since.insert(c.spi_i, now);
                 sa.children.push(c);
                 if let Some(old_in) = rekey_of {
+                    let mut spis_in = vec![old_in];
+                    // Did the peer rekey the same CHILD_SA meanwhile (RFC 7296
+                    // §2.8.1)? The new SA of the exchange with the lowest nonce
+                    // is closed by its creator: ours goes with the old one.
+                    if let Some(peer_lowest) = sa.child_collisions.remove(&old_in) {
+                        if our_lowest < peer_lowest {
+                            spis_in.push(our_new_in);
+                        }
+                    }
+                    let spis = spis_in.iter().map(|s| s.to_be_bytes().to_vec()).collect();
                     self.start_request(
                         sa,
                         now,
@@ -2201,22 +2268,25 @@ impl Endpoint {
                         exchange::INFORMATIONAL,
                         vec![Payload::Delete(Delete {
                             protocol: proto::ESP,
-                            spis: vec![old_in.to_be_bytes().to_vec()],
+                            spis,
                         })],
-                        Pending::DeleteChild { spi_in: old_in },
+                        Pending::DeleteChild { spis_in },
                     );
                 }
                 true
             }
-            Pending::DeleteChild { spi_in } => {
-                if let Some(pos) = sa.children.iter().position(|c| c.inbound().spi == spi_in) {
-                    let c = sa.children.remove(pos);
-                    self.events.push_back(Event::ChildSaDeleted {
-                        ike_spi_i: sa.spi_i,
-                        ike_spi_r: sa.spi_r,
-                        spi_i: c.spi_i,
-                        spi_r: c.spi_r,
-                    });
+            Pending::DeleteChild { spis_in } => {
+                for spi_in in spis_in {
+                    if let Some(pos) = sa.children.iter().position(|c| c.inbound().spi == spi_in) {
+                        let c = sa.children.remove(pos);
+                        sa.child_since.remove(&c.spi_i);
+                        self.events.push_back(Event::ChildSaDeleted {
+                            ike_spi_i: sa.spi_i,
+                            ike_spi_r: sa.spi_r,
+                            spi_i: c.spi_i,
+                            spi_r: c.spi_r,
+                        });
+                    }
                 }
                 true
             }
@@ -2690,6 +2760,7 @@ fn rekeyed_sa(
         silent: false,
         established_at: now,
         child_since: HashMap::new(),
+        child_collisions: HashMap::new(),
     })
 }
 

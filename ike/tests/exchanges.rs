@@ -1103,3 +1103,56 @@ fn automatic_rekeys_follow_the_configured_lifetimes() {
     assert_eq!(p.a.established().len(), 1);
     assert_eq!(p.b.established().len(), 1);
 }
+
+#[test]
+fn simultaneous_child_sa_rekey_ends_with_one_child_on_both_sides() {
+    let mut outcomes = std::collections::BTreeSet::new();
+    for seed in 0..8u64 {
+        let mut p = Pair::default();
+        p.ra = SeqRng::new(300 + seed);
+        p.rb = SeqRng::new(400 + seed);
+        p.initiate(Some(child_params()));
+        p.pump();
+        let (ea, _) = p.events();
+        let i = established(&ea);
+        let c0 = i.child.clone().unwrap();
+        p.a.rekey_child_sa(p.now, &mut p.ra, i.spi_i, i.spi_r, c0.spi_i)
+            .unwrap();
+        p.b.rekey_child_sa(p.now, &mut p.rb, i.spi_i, i.spi_r, c0.spi_i)
+            .unwrap();
+        let ta = p.a.poll_transmit().unwrap();
+        let tb = p.b.poll_transmit().unwrap();
+        p.b.handle_datagram(p.now, &mut p.rb, ta.remote, ta.local, &ta.data);
+        p.a.handle_datagram(p.now, &mut p.ra, tb.remote, tb.local, &tb.data);
+        p.pump();
+        p.events();
+        let ca = p.a.find(&i.spi_i, &i.spi_r).unwrap();
+        let cb = p.b.find(&i.spi_i, &i.spi_r).unwrap();
+        let (ka, kb) = (ca.child.unwrap(), cb.child.unwrap());
+        assert_eq!((ka.spi_i, ka.spi_r), (kb.spi_i, kb.spi_r), "seed {seed}");
+        assert_ne!(ka.spi_i, c0.spi_i);
+        assert_eq!(&ka.sk_ei[..], &kb.sk_ei[..]);
+        outcomes.insert(ka.we_initiated);
+        assert_eq!(p.a.children(&i.spi_i, &i.spi_r).len(), 1, "seed {seed}");
+        assert_eq!(p.b.children(&i.spi_i, &i.spi_r).len(), 1, "seed {seed}");
+        // Exactly one CHILD_SA left on each side: a second rekey request
+        // names it and succeeds, and nothing else remains to delete.
+        p.a.rekey_child_sa(p.now, &mut p.ra, i.spi_i, i.spi_r, ka.spi_i)
+            .unwrap();
+        p.pump();
+        let (ea, _) = p.events();
+        let deleted: Vec<u32> = ea
+            .iter()
+            .filter_map(|e| match e {
+                Event::ChildSaDeleted { spi_i, .. } => Some(*spi_i),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deleted, vec![ka.spi_i], "seed {seed}");
+    }
+    assert_eq!(
+        outcomes.len(),
+        2,
+        "both outcomes of the nonce comparison seen"
+    );
+}
