@@ -1156,3 +1156,48 @@ fn simultaneous_child_sa_rekey_ends_with_one_child_on_both_sides() {
         "both outcomes of the nonce comparison seen"
     );
 }
+
+#[test]
+fn every_prf_gives_matching_keys_and_the_rfc7717_secret_of_its_hash() {
+    use hmac::Mac;
+    for suite in [
+        IkeSuite::GCM128_SHA256_ECP256,
+        IkeSuite::GCM256_SHA384_ECP256,
+        IkeSuite::GCM128_SHA1_X25519,
+        IkeSuite::CBC256_SHA256_MODP2048,
+    ] {
+        let mut ca = Config::new(Identification::fqdn("a.ike.test"));
+        ca.ike_suites = vec![suite];
+        let mut p = Pair::new(
+            ca,
+            Config::new(Identification::fqdn("b.ike.test")),
+            b"s",
+            b"s",
+        );
+        p.initiate(None);
+        p.pump();
+        let (ea, eb) = p.events();
+        let (ia, ib) = (established(&ea), established(&eb));
+        assert_eq!(ia.prf, suite.prf);
+        assert_eq!(*ia.sk_d, *ib.sk_d);
+        assert_eq!(ia.sk_d.len(), suite.prf.output_len());
+        let expect: Vec<u8> = match suite.prf {
+            ricochet_ike::Prf::HmacSha1 => {
+                let mut m = hmac::Hmac::<sha1::Sha1>::new_from_slice(&ia.sk_d).unwrap();
+                m.update(b"IPPM");
+                m.finalize().into_bytes().to_vec()
+            }
+            ricochet_ike::Prf::HmacSha384 => {
+                let mut m = hmac::Hmac::<sha2::Sha384>::new_from_slice(&ia.sk_d).unwrap();
+                m.update(b"IPPM");
+                m.finalize().into_bytes().to_vec()
+            }
+            _ => {
+                let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&ia.sk_d).unwrap();
+                m.update(b"IPPM");
+                m.finalize().into_bytes().to_vec()
+            }
+        };
+        assert_eq!(*ia.ippm_key(), expect, "{suite:?}");
+    }
+}

@@ -1014,3 +1014,33 @@ fn simultaneous_ike_sa_rekey_with_charon_converges() {
     }
     let _ = keys;
 }
+
+#[test]
+fn prf_sha384_and_aes256_gcm_with_charon() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("kb");
+    let tmp = Tmp::new("kb");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        false,
+        &swanctl_conf("aes256gcm16-prfsha384-ecp256", false, true, PSK),
+    );
+    let mut peer = Peer::start(&lab, &tmp.0, PSK, &[]);
+    let out = charon.swanctl(&["--initiate", "--ike", "c", "--timeout", "10"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let est = peer.expect("established");
+    assert_eq!(field(&est, "prf"), "HmacSha384");
+    let keys = peer.expect("keys");
+    let sk_d = field(&keys, "sk_d");
+    assert_eq!(sk_d.len(), 96, "48-octet SK_d");
+    assert_eq!(charon.logged("Sk_d secret"), vec![sk_d.to_owned()]);
+    let mut m = hmac::Hmac::<sha2::Sha384>::new_from_slice(&hex::decode(sk_d).unwrap()).unwrap();
+    m.update(b"IPPM");
+    assert_eq!(field(&keys, "ippm"), hex::encode(m.finalize().into_bytes()));
+    assert!(charon
+        .list_sas()
+        .contains("AES_GCM_16-256/PRF_HMAC_SHA2_384/ECP_256"));
+}
