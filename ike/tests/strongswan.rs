@@ -383,7 +383,8 @@ fn charon_initiates_childless_ecp256_then_rekeys_and_deletes() {
             field(&rk, "spi_r").to_owned()
         )]
     );
-    let out = charon.swanctl(&["--terminate", "--ike", "c", "--timeout", "10"]);
+    let id = charon_ike_id(&charon.list_sas(), field(&rk, "spi_i"));
+    let out = charon.swanctl(&["--terminate", "--ike-id", &id, "--timeout", "10"]);
     assert!(
         text(&out).contains("terminate completed successfully"),
         "{}",
