@@ -1189,27 +1189,36 @@ impl Endpoint {
             return;
         };
         let spi_r = self.fresh_spi(rng);
-        let mut nr = vec![0u8; 32];
+        // Our nonce as long as the initiator's (no amplification from it),
+        // but at least half the PRF key and 16 octets (RFC 7296 §2.10).
+        let nr_len = ni.len().clamp((suite.prf.key_len() / 2).max(16), 32);
+        let mut nr = vec![0u8; nr_len];
         rng.fill(&mut nr);
         let mut resp_sa = suite.proposal(prop_no, &[]);
         resp_sa.number = prop_no;
-        let p = vec![
+        let mut p = vec![
             Payload::Sa(vec![resp_sa]),
             Payload::Ke {
                 group: suite.dh.id(),
                 data: ke.public().to_vec(),
             },
             Payload::Nonce(nr.clone()),
-            Payload::Notify(Notify::status(
+        ];
+        // NAT-D only answers NAT-D (RFC 7296 §2.23).
+        if !natd_src.is_empty() && !natd_dst.is_empty() {
+            p.push(Payload::Notify(Notify::status(
                 notify::NAT_DETECTION_SOURCE_IP,
                 &crypto::nat_hash(&hdr.spi_i, &spi_r, local),
-            )),
-            Payload::Notify(Notify::status(
+            )));
+            p.push(Payload::Notify(Notify::status(
                 notify::NAT_DETECTION_DESTINATION_IP,
                 &crypto::nat_hash(&hdr.spi_i, &spi_r, remote),
-            )),
-            Payload::Notify(Notify::status(notify::CHILDLESS_IKEV2_SUPPORTED, &[])),
-        ];
+            )));
+        }
+        p.push(Payload::Notify(Notify::status(
+            notify::CHILDLESS_IKEV2_SUPPORTED,
+            &[],
+        )));
         let h = HeaderRepr {
             spi_i: hdr.spi_i,
             spi_r,

@@ -1201,3 +1201,48 @@ fn every_prf_gives_matching_keys_and_the_rfc7717_secret_of_its_hash() {
         assert_eq!(*ia.ippm_key(), expect, "{suite:?}");
     }
 }
+
+#[test]
+fn ike_sa_init_response_to_a_minimal_request_stays_small() {
+    // A minimal request: one proposal, X25519 KE, a 16-octet nonce, no NAT-D.
+    use ricochet_ike::wire::FLAG_I;
+    let kex = DhGroup::Curve25519.generate(&mut SeqRng::new(5));
+    let payloads = vec![
+        Payload::Sa(vec![IkeSuite::GCM128_SHA256_X25519.proposal(1, &[])]),
+        Payload::Ke {
+            group: 31,
+            data: kex.public().to_vec(),
+        },
+        Payload::Nonce(vec![7; 16]),
+    ];
+    let mut body = Vec::new();
+    let first = wire::emit_chain(&payloads, &mut body);
+    let h = HeaderRepr {
+        spi_i: [9; 8],
+        spi_r: [0; 8],
+        next_payload: first,
+        exchange_type: exchange::IKE_SA_INIT,
+        flags: FLAG_I,
+        message_id: 0,
+        length: (HEADER_LEN + body.len()) as u32,
+    };
+    let mut req = vec![0u8; HEADER_LEN];
+    h.emit(&mut req);
+    req.extend_from_slice(&body);
+    let mut rng = SeqRng::new(6);
+    let mut b = Endpoint::new(
+        Config::new(Identification::fqdn("b.ike.test")),
+        psk("a.ike.test", b"x"),
+        &mut rng,
+    );
+    b.handle_datagram(Instant::now(), &mut rng, addr(B), addr(A), &req);
+    let resp = b.poll_transmit().unwrap();
+    let (_, pl) = clear_payloads(&resp.data);
+    assert!(pl
+        .iter()
+        .any(|x| matches!(x, Payload::Nonce(n) if n.len() == 16)));
+    assert!(!pl.iter().any(|x| matches!(x, Payload::Notify(n)
+        if n.ntype == notify::NAT_DETECTION_SOURCE_IP)));
+    // Only CHILDLESS_IKEV2_SUPPORTED (8 octets) more than the request.
+    assert_eq!(resp.data.len(), req.len() + 8);
+}
