@@ -205,6 +205,20 @@ pub struct Config {
     /// Rekey each CHILD_SA this long after it was installed (same jitter);
     /// a CHILD_SA the peer rekeys first is left to the peer.
     pub child_rekey_after: Option<Duration>,
+    /// What a peer may ask for as CHILD_SA traffic selectors when we
+    /// respond: its proposals are narrowed to these (RFC 7296 §2.9), and
+    /// refused with TS_UNACCEPTABLE when nothing is left. `None` accepts what
+    /// the initiator proposes.
+    pub child_policy: Option<ChildPolicy>,
+}
+
+/// Traffic selectors a responder allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildPolicy {
+    /// The peer's side (TSi of a CHILD_SA the peer initiates).
+    pub remote: Vec<crate::wire::TrafficSelector>,
+    /// Our side (TSr).
+    pub local: Vec<crate::wire::TrafficSelector>,
 }
 
 impl Config {
@@ -232,6 +246,7 @@ impl Config {
             child_pfs: false,
             ike_rekey_after: None,
             child_rekey_after: None,
+            child_policy: None,
         }
     }
 }

@@ -1591,6 +1591,11 @@ impl Endpoint {
                 return Err(notify::NO_PROPOSAL_CHOSEN);
             }
         }
+        // Narrow to policy (RFC 7296 §2.9): TSi is the peer's side here.
+        let (tsi, tsr) = match &self.config.child_policy {
+            Some(pol) => (narrow(tsi, &pol.remote), narrow(tsr, &pol.local)),
+            None => (tsi.to_vec(), tsr.to_vec()),
+        };
         if tsi.is_empty() || tsr.is_empty() {
             return Err(notify::TS_UNACCEPTABLE);
         }
@@ -1607,8 +1612,8 @@ impl Endpoint {
             spi_i,
             spi_r,
             false,
-            tsi.to_vec(),
-            tsr.to_vec(),
+            tsi.clone(),
+            tsr.clone(),
             mode,
             sa,
         )
@@ -1624,8 +1629,8 @@ impl Endpoint {
             c,
             vec![
                 Payload::Sa(vec![resp_p]),
-                Payload::TsI(tsi.to_vec()),
-                Payload::TsR(tsr.to_vec()),
+                Payload::TsI(tsi),
+                Payload::TsR(tsr),
             ],
         ))
     }
@@ -2600,6 +2605,21 @@ impl Endpoint {
 }
 
 // ------------------------------------------------------------------ helpers
+
+/// The parts of `proposed` inside `allowed` (each pairwise intersection).
+fn narrow(proposed: &[TrafficSelector], allowed: &[TrafficSelector]) -> Vec<TrafficSelector> {
+    let mut out = Vec::new();
+    for p in proposed {
+        for a in allowed {
+            if let Some(x) = p.intersect(a) {
+                if !out.contains(&x) {
+                    out.push(x);
+                }
+            }
+        }
+    }
+    out
+}
 
 /// A lifetime shortened by 0–9 % according to our own SPI, so two peers
 /// with the same lifetime rarely start the same rekey at once.

@@ -23,7 +23,7 @@ pub mod rng;
 pub mod wire;
 
 pub use auth::{Authenticator, PskAuthenticator};
-pub use config::{Config, EspSuite, IkeSuite};
+pub use config::{ChildPolicy, Config, EspSuite, IkeSuite};
 pub use crypto::{DhGroup, EncrAlg, IntegAlg, Prf};
 pub use endpoint::{ChildParams, Endpoint, EndpointError, InitiateParams, Transmit};
 pub use info::{ChildMode, ChildSaKeys, DeleteReason, Event, IkeSaInfo, PrfAlg};

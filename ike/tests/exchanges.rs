@@ -1246,3 +1246,77 @@ fn ike_sa_init_response_to_a_minimal_request_stays_small() {
     // Only CHILDLESS_IKEV2_SUPPORTED (8 octets) more than the request.
     assert_eq!(resp.data.len(), req.len() + 8);
 }
+
+#[test]
+fn responder_narrows_traffic_selectors_to_its_policy() {
+    use ricochet_ike::ChildPolicy;
+    let net = |a: &str, b: &str| TrafficSelector {
+        ip_proto: 0,
+        start_port: 0,
+        end_port: 0xffff,
+        start_addr: a.parse().unwrap(),
+        end_addr: b.parse().unwrap(),
+    };
+    let mut cb = Config::new(Identification::fqdn("b.ike.test"));
+    cb.child_policy = Some(ChildPolicy {
+        remote: vec![net("198.19.77.0", "198.19.77.127")],
+        local: vec![TrafficSelector {
+            ip_proto: 17,
+            start_port: 862,
+            end_port: 862,
+            ..TrafficSelector::host("198.19.77.2".parse().unwrap())
+        }],
+    });
+    let mut p = Pair::new(
+        Config::new(Identification::fqdn("a.ike.test")),
+        cb.clone(),
+        b"s",
+        b"s",
+    );
+    // A asks for whole /24s both ways: B narrows to its policy.
+    p.initiate(Some(ChildParams {
+        ts_i: vec![net("198.19.77.0", "198.19.77.255")],
+        ts_r: vec![net("198.19.77.0", "198.19.77.255")],
+        mode: ChildMode::Tunnel,
+    }));
+    p.pump();
+    let (ea, eb) = p.events();
+    let (ca, cb_keys) = (
+        established(&ea).child.unwrap(),
+        established(&eb).child.unwrap(),
+    );
+    assert_eq!(ca.ts_i, vec![net("198.19.77.0", "198.19.77.127")]);
+    assert_eq!(ca.ts_r.len(), 1);
+    assert_eq!(
+        (
+            ca.ts_r[0].ip_proto,
+            ca.ts_r[0].start_port,
+            ca.ts_r[0].end_port
+        ),
+        (17, 862, 862)
+    );
+    assert_eq!(ca.ts_r[0].start_addr, ca.ts_r[0].end_addr);
+    assert_eq!(
+        (ca.ts_i.clone(), ca.ts_r.clone()),
+        (cb_keys.ts_i, cb_keys.ts_r)
+    );
+    // Outside the policy entirely: TS_UNACCEPTABLE, the IKE SA stays childless.
+    let mut p = Pair::new(
+        Config::new(Identification::fqdn("a.ike.test")),
+        cb,
+        b"s",
+        b"s",
+    );
+    p.initiate(Some(ChildParams {
+        ts_i: vec![TrafficSelector::host("198.18.99.1".parse().unwrap())],
+        ts_r: vec![TrafficSelector::host("198.19.77.2".parse().unwrap())],
+        mode: ChildMode::Tunnel,
+    }));
+    p.pump();
+    let (ea, eb) = p.events();
+    assert!(established(&ea).child.is_none());
+    assert!(established(&eb).child.is_none());
+    assert!(!ea
+        .iter()
+        .any(|e| matches!(e, Event::ChildSaInstalled { .. })));
+}

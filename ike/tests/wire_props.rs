@@ -136,6 +136,26 @@ proptest! {
     }
 
     #[test]
+    fn ts_intersection_lies_in_both(a in ts(), b in ts()) {
+        match a.intersect(&b) {
+            Some(x) => {
+                prop_assert!(a.contains(&x) && b.contains(&x));
+                prop_assert_eq!(b.intersect(&a), Some(x));
+            }
+            None => {
+                // Then no single address/port/protocol lies in both: the
+                // start corner of one is outside the other when they share
+                // a family and overlap on every axis.
+                let same_family = a.start_addr.is_ipv4() == b.start_addr.is_ipv4();
+                let ports = a.start_port.max(b.start_port) <= a.end_port.min(b.end_port);
+                let protos = a.ip_proto == 0 || b.ip_proto == 0 || a.ip_proto == b.ip_proto;
+                let addrs = a.start_addr.max(b.start_addr) <= a.end_addr.min(b.end_addr);
+                prop_assert!(!(same_family && ports && protos && addrs));
+            }
+        }
+    }
+
+    #[test]
     fn arbitrary_octets_never_panic(first in any::<u8>(), data in bytes(400)) {
         let _ = wire::parse_chain(first, &data);
         let _ = Header::new_checked(&data[..]);
