@@ -186,6 +186,9 @@ pub struct Config {
     /// From this many half-open SAs on, IKE_SA_INIT requests must carry a
     /// valid COOKIE (RFC 7296 §2.6).
     pub cookie_threshold: usize,
+    /// The cookie secret is replaced when it is this old (checked when a
+    /// cookie is demanded); cookies made with the previous one still pass.
+    pub cookie_secret_lifetime: Duration,
     /// A half-open SA is forgotten after this long.
     pub half_open_timeout: Duration,
     /// UDP port for NAT-T (RFC 3948), normally 4500.
@@ -240,6 +243,7 @@ impl Config {
             retransmit_tries: 6,
             half_open_limit: 1024,
             cookie_threshold: 64,
+            cookie_secret_lifetime: Duration::from_secs(300),
             half_open_timeout: Duration::from_secs(30),
             natt_port: 4500,
             liveness_interval: None,

@@ -251,7 +251,10 @@ pub struct Endpoint {
     sas: HashMap<[u8; 8], IkeSa>,
     /// Responder: (peer, SPIi) → our SPI, to answer a retransmitted IKE_SA_INIT.
     init_index: HashMap<(SocketAddr, [u8; 8]), [u8; 8]>,
-    cookie_secret: Zeroizing<[u8; 32]>,
+    /// The current cookie secret (version, secret, since when) and the
+    /// previous one, still accepted (RFC 7296 §2.6: change it regularly).
+    cookie_secret: (u8, Zeroizing<[u8; 32]>, Option<Instant>),
+    cookie_secret_old: Option<(u8, Zeroizing<[u8; 32]>)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -276,7 +279,8 @@ impl Endpoint {
             auth,
             sas: HashMap::new(),
             init_index: HashMap::new(),
-            cookie_secret,
+            cookie_secret: (0, cookie_secret, None),
+            cookie_secret_old: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -1029,7 +1033,14 @@ impl Endpoint {
         }
     }
 
-    fn cookie_for(&self, ni: &[u8], remote: SocketAddr, spi_i: &[u8; 8]) -> Vec<u8> {
+    /// Cookie = version ‖ SHA-256(Ni | IPi | SPIi | secret) (RFC 7296 §2.6).
+    fn cookie_with(
+        version: u8,
+        secret: &[u8],
+        ni: &[u8],
+        remote: SocketAddr,
+        spi_i: &[u8; 8],
+    ) -> Vec<u8> {
         let mut h = Sha256::new();
         h.update(ni);
         match remote.ip() {
@@ -1037,10 +1048,51 @@ impl Endpoint {
             std::net::IpAddr::V6(a) => h.update(a.octets()),
         }
         h.update(spi_i);
-        h.update(&self.cookie_secret[..]);
-        let mut c = vec![0u8]; // secret version
+        h.update(secret);
+        let mut c = vec![version];
         c.extend_from_slice(&h.finalize());
         c
+    }
+
+    /// The cookie to demand now, rotating the secret once it is older than
+    /// `cookie_secret_lifetime` (the previous one stays valid).
+    fn cookie_for(
+        &mut self,
+        now: Instant,
+        rng: &mut dyn Rng,
+        ni: &[u8],
+        remote: SocketAddr,
+        spi_i: &[u8; 8],
+    ) -> Vec<u8> {
+        let born = *self.cookie_secret.2.get_or_insert(now);
+        if now >= born + self.config.cookie_secret_lifetime {
+            let mut fresh = Zeroizing::new([0u8; 32]);
+            rng.fill(&mut fresh[..]);
+            let version = self.cookie_secret.0.wrapping_add(1);
+            let old = std::mem::replace(&mut self.cookie_secret, (version, fresh, Some(now)));
+            self.cookie_secret_old = Some((old.0, old.1));
+        }
+        let (v, secret, _) = &self.cookie_secret;
+        Self::cookie_with(*v, &secret[..], ni, remote, spi_i)
+    }
+
+    /// Whether a received cookie was made with the current or the previous
+    /// secret.
+    fn cookie_valid(&self, got: &[u8], ni: &[u8], remote: SocketAddr, spi_i: &[u8; 8]) -> bool {
+        let Some(&version) = got.first() else {
+            return false;
+        };
+        let (v, secret, _) = &self.cookie_secret;
+        let secret: &[u8] = if version == *v {
+            &secret[..]
+        } else {
+            match &self.cookie_secret_old {
+                Some((ov, os)) if *ov == version => &os[..],
+                _ => return false,
+            }
+        };
+        let expect = Self::cookie_with(version, secret, ni, remote, spi_i);
+        expect.len() == got.len() && bool::from(subtle::ConstantTimeEq::ct_eq(&expect[..], got))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1112,12 +1164,12 @@ impl Endpoint {
             return;
         }
         if half_open >= self.config.cookie_threshold {
-            let expect = self.cookie_for(ni, remote, &hdr.spi_i);
             let ok = matches!(payloads.first(), Some(Payload::Notify(n))
-                if n.ntype == notify::COOKIE && n.data == expect);
+                if n.ntype == notify::COOKIE && self.cookie_valid(&n.data, ni, remote, &hdr.spi_i));
             if !ok {
+                let cookie = self.cookie_for(now, rng, ni, remote, &hdr.spi_i);
                 self.stats.cookies_sent += 1;
-                self.stateless_reply(local, remote, hdr, notify::COOKIE, &expect);
+                self.stateless_reply(local, remote, hdr, notify::COOKIE, &cookie);
                 return;
             }
         }

@@ -1320,3 +1320,80 @@ fn responder_narrows_traffic_selectors_to_its_policy() {
         .iter()
         .any(|e| matches!(e, Event::ChildSaInstalled { .. })));
 }
+
+#[test]
+fn cookie_secret_rotates_and_the_previous_one_still_counts() {
+    let mut cb = Config::new(Identification::fqdn("b.ike.test"));
+    cb.cookie_threshold = 0; // always demand a cookie
+    cb.cookie_secret_lifetime = Duration::from_secs(10);
+    let mut rb = SeqRng::new(2);
+    let mut b = Endpoint::new(cb, psk("a.ike.test", b"s"), &mut rb);
+    // An initiator at `src` asks at `at`; returns B's cookie version and the
+    // initiator's second request (with the cookie), not yet delivered.
+    let ask = |b: &mut Endpoint, rb: &mut SeqRng, src: &str, seed: u64, at: Instant| {
+        let mut r = SeqRng::new(seed);
+        let mut x = Endpoint::new(
+            Config::new(Identification::fqdn("a.ike.test")),
+            psk("b.ike.test", b"s"),
+            &mut r,
+        );
+        x.initiate(
+            at,
+            &mut r,
+            InitiateParams {
+                local: addr(src),
+                peer: addr(B),
+                peer_id: None,
+                child: None,
+            },
+        )
+        .unwrap();
+        let t = x.poll_transmit().unwrap();
+        b.handle_datagram(at, rb, t.remote, t.local, &t.data);
+        let c = b.poll_transmit().unwrap();
+        let (_, pl) = clear_payloads(&c.data);
+        let Payload::Notify(n) = &pl[0] else {
+            panic!("{pl:?}")
+        };
+        assert_eq!(n.ntype, notify::COOKIE);
+        x.handle_datagram(at, &mut r, c.remote, c.local, &c.data);
+        (n.data[0], x.poll_transmit().unwrap())
+    };
+    let t0 = Instant::now();
+    let (v, from_a) = ask(&mut b, &mut rb, "198.18.0.1:500", 10, t0);
+    assert_eq!(v, 0);
+    let (v, from_y) = ask(&mut b, &mut rb, "198.18.0.3:500", 11, t0);
+    assert_eq!(v, 0);
+    // The secret rotates when a cookie is demanded 11 s later...
+    let (v, _) = ask(
+        &mut b,
+        &mut rb,
+        "198.18.0.9:500",
+        12,
+        t0 + Duration::from_secs(11),
+    );
+    assert_eq!(v, 1);
+    // ...and A's version-0 cookie still passes.
+    let t1 = t0 + Duration::from_secs(12);
+    b.handle_datagram(t1, &mut rb, from_a.remote, from_a.local, &from_a.data);
+    let (_, pl) = clear_payloads(&b.poll_transmit().unwrap().data);
+    assert!(
+        pl.iter().any(|x| matches!(x, Payload::Ke { .. })),
+        "accepted: {pl:?}"
+    );
+    // After a second rotation Y's version-0 cookie no longer does.
+    let (v, _) = ask(
+        &mut b,
+        &mut rb,
+        "198.18.0.9:500",
+        13,
+        t0 + Duration::from_secs(25),
+    );
+    assert_eq!(v, 2);
+    b.handle_datagram(t1, &mut rb, from_y.remote, from_y.local, &from_y.data);
+    let (_, pl) = clear_payloads(&b.poll_transmit().unwrap().data);
+    assert!(
+        matches!(&pl[..], [Payload::Notify(n)] if n.ntype == notify::COOKIE && n.data[0] == 2),
+        "{pl:?}"
+    );
+}
