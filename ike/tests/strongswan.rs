@@ -1049,3 +1049,96 @@ fn prf_sha384_and_aes256_gcm_with_charon() {
         .list_sas()
         .contains("AES_GCM_16-256/PRF_HMAC_SHA2_384/ECP_256"));
 }
+
+/// Puts a port-translating NAT on one side of the lab: UDP from port 500 of
+/// that side leaves from port 1500 (what a NAPT does), port 4500 untouched.
+fn nat_source_port(lab: &Lab, side: Side, addr: &str) {
+    let rules = format!(
+        "table ip ikenat {{\n  chain post {{\n    type nat hook postrouting priority 100;\n    udp sport 500 snat to {addr}:1500\n  }}\n}}\n"
+    );
+    let mut child = lab
+        .command(side, "nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nft runs (scripts/setup.sh installs nftables)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "nft: {}", text(&out));
+}
+
+#[test]
+fn real_nat_in_front_of_either_side_moves_ike_to_4500() {
+    if skip() {
+        return;
+    }
+    // Charon behind the NAT, charon initiates: we see its port 1500, our
+    // NAT-D tells charon (a real NAT this time, not libipsec's fake), and
+    // it floats to 4500.
+    {
+        let lab = Lab::up("kc");
+        let tmp = Tmp::new("kc");
+        nat_source_port(&lab, Side::Sender, "198.18.0.1");
+        let charon = Charon::start(
+            &lab,
+            &tmp.0,
+            false,
+            &swanctl_conf("aes128gcm16-prfsha256-x25519", false, true, PSK),
+        );
+        let mut peer = Peer::start(&lab, &tmp.0, PSK, &[]);
+        let out = charon.swanctl(&["--initiate", "--ike", "c", "--timeout", "10"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let est = peer.expect("established");
+        assert_eq!(field(&est, "peer"), "198.18.0.1:4500");
+        let keys = peer.expect("keys");
+        assert_eq!(charon.logged("Sk_d secret")[0], field(&keys, "sk_d"));
+        let log = charon.log();
+        assert!(
+            log.contains("local host is behind NAT"),
+            "charon saw it from our NAT-D"
+        );
+        assert!(!log.contains("faking NAT"));
+    }
+    // We are behind the NAT and initiate: charon's NAT-D tells us, we float.
+    let lab = Lab::up("kd");
+    let tmp = Tmp::new("kd");
+    nat_source_port(&lab, Side::Reflector, "198.18.0.2");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        false,
+        &swanctl_conf("aes128gcm16-prfsha256-x25519", false, false, PSK),
+    );
+    let mut peer = Peer::start(
+        &lab,
+        &tmp.0,
+        PSK,
+        &[
+            "--initiate",
+            "198.18.0.1",
+            "--peer-id",
+            "s.ike.test",
+            "--liveness-ms",
+            "200",
+        ],
+    );
+    let est = peer.expect("established");
+    assert_eq!(field(&est, "peer"), "198.18.0.1:4500");
+    let keys = peer.expect("keys");
+    assert_eq!(charon.logged("Sk_d secret")[0], field(&keys, "sk_d"));
+    peer.expect("alive");
+    let log = charon.log();
+    assert!(
+        log.contains("remote host is behind NAT"),
+        "charon saw our NAT"
+    );
+    assert!(charon.list_sas().contains("198.18.0.2[4500]"));
+}
