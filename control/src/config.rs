@@ -168,6 +168,102 @@ pub struct Config {
     pub rate_limit: RateLimit,
     /// Where the BPF data plane's pinned maps are (`data_plane = "bpf"`).
     pub bpf: BpfConfig,
+    /// RFC 7717 key sources and the draft-era greeting probe.
+    pub ikev2: Ikev2Config,
+}
+
+/// Whether PBKDF2 runs on an IKEv2-derived secret (RFC 7717 is silent; spec
+/// `rfc7717-ikev2-key.md` §2 A).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKeyMode {
+    /// Reading A (default): the derived secret replaces the passphrase;
+    /// K = PBKDF2-HMAC-SHA1(secret, Salt, Count, 16) as in RFC 4656 §3.1.
+    #[default]
+    Pbkdf2,
+    /// Reading B: K = the first 16 octets of the derived secret.
+    Direct,
+}
+
+impl From<TokenKeyMode> for ricochet_protocol::crypto::TokenKeyDerivation {
+    fn from(m: TokenKeyMode) -> Self {
+        match m {
+            TokenKeyMode::Pbkdf2 => ricochet_protocol::crypto::TokenKeyDerivation::Pbkdf2,
+            TokenKeyMode::Direct => ricochet_protocol::crypto::TokenKeyDerivation::Direct,
+        }
+    }
+}
+
+/// RFC 7717: where IKEv2-derived secrets come from, and how they are used.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ikev2Config {
+    /// How the token key is derived from an IKEv2-derived secret.
+    pub token_key: TokenKeyMode,
+    /// A root-only (0600) file of `SPIi SPIr PRF KEY` records an IKE daemon
+    /// keeps current; re-read when it changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sa_file: Option<PathBuf>,
+    /// A Unix stream socket (created mode 0600) an IKE daemon writes the
+    /// same records (and `delete SPIi SPIr`) to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sa_socket: Option<PathBuf>,
+    /// The draft-era greeting probe (off by default; never for production).
+    pub greeting_probe: GreetingProbe,
+}
+
+impl Ikev2Config {
+    /// Whether any IKEv2 SA source is configured (then the IKEv2-derived
+    /// Mode bit is offered).
+    pub fn has_source(&self) -> bool {
+        self.sa_file.is_some() || self.sa_socket.is_some()
+    }
+}
+
+/// The greeting layout proposed in the IPPM working group on the way to
+/// RFC 7717 (draft-ietf-ippm-ipsec, after IETF 87) and dropped from the RFC:
+/// the 12 Unused octets of the Server Greeting carry a 4-octet protocol type
+/// and then SPIi and SPIr. Only for testing what clients do with non-zero
+/// Unused octets (RFC 4656 §3.1 says they are ignored); standard clients
+/// are never meant to be offered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GreetingProbe {
+    /// Fill the Unused octets (default false: all zero, as RFC 7717 §5.2
+    /// keeps them).
+    pub enabled: bool,
+    /// Octets 0–3: the protocol type (default 3, the IKEv2 Protocol ID of
+    /// ESP, RFC 7296 §3.3.1).
+    pub protocol: u32,
+    /// Octets 4–7: SPIi (4 octets: the slides' 8 octets for both SPIs fit
+    /// only 32-bit IPsec SPIs).
+    pub spi_i: u32,
+    /// Octets 8–11: SPIr.
+    pub spi_r: u32,
+}
+
+impl Default for GreetingProbe {
+    fn default() -> Self {
+        GreetingProbe {
+            enabled: false,
+            protocol: 3,
+            spi_i: 0x5249_4331,
+            spi_r: 0x5249_4332,
+        }
+    }
+}
+
+impl GreetingProbe {
+    /// The 12 Unused octets of the Server Greeting.
+    pub fn unused_octets(&self) -> [u8; 12] {
+        let mut u = [0u8; 12];
+        if self.enabled {
+            u[..4].copy_from_slice(&self.protocol.to_be_bytes());
+            u[4..8].copy_from_slice(&self.spi_i.to_be_bytes());
+            u[8..].copy_from_slice(&self.spi_r.to_be_bytes());
+        }
+        u
+    }
 }
 
 /// The pinned maps `ricochet-reflector` created, and the session registry
@@ -375,6 +471,7 @@ impl Default for Config {
             data_plane: DataPlaneKind::default(),
             rate_limit: RateLimit::default(),
             bpf: BpfConfig::default(),
+            ikev2: Ikev2Config::default(),
         }
     }
 }
@@ -447,6 +544,9 @@ impl Security {
     }
 
     /// Whether any mode that needs a shared secret is offered.
+    ///
+    /// (The Modes of the Server Greeting are [`Config::offered_modes`]: these
+    /// bits plus IKEv2Derived when an IKEv2 SA source is configured.)
     pub fn needs_secret(&self) -> bool {
         self.modes
             .iter()
@@ -502,6 +602,17 @@ impl Config {
     /// Parse TOML text without validating the values.
     pub fn parse(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// The Modes field of the Server Greeting: `security.modes`, plus the
+    /// IKEv2-derived bit (RFC 7717, 0x80) when an IKEv2 SA source is
+    /// configured and a protected mode is offered.
+    pub fn offered_modes(&self) -> u32 {
+        let mut bits = self.security.offered_bits();
+        if self.ikev2.has_source() && self.security.needs_secret() {
+            bits |= ModeName::Ikev2Derived.bit();
+        }
+        bits
     }
 
     /// The effective configuration as TOML (what `--check-config` prints).
@@ -565,10 +676,18 @@ impl Config {
                 ));
             }
         }
-        if self.security.modes.contains(&ModeName::Ikev2Derived) {
+        if self.security.modes.contains(&ModeName::Ikev2Derived) && !self.ikev2.has_source() {
             w.push(
-                "security.modes offers ikev2-derived, but this build has no IKEv2 key source yet: \
-                 clients selecting it are refused with Accept 6 (RFC 7717 §5.3)"
+                "security.modes offers ikev2-derived but no IKEv2 SA source is configured \
+                 (ikev2.sa_file or ikev2.sa_socket): clients selecting it are refused with \
+                 Accept 6 (RFC 7717 §5.3)"
+                    .to_owned(),
+            );
+        }
+        if self.ikev2.greeting_probe.enabled {
+            w.push(
+                "ikev2.greeting_probe is enabled: the Server Greeting's Unused octets are not \
+                 zero (draft-era RFC 7717 layout, for client testing only)"
                     .to_owned(),
             );
         }
@@ -656,7 +775,7 @@ impl Config {
                     .to_owned(),
             );
         }
-        let ikev2 = s.modes.contains(&ModeName::Ikev2Derived);
+        let ikev2 = s.modes.contains(&ModeName::Ikev2Derived) || self.ikev2.has_source();
         if s.needs_secret() && s.key_file.is_none() && s.secrets.is_empty() && !ikev2 {
             problems.push(
                 "security.modes offers authenticated, encrypted or mixed mode but neither security.key_file \
@@ -668,6 +787,12 @@ impl Config {
             if let Some(why) = identity_problem(name) {
                 problems.push(format!("security.secrets.{name:?}: {why}"));
             }
+        }
+        if self.ikev2.sa_file.is_some() && self.ikev2.sa_file == self.ikev2.sa_socket {
+            problems.push(
+                "ikev2.sa_file and ikev2.sa_socket are the same path; give the socket its own"
+                    .to_owned(),
+            );
         }
         if ikev2 && !s.needs_secret() {
             problems.push(

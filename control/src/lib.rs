@@ -8,6 +8,8 @@
 //! * [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 //! * [`keys`]: the key-source seam ([`keys::KeySource`]), the `.pfs` key
 //!   file and configured secrets, the private-file checks.
+//! * [`ikev2`]: RFC 7717 key sources (IKEv2 SA directories: the SA file,
+//!   the SA socket, the in-process table) behind [`keys::KeySource`].
 //! * [`twamp`]: the TWAMP-Control state machine per connection, its
 //!   `ServerContext`, and the session life cycle (data plane, ports,
 //!   REFWAIT, stop grace).
@@ -26,6 +28,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod event_loop;
+pub mod ikev2;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
