@@ -1233,4 +1233,58 @@ listen = "127.0.0.1:19862"
             "{msg}"
         );
     }
+
+    #[test]
+    fn an_ikev2_source_offers_0x80_and_is_checked() {
+        let c = Config::parse(
+            "[security]\nmodes = [\"unauthenticated\", \"encrypted\"]\nkey_file = \"/k\"\n\
+             [ikev2]\nsa_file = \"/run/sas\"\ntoken_key = \"direct\"",
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.offered_modes(), 0x85);
+        assert_eq!(c.security.offered_bits(), 0x05);
+        assert_eq!(c.ikev2.token_key, TokenKeyMode::Direct);
+        assert!(
+            !c.warnings().iter().any(|w| w.contains("ikev2")),
+            "{:?}",
+            c.warnings()
+        );
+
+        // Without a source: not offered; listing it only warns (Accept 6).
+        let c = Config::parse(
+            "[security]\nmodes = [\"encrypted\", \"ikev2-derived\"]\nkey_file = \"/k\"",
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.offered_modes(), 0x84);
+        assert!(c
+            .warnings()
+            .iter()
+            .any(|w| w.contains("no IKEv2 SA source")));
+
+        // A source with only unauthenticated mode, one path for both.
+        let c = Config::parse("[ikev2]\nsa_file = \"/x\"\nsa_socket = \"/x\"").expect("parses");
+        let e = c.validate().expect_err("invalid").to_string();
+        assert!(
+            e.contains("needs authenticated") && e.contains("same path"),
+            "{e}"
+        );
+        assert!(Config::parse("[ikev2]\ntoken_key = \"raw\"").is_err());
+    }
+
+    #[test]
+    fn greeting_probe_octets() {
+        let mut p = GreetingProbe::default();
+        assert_eq!(p.unused_octets(), [0; 12], "off by default");
+        p.enabled = true;
+        assert_eq!(
+            p.unused_octets(),
+            [0, 0, 0, 3, 0x52, 0x49, 0x43, 0x31, 0x52, 0x49, 0x43, 0x32]
+        );
+        let c =
+            Config::parse("[ikev2.greeting_probe]\nenabled = true\nprotocol = 1").expect("parses");
+        assert_eq!(&c.ikev2.greeting_probe.unused_octets()[..4], &[0, 0, 0, 1]);
+        assert!(c.warnings().iter().any(|w| w.contains("greeting_probe")));
+    }
 }
