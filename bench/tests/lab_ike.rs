@@ -287,3 +287,62 @@ fn ricochet_ping_ignores_the_draft_era_greeting_probe() {
     );
     check_all_reflected("IKEv2 enc, probe on", &out, &json, "encrypted", 0x84);
 }
+
+#[test]
+fn ricochet_ping_brings_up_its_own_ike_sa_with_the_control_responder() {
+    if !lab::available() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let lab = Lab::up("iki");
+    let dir = tempfile::tempdir().unwrap();
+    let psk = "0x6c61622d6f6e6c792d696b652d70736b2d3031";
+    let server_psks = write_private(
+        &dir.path().join("server.psk"),
+        &format!("probe.lab {psk}\n"),
+    );
+    let _control = start_control(
+        &lab,
+        dir.path(),
+        &format!(
+            "[ikev2.responder]\nlisten = [\"198.18.0.2\"]\nidentity = \"twamp.lab\"\npsk_file = \"{}\"",
+            server_psks.display()
+        ),
+    );
+    let client_psks = write_private(
+        &dir.path().join("client.psk"),
+        &format!("twamp.lab {psk}\n"),
+    );
+    let ike = |mode: &'static str, psks: &Path| -> (Output, Option<Value>) {
+        ping(
+            &lab,
+            &[
+                "-A",
+                mode,
+                "--ike",
+                "198.18.0.2",
+                "--ike-id",
+                "probe.lab",
+                "--ike-peer-id",
+                "twamp.lab",
+                "--ike-psk-file",
+                psks.to_str().unwrap(),
+            ],
+        )
+    };
+    for (arg, mode, bits) in [("auth", "authenticated", 0x82), ("enc", "encrypted", 0x84)] {
+        let (out, json) = ike(arg, &client_psks);
+        check_all_reflected(&format!("--ike {arg}"), &out, &json, mode, bits);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("IKE SA") && err.contains("established"), "{err}");
+    }
+    // A wrong PSK: the IKE SA fails, nothing is keyed, a clear message.
+    let wrong = write_private(
+        &dir.path().join("wrong.psk"),
+        "twamp.lab 0x0000000000000000000000000000000000000000\n",
+    );
+    let (out, _) = ike("auth", &wrong);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("IKEv2:") && err.contains("not established"), "{err}");
+}

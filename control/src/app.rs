@@ -24,6 +24,7 @@ use crate::config::{Config, DataPlaneKind};
 use crate::event_loop::{
     ConnInfo, Context, HandlerFactory, LoopSettings, Reload, Server, StopHandle,
 };
+use crate::ike_responder::{IkeResponder, ResponderSettings};
 use crate::ikev2::{Ikev2KeySource, Ikev2SaDirectory, SaFile, SaSocket, SharedSaTable};
 use crate::keys::{Keys, StaticKeys};
 use crate::logging::{self, LogHandle};
@@ -50,6 +51,11 @@ pub fn main(cli: Cli) -> ExitCode {
     let warnings = warnings(&config, &keys);
     if let Some(path) = &config.ikev2.sa_file {
         if let Err(e) = SaFile::load(path) {
+            return fail(&e);
+        }
+    }
+    if config.ikev2.responder.enabled() {
+        if let Err(e) = load_psks(&config) {
             return fail(&e);
         }
     }
@@ -129,12 +135,18 @@ pub fn data_plane(config: &Config) -> Result<Box<dyn SessionTable>, String> {
     }
 }
 
-/// The RFC 7717 key source of `config`: its SA file read (it must be
-/// private and parse) and its SA socket bound; `None` without `[ikev2]`
-/// sources.
-pub fn ikev2_source(config: &Config) -> Result<Option<Ikev2KeySource>, String> {
+/// The RFC 7717 key source of `config`: the in-process responder's SA
+/// table (if it runs), its SA file read (it must be private and parse) and
+/// its SA socket bound; `None` without any source.
+pub fn ikev2_source(
+    config: &Config,
+    responder: Option<SharedSaTable>,
+) -> Result<Option<Ikev2KeySource>, String> {
     let c = &config.ikev2;
     let mut directories: Vec<Box<dyn Ikev2SaDirectory>> = Vec::new();
+    if let Some(table) = responder {
+        directories.push(Box::new(table));
+    }
     if let Some(path) = &c.sa_file {
         let file = SaFile::load(path)?;
         tracing::info!(path = %path.display(), sas = file.len(), "IKEv2 SA file read");
@@ -144,6 +156,35 @@ pub fn ikev2_source(config: &Config) -> Result<Option<Ikev2KeySource>, String> {
         directories.push(Box::new(SaSocket::bind(path, SharedSaTable::new())?));
     }
     Ok((!directories.is_empty()).then(|| Ikev2KeySource::new(directories, c.token_key.into())))
+}
+
+/// The in-process IKEv2 responder of `config` (sockets bound, PSKs read)
+/// and the table it publishes its SAs into; `None` when not configured.
+pub fn ike_responder(config: &Config) -> Result<Option<(IkeResponder, SharedSaTable)>, String> {
+    let r = &config.ikev2.responder;
+    if !r.enabled() {
+        return Ok(None);
+    }
+    let psks = load_psks(config)?;
+    let settings = ResponderSettings {
+        addresses: r.listen.clone(),
+        port: r.port,
+        natt_port: r.natt_port,
+        identity: r.identity.clone(),
+        liveness: (r.liveness > 0).then(|| Duration::from_secs(r.liveness)),
+    };
+    let table = SharedSaTable::new();
+    let responder = IkeResponder::bind(&settings, psks, table.clone())?;
+    Ok(Some((responder, table)))
+}
+
+/// The responder's PSK file, checked like every secret file.
+fn load_psks(config: &Config) -> Result<ricochet_ike::PskStore, String> {
+    let Some(path) = &config.ikev2.responder.psk_file else {
+        return Err("ikev2.responder.psk_file is not set".to_owned());
+    };
+    crate::keys::check_secret_file(path, "ikev2.responder.psk_file")?;
+    ricochet_ike::PskStore::load(path).map_err(|e| format!("ikev2.responder.psk_file: {e}"))
 }
 
 /// Operator remarks on `config` and its keys (printed by `--check-config`,
@@ -235,7 +276,9 @@ impl Daemon {
         let timing_override = timing;
         let timing = timing_override.unwrap_or_else(|| Timing::from_config(&config));
         let mut keys = Keys::new(keys);
-        if let Some(source) = ikev2_source(&config)? {
+        let responder = ike_responder(&config)?;
+        let responder_table = responder.as_ref().map(|(_, t)| t.clone());
+        if let Some(source) = ikev2_source(&config, responder_table)? {
             tracing::info!(source = ?source, "RFC 7717 key source ready; offering IKEv2-derived mode");
             keys.set_ikev2(Box::new(source));
         }
@@ -256,7 +299,7 @@ impl Daemon {
             timing_override,
             start_time,
         };
-        let server = Server::bind(
+        let mut server = Server::bind(
             &config.listen,
             loop_settings(&config, timing),
             Policy::new(Rules::from_config(&config)),
@@ -266,6 +309,11 @@ impl Daemon {
             factory,
         )
         .map_err(|e| e.to_string())?;
+        if let Some((r, _)) = responder {
+            server
+                .add_service(Box::new(r))
+                .map_err(|e| format!("ikev2.responder: cannot register its sockets: {e}"))?;
+        }
         let metrics_server = if config.metrics.enabled {
             let server =
                 MetricsServer::start(config.metrics.listen, metrics.clone()).map_err(|e| {

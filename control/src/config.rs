@@ -210,13 +210,60 @@ pub struct Ikev2Config {
     pub sa_socket: Option<PathBuf>,
     /// The draft-era greeting probe (off by default; never for production).
     pub greeting_probe: GreetingProbe,
+    /// The in-process IKEv2 responder (off unless `listen` is given).
+    pub responder: IkeResponderConfig,
 }
 
 impl Ikev2Config {
     /// Whether any IKEv2 SA source is configured (then the IKEv2-derived
     /// Mode bit is offered).
     pub fn has_source(&self) -> bool {
-        self.sa_file.is_some() || self.sa_socket.is_some()
+        self.sa_file.is_some() || self.sa_socket.is_some() || self.responder.enabled()
+    }
+}
+
+/// Ricochet's own IKEv2 responder (the `ike` crate), whose IKE SAs key
+/// RFC 7717 TWAMP sessions: PSK authentication, childless SAs or one
+/// CHILD_SA, NAT-T.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IkeResponderConfig {
+    /// Addresses to answer IKE on (each binds `port` and `natt_port`).
+    /// Empty (default): no responder. Give real addresses, not wildcards:
+    /// the NAT detection hashes need the address the peer reached.
+    pub listen: Vec<IpAddr>,
+    /// IKE port (default 500).
+    pub port: u16,
+    /// NAT-T port (default 4500).
+    pub natt_port: u16,
+    /// Our identity (IDr), an FQDN.
+    pub identity: String,
+    /// Pre-shared keys by peer identity (`IDENTITY SECRET` per line,
+    /// `0x`-hex or literal; `*` for any peer); mode 0600.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psk_file: Option<PathBuf>,
+    /// Seconds without a message from a peer before a liveness check (0:
+    /// none). A dead peer's SA is deleted after the retransmissions.
+    pub liveness: u64,
+}
+
+impl Default for IkeResponderConfig {
+    fn default() -> Self {
+        IkeResponderConfig {
+            listen: Vec::new(),
+            port: 500,
+            natt_port: 4500,
+            identity: String::new(),
+            psk_file: None,
+            liveness: 60,
+        }
+    }
+}
+
+impl IkeResponderConfig {
+    /// Whether the responder runs.
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty()
     }
 }
 
@@ -786,6 +833,34 @@ impl Config {
         for name in s.secrets.keys() {
             if let Some(why) = identity_problem(name) {
                 problems.push(format!("security.secrets.{name:?}: {why}"));
+            }
+        }
+        let r = &self.ikev2.responder;
+        if r.enabled() {
+            if r.psk_file.is_none() {
+                problems.push(
+                    "ikev2.responder.listen is set but ikev2.responder.psk_file is not; give the PSK file"
+                        .to_owned(),
+                );
+            }
+            if r.identity.is_empty() {
+                problems.push(
+                    "ikev2.responder.identity is empty; give our IKE identity (an FQDN, e.g. twamp.example.net)"
+                        .to_owned(),
+                );
+            }
+            if r.port == r.natt_port {
+                problems.push(format!(
+                    "ikev2.responder.port and natt_port are both {}; NAT-T needs its own port (4500)",
+                    r.port
+                ));
+            }
+            if r.listen.iter().any(IpAddr::is_unspecified) {
+                problems.push(
+                    "ikev2.responder.listen has a wildcard address; list the addresses peers reach \
+                     (IKE's NAT detection hashes them)"
+                        .to_owned(),
+                );
             }
         }
         if self.ikev2.sa_file.is_some() && self.ikev2.sa_file == self.ikev2.sa_socket {

@@ -162,6 +162,11 @@ impl SaTable {
         self.sas.len()
     }
 
+    /// Forgets every SA.
+    pub fn clear(&mut self) {
+        self.sas.clear();
+    }
+
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.sas.is_empty()

@@ -10,6 +10,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 use ricochet_protocol::crypto::TokenKeyDerivation;
 use ricochet_protocol::modes::Modes;
 
+use super::ike::IkeOptions;
 use super::ikev2::load_ikev2_key;
 use super::keys::{load_credentials, KeyWarning};
 use super::{PingConfig, PingError};
@@ -29,6 +30,7 @@ Examples:
   ricochet-ping -c 1000 -i 1ms -s 64 -D EF '[2001:db8::7]:862'
   ricochet-ping -A enc -u alice -k /etc/twamp/alice.pfs 198.51.100.7
   ricochet-ping -A auth --ikev2-key-file /run/ricochet/ike.sas 198.51.100.7
+  ricochet-ping -A enc --ike 198.51.100.7 --ike-id probe.example.net --ike-psk-file ike.psk 198.51.100.7
   ricochet-ping --sessions 4 --isc --exponential -i 10ms 198.51.100.7
   ricochet-ping -c 100000 -i 10us --json 198.51.100.7 > run.json
   ricochet-ping --raw -c 10 198.51.100.7 | awk '!/^#/ && $11 == \"ok\" {print $8}'
@@ -126,13 +128,30 @@ pub struct Args {
     /// How the token key comes from the IKEv2-derived secret (RFC 7717 does
     /// not say): pbkdf2 (as with a passphrase; the default) or direct (its
     /// first 16 octets). Must match the server's ikev2.token_key.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "pbkdf2",
-        requires = "ikev2_key_file"
-    )]
+    #[arg(long, value_enum, default_value = "pbkdf2")]
     pub ikev2_token_key: TokenKeyArg,
+
+    /// RFC 7717 with our own IKE SA: bring up a childless IKEv2 SA with the
+    /// server's IKE responder at PEER[:PORT] (default port 500; PSK
+    /// authentication), key the TWAMP connection from it, delete it at the
+    /// end. Needs --ike-id and --ike-psk-file.
+    #[arg(long, value_name = "PEER[:PORT]",
+          conflicts_with_all = ["key_id", "key_file", "ikev2_key_file"],
+          requires_all = ["ike_id", "ike_psk_file"])]
+    pub ike: Option<String>,
+
+    /// Our IKE identity (IDi), an FQDN.
+    #[arg(long, value_name = "FQDN", requires = "ike")]
+    pub ike_id: Option<String>,
+
+    /// The IKE responder's identity (IDr) to ask for and check.
+    #[arg(long, value_name = "FQDN", requires = "ike")]
+    pub ike_peer_id: Option<String>,
+
+    /// PSK file for --ike: `IDENTITY SECRET` per line (the responder's
+    /// identity, or `*`; SECRET literal or 0x-hex), mode 0600.
+    #[arg(long, value_name = "FILE", requires = "ike")]
+    pub ike_psk_file: Option<PathBuf>,
 
     /// Test sessions to run concurrently on the one control connection.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -460,12 +479,37 @@ impl Args {
             }
             None => None,
         };
-        if ikev2.is_some() && allowed == Modes::UNAUTHENTICATED {
+        let ike = match &self.ike {
+            Some(peer) => {
+                let t = parse_target(peer).map_err(PingError::Usage)?;
+                // parse_target defaults to the TWAMP port; IKE's is 500.
+                let explicit = peer.contains("]:")
+                    || (!peer.contains('[') && peer.matches(':').count() == 1);
+                let t = Target {
+                    port: if explicit { t.port } else { 500 },
+                    ..t
+                };
+                Some(IkeOptions {
+                    peer: resolve(&t, family)?,
+                    local_id: self.ike_id.clone().unwrap_or_default(),
+                    peer_id: self.ike_peer_id.clone(),
+                    psk_file: self.ike_psk_file.clone().unwrap_or_default(),
+                    timeout: self.connect_timeout,
+                    token_key: self.ikev2_token_key.into(),
+                })
+            }
+            None => None,
+        };
+        if (ikev2.is_some() || ike.is_some()) && allowed == Modes::UNAUTHENTICATED {
             return Err(PingError::Usage(
                 "an IKEv2-derived key (RFC 7717) needs -A auth, enc or mixed".into(),
             ));
         }
-        if credentials.is_none() && ikev2.is_none() && !allowed.contains(Modes::UNAUTHENTICATED) {
+        if credentials.is_none()
+            && ikev2.is_none()
+            && ike.is_none()
+            && !allowed.contains(Modes::UNAUTHENTICATED)
+        {
             return Err(PingError::KeyMissing { allowed });
         }
         let schedule = if self.exponential {
@@ -482,6 +526,7 @@ impl Args {
                 allowed,
                 credentials,
                 ikev2,
+                ike,
                 count: self.count,
                 schedule,
                 padding: self.padding,

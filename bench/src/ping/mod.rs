@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod ike;
 pub mod ikev2;
 pub mod keys;
 pub mod report;
@@ -59,6 +60,8 @@ pub struct PingConfig {
     pub credentials: Option<Credentials>,
     /// An IKEv2-derived key (RFC 7717) instead of `credentials`.
     pub ikev2: Option<ikev2::Ikev2Key>,
+    /// Bring up an IKE SA with the server first and key from it (RFC 7717).
+    pub ike: Option<ike::IkeOptions>,
     /// Packets per session.
     pub count: u32,
     /// Send schedule.
@@ -159,6 +162,8 @@ pub enum PingError {
         #[source]
         source: io::Error,
     },
+    #[error("IKEv2: {0}")]
+    Ike(String),
     #[error("operating system random source: {0}")]
     Random(String),
 }
@@ -348,16 +353,31 @@ pub fn run(config: &PingConfig) -> Result<RunReport, PingError> {
 /// [`run`], ending the sessions early (with a report of what was sent) once
 /// `interrupt` is set, e.g. by Ctrl-C.
 pub fn run_until(config: &PingConfig, interrupt: &AtomicBool) -> Result<RunReport, PingError> {
+    let Some(opts) = &config.ike else {
+        return run_keyed(config, config.ikev2.as_ref(), interrupt);
+    };
+    let (sa, key) = ike::IkeRun::establish(opts)?;
+    let result = run_keyed(config, Some(&key), interrupt);
+    sa.close(Duration::from_secs(1));
+    result
+}
+
+/// [`run_until`] with the RFC 7717 key (if any) resolved.
+fn run_keyed(
+    config: &PingConfig,
+    ikev2: Option<&ikev2::Ikev2Key>,
+    interrupt: &AtomicBool,
+) -> Result<RunReport, PingError> {
     let mut warnings: Vec<String> = Vec::new();
     let clock = clock_state();
     let client_config = ClientConfig {
         allowed: config.allowed,
         wanted: wanted_features(config),
-        key_id: match &config.ikev2 {
+        key_id: match ikev2 {
             Some(k) => Some(k.sa.key_id()),
             None => config.credentials.as_ref().map(Credentials::key_id),
         },
-        secret: match &config.ikev2 {
+        secret: match ikev2 {
             Some(k) => Some(k.secret.clone()),
             None => config.credentials.as_ref().map(|c| c.secret.clone()),
         },
@@ -365,7 +385,7 @@ pub fn run_until(config: &PingConfig, interrupt: &AtomicBool) -> Result<RunRepor
         max_sessions: config.sessions.max(1),
     };
     let mut ctl = ControlConnection::connect(config.server, client_config, config.io_timeout)?;
-    if let Some(k) = &config.ikev2 {
+    if let Some(k) = ikev2 {
         ctl.use_ikev2_key(k.token_key);
     }
     let est = ctl.handshake()?;
