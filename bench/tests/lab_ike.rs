@@ -334,7 +334,10 @@ fn ricochet_ping_brings_up_its_own_ike_sa_with_the_control_responder() {
         let (out, json) = ike(arg, &client_psks);
         check_all_reflected(&format!("--ike {arg}"), &out, &json, mode, bits);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("IKE SA") && err.contains("established"), "{err}");
+        assert!(
+            err.contains("IKE SA") && err.contains("established"),
+            "{err}"
+        );
     }
     // A wrong PSK: the IKE SA fails, nothing is keyed, a clear message.
     let wrong = write_private(
@@ -344,5 +347,8 @@ fn ricochet_ping_brings_up_its_own_ike_sa_with_the_control_responder() {
     let (out, _) = ike("auth", &wrong);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("IKEv2:") && err.contains("not established"), "{err}");
+    assert!(
+        err.contains("IKEv2:") && err.contains("not established"),
+        "{err}"
+    );
 }

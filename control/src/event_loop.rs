@@ -286,8 +286,11 @@ pub trait ConnectionHandler {
 pub trait Service<S> {
     /// Register every source with a token from `token` (call it once per
     /// source; at most [`MAX_SERVICE_TOKENS`] per loop).
-    fn register(&mut self, registry: &Registry, token: &mut dyn FnMut() -> io::Result<Token>)
-        -> io::Result<()>;
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: &mut dyn FnMut() -> io::Result<Token>,
+    ) -> io::Result<()>;
     /// A source registered with `token` is ready. `true`: work may be left
     /// (call again next turn).
     fn on_ready(&mut self, token: Token, ctx: &mut Context<'_, S>) -> bool;

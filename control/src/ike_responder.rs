@@ -81,11 +81,7 @@ impl IkeResponder {
         config.natt_port = settings.natt_port;
         config.liveness_interval = settings.liveness;
         let mut rng = OsRng;
-        let endpoint = Endpoint::new(
-            config,
-            Box::new(PskAuthenticator { store: psks }),
-            &mut rng,
-        );
+        let endpoint = Endpoint::new(config, Box::new(PskAuthenticator { store: psks }), &mut rng);
         let mut sockets = Vec::new();
         for ip in &settings.addresses {
             for port in [settings.port, settings.natt_port] {
@@ -226,8 +222,13 @@ impl Service<DaemonState> for IkeResponder {
         for _ in 0..RECV_BUDGET {
             match self.sockets[i].socket.recv_from(&mut self.buf) {
                 Ok((n, remote)) => {
-                    self.endpoint
-                        .handle_datagram(now, &mut self.rng, local, remote, &self.buf[..n]);
+                    self.endpoint.handle_datagram(
+                        now,
+                        &mut self.rng,
+                        local,
+                        remote,
+                        &self.buf[..n],
+                    );
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     more = false;

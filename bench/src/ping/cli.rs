@@ -483,8 +483,8 @@ impl Args {
             Some(peer) => {
                 let t = parse_target(peer).map_err(PingError::Usage)?;
                 // parse_target defaults to the TWAMP port; IKE's is 500.
-                let explicit = peer.contains("]:")
-                    || (!peer.contains('[') && peer.matches(':').count() == 1);
+                let explicit =
+                    peer.contains("]:") || (!peer.contains('[') && peer.matches(':').count() == 1);
                 let t = Target {
                     port: if explicit { t.port } else { 500 },
                     ..t

@@ -79,20 +79,18 @@ impl IkeRun {
         } else {
             "[::]:0".parse().expect("literal")
         };
-        let io = |what: &'static str| {
-            move |e: std::io::Error| ike_err(format!("cannot {what}: {e}"))
-        };
+        let io =
+            |what: &'static str| move |e: std::io::Error| ike_err(format!("cannot {what}: {e}"));
         let socket = UdpSocket::bind(bind).map_err(io("open a UDP socket"))?;
-        socket.connect(opts.peer).map_err(io("reach the IKE peer"))?;
+        socket
+            .connect(opts.peer)
+            .map_err(io("reach the IKE peer"))?;
         // The source address the kernel picked: NAT detection hashes it.
         let local = socket.local_addr().map_err(io("read the local address"))?;
         let config = IkeConfig::new(ricochet_ike::Identification::fqdn(&opts.local_id));
         let mut rng = OsRng;
-        let mut endpoint = Endpoint::new(
-            config,
-            Box::new(PskAuthenticator { store: psks }),
-            &mut rng,
-        );
+        let mut endpoint =
+            Endpoint::new(config, Box::new(PskAuthenticator { store: psks }), &mut rng);
         let start = Instant::now();
         endpoint
             .initiate(
@@ -169,7 +167,6 @@ fn log_established(key: &Ikev2Key) {
 }
 
 impl Driver {
-
     /// Moves datagrams and timers until `pick` returns something for an
     /// event, or `deadline`. `Ok(None)`: the deadline passed.
     fn pump_until<T>(
