@@ -179,6 +179,11 @@ pub struct Config {
     /// Send an empty INFORMATIONAL after this long without a message from the
     /// peer (`None`: only when asked with `Endpoint::check_liveness`).
     pub liveness_interval: Option<std::time::Duration>,
+    /// Perfect forward secrecy for CHILD_SAs we create or rekey with
+    /// CREATE_CHILD_SA: a KE in the IKE SA's group (RFC 7296 §1.3.1). The
+    /// first CHILD_SA (in IKE_AUTH) never has one. A peer's KE is always
+    /// answered.
+    pub child_pfs: bool,
 }
 
 impl Config {
@@ -200,6 +205,7 @@ impl Config {
             half_open_timeout: Duration::from_secs(30),
             natt_port: 4500,
             liveness_interval: None,
+            child_pfs: false,
         }
     }
 }

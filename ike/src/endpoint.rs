@@ -38,6 +38,11 @@ use ricochet_protocol::crypto::ikev2::{self as kdf, SkLengths};
 /// The 4-octet non-ESP marker before IKE messages on the NAT-T port (RFC 3948 §2.2).
 pub const NON_ESP_MARKER: [u8; 4] = [0; 4];
 
+/// Most CHILD_SAs one IKE SA may hold; further CREATE_CHILD_SA requests get
+/// NO_ADDITIONAL_SAS (an authenticated peer still cannot grow our state
+/// without bound).
+pub const MAX_CHILDREN: usize = 16;
+
 /// Largest IKE message we accept or build (RFC 7296 §2 asks for ≥ 1280;
 /// without fragmentation anything larger cannot cross most paths anyway).
 pub const MAX_MESSAGE: usize = 8192;
@@ -143,6 +148,8 @@ enum Pending {
         ni: Vec<u8>,
         spi: u32,
         params: ChildParams,
+        /// Our KE when the exchange has PFS.
+        ke: Option<KeyExchange>,
     },
     DeleteChild {
         spi_in: u32,
@@ -192,6 +199,8 @@ struct IkeSa {
     nat: bool,
     created: Instant,
     last_heard: Instant,
+    /// When the SA was replaced by a rekey (it then waits for the Delete).
+    rekeyed_at: Option<Instant>,
 }
 
 impl IkeSa {
@@ -319,6 +328,10 @@ impl Endpoint {
                     let e = s.created + self.config.half_open_timeout;
                     t = Some(t.map_or(e, |t| t.min(e)));
                 }
+                if let (State::Rekeyed, Some(r)) = (s.state, s.rekeyed_at) {
+                    let e = r + self.config.half_open_timeout;
+                    t = Some(t.map_or(e, |t| t.min(e)));
+                }
                 if let (Some(iv), State::Established, None) =
                     (self.config.liveness_interval, s.state, &s.outstanding)
                 {
@@ -342,11 +355,30 @@ impl Endpoint {
                 self.init_index.remove(&(sa.peer, sa.spi_i));
                 continue;
             }
+            // A rekeyed SA whose Delete never came (a peer that rekeys and
+            // never deletes must not pile up old SAs).
+            if sa.state == State::Rekeyed
+                && sa.outstanding.is_none()
+                && sa
+                    .rekeyed_at
+                    .is_some_and(|t| now >= t + self.config.half_open_timeout)
+            {
+                self.events.push_back(Event::IkeSaDeleted {
+                    spi_i: sa.spi_i,
+                    spi_r: sa.spi_r,
+                    peer: sa.peer,
+                    reason: DeleteReason::Rekeyed,
+                });
+                self.init_index.remove(&(sa.peer, sa.spi_i));
+                continue;
+            }
             if let Some(o) = sa.outstanding.as_mut() {
                 if now >= o.next_at {
                     if o.tries >= self.config.retransmit_tries {
                         let deleting = matches!(o.kind, Pending::Informational { delete: true });
-                        let reason = if deleting {
+                        let reason = if sa.state == State::Rekeyed {
+                            DeleteReason::Rekeyed
+                        } else if deleting {
                             DeleteReason::Local
                         } else {
                             DeleteReason::Timeout
@@ -526,6 +558,7 @@ impl Endpoint {
             nat: false,
             created: now,
             last_heard: now,
+            rekeyed_at: None,
         };
         self.send_init(&mut sa, now);
         self.sas.insert(spi_i, sa);
@@ -678,8 +711,22 @@ impl Endpoint {
                     &[],
                 )));
             }
-            p.push(Payload::Sa(self.esp_proposals(spi)));
+            let ke = self.config.child_pfs.then(|| sa.suite.dh.generate(rng));
+            let mut props = self.esp_proposals(spi);
+            if let Some(k) = &ke {
+                for pr in &mut props {
+                    pr.transforms
+                        .push(wire::Transform::new(wire::ttype::DH, k.group.id()));
+                }
+            }
+            p.push(Payload::Sa(props));
             p.push(Payload::Nonce(ni.clone()));
+            if let Some(k) = &ke {
+                p.push(Payload::Ke {
+                    group: k.group.id(),
+                    data: k.public().to_vec(),
+                });
+            }
             p.push(Payload::TsI(params.ts_i.clone()));
             p.push(Payload::TsR(params.ts_r.clone()));
             self.start_request(
@@ -693,6 +740,7 @@ impl Endpoint {
                     ni,
                     spi,
                     params,
+                    ke,
                 },
             );
             Ok(())
@@ -711,7 +759,12 @@ impl Endpoint {
     ) -> Result<(), EndpointError> {
         let k = self.key_of(&spi_i, &spi_r)?;
         let mut sa = self.sas.remove(&k).ok_or(EndpointError::NoSuchSa)?;
-        if sa.keys.is_none() || sa.outstanding.is_some() && sa.state != State::Established {
+        let unprotected = sa.keys.is_none()
+            || matches!(
+                sa.state,
+                State::InitSent | State::AuthSent | State::HalfOpen
+            );
+        if unprotected {
             // Nothing to tell the peer in a protected way: just forget it.
             self.sa_gone(&sa, DeleteReason::Local);
             return Ok(());
@@ -1091,6 +1144,7 @@ impl Endpoint {
             nat,
             created: now,
             last_heard: now,
+            rekeyed_at: None,
         };
         self.transmits
             .push_back(wrap(local, remote, resp, self.config.natt_port));
@@ -1240,8 +1294,10 @@ impl Endpoint {
         let mut tsi = None;
         let mut tsr = None;
         let mut transport = false;
+        let mut initial_contact = false;
         for p in payloads {
             match p {
+                Payload::Notify(n) if n.ntype == notify::INITIAL_CONTACT => initial_contact = true,
                 Payload::IdI(i) => idi = Some(i.clone()),
                 Payload::Auth { method, data } => auth = Some((*method, data.clone())),
                 Payload::Sa(s) => sa_p = Some(s.clone()),
@@ -1318,6 +1374,11 @@ impl Endpoint {
                 data: our_auth,
             },
         ];
+        if initial_contact {
+            // RFC 7296 §2.4: the peer has no other SA with us (it restarted):
+            // forget every other SA with the same authenticated identity.
+            self.forget_peer(&idi);
+        }
         sa.peer_id = Some(idi);
         let mut child = None;
         if let (Some(props), Some(tsi), Some(tsr)) = (sa_p, tsi, tsr) {
@@ -1379,10 +1440,11 @@ impl Endpoint {
         tsi: &[TrafficSelector],
         tsr: &[TrafficSelector],
         mode: ChildMode,
-        g_ir: Option<&[u8]>,
+        pfs: Option<(u16, &[u8])>,
         ni: &[u8],
         nr: &[u8],
     ) -> Result<(ChildSaKeys, Vec<Payload>), u16> {
+        let g_ir = pfs.map(|(_, g)| g);
         let chosen = props.iter().find_map(|p| {
             self.config
                 .esp_suites
@@ -1393,6 +1455,16 @@ impl Endpoint {
         let Some((p, suite)) = chosen else {
             return Err(notify::NO_PROPOSAL_CHOSEN);
         };
+        // PFS: the KE's group must be one the chosen proposal offers.
+        if let Some((group, _)) = pfs {
+            let offered = p
+                .transforms
+                .iter()
+                .any(|t| t.ttype == wire::ttype::DH && t.id == group);
+            if !offered {
+                return Err(notify::NO_PROPOSAL_CHOSEN);
+            }
+        }
         if tsi.is_empty() || tsr.is_empty() {
             return Err(notify::TS_UNACCEPTABLE);
         }
@@ -1417,6 +1489,11 @@ impl Endpoint {
         .ok_or(notify::TEMPORARY_FAILURE)?;
         let mut resp_p = suite.proposal(p.number, spi_r);
         resp_p.number = p.number;
+        if let Some((group, _)) = pfs {
+            resp_p
+                .transforms
+                .push(wire::Transform::new(wire::ttype::DH, group));
+        }
         Ok((
             c,
             vec![
@@ -1619,6 +1696,16 @@ impl Endpoint {
             return;
         }
         // CHILD_SA creation or rekey.
+        if sa.children.len() >= MAX_CHILDREN {
+            self.respond(
+                sa,
+                hdr.exchange_type,
+                hdr.message_id,
+                &err(notify::NO_ADDITIONAL_SAS),
+                rng,
+            );
+            return;
+        }
         let (Some(tsi), Some(tsr)) = (tsi, tsr) else {
             self.respond(
                 sa,
@@ -1695,7 +1782,10 @@ impl Endpoint {
             &tsi,
             &tsr,
             mode,
-            g_ir.as_deref().map(|v| &v[..]),
+            ke_out
+                .as_ref()
+                .zip(g_ir.as_deref())
+                .map(|(k, g)| (k.group.id(), &g[..])),
             &ni,
             &nr,
         ) {
@@ -1733,9 +1823,34 @@ impl Endpoint {
         }
     }
 
+    /// Drops every SA (in the table) authenticated as `id`, announcing each.
+    fn forget_peer(&mut self, id: &Identification) {
+        let gone: Vec<[u8; 8]> = self
+            .sas
+            .iter()
+            .filter(|(_, s)| s.peer_id.as_ref() == Some(id))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            if let Some(old) = self.sas.remove(&k) {
+                if old.state == State::Rekeyed {
+                    self.events.push_back(Event::IkeSaDeleted {
+                        spi_i: old.spi_i,
+                        spi_r: old.spi_r,
+                        peer: old.peer,
+                        reason: DeleteReason::Rekeyed,
+                    });
+                } else {
+                    self.sa_gone(&old, DeleteReason::Peer);
+                }
+            }
+        }
+    }
+
     fn finish_ike_rekey(&mut self, old: &mut IkeSa, mut new: IkeSa) {
         new.children = std::mem::take(&mut old.children);
         old.state = State::Rekeyed;
+        old.rekeyed_at = Some(new.created);
         if let Some(info) = new.info() {
             self.events.push_back(Event::IkeSaRekeyed {
                 old_spi_i: old.spi_i,
@@ -1860,13 +1975,16 @@ impl Endpoint {
                 ni,
                 spi,
                 params,
+                ke,
             } => {
                 let mut nr = None;
                 let mut props = None;
                 let mut tsi = None;
                 let mut tsr = None;
+                let mut ker = None;
                 for p in &payloads {
                     match p {
+                        Payload::Ke { group, data } => ker = Some((*group, data.clone())),
                         Payload::Nonce(n) => nr = Some(n.clone()),
                         Payload::Sa(s) => props = Some(s.clone()),
                         Payload::TsI(t) => tsi = Some(t.clone()),
@@ -1877,8 +1995,28 @@ impl Endpoint {
                 let (Some(nr), Some(props)) = (nr, props) else {
                     return true;
                 };
-                let Some(c) = self.initiator_child(sa, &props, spi, &params, tsi, tsr, &ni, &nr)
-                else {
+                // With PFS the answer must carry a KE in our group.
+                let g_ir = match (&ke, ker) {
+                    (None, _) => None,
+                    (Some(k), Some((g, data))) if g == k.group.id() => {
+                        match k.shared_secret(&data) {
+                            Ok(s) => Some(s),
+                            Err(_) => return true,
+                        }
+                    }
+                    (Some(_), _) => return true,
+                };
+                let Some(c) = self.initiator_child(
+                    sa,
+                    &props,
+                    spi,
+                    &params,
+                    tsi,
+                    tsr,
+                    g_ir.as_deref().map(|g| &g[..]),
+                    &ni,
+                    &nr,
+                ) else {
                     return true;
                 };
                 self.events.push_back(Event::ChildSaInstalled {
@@ -1927,6 +2065,7 @@ impl Endpoint {
         params: &ChildParams,
         tsi: Option<Vec<TrafficSelector>>,
         tsr: Option<Vec<TrafficSelector>>,
+        g_ir: Option<&[u8]>,
         ni: &[u8],
         nr: &[u8],
     ) -> Option<ChildSaKeys> {
@@ -1938,7 +2077,7 @@ impl Endpoint {
             sa.suite.prf,
             &keys.sk_d,
             *suite,
-            None,
+            g_ir,
             ni,
             nr,
             our_spi,
@@ -2097,6 +2236,13 @@ impl Endpoint {
             return false;
         };
         let mut p = vec![Payload::IdI(local_id)];
+        // INITIAL_CONTACT when this is our only SA with the peer (RFC 7296 §2.4).
+        if !self.sas.values().any(|s| s.peer.ip() == sa.peer.ip()) {
+            p.push(Payload::Notify(Notify::status(
+                notify::INITIAL_CONTACT,
+                &[],
+            )));
+        }
         if let Some(r) = &sa.want_peer_id {
             p.push(Payload::IdR(r.clone()));
         }
@@ -2179,7 +2325,8 @@ impl Endpoint {
         sa.state = State::Established;
         if let (Some(props), Some(cp)) = (props, sa.child_params.clone()) {
             let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
-            if let Some(c) = self.initiator_child(sa, &props, sa.child_spi, &cp, tsi, tsr, &ni, &nr)
+            if let Some(c) =
+                self.initiator_child(sa, &props, sa.child_spi, &cp, tsi, tsr, None, &ni, &nr)
             {
                 sa.children.push(c);
             }
@@ -2350,6 +2497,7 @@ fn rekeyed_sa(
         nat: old.nat,
         created: now,
         last_heard: now,
+        rekeyed_at: None,
     })
 }
 

@@ -53,8 +53,8 @@ impl IkeSaInfo {
 impl core::fmt::Debug for IkeSaInfo {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("IkeSaInfo")
-            .field("spi_i", &hex8(&self.spi_i))
-            .field("spi_r", &hex8(&self.spi_r))
+            .field("spi_i", &hex_lower(&self.spi_i))
+            .field("spi_r", &hex_lower(&self.spi_r))
             .field("prf", &self.prf)
             .field("sk_d", &"<redacted>")
             .field("peer", &self.peer)
@@ -64,7 +64,8 @@ impl core::fmt::Debug for IkeSaInfo {
     }
 }
 
-pub(crate) fn hex8(s: &[u8]) -> String {
+/// Lower-case hex of some octets (SPIs in logs and the lab driver).
+pub fn hex_lower(s: &[u8]) -> String {
     s.iter().map(|b| format!("{b:02x}")).collect()
 }
 

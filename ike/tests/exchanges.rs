@@ -693,3 +693,287 @@ fn natt_port_carries_the_non_esp_marker() {
     assert_eq!(&r.data[..4], &[0, 0, 0, 0]);
     assert_eq!(r.local.port(), 4500);
 }
+
+#[test]
+fn endpoint_is_send() {
+    fn send<T: Send>() {}
+    send::<Endpoint>();
+    send::<ricochet_ike::IkeSaInfo>();
+    send::<Event>();
+}
+
+#[test]
+fn automatic_liveness_checks_after_idle_interval() {
+    let mut ca = Config::new(Identification::fqdn("a.ike.test"));
+    ca.liveness_interval = Some(Duration::from_secs(10));
+    let mut p = Pair::new(
+        ca,
+        Config::new(Identification::fqdn("b.ike.test")),
+        b"s",
+        b"s",
+    );
+    p.initiate(None);
+    p.pump();
+    p.events();
+    let t0 = p.now;
+    assert_eq!(p.a.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    assert!(p.tick());
+    p.pump();
+    let (ea, _) = p.events();
+    assert!(
+        ea.iter().any(|e| matches!(e, Event::PeerAlive { .. })),
+        "{ea:?}"
+    );
+    // B stops answering: A declares the SA dead after its retransmissions.
+    p.now += Duration::from_secs(10);
+    p.a.handle_timeout(p.now, &mut p.ra);
+    assert!(p.a.poll_transmit().is_some());
+    for _ in 0..10 {
+        let Some(t) = p.a.poll_timeout() else { break };
+        p.now = t;
+        p.a.handle_timeout(p.now, &mut p.ra);
+        while p.a.poll_transmit().is_some() {}
+    }
+    let (ea, _) = p.events();
+    assert!(ea.iter().any(|e| matches!(
+        e,
+        Event::IkeSaDeleted {
+            reason: DeleteReason::Timeout,
+            ..
+        }
+    )));
+    assert!(p.a.established().is_empty());
+}
+
+#[test]
+fn a_rekey_without_delete_does_not_leave_old_sas_behind() {
+    let mut p = Pair::default();
+    p.initiate(None);
+    p.pump();
+    let (ea, _) = p.events();
+    let g0 = established(&ea);
+    p.a.rekey_ike_sa(p.now, &mut p.ra, g0.spi_i, g0.spi_r)
+        .unwrap();
+    // Deliver the CREATE_CHILD_SA exchange but lose A's Delete of the old SA
+    // for good: B keeps the old SA only until the expiry.
+    let req = p.a.poll_transmit().unwrap();
+    p.b.handle_datagram(p.now, &mut p.rb, req.remote, req.local, &req.data);
+    let resp = p.b.poll_transmit().unwrap();
+    p.a.handle_datagram(p.now, &mut p.ra, resp.remote, resp.local, &resp.data);
+    let _lost_delete = p.a.poll_transmit().unwrap();
+    p.b.handle_timeout(p.now + Duration::from_secs(31), &mut p.rb);
+    let (_, eb) = p.events();
+    assert!(eb.iter().any(|e| matches!(e,
+        Event::IkeSaDeleted { spi_i, reason: DeleteReason::Rekeyed, .. } if *spi_i == g0.spi_i)));
+    assert_eq!(p.b.established().len(), 1);
+}
+
+#[test]
+fn golden_strongswan_ike_sa_init_request_gets_a_well_formed_response() {
+    // Frame 1 of the strongSwan scenario a, fed to our responder.
+    let cap = ricochet_testkit::read_pcap(&ricochet_testkit::interop_file(
+        "strongswan-5.9.8",
+        "ikev2-a-childless-psk-aesgcm128-ecp256.pcap",
+    ));
+    let req = &cap.udp[0];
+    let mut rng = SeqRng::new(9);
+    let mut b = Endpoint::new(
+        Config::new(Identification::fqdn("b.ike.test")),
+        psk("a.ike.test", b"x"),
+        &mut rng,
+    );
+    b.handle_datagram(Instant::now(), &mut rng, req.dst, req.src, &req.payload);
+    let t = b.poll_transmit().expect("a response");
+    assert_eq!((t.local, t.remote), (req.dst, req.src));
+    let (h, pl) = clear_payloads(&t.data);
+    assert_eq!(h.spi_i, req.payload[..8]);
+    assert_eq!(h.exchange_type, exchange::IKE_SA_INIT);
+    assert!(h.is_response() && !h.is_initiator());
+    // The only proposal strongSwan made: GCM-128 / SHA-256 / ECP-256.
+    let Payload::Sa(props) = &pl[0] else {
+        panic!("{pl:?}")
+    };
+    assert!(IkeSuite::GCM128_SHA256_ECP256.offered_in(&props[0]));
+    assert!(pl
+        .iter()
+        .any(|x| matches!(x, Payload::Ke { group: 19, data } if data.len() == 64)));
+    // A retransmission is answered with the same octets.
+    b.handle_datagram(Instant::now(), &mut rng, req.dst, req.src, &req.payload);
+    assert_eq!(b.poll_transmit().unwrap().data, t.data);
+    assert_eq!(b.half_open(), 1);
+}
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        /// Mutated copies of every message of a full exchange (bit flips,
+        /// truncations, appended junk), fed to both sides at every stage:
+        /// no panic, nothing established twice, and the real SA survives.
+        #[test]
+        fn mutated_messages_never_panic_or_disturb_the_sa(
+            flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+            cut in any::<usize>(),
+            junk in prop::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let mut p = Pair::default();
+            p.initiate(Some(child_params()));
+            p.pump();
+            let (ea, _) = p.events();
+            let i = established(&ea);
+            p.a.rekey_ike_sa(p.now, &mut p.ra, i.spi_i, i.spi_r).unwrap();
+            p.pump();
+            let (ea, _) = p.events();
+            let g1 = ea.iter().find_map(|e| match e {
+                Event::IkeSaRekeyed { new, .. } => Some(new.clone()),
+                _ => None,
+            }).unwrap();
+            let msgs: Vec<(bool, Transmit)> = p.wire.clone();
+            for (from_a, t) in msgs {
+                for variant in 0..3 {
+                    let mut d = t.data.clone();
+                    match variant {
+                        0 => for (at, x) in &flips {
+                            let n = d.len();
+                            d[at % n] ^= x | 1;
+                        },
+                        1 => d.truncate(cut % (d.len() + 1)),
+                        _ => d.extend_from_slice(&junk),
+                    }
+                    let (ep, rng) = if from_a { (&mut p.b, &mut p.rb) } else { (&mut p.a, &mut p.ra) };
+                    ep.handle_datagram(p.now, rng, t.remote, t.local, &d);
+                    while ep.poll_transmit().is_some() {}
+                }
+            }
+            let (ea, eb) = p.events();
+            let again = ea.iter().chain(eb.iter()).any(|e| matches!(e, Event::IkeSaEstablished(_)));
+            prop_assert!(!again, "established twice");
+            prop_assert!(p.a.find(&g1.spi_i, &g1.spi_r).is_some());
+            prop_assert!(p.b.find(&g1.spi_i, &g1.spi_r).is_some());
+            // And it still works.
+            p.a.check_liveness(p.now, &mut p.ra, g1.spi_i, g1.spi_r).unwrap();
+            p.pump();
+            let (ea, _) = p.events();
+            let alive = ea.iter().any(|e| matches!(e, Event::PeerAlive { .. }));
+            prop_assert!(alive, "SA unusable after the mutations");
+        }
+    }
+}
+
+#[test]
+fn child_sa_rekey_with_pfs_agrees_on_both_sides() {
+    let mut ca = Config::new(Identification::fqdn("a.ike.test"));
+    ca.child_pfs = true;
+    let mut p = Pair::new(
+        ca,
+        Config::new(Identification::fqdn("b.ike.test")),
+        b"s",
+        b"s",
+    );
+    p.initiate(Some(child_params()));
+    p.pump();
+    let (ea, _) = p.events();
+    let i = established(&ea);
+    let old = i.child.clone().unwrap();
+    p.a.rekey_child_sa(p.now, &mut p.ra, i.spi_i, i.spi_r, old.spi_r)
+        .unwrap();
+    // The CREATE_CHILD_SA request carries a KE: it is longer than the
+    // same request without PFS would be by the KE payload (4 + 4 + 64).
+    let req = p.a.poll_transmit().unwrap();
+    p.b.handle_datagram(p.now, &mut p.rb, req.remote, req.local, &req.data);
+    p.pump();
+    let (ea, eb) = p.events();
+    let new = |ev: &[Event]| {
+        ev.iter()
+            .find_map(|e| match e {
+                Event::ChildSaInstalled { child, .. } => Some(child.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let (na, nb) = (new(&ea), new(&eb));
+    assert_eq!((na.spi_i, na.spi_r), (nb.spi_i, nb.spi_r));
+    assert_eq!(&na.sk_ei[..], &nb.sk_ei[..]);
+    assert_eq!(&na.sk_er[..], &nb.sk_er[..]);
+    assert_ne!(&na.sk_ei[..], &old.sk_ei[..]);
+    let mut plain = Pair::default();
+    plain.initiate(Some(child_params()));
+    plain.pump();
+    let (ea, _) = plain.events();
+    let j = established(&ea);
+    let c = j.child.unwrap();
+    plain
+        .a
+        .rekey_child_sa(plain.now, &mut plain.ra, j.spi_i, j.spi_r, c.spi_r)
+        .unwrap();
+    let req_plain = plain.a.poll_transmit().unwrap();
+    // KE payload: 4 (generic header) + 4 (group, reserved) + 64 (P-256),
+    // plus one DH transform (8) in each of the three ESP proposals.
+    assert_eq!(req.data.len(), req_plain.data.len() + 72 + 3 * 8);
+}
+
+#[test]
+fn initial_contact_replaces_the_peers_old_sas() {
+    let mut p = Pair::default();
+    p.initiate(Some(child_params()));
+    p.pump();
+    let (ea, _) = p.events();
+    let first = established(&ea);
+    // A restarts (a fresh endpoint with no memory of the SA) and connects again.
+    let mut ra = SeqRng::new(77);
+    p.a = Endpoint::new(
+        Config::new(Identification::fqdn("a.ike.test")),
+        psk("b.ike.test", b"secret"),
+        &mut ra,
+    );
+    p.ra = ra;
+    p.initiate(None);
+    p.pump();
+    let (ea, eb) = p.events();
+    let second = established(&ea);
+    assert_ne!(second.spi_i, first.spi_i);
+    // B dropped the old SA and its CHILD_SA when the new one came up.
+    assert!(eb.iter().any(|e| matches!(e,
+        Event::IkeSaDeleted { spi_i, reason: DeleteReason::Peer, .. } if *spi_i == first.spi_i)));
+    assert!(eb.iter().any(|e| matches!(e, Event::ChildSaDeleted { .. })));
+    assert_eq!(p.b.established().len(), 1);
+    assert!(p.b.find(&second.spi_i, &second.spi_r).is_some());
+    // A second SA while the first lives carries no INITIAL_CONTACT: B keeps both.
+    p.initiate(None);
+    p.pump();
+    assert_eq!(p.b.established().len(), 2);
+}
+
+#[test]
+fn ipv6_endpoints() {
+    let mut p = Pair::default();
+    p.a.initiate(
+        p.now,
+        &mut p.ra,
+        InitiateParams {
+            local: addr("[2001:2::1]:500"),
+            peer: addr("[2001:2::2]:500"),
+            peer_id: Some(Identification::fqdn("b.ike.test")),
+            child: Some(ChildParams {
+                ts_i: vec![TrafficSelector::host("2001:2:0:1::1".parse().unwrap())],
+                ts_r: vec![TrafficSelector::host("2001:2:0:1::2".parse().unwrap())],
+                mode: ChildMode::Transport,
+            }),
+        },
+    )
+    .unwrap();
+    p.pump();
+    let (ea, eb) = p.events();
+    let (ia, ib) = (established(&ea), established(&eb));
+    assert_eq!(*ia.sk_d, *ib.sk_d);
+    assert_eq!(ib.peer, addr("[2001:2::1]:500"));
+    let c = ib.child.unwrap();
+    assert_eq!(c.mode, ChildMode::Transport);
+    assert!(!c.udp_encap, "NAT-D hashes over IPv6 addresses match");
+    assert_eq!(
+        c.ts_r[0].start_addr,
+        "2001:2:0:1::2".parse::<std::net::IpAddr>().unwrap()
+    );
+}
