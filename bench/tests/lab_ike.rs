@@ -52,7 +52,7 @@ fn start_control(lab: &Lab, dir: &Path, ikev2: &str) -> Daemon {
     let cfg = write_private(
         &dir.join("control.toml"),
         &format!(
-            r#"listen = ["0.0.0.0:862"]
+            r#"listen = ["[::]:862", "0.0.0.0:862"]
 test_ports = "18760-18999"
 log_level = "warn"
 data_plane = "socket"
@@ -92,10 +92,14 @@ enabled = false
 }
 
 fn ping(lab: &Lab, args: &[&str]) -> (Output, Option<Value>) {
+    ping_to(lab, "198.18.0.2", args)
+}
+
+fn ping_to(lab: &Lab, target: &str, args: &[&str]) -> (Output, Option<Value>) {
     let bin = workspace_bin("ricochet-ping");
     let mut all: Vec<&str> = vec!["--json", "--timeout", "1s", "-c", "50", "-i", "1ms"];
     all.extend_from_slice(args);
-    all.push("198.18.0.2");
+    all.push(target);
     let out = lab
         .command(Side::Sender, &bin)
         .args(&all)
@@ -305,7 +309,7 @@ fn ricochet_ping_brings_up_its_own_ike_sa_with_the_control_responder() {
         &lab,
         dir.path(),
         &format!(
-            "[ikev2.responder]\nlisten = [\"198.18.0.2\"]\nidentity = \"twamp.lab\"\npsk_file = \"{}\"",
+            "[ikev2.responder]\nlisten = [\"198.18.0.2\", \"2001:2::2\"]\nidentity = \"twamp.lab\"\npsk_file = \"{}\"",
             server_psks.display()
         ),
     );
@@ -339,6 +343,25 @@ fn ricochet_ping_brings_up_its_own_ike_sa_with_the_control_responder() {
             "{err}"
         );
     }
+    // IKE and TWAMP over IPv6.
+    let (out, json) = ping_to(
+        &lab,
+        "[2001:2::2]",
+        &[
+            "-A",
+            "enc",
+            "--ike",
+            "[2001:2::2]",
+            "--ike-id",
+            "probe.lab",
+            "--ike-peer-id",
+            "twamp.lab",
+            "--ike-psk-file",
+            client_psks.to_str().unwrap(),
+        ],
+    );
+    check_all_reflected("--ike over IPv6", &out, &json, "encrypted", 0x84);
+
     // A wrong PSK: the IKE SA fails, nothing is keyed, a clear message.
     let wrong = write_private(
         &dir.path().join("wrong.psk"),
