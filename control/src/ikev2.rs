@@ -351,6 +351,8 @@ pub struct SaSocket {
     path: PathBuf,
     table: SharedSaTable,
     stop: Arc<AtomicBool>,
+    /// The feeder being served, so that stopping can cut it off.
+    current: Arc<Mutex<Option<UnixStream>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -396,18 +398,21 @@ impl SaSocket {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("{what} {}: cannot chmod 600: {e}", path.display()))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let current = Arc::new(Mutex::new(None));
         let thread = {
             let table = table.clone();
             let stop = stop.clone();
+            let current = current.clone();
             std::thread::Builder::new()
                 .name("ikev2-sa-socket".into())
-                .spawn(move || serve(listener, table, stop))
+                .spawn(move || serve(listener, table, stop, current))
                 .map_err(|e| format!("{what}: cannot start its thread: {e}"))?
         };
         Ok(SaSocket {
             path: path.to_owned(),
             table,
             stop,
+            current,
             thread: Some(thread),
         })
     }
@@ -421,7 +426,16 @@ impl SaSocket {
 impl Drop for SaSocket {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept(2); the thread sees the flag and ends.
+        // Cut off a feeder being served, then wake the accept(2); the
+        // thread sees the flag and ends.
+        if let Some(c) = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
         let _ = UnixStream::connect(&self.path);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -440,13 +454,26 @@ impl Ikev2SaDirectory for SaSocket {
     }
 }
 
-fn serve(listener: UnixListener, table: SharedSaTable, stop: Arc<AtomicBool>) {
+fn serve(
+    listener: UnixListener,
+    table: SharedSaTable,
+    stop: Arc<AtomicBool>,
+    current: Arc<Mutex<Option<UnixStream>>>,
+) {
     let euid = rustix::process::geteuid().as_raw();
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(mut conn) = conn else { continue };
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                tracing::warn!(error = %e, "ikev2.sa_socket: accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
         let uid = rustix::net::sockopt::socket_peercred(&conn).map(|c| c.uid.as_raw());
         match uid {
             Ok(uid) if uid == 0 || uid == euid => {}
@@ -461,7 +488,14 @@ fn serve(listener: UnixListener, table: SharedSaTable, stop: Arc<AtomicBool>) {
         }
         let _ = conn.set_read_timeout(Some(FEEDER_IDLE));
         let _ = conn.set_write_timeout(Some(FEEDER_IDLE));
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = conn.try_clone().ok();
+        // Checked again under the slot: a stop that came in between must
+        // not leave this feeder uncut.
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
         feed(conn, &table);
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -735,7 +769,18 @@ mod tests {
         assert!(ask(&format!("delete {GOLDEN_SPI_I} {GOLDEN_SPI_R}\n")).starts_with("error: no SA"));
         let long = ask(&format!("{}\n", "a".repeat(MAX_LINE_LEN + 10)));
         assert_eq!(long, "error: line too long\n");
+        // A feeder that stays connected does not hold up the stop.
+        let idle = UnixStream::connect(&path).unwrap();
+        idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut w2 = idle.try_clone().unwrap();
+        let mut r2 = BufReader::new(idle);
+        w2.write_all(b"# hello\n").unwrap();
+        let mut answer = String::new();
+        r2.read_line(&mut answer).unwrap();
+        assert_eq!(answer, "ok\n", "being served");
+        let t = std::time::Instant::now();
         drop(sock);
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         assert!(!path.exists(), "the socket file is removed on drop");
     }
 }
