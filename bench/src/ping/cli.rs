@@ -30,7 +30,8 @@ Examples:
   ricochet-ping -c 1000 -i 1ms -s 64 -D EF '[2001:db8::7]:862'
   ricochet-ping -A enc -u alice -k /etc/twamp/alice.pfs 198.51.100.7
   ricochet-ping -A auth --ikev2-key-file /run/ricochet/ike.sas 198.51.100.7
-  ricochet-ping -A enc --ike 198.51.100.7 --ike-id probe.example.net --ike-psk-file ike.psk 198.51.100.7
+  ricochet-ping -A enc --ike 198.51.100.7 --ike-id probe.example.net \
+    --ike-peer-id twamp.example.net --ike-psk-file ike.psk 198.51.100.7
   ricochet-ping --sessions 4 --isc --exponential -i 10ms 198.51.100.7
   ricochet-ping -c 100000 -i 10us --json 198.51.100.7 > run.json
   ricochet-ping --raw -c 10 198.51.100.7 | awk '!/^#/ && $11 == \"ok\" {print $8}'
@@ -134,17 +135,18 @@ pub struct Args {
     /// RFC 7717 with our own IKE SA: bring up a childless IKEv2 SA with the
     /// server's IKE responder at PEER[:PORT] (default port 500; PSK
     /// authentication), key the TWAMP connection from it, delete it at the
-    /// end. Needs --ike-id and --ike-psk-file.
+    /// end. Needs --ike-id, --ike-peer-id and --ike-psk-file.
     #[arg(long, value_name = "PEER[:PORT]",
           conflicts_with_all = ["key_id", "key_file", "ikev2_key_file"],
-          requires_all = ["ike_id", "ike_psk_file"])]
+          requires_all = ["ike_id", "ike_peer_id", "ike_psk_file"])]
     pub ike: Option<String>,
 
     /// Our IKE identity (IDi), an FQDN.
     #[arg(long, value_name = "FQDN", requires = "ike")]
     pub ike_id: Option<String>,
 
-    /// The IKE responder's identity (IDr) to ask for and check.
+    /// The IKE responder's identity (IDr): sent, checked, and the name its
+    /// PSK is looked up by.
     #[arg(long, value_name = "FQDN", requires = "ike")]
     pub ike_peer_id: Option<String>,
 

@@ -29,7 +29,8 @@ pub struct IkeOptions {
     pub peer: SocketAddr,
     /// Our identity (IDi), an FQDN.
     pub local_id: String,
-    /// The responder's expected identity (IDr), if known.
+    /// The responder's identity (IDr): sent, checked, and the name its PSK
+    /// is found under.
     pub peer_id: Option<String>,
     /// PSK file (`IDENTITY SECRET` per line; the responder's identity or
     /// `*`), mode 0600.
