@@ -233,3 +233,69 @@ impl Driver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::ping::cli::Args;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut argv = vec!["ricochet-ping", "-A", "enc"];
+        argv.extend_from_slice(extra);
+        argv.push("198.51.100.7");
+        Args::try_parse_from(argv)
+    }
+
+    #[test]
+    fn ike_options_from_the_command_line() {
+        let base = [
+            "--ike-id",
+            "probe.test",
+            "--ike-peer-id",
+            "twamp.test",
+            "--ike-psk-file",
+            "/nonexistent.psk",
+        ];
+        for (peer, want) in [
+            ("198.51.100.9", "198.51.100.9:500"),
+            ("198.51.100.9:4501", "198.51.100.9:4501"),
+            ("[2001:db8::9]", "[2001:db8::9]:500"),
+            ("[2001:db8::9]:600", "[2001:db8::9]:600"),
+            ("2001:db8::9", "[2001:db8::9]:500"),
+        ] {
+            let a = args(&[&["--ike", peer][..], &base].concat()).expect(peer);
+            let (c, _) = a.to_config().expect("config");
+            let o = c.ike.expect("ike options");
+            assert_eq!(o.peer.to_string(), want, "{peer}");
+            assert_eq!(o.local_id, "probe.test");
+            assert_eq!(o.peer_id.as_deref(), Some("twamp.test"));
+            assert!(c.ikev2.is_none() && c.credentials.is_none());
+        }
+        // Every part is required, and a key file cannot be mixed in.
+        for missing in ["--ike-id", "--ike-peer-id", "--ike-psk-file"] {
+            let mut v = vec!["--ike", "198.51.100.9"];
+            let mut it = base.iter();
+            while let Some(flag) = it.next() {
+                let value = it.next().expect("value");
+                if *flag != missing {
+                    v.extend([*flag, *value]);
+                }
+            }
+            assert!(args(&v).is_err(), "without {missing}");
+        }
+        assert!(
+            args(&[&["--ike", "198.51.100.9", "-u", "a", "-k", "k"][..], &base].concat()).is_err()
+        );
+        // Open mode only cannot use an IKEv2 key.
+        let a = Args::try_parse_from(
+            [
+                &["ricochet-ping", "-A", "open", "--ike", "198.51.100.9"][..],
+                &base,
+                &["198.51.100.7"],
+            ]
+            .concat(),
+        )
+        .expect("parses");
+        assert!(a.to_config().is_err());
+    }
+}
