@@ -287,3 +287,54 @@ fn the_greeting_probe_fills_the_unused_octets_and_clients_ignore_them() {
     conn.request(&request(d.v4().ip(), 41020, 0))
         .expect("session");
 }
+
+/// `ricochet-control --check-config` checks the SA file and the responder's
+/// PSK file like the key file: a broken one is exit 1 with the line, a
+/// private good one passes and the effective configuration shows [ikev2].
+#[test]
+fn check_config_reads_the_sa_file_and_the_psk_file() {
+    let bin = env!("CARGO_BIN_EXE_ricochet-control");
+    let dir = TempDir::new("ike-check");
+    let check = |toml: &str| {
+        let cfg = dir.file("control.toml", toml, 0o600);
+        let out = std::process::Command::new(bin)
+            .args(["--check-config", "--config", cfg.to_str().expect("utf-8")])
+            .output()
+            .expect("runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let modes = "[security]\nmodes = [\"unauthenticated\", \"encrypted\"]\n";
+    let good = dir.file("good.sas", &golden_record(), 0o600);
+    let (code, out, err) = check(&format!("{modes}[ikev2]\nsa_file = {:?}\n", good));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("[ikev2]") && out.contains("sa_file"), "{out}");
+    assert!(!out.contains(IPPM) && !err.contains(IPPM));
+
+    let bad = dir.file("bad.sas", &format!("{}oops\n", golden_record()), 0o600);
+    let (code, _, err) = check(&format!("{modes}[ikev2]\nsa_file = {:?}\n", bad));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("line 3") && err.contains("SPIi SPIr PRF KEY"),
+        "{err}"
+    );
+
+    let open = dir.file("open.sas", &golden_record(), 0o644);
+    let (code, _, err) = check(&format!("{modes}[ikev2]\nsa_file = {:?}\n", open));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+
+    let psk = dir.file("ike.psk", "probe.test secret\n", 0o644);
+    let (code, _, err) = check(&format!(
+        "{modes}[ikev2.responder]\nlisten = [\"127.0.0.1\"]\nidentity = \"t.test\"\npsk_file = {:?}\n",
+        psk
+    ));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("chmod 600") && !err.contains("secret\n"),
+        "{err}"
+    );
+}
