@@ -15,13 +15,15 @@ use std::time::Instant;
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use ricochet_ike::{
-    Config as IkeConfig, Endpoint, Event, Identification, OsRng, PskAuthenticator, PskStore,
+    Config as IkeConfig, DeleteReason, Endpoint, Event, Identification, OsRng, PskAuthenticator,
+    PskStore,
 };
 use ricochet_protocol::sa_records::SaId;
 use zeroize::Zeroizing;
 
 use crate::event_loop::{Context, Service};
 use crate::ikev2::{SaSecret, SharedSaTable};
+use crate::metrics::{IkeDrop, IkeEvent, Metrics};
 use crate::twamp::DaemonState;
 
 /// Datagrams handled per socket per loop turn (fairness with TWAMP-Control).
@@ -57,6 +59,8 @@ pub struct IkeResponder {
     table: SharedSaTable,
     rng: OsRng,
     buf: Vec<u8>,
+    /// Endpoint drop counters already added to the metrics.
+    reported: ricochet_ike::endpoint::Stats,
 }
 
 impl std::fmt::Debug for IkeResponder {
@@ -113,6 +117,7 @@ impl IkeResponder {
             table,
             rng,
             buf: vec![0; MAX_DATAGRAM],
+            reported: Default::default(),
         })
     }
 
@@ -137,11 +142,12 @@ impl IkeResponder {
         }
     }
 
-    /// Publish established SAs, withdraw rekeyed and deleted ones.
-    fn events(&mut self) {
+    /// Publish established SAs, withdraw rekeyed and deleted ones; count.
+    fn events(&mut self, metrics: &Metrics) {
         while let Some(ev) = self.endpoint.poll_event() {
             match ev {
                 Event::IkeSaEstablished(info) => {
+                    metrics.ike_event(IkeEvent::Established);
                     let id = SaId {
                         spi_i: info.spi_i,
                         spi_r: info.spi_r,
@@ -154,6 +160,7 @@ impl IkeResponder {
                     old_spi_r,
                     new,
                 } => {
+                    metrics.ike_event(IkeEvent::Rekeyed);
                     let old = SaId {
                         spi_i: old_spi_i,
                         spi_r: old_spi_r,
@@ -173,6 +180,13 @@ impl IkeResponder {
                     reason,
                 } => {
                     let id = SaId { spi_i, spi_r };
+                    metrics.ike_event(match reason {
+                        DeleteReason::Local
+                        | DeleteReason::Peer
+                        | DeleteReason::Rekeyed
+                        | DeleteReason::Timeout => IkeEvent::Deleted,
+                        _ => IkeEvent::Failed,
+                    });
                     if self.table.lock().remove(&id) {
                         tracing::info!(sa = %id, %peer, ?reason, "IKE SA deleted; its RFC 7717 key is withdrawn");
                     } else {
@@ -185,6 +199,31 @@ impl IkeResponder {
                 | Event::PeerAlive { .. } => {}
             }
         }
+        let now = self.endpoint.stats().clone();
+        let old = &self.reported;
+        for (reason, n, was) in [
+            (IkeDrop::Malformed, now.malformed, old.malformed),
+            (IkeDrop::UnknownSa, now.unknown_sa, old.unknown_sa),
+            (
+                IkeDrop::DecryptFailed,
+                now.decrypt_failed,
+                old.decrypt_failed,
+            ),
+            (
+                IkeDrop::BadMessageId,
+                now.bad_message_id,
+                old.bad_message_id,
+            ),
+            (
+                IkeDrop::HalfOpenRefused,
+                now.half_open_refused,
+                old.half_open_refused,
+            ),
+        ] {
+            metrics.add_ike_dropped(reason, n.saturating_sub(was));
+        }
+        self.reported = now;
+        metrics.set_ike_sas(self.endpoint.established().len());
     }
 
     fn publish(&mut self, id: SaId, prf: ricochet_protocol::crypto::Prf, sk_d: &[u8]) {
@@ -241,8 +280,9 @@ impl Service<DaemonState> for IkeResponder {
                 }
             }
         }
+        // Publish (and count) before the peer can learn the SA is up.
+        self.events(ctx.metrics);
         self.transmit();
-        self.events();
         more
     }
 
@@ -252,8 +292,9 @@ impl Service<DaemonState> for IkeResponder {
 
     fn on_timer(&mut self, ctx: &mut Context<'_, DaemonState>) {
         self.endpoint.handle_timeout(ctx.now, &mut self.rng);
+        // Publish (and count) before the peer can learn the SA is up.
+        self.events(ctx.metrics);
         self.transmit();
-        self.events();
     }
 
     fn on_stop(&mut self, ctx: &mut Context<'_, DaemonState>) {

@@ -172,6 +172,12 @@ fn an_ike_sa_with_the_responder_keys_twamp_until_rekeyed_or_deleted() {
     let (d, ike) = daemon(&dir, "lab-only-ike-psk");
     let mut ini = Initiator::new(ike, "lab-only-ike-psk");
     let info = ini.establish().expect("IKE SA established");
+    // The responder counted it (it handled IKE_AUTH before answering).
+    assert_eq!(d.metric("ricochet_control_ike_sas"), 1);
+    assert_eq!(
+        d.metric("ricochet_control_ike_sa_events_total{event=\"established\"}"),
+        1
+    );
 
     // Both protected modes with the SA's key; the greeting offers 0x80.
     for mode in [Modes::AUTHENTICATED, Modes::ENCRYPTED] {
@@ -217,6 +223,11 @@ fn an_ike_sa_with_the_responder_keys_twamp_until_rekeyed_or_deleted() {
     assert_eq!(conn.setup(), Err(Accept::Ikev2SaNotFound), "deleted SA");
     held.request(&request(d.v4().ip(), 42011, 0))
         .expect("still works after the delete");
+    assert_eq!(d.metric("ricochet_control_ike_sas"), 0);
+    assert_eq!(
+        d.metric("ricochet_control_ike_sa_events_total{event=\"rekeyed\"}"),
+        1
+    );
 }
 
 #[test]
@@ -229,6 +240,11 @@ fn a_wrong_psk_gets_no_sa_and_no_key() {
         e.contains("Authentication") || e.contains("PeerError"),
         "{e}"
     );
+    assert_eq!(
+        d.metric("ricochet_control_ike_sa_events_total{event=\"failed\"}"),
+        1
+    );
+    assert_eq!(d.metric("ricochet_control_ike_sas"), 0);
     // The daemon still answers TWAMP (nothing wedged) and offers 0x80.
     let mut conn = TwampConn::connect(d.v4(), Peer::open());
     conn.setup().expect("unauthenticated still works");
