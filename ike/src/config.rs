@@ -30,6 +30,20 @@ impl IkeSuite {
         prf: Prf::HmacSha256,
         dh: DhGroup::Curve25519,
     };
+    /// aes256gcm16-prfsha384-ecp256.
+    pub const GCM256_SHA384_ECP256: IkeSuite = IkeSuite {
+        encr: EncrAlg::AesGcm16 { key_bits: 256 },
+        integ: None,
+        prf: Prf::HmacSha384,
+        dh: DhGroup::Ecp256,
+    };
+    /// aes128gcm16-prfsha1-x25519 (for peers that still want HMAC-SHA1).
+    pub const GCM128_SHA1_X25519: IkeSuite = IkeSuite {
+        encr: EncrAlg::AesGcm16 { key_bits: 128 },
+        integ: None,
+        prf: Prf::HmacSha1,
+        dh: DhGroup::Curve25519,
+    };
     /// aes256-sha256-modp2048 (CBC + HMAC-SHA-256-128).
     pub const CBC256_SHA256_MODP2048: IkeSuite = IkeSuite {
         encr: EncrAlg::AesCbc { key_bits: 256 },
@@ -184,18 +198,28 @@ pub struct Config {
     /// first CHILD_SA (in IKE_AUTH) never has one. A peer's KE is always
     /// answered.
     pub child_pfs: bool,
+    /// Rekey each IKE SA this long after it was established (shortened by
+    /// up to 9 % per SA so both peers do not start together); `None`: only
+    /// when asked (`Endpoint::rekey_ike_sa`) or by the peer.
+    pub ike_rekey_after: Option<Duration>,
+    /// Rekey each CHILD_SA this long after it was installed (same jitter);
+    /// a CHILD_SA the peer rekeys first is left to the peer.
+    pub child_rekey_after: Option<Duration>,
 }
 
 impl Config {
-    /// Sensible defaults for `local_id`: GCM-128/SHA-256 with ECP-256,
-    /// X25519 and CBC/MODP-2048; ESP GCM-128 then CBC-SHA256.
+    /// Sensible defaults for `local_id`: GCM-128/SHA-256 with ECP-256 and
+    /// X25519, GCM-256/SHA-384/ECP-256, CBC/SHA-256/MODP-2048 and
+    /// GCM-128/SHA-1/X25519; ESP GCM-128, GCM-256, then CBC-SHA256.
     pub fn new(local_id: Identification) -> Self {
         Config {
             local_id,
             ike_suites: vec![
                 IkeSuite::GCM128_SHA256_ECP256,
                 IkeSuite::GCM128_SHA256_X25519,
+                IkeSuite::GCM256_SHA384_ECP256,
                 IkeSuite::CBC256_SHA256_MODP2048,
+                IkeSuite::GCM128_SHA1_X25519,
             ],
             esp_suites: vec![EspSuite::GCM128, EspSuite::GCM256, EspSuite::CBC128_SHA256],
             retransmit_timeout: Duration::from_millis(500),
@@ -206,6 +230,8 @@ impl Config {
             natt_port: 4500,
             liveness_interval: None,
             child_pfs: false,
+            ike_rekey_after: None,
+            child_rekey_after: None,
         }
     }
 }

@@ -152,7 +152,8 @@ enum Pending {
         ke: Option<KeyExchange>,
     },
     DeleteChild {
-        spi_in: u32,
+        /// Our inbound SPIs of the CHILD_SAs being deleted.
+        spis_in: Vec<u32>,
     },
 }
 
@@ -201,6 +202,21 @@ struct IkeSa {
     last_heard: Instant,
     /// When the SA was replaced by a rekey (it then waits for the Delete).
     rekeyed_at: Option<Instant>,
+    /// A simultaneous IKE SA rekey by the peer while ours is outstanding
+    /// (RFC 7296 §2.8.2): the SA it created (our SPI) and the lower nonce
+    /// of its exchange.
+    collision: Option<([u8; 8], Vec<u8>)>,
+    /// A redundant SA from a rekey collision: never announced, so its end
+    /// is not announced either.
+    silent: bool,
+    /// When the SA was established (for the automatic rekey).
+    established_at: Instant,
+    /// When each CHILD_SA (by its `spi_i`) was installed; removed when the
+    /// peer rekeys it (its replacement then has its own entry).
+    child_since: HashMap<u32, Instant>,
+    /// CHILD_SAs (our inbound SPI) the peer rekeyed while our own rekey of
+    /// them was outstanding, with the lowest nonce of the peer's exchange.
+    child_collisions: HashMap<u32, Vec<u8>>,
 }
 
 impl IkeSa {
@@ -297,7 +313,7 @@ impl Endpoint {
     pub fn established(&self) -> Vec<IkeSaInfo> {
         self.sas
             .values()
-            .filter(|s| s.state == State::Established)
+            .filter(|s| s.state == State::Established && !s.silent)
             .filter_map(IkeSa::info)
             .collect()
     }
@@ -306,15 +322,26 @@ impl Endpoint {
     pub fn find(&self, spi_i: &[u8; 8], spi_r: &[u8; 8]) -> Option<IkeSaInfo> {
         self.sas
             .values()
-            .find(|s| &s.spi_i == spi_i && &s.spi_r == spi_r && s.state == State::Established)
+            .find(|s| {
+                &s.spi_i == spi_i && &s.spi_r == spi_r && s.state == State::Established && !s.silent
+            })
             .and_then(IkeSa::info)
+    }
+
+    /// Every CHILD_SA of an established IKE SA (the data plane's view).
+    pub fn children(&self, spi_i: &[u8; 8], spi_r: &[u8; 8]) -> Vec<ChildSaKeys> {
+        self.sas
+            .values()
+            .find(|s| &s.spi_i == spi_i && &s.spi_r == spi_r && s.state == State::Established)
+            .map(|s| s.children.clone())
+            .unwrap_or_default()
     }
 
     /// The established IKE SA with a peer address (RFC 7717 §5.1 client lookup).
     pub fn find_by_peer(&self, peer: std::net::IpAddr) -> Option<IkeSaInfo> {
         self.sas
             .values()
-            .find(|s| s.peer.ip() == peer && s.state == State::Established)
+            .find(|s| s.peer.ip() == peer && s.state == State::Established && !s.silent)
             .and_then(IkeSa::info)
     }
 
@@ -337,6 +364,11 @@ impl Endpoint {
                 {
                     let e = s.last_heard + iv;
                     t = Some(t.map_or(e, |t| t.min(e)));
+                }
+                if let (State::Established, None, false) = (s.state, &s.outstanding, s.silent) {
+                    if let Some(e) = self.rekey_due(s) {
+                        t = Some(t.map_or(e, |t| t.min(e)));
+                    }
                 }
                 t
             })
@@ -394,6 +426,26 @@ impl Endpoint {
                         self.send(&sa, bytes);
                     }
                 }
+            } else if sa.state == State::Established
+                && !sa.silent
+                && self.rekey_due(&sa).is_some_and(|t| now >= t)
+            {
+                // Automatic rekey: the IKE SA first, else the oldest due child.
+                let ike_due = self
+                    .config
+                    .ike_rekey_after
+                    .is_some_and(|l| now >= sa.established_at + jittered(l, &sa.local_spi()));
+                if ike_due {
+                    // Should this rekey fail, try again after a tenth of the
+                    // lifetime (a successful one retires this SA).
+                    if let Some(l) = self.config.ike_rekey_after {
+                        sa.established_at = retry_base(now, l, &sa.local_spi());
+                    }
+                    let _ = self.start_ike_rekey(&mut sa, now, rng);
+                } else if let Some(c) = self.child_due(&sa, now) {
+                    sa.child_since.remove(&c);
+                    let _ = self.start_child_rekey(&mut sa, now, rng, c);
+                }
             } else if let (Some(iv), State::Established) = (self.config.liveness_interval, sa.state)
             {
                 if now >= sa.last_heard + iv {
@@ -413,6 +465,38 @@ impl Endpoint {
         }
     }
 
+    /// The earliest automatic rekey deadline of an SA (IKE SA or a child).
+    fn rekey_due(&self, sa: &IkeSa) -> Option<Instant> {
+        let j = sa.local_spi();
+        let ike = self
+            .config
+            .ike_rekey_after
+            .map(|l| sa.established_at + jittered(l, &j));
+        let child = self.config.child_rekey_after.and_then(|l| {
+            sa.children
+                .iter()
+                .filter_map(|c| sa.child_since.get(&c.spi_i))
+                .map(|t| *t + jittered(l, &j))
+                .min()
+        });
+        match (ike, child) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A CHILD_SA (its `spi_i`) whose automatic rekey is due.
+    fn child_due(&self, sa: &IkeSa, now: Instant) -> Option<u32> {
+        let l = self.config.child_rekey_after?;
+        let j = sa.local_spi();
+        sa.children
+            .iter()
+            .filter_map(|c| sa.child_since.get(&c.spi_i).map(|t| (c.spi_i, *t)))
+            .filter(|(_, t)| now >= *t + jittered(l, &j))
+            .min_by_key(|(_, t)| *t)
+            .map(|(spi, _)| spi)
+    }
+
     // ---------------------------------------------------------------- output
 
     fn send(&mut self, sa: &IkeSa, ike: Vec<u8>) {
@@ -421,6 +505,12 @@ impl Endpoint {
     }
 
     fn sa_gone(&mut self, sa: &IkeSa, reason: DeleteReason) {
+        if !sa.initiator {
+            self.init_index.remove(&(sa.peer, sa.spi_i));
+        }
+        if sa.silent {
+            return;
+        }
         for c in &sa.children {
             self.events.push_back(Event::ChildSaDeleted {
                 ike_spi_i: sa.spi_i,
@@ -559,6 +649,11 @@ impl Endpoint {
             created: now,
             last_heard: now,
             rekeyed_at: None,
+            collision: None,
+            silent: false,
+            established_at: now,
+            child_since: HashMap::new(),
+            child_collisions: HashMap::new(),
         };
         self.send_init(&mut sa, now);
         self.sas.insert(spi_i, sa);
@@ -624,35 +719,7 @@ impl Endpoint {
     ) -> Result<(), EndpointError> {
         let k = self.key_of(&spi_i, &spi_r)?;
         let mut sa = self.sas.remove(&k).ok_or(EndpointError::NoSuchSa)?;
-        let r = (|| {
-            if sa.state != State::Established {
-                return Err(EndpointError::NotEstablished);
-            }
-            if sa.outstanding.is_some() {
-                return Err(EndpointError::Busy);
-            }
-            let new_spi_i = self.fresh_spi(rng);
-            let mut ni = vec![0u8; 32];
-            rng.fill(&mut ni);
-            let ke = sa.suite.dh.generate(rng);
-            let p = vec![
-                Payload::Sa(vec![sa.suite.proposal(1, &new_spi_i)]),
-                Payload::Nonce(ni.clone()),
-                Payload::Ke {
-                    group: ke.group.id(),
-                    data: ke.public().to_vec(),
-                },
-            ];
-            self.start_request(
-                &mut sa,
-                now,
-                rng,
-                exchange::CREATE_CHILD_SA,
-                p,
-                Pending::RekeyIke { ke, ni, new_spi_i },
-            );
-            Ok(())
-        })();
+        let r = self.start_ike_rekey(&mut sa, now, rng);
         self.sas.insert(k, sa);
         r
     }
@@ -669,84 +736,127 @@ impl Endpoint {
     ) -> Result<(), EndpointError> {
         let k = self.key_of(&spi_i, &spi_r)?;
         let mut sa = self.sas.remove(&k).ok_or(EndpointError::NoSuchSa)?;
-        let r = (|| {
-            if sa.state != State::Established {
-                return Err(EndpointError::NotEstablished);
-            }
-            if sa.outstanding.is_some() {
-                return Err(EndpointError::Busy);
-            }
-            let c = sa
-                .children
-                .iter()
-                .find(|c| c.spi_i == child_spi || c.spi_r == child_spi)
-                .ok_or(EndpointError::NoSuchChild)?;
-            let old_in = c.inbound().spi;
-            let params = ChildParams {
-                // The rekeying side is the new CHILD_SA's initiator.
-                ts_i: if c.we_initiated {
-                    c.ts_i.clone()
-                } else {
-                    c.ts_r.clone()
-                },
-                ts_r: if c.we_initiated {
-                    c.ts_r.clone()
-                } else {
-                    c.ts_i.clone()
-                },
-                mode: c.mode,
-            };
-            let spi = fresh_esp_spi(rng);
-            let mut ni = vec![0u8; 32];
-            rng.fill(&mut ni);
-            let mut p = vec![Payload::Notify(Notify {
-                protocol: proto::ESP,
-                spi: old_in.to_be_bytes().to_vec(),
-                ntype: notify::REKEY_SA,
-                data: Vec::new(),
-            })];
-            if params.mode == ChildMode::Transport {
-                p.push(Payload::Notify(Notify::status(
-                    notify::USE_TRANSPORT_MODE,
-                    &[],
-                )));
-            }
-            let ke = self.config.child_pfs.then(|| sa.suite.dh.generate(rng));
-            let mut props = self.esp_proposals(spi);
-            if let Some(k) = &ke {
-                for pr in &mut props {
-                    pr.transforms
-                        .push(wire::Transform::new(wire::ttype::DH, k.group.id()));
-                }
-            }
-            p.push(Payload::Sa(props));
-            p.push(Payload::Nonce(ni.clone()));
-            if let Some(k) = &ke {
-                p.push(Payload::Ke {
-                    group: k.group.id(),
-                    data: k.public().to_vec(),
-                });
-            }
-            p.push(Payload::TsI(params.ts_i.clone()));
-            p.push(Payload::TsR(params.ts_r.clone()));
-            self.start_request(
-                &mut sa,
-                now,
-                rng,
-                exchange::CREATE_CHILD_SA,
-                p,
-                Pending::CreateChild {
-                    rekey_of: Some(old_in),
-                    ni,
-                    spi,
-                    params,
-                    ke,
-                },
-            );
-            Ok(())
-        })();
+        let r = self.start_child_rekey(&mut sa, now, rng, child_spi);
         self.sas.insert(k, sa);
         r
+    }
+
+    fn start_ike_rekey(
+        &mut self,
+        sa: &mut IkeSa,
+        now: Instant,
+        rng: &mut dyn Rng,
+    ) -> Result<(), EndpointError> {
+        if sa.state != State::Established {
+            return Err(EndpointError::NotEstablished);
+        }
+        if sa.outstanding.is_some() {
+            return Err(EndpointError::Busy);
+        }
+        let new_spi_i = self.fresh_spi(rng);
+        let mut ni = vec![0u8; 32];
+        rng.fill(&mut ni);
+        let ke = sa.suite.dh.generate(rng);
+        let p = vec![
+            Payload::Sa(vec![sa.suite.proposal(1, &new_spi_i)]),
+            Payload::Nonce(ni.clone()),
+            Payload::Ke {
+                group: ke.group.id(),
+                data: ke.public().to_vec(),
+            },
+        ];
+        self.start_request(
+            sa,
+            now,
+            rng,
+            exchange::CREATE_CHILD_SA,
+            p,
+            Pending::RekeyIke { ke, ni, new_spi_i },
+        );
+        Ok(())
+    }
+
+    fn start_child_rekey(
+        &mut self,
+        sa: &mut IkeSa,
+        now: Instant,
+        rng: &mut dyn Rng,
+        child_spi: u32,
+    ) -> Result<(), EndpointError> {
+        if sa.state != State::Established {
+            return Err(EndpointError::NotEstablished);
+        }
+        if sa.outstanding.is_some() {
+            return Err(EndpointError::Busy);
+        }
+        let c = sa
+            .children
+            .iter()
+            .find(|c| c.spi_i == child_spi || c.spi_r == child_spi)
+            .ok_or(EndpointError::NoSuchChild)?;
+        let old_in = c.inbound().spi;
+        let params = ChildParams {
+            // The rekeying side is the new CHILD_SA's initiator.
+            ts_i: if c.we_initiated {
+                c.ts_i.clone()
+            } else {
+                c.ts_r.clone()
+            },
+            ts_r: if c.we_initiated {
+                c.ts_r.clone()
+            } else {
+                c.ts_i.clone()
+            },
+            mode: c.mode,
+        };
+        let spi = fresh_esp_spi(rng);
+        let mut ni = vec![0u8; 32];
+        rng.fill(&mut ni);
+        let mut p = vec![Payload::Notify(Notify {
+            protocol: proto::ESP,
+            spi: old_in.to_be_bytes().to_vec(),
+            ntype: notify::REKEY_SA,
+            data: Vec::new(),
+        })];
+        if params.mode == ChildMode::Transport {
+            p.push(Payload::Notify(Notify::status(
+                notify::USE_TRANSPORT_MODE,
+                &[],
+            )));
+        }
+        let ke = self.config.child_pfs.then(|| sa.suite.dh.generate(rng));
+        let mut props = self.esp_proposals(spi);
+        if let Some(k) = &ke {
+            for pr in &mut props {
+                pr.transforms
+                    .push(wire::Transform::new(wire::ttype::DH, k.group.id()));
+            }
+        }
+        p.push(Payload::Sa(props));
+        p.push(Payload::Nonce(ni.clone()));
+        if let Some(k) = &ke {
+            p.push(Payload::Ke {
+                group: k.group.id(),
+                data: k.public().to_vec(),
+            });
+        }
+        p.push(Payload::TsI(params.ts_i.clone()));
+        p.push(Payload::TsR(params.ts_r.clone()));
+        self.start_request(
+            sa,
+            now,
+            rng,
+            exchange::CREATE_CHILD_SA,
+            p,
+            Pending::CreateChild {
+                rekey_of: Some(old_in),
+                ni,
+                spi,
+                params,
+                ke,
+            },
+        );
+        Ok(())
     }
 
     /// Deletes an IKE SA (and its CHILD_SAs) with an INFORMATIONAL Delete.
@@ -1145,6 +1255,11 @@ impl Endpoint {
             created: now,
             last_heard: now,
             rekeyed_at: None,
+            collision: None,
+            silent: false,
+            established_at: now,
+            child_since: HashMap::new(),
+            child_collisions: HashMap::new(),
         };
         self.transmits
             .push_back(wrap(local, remote, resp, self.config.natt_port));
@@ -1282,7 +1397,7 @@ impl Endpoint {
 
     fn responder_auth(
         &mut self,
-        _now: Instant,
+        now: Instant,
         rng: &mut dyn Rng,
         sa: &mut IkeSa,
         hdr: &HeaderRepr,
@@ -1413,7 +1528,9 @@ impl Endpoint {
         }
         self.respond(sa, exchange::IKE_AUTH, hdr.message_id, &out, rng);
         sa.state = State::Established;
+        sa.established_at = now;
         if let Some(c) = child {
+            sa.child_since.insert(c.spi_i, now);
             sa.children.push(c);
         }
         if let Some(info) = sa.info() {
@@ -1548,6 +1665,11 @@ impl Endpoint {
         }
         if delete_ike {
             self.respond(sa, exchange::INFORMATIONAL, hdr.message_id, &[], rng);
+            if let Some((peer_new, _)) = sa.collision.take() {
+                // RFC 7296 §2.25.2: forget our own rekey; the peer's stands.
+                sa.outstanding = None;
+                self.adopt_peer_rekey(sa, peer_new);
+            }
             let reason = if sa.state == State::Rekeyed {
                 DeleteReason::Rekeyed
             } else {
@@ -1692,7 +1814,22 @@ impl Endpoint {
                 ],
                 rng,
             );
-            self.finish_ike_rekey(sa, new);
+            let ours_outstanding = matches!(
+                sa.outstanding,
+                Some(Outstanding {
+                    kind: Pending::RekeyIke { .. },
+                    ..
+                })
+            );
+            if ours_outstanding {
+                // Simultaneous rekey (RFC 7296 §2.8.2): keep the peer's new SA
+                // aside until our own exchange ends, then keep one of the two.
+                let lowest = ni.clone().min(new.nr.clone());
+                sa.collision = Some((new.local_spi(), lowest));
+                self.sas.insert(new.local_spi(), new);
+            } else {
+                self.finish_ike_rekey(sa, new);
+            }
             return;
         }
         // CHILD_SA creation or rekey.
@@ -1717,7 +1854,34 @@ impl Endpoint {
             return;
         };
         if let Some(old) = rekey_spi {
-            if !sa.children.iter().any(|c| c.outbound().spi == old) {
+            // Our inbound SPI of the CHILD_SA the peer wants to rekey.
+            let old_in = sa
+                .children
+                .iter()
+                .find(|c| c.outbound().spi == old)
+                .map(|c| c.inbound().spi);
+            let closing = match (&sa.outstanding, old_in) {
+                (
+                    Some(Outstanding {
+                        kind: Pending::DeleteChild { spis_in },
+                        ..
+                    }),
+                    Some(i),
+                ) => spis_in.contains(&i),
+                _ => false,
+            };
+            if closing {
+                // RFC 7296 §2.25.1: we are closing it.
+                self.respond(
+                    sa,
+                    hdr.exchange_type,
+                    hdr.message_id,
+                    &err(notify::TEMPORARY_FAILURE),
+                    rng,
+                );
+                return;
+            }
+            if old_in.is_none() {
                 let n = Notify {
                     protocol: proto::ESP,
                     spi: old.to_be_bytes().to_vec(),
@@ -1801,7 +1965,7 @@ impl Endpoint {
                 if let Some(sa_payload) = resp.next() {
                     out.push(sa_payload);
                 }
-                out.push(Payload::Nonce(nr));
+                out.push(Payload::Nonce(nr.clone()));
                 if let Some(ke) = &ke_out {
                     out.push(Payload::Ke {
                         group: ke.group.id(),
@@ -1815,6 +1979,26 @@ impl Endpoint {
                     ike_spi_r: sa.spi_r,
                     child: c.clone(),
                 });
+                if let Some(old) = rekey_spi {
+                    // The peer replaces it: no automatic rekey of ours for it.
+                    if let Some(o) = sa.children.iter().find(|c| c.outbound().spi == old) {
+                        sa.child_since.remove(&o.spi_i);
+                        let o_in = o.inbound().spi;
+                        // Are we rekeying it too? Remember this exchange's
+                        // lowest nonce for when ours completes.
+                        let ours = matches!(
+                            &sa.outstanding,
+                            Some(Outstanding {
+                                kind: Pending::CreateChild { rekey_of: Some(x), .. },
+                                ..
+                            }) if *x == o_in
+                        );
+                        if ours {
+                            sa.child_collisions.insert(o_in, ni.clone().min(nr.clone()));
+                        }
+                    }
+                }
+                sa.child_since.insert(c.spi_i, now);
                 sa.children.push(c);
             }
             Err(n) => {
@@ -1847,8 +2031,16 @@ impl Endpoint {
         }
     }
 
+    /// Completes a collided rekey in favour of the SA the peer created.
+    fn adopt_peer_rekey(&mut self, old: &mut IkeSa, peer_new: [u8; 8]) {
+        if let Some(n) = self.sas.remove(&peer_new) {
+            self.finish_ike_rekey(old, n);
+        }
+    }
+
     fn finish_ike_rekey(&mut self, old: &mut IkeSa, mut new: IkeSa) {
         new.children = std::mem::take(&mut old.children);
+        new.child_since = std::mem::take(&mut old.child_since);
         old.state = State::Rekeyed;
         old.rekeyed_at = Some(new.created);
         if let Some(info) = new.info() {
@@ -1889,7 +2081,7 @@ impl Endpoint {
         let o = sa.outstanding.take().expect("checked above");
         sa.last_heard = now;
         match o.kind {
-            Pending::Auth => self.initiator_auth_response(sa, &payloads),
+            Pending::Auth => self.initiator_auth_response(now, sa, &payloads),
             Pending::Informational { delete } => {
                 if delete || sa.state == State::Deleting {
                     let reason = if sa.state == State::Rekeyed {
@@ -1942,21 +2134,44 @@ impl Endpoint {
                         _ => {}
                     }
                 }
-                let (Some(nr), Some(ker), Some(spi_r), Some(suite)) = (nr, ker, spi_r, suite)
-                else {
-                    return true; // refused (error notify) or malformed: keep the old SA
+                let new = match (nr, ker, spi_r, suite) {
+                    (Some(nr), Some(ker), Some(spi_r), Some(suite)) => {
+                        let old_sk_d = sa.keys.as_ref().map(|k| k.sk_d.clone()).unwrap_or_default();
+                        ke.shared_secret(&ker).ok().and_then(|g_ir| {
+                            rekeyed_sa(
+                                sa, suite, &old_sk_d, &g_ir, &ni, &nr, new_spi_i, spi_r, true, now,
+                            )
+                        })
+                    }
+                    // Refused (error notify) or malformed: keep the old SA.
+                    _ => None,
                 };
-                let Ok(g_ir) = ke.shared_secret(&ker) else {
+                let collision = sa.collision.take();
+                let Some(mut new) = new else {
+                    if let Some((peer_new, _)) = collision {
+                        // Ours failed: the peer's rekey stands; it deletes the old SA.
+                        self.adopt_peer_rekey(sa, peer_new);
+                    }
                     return true;
                 };
-                let old_sk_d = sa.keys.as_ref().map(|k| k.sk_d.clone()).unwrap_or_default();
-                let Some(new) = rekeyed_sa(
-                    sa, suite, &old_sk_d, &g_ir, &ni, &nr, new_spi_i, spi_r, true, now,
-                ) else {
-                    return true;
-                };
+                if let Some((peer_new, peer_lowest)) = collision {
+                    let our_lowest = ni.clone().min(new.nr.clone());
+                    if our_lowest < peer_lowest {
+                        // Ours is redundant: we close it; the peer's stands and
+                        // the peer deletes the old SA (RFC 7296 §2.8.2).
+                        new.silent = true;
+                        self.start_delete(&mut new, now, rng);
+                        self.sas.insert(new.local_spi(), new);
+                        self.adopt_peer_rekey(sa, peer_new);
+                        return true;
+                    }
+                    // Theirs is redundant: the peer closes it, silently for us.
+                    if let Some(p) = self.sas.get_mut(&peer_new) {
+                        p.silent = true;
+                    }
+                }
                 self.finish_ike_rekey(sa, new);
-                // The rekeying side deletes the old SA.
+                // The rekeying side (whose SA survived) deletes the old SA.
                 self.start_request(
                     sa,
                     now,
@@ -1993,6 +2208,13 @@ impl Endpoint {
                     }
                 }
                 let (Some(nr), Some(props)) = (nr, props) else {
+                    // Refused: an automatic rekey tries again later.
+                    if let (Some(old_in), Some(l)) = (rekey_of, self.config.child_rekey_after) {
+                        let j = sa.local_spi();
+                        if let Some(c) = sa.children.iter().find(|c| c.inbound().spi == old_in) {
+                            sa.child_since.insert(c.spi_i, retry_base(now, l, &j));
+                        }
+                    }
                     return true;
                 };
                 // With PFS the answer must carry a KE in our group.
@@ -2024,8 +2246,21 @@ impl Endpoint {
                     ike_spi_r: sa.spi_r,
                     child: c.clone(),
                 });
+                let our_new_in = c.inbound().spi;
+                let our_lowest = ni.clone().min(nr.clone());
+                sa.child_since.insert(c.spi_i, now);
                 sa.children.push(c);
                 if let Some(old_in) = rekey_of {
+                    let mut spis_in = vec![old_in];
+                    // Did the peer rekey the same CHILD_SA meanwhile (RFC 7296
+                    // §2.8.1)? The new SA of the exchange with the lowest nonce
+                    // is closed by its creator: ours goes with the old one.
+                    if let Some(peer_lowest) = sa.child_collisions.remove(&old_in) {
+                        if our_lowest < peer_lowest {
+                            spis_in.push(our_new_in);
+                        }
+                    }
+                    let spis = spis_in.iter().map(|s| s.to_be_bytes().to_vec()).collect();
                     self.start_request(
                         sa,
                         now,
@@ -2033,22 +2268,25 @@ impl Endpoint {
                         exchange::INFORMATIONAL,
                         vec![Payload::Delete(Delete {
                             protocol: proto::ESP,
-                            spis: vec![old_in.to_be_bytes().to_vec()],
+                            spis,
                         })],
-                        Pending::DeleteChild { spi_in: old_in },
+                        Pending::DeleteChild { spis_in },
                     );
                 }
                 true
             }
-            Pending::DeleteChild { spi_in } => {
-                if let Some(pos) = sa.children.iter().position(|c| c.inbound().spi == spi_in) {
-                    let c = sa.children.remove(pos);
-                    self.events.push_back(Event::ChildSaDeleted {
-                        ike_spi_i: sa.spi_i,
-                        ike_spi_r: sa.spi_r,
-                        spi_i: c.spi_i,
-                        spi_r: c.spi_r,
-                    });
+            Pending::DeleteChild { spis_in } => {
+                for spi_in in spis_in {
+                    if let Some(pos) = sa.children.iter().position(|c| c.inbound().spi == spi_in) {
+                        let c = sa.children.remove(pos);
+                        sa.child_since.remove(&c.spi_i);
+                        self.events.push_back(Event::ChildSaDeleted {
+                            ike_spi_i: sa.spi_i,
+                            ike_spi_r: sa.spi_r,
+                            spi_i: c.spi_i,
+                            spi_r: c.spi_r,
+                        });
+                    }
                 }
                 true
             }
@@ -2268,7 +2506,12 @@ impl Endpoint {
         true
     }
 
-    fn initiator_auth_response(&mut self, sa: &mut IkeSa, payloads: &[Payload]) -> bool {
+    fn initiator_auth_response(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        payloads: &[Payload],
+    ) -> bool {
         let mut idr = None;
         let mut auth = None;
         let mut props = None;
@@ -2323,11 +2566,13 @@ impl Endpoint {
         }
         sa.peer_id = Some(idr);
         sa.state = State::Established;
+        sa.established_at = now;
         if let (Some(props), Some(cp)) = (props, sa.child_params.clone()) {
             let (ni, nr) = (sa.ni.clone(), sa.nr.clone());
             if let Some(c) =
                 self.initiator_child(sa, &props, sa.child_spi, &cp, tsi, tsr, None, &ni, &nr)
             {
+                sa.child_since.insert(c.spi_i, now);
                 sa.children.push(c);
             }
         }
@@ -2346,6 +2591,19 @@ impl Endpoint {
 }
 
 // ------------------------------------------------------------------ helpers
+
+/// A lifetime shortened by 0–9 % according to our own SPI, so two peers
+/// with the same lifetime rarely start the same rekey at once.
+fn jittered(life: std::time::Duration, our_spi: &[u8; 8]) -> std::time::Duration {
+    life - life * u32::from(our_spi[7] % 10) / 100
+}
+
+/// The start time that makes an automatic rekey fall due again a tenth of
+/// the lifetime from `now`.
+fn retry_base(now: Instant, life: std::time::Duration, our_spi: &[u8; 8]) -> Instant {
+    let j = jittered(life, our_spi);
+    now.checked_sub(j - j / 10).unwrap_or(now)
+}
 
 fn flags(initiator: bool, response: bool) -> u8 {
     (if initiator { FLAG_I } else { 0 }) | (if response { FLAG_R } else { 0 })
@@ -2498,6 +2756,11 @@ fn rekeyed_sa(
         created: now,
         last_heard: now,
         rekeyed_at: None,
+        collision: None,
+        silent: false,
+        established_at: now,
+        child_since: HashMap::new(),
+        child_collisions: HashMap::new(),
     })
 }
 

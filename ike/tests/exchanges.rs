@@ -977,3 +977,227 @@ fn ipv6_endpoints() {
         "2001:2:0:1::2".parse::<std::net::IpAddr>().unwrap()
     );
 }
+
+#[test]
+fn simultaneous_ike_sa_rekey_ends_with_one_sa_on_both_sides() {
+    let mut a_won = [false, false];
+    for seed in 0..8u64 {
+        let mut p = Pair::default();
+        p.ra = SeqRng::new(100 + seed);
+        p.rb = SeqRng::new(200 + seed);
+        p.initiate(Some(child_params()));
+        p.pump();
+        let (ea, _) = p.events();
+        let g0 = established(&ea);
+        p.a.rekey_ike_sa(p.now, &mut p.ra, g0.spi_i, g0.spi_r)
+            .unwrap();
+        p.b.rekey_ike_sa(p.now, &mut p.rb, g0.spi_i, g0.spi_r)
+            .unwrap();
+        let ta = p.a.poll_transmit().unwrap();
+        let tb = p.b.poll_transmit().unwrap();
+        // Both requests cross on the wire, then both responses.
+        p.b.handle_datagram(p.now, &mut p.rb, ta.remote, ta.local, &ta.data);
+        p.a.handle_datagram(p.now, &mut p.ra, tb.remote, tb.local, &tb.data);
+        p.pump();
+        let (ea, eb) = p.events();
+        let rekeyed = |ev: &[Event]| -> Vec<([u8; 8], [u8; 8], Vec<u8>)> {
+            ev.iter()
+                .filter_map(|e| match e {
+                    Event::IkeSaRekeyed { new, .. } => {
+                        Some((new.spi_i, new.spi_r, new.sk_d.to_vec()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let (ra, rb) = (rekeyed(&ea), rekeyed(&eb));
+        assert_eq!(ra.len(), 1, "seed {seed}: {ea:?}");
+        let won = ea
+            .iter()
+            .any(|e| matches!(e, Event::IkeSaRekeyed { new, .. } if new.we_initiated));
+        a_won[usize::from(won)] = true;
+        assert_eq!(ra, rb, "seed {seed}: both keep the same new SA");
+        for ep in [&p.a, &p.b] {
+            let est = ep.established();
+            assert_eq!(est.len(), 1, "seed {seed}");
+            assert_eq!((est[0].spi_i, est[0].spi_r), (ra[0].0, ra[0].1));
+            assert!(est[0].child.is_some(), "the CHILD_SA moved to the survivor");
+        }
+        // Nothing else announced: no CHILD_SA deleted, the old SA gone as Rekeyed.
+        for ev in [&ea, &eb] {
+            assert!(!ev.iter().any(|e| matches!(e, Event::ChildSaDeleted { .. })));
+            let gone: Vec<_> = ev
+                .iter()
+                .filter_map(|e| match e {
+                    Event::IkeSaDeleted { spi_i, reason, .. } => Some((*spi_i, reason.clone())),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(gone, vec![(g0.spi_i, DeleteReason::Rekeyed)], "seed {seed}");
+        }
+        // And the survivor works.
+        let (i, r) = (ra[0].0, ra[0].1);
+        p.a.check_liveness(p.now, &mut p.ra, i, r).unwrap();
+        p.pump();
+        let (ea, _) = p.events();
+        assert!(ea.iter().any(|e| matches!(e, Event::PeerAlive { .. })));
+    }
+    assert_eq!(
+        a_won,
+        [true, true],
+        "both outcomes of the nonce comparison seen"
+    );
+}
+
+#[test]
+fn automatic_rekeys_follow_the_configured_lifetimes() {
+    let mut ca = Config::new(Identification::fqdn("a.ike.test"));
+    ca.ike_rekey_after = Some(Duration::from_secs(3600));
+    ca.child_rekey_after = Some(Duration::from_secs(600));
+    let mut p = Pair::new(
+        ca,
+        Config::new(Identification::fqdn("b.ike.test")),
+        b"s",
+        b"s",
+    );
+    p.initiate(Some(child_params()));
+    p.pump();
+    let (ea, _) = p.events();
+    let g0 = established(&ea);
+    let c0 = g0.child.clone().unwrap();
+    let t0 = p.now;
+    // The child falls due first, within 10 % before its lifetime.
+    let due = p.a.poll_timeout().unwrap();
+    assert!(due <= t0 + Duration::from_secs(600) && due >= t0 + Duration::from_secs(540));
+    p.now = due;
+    p.a.handle_timeout(p.now, &mut p.ra);
+    p.pump();
+    let (ea, eb) = p.events();
+    for ev in [&ea, &eb] {
+        assert!(ev
+            .iter()
+            .any(|e| matches!(e, Event::ChildSaInstalled { .. })));
+        assert!(ev.iter().any(|e| matches!(e,
+            Event::ChildSaDeleted { spi_i, .. } if *spi_i == c0.spi_i)));
+    }
+    // Then the IKE SA, within 10 % before an hour; the new child moves along.
+    let mut rekeyed = None;
+    for _ in 0..20 {
+        let Some(t) = p.a.poll_timeout() else { break };
+        p.now = t;
+        p.a.handle_timeout(p.now, &mut p.ra);
+        p.b.handle_timeout(p.now, &mut p.rb);
+        p.pump();
+        let (ea, _) = p.events();
+        if let Some(new) = ea.iter().find_map(|e| match e {
+            Event::IkeSaRekeyed { new, .. } => Some(new.clone()),
+            _ => None,
+        }) {
+            rekeyed = Some((p.now, new));
+            break;
+        }
+    }
+    let (when, g1) = rekeyed.expect("the IKE SA was rekeyed");
+    assert!(when <= t0 + Duration::from_secs(3600) && when >= t0 + Duration::from_secs(3240));
+    assert!(g1.child.is_some());
+    assert_eq!(p.a.established().len(), 1);
+    assert_eq!(p.b.established().len(), 1);
+}
+
+#[test]
+fn simultaneous_child_sa_rekey_ends_with_one_child_on_both_sides() {
+    let mut outcomes = std::collections::BTreeSet::new();
+    for seed in 0..8u64 {
+        let mut p = Pair::default();
+        p.ra = SeqRng::new(300 + seed);
+        p.rb = SeqRng::new(400 + seed);
+        p.initiate(Some(child_params()));
+        p.pump();
+        let (ea, _) = p.events();
+        let i = established(&ea);
+        let c0 = i.child.clone().unwrap();
+        p.a.rekey_child_sa(p.now, &mut p.ra, i.spi_i, i.spi_r, c0.spi_i)
+            .unwrap();
+        p.b.rekey_child_sa(p.now, &mut p.rb, i.spi_i, i.spi_r, c0.spi_i)
+            .unwrap();
+        let ta = p.a.poll_transmit().unwrap();
+        let tb = p.b.poll_transmit().unwrap();
+        p.b.handle_datagram(p.now, &mut p.rb, ta.remote, ta.local, &ta.data);
+        p.a.handle_datagram(p.now, &mut p.ra, tb.remote, tb.local, &tb.data);
+        p.pump();
+        p.events();
+        let ca = p.a.find(&i.spi_i, &i.spi_r).unwrap();
+        let cb = p.b.find(&i.spi_i, &i.spi_r).unwrap();
+        let (ka, kb) = (ca.child.unwrap(), cb.child.unwrap());
+        assert_eq!((ka.spi_i, ka.spi_r), (kb.spi_i, kb.spi_r), "seed {seed}");
+        assert_ne!(ka.spi_i, c0.spi_i);
+        assert_eq!(&ka.sk_ei[..], &kb.sk_ei[..]);
+        outcomes.insert(ka.we_initiated);
+        assert_eq!(p.a.children(&i.spi_i, &i.spi_r).len(), 1, "seed {seed}");
+        assert_eq!(p.b.children(&i.spi_i, &i.spi_r).len(), 1, "seed {seed}");
+        // Exactly one CHILD_SA left on each side: a second rekey request
+        // names it and succeeds, and nothing else remains to delete.
+        p.a.rekey_child_sa(p.now, &mut p.ra, i.spi_i, i.spi_r, ka.spi_i)
+            .unwrap();
+        p.pump();
+        let (ea, _) = p.events();
+        let deleted: Vec<u32> = ea
+            .iter()
+            .filter_map(|e| match e {
+                Event::ChildSaDeleted { spi_i, .. } => Some(*spi_i),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deleted, vec![ka.spi_i], "seed {seed}");
+    }
+    assert_eq!(
+        outcomes.len(),
+        2,
+        "both outcomes of the nonce comparison seen"
+    );
+}
+
+#[test]
+fn every_prf_gives_matching_keys_and_the_rfc7717_secret_of_its_hash() {
+    use hmac::Mac;
+    for suite in [
+        IkeSuite::GCM128_SHA256_ECP256,
+        IkeSuite::GCM256_SHA384_ECP256,
+        IkeSuite::GCM128_SHA1_X25519,
+        IkeSuite::CBC256_SHA256_MODP2048,
+    ] {
+        let mut ca = Config::new(Identification::fqdn("a.ike.test"));
+        ca.ike_suites = vec![suite];
+        let mut p = Pair::new(
+            ca,
+            Config::new(Identification::fqdn("b.ike.test")),
+            b"s",
+            b"s",
+        );
+        p.initiate(None);
+        p.pump();
+        let (ea, eb) = p.events();
+        let (ia, ib) = (established(&ea), established(&eb));
+        assert_eq!(ia.prf, suite.prf);
+        assert_eq!(*ia.sk_d, *ib.sk_d);
+        assert_eq!(ia.sk_d.len(), suite.prf.output_len());
+        let expect: Vec<u8> = match suite.prf {
+            ricochet_ike::Prf::HmacSha1 => {
+                let mut m = hmac::Hmac::<sha1::Sha1>::new_from_slice(&ia.sk_d).unwrap();
+                m.update(b"IPPM");
+                m.finalize().into_bytes().to_vec()
+            }
+            ricochet_ike::Prf::HmacSha384 => {
+                let mut m = hmac::Hmac::<sha2::Sha384>::new_from_slice(&ia.sk_d).unwrap();
+                m.update(b"IPPM");
+                m.finalize().into_bytes().to_vec()
+            }
+            _ => {
+                let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&ia.sk_d).unwrap();
+                m.update(b"IPPM");
+                m.finalize().into_bytes().to_vec()
+            }
+        };
+        assert_eq!(*ia.ippm_key(), expect, "{suite:?}");
+    }
+}

@@ -508,7 +508,18 @@ fn we_initiate_childless_ecp256_rekey_liveness_delete() {
     assert_eq!(field(&gone, "reason"), "Rekeyed");
     assert_eq!(field(&gone, "spi_i"), field(&est, "spi_i"));
     let alive = peer.expect("alive");
-    assert_eq!(field(&alive, "spi_i"), field(&rk, "spi_i"));
+    assert_eq!(
+        field(&alive, "spi_i"),
+        field(&rk, "spi_i"),
+        "{:#?}\n{}",
+        peer.seen,
+        charon
+            .log()
+            .lines()
+            .filter(|l| l.contains("ENC]") || l.contains("collision") || l.contains("IKE] IKE_SA"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let del = peer.expect("deleted");
     assert_eq!(field(&del, "reason"), "Local");
     peer.expect("idle");
@@ -917,4 +928,119 @@ fn ipv6_both_roles_childless() {
     assert_eq!(charon.logged("Sk_d secret")[1], field(&keys, "sk_d"));
     let del = peer.expect("deleted");
     assert_eq!(field(&del, "reason"), "Local");
+}
+
+#[test]
+fn simultaneous_ike_sa_rekey_with_charon_converges() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("ka");
+    let tmp = Tmp::new("ka");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        false,
+        &swanctl_conf("aes128gcm16-prfsha256-ecp256", false, true, PSK),
+    );
+    // Our datagrams leave 1 s late. Charon's rekey request (sent once its
+    // SA is up, 1 s after ours) meets our rekey started 600 ms after ours
+    // and still unanswered; ours reaches charon 600 ms after that start,
+    // while charon's own request waits for our (late) answer: they cross
+    // as long as swanctl needs less than 600 ms to send its request.
+    let mut peer = Peer::start(
+        &lab,
+        &tmp.0,
+        PSK,
+        &[
+            "--delay-ms",
+            "1000",
+            "--rekey-ike-ms",
+            "600",
+            "--liveness-ms",
+            "1500",
+        ],
+    );
+    let out = charon.swanctl(&["--initiate", "--ike", "c", "--timeout", "10"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = charon.swanctl(&["--rekey", "--ike", "c"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rk = peer.expect("rekeyed");
+    let keys = peer.expect("keys");
+    // The old SA goes, the survivor answers a liveness check.
+    let gone = peer.expect("deleted");
+    assert_eq!(field(&gone, "reason"), "Rekeyed");
+    let alive = peer.expect("alive");
+    assert_eq!(
+        field(&alive, "spi_i"),
+        field(&rk, "spi_i"),
+        "{:#?}\n{}",
+        peer.seen,
+        charon
+            .log()
+            .lines()
+            .filter(|l| l.contains("ENC]") || l.contains("collision") || l.contains("IKE] IKE_SA"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        peer.seen
+            .iter()
+            .filter(|l| l.starts_with("rekeyed"))
+            .count(),
+        1,
+        "{:#?}",
+        peer.seen
+    );
+    let log = charon.log();
+    assert!(log.contains("collision"), "charon saw the collision");
+    // Charon keeps exactly the SA we kept, with the same SK_d.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sas = charon_spis(&charon.list_sas());
+        if sas
+            == vec![(
+                field(&rk, "spi_i").to_owned(),
+                field(&rk, "spi_r").to_owned(),
+            )]
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "charon kept {sas:?}, we kept {rk}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = keys;
+}
+
+#[test]
+fn prf_sha384_and_aes256_gcm_with_charon() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("kb");
+    let tmp = Tmp::new("kb");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        false,
+        &swanctl_conf("aes256gcm16-prfsha384-ecp256", false, true, PSK),
+    );
+    let mut peer = Peer::start(&lab, &tmp.0, PSK, &[]);
+    let out = charon.swanctl(&["--initiate", "--ike", "c", "--timeout", "10"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let est = peer.expect("established");
+    assert_eq!(field(&est, "prf"), "HmacSha384");
+    let keys = peer.expect("keys");
+    let sk_d = field(&keys, "sk_d");
+    assert_eq!(sk_d.len(), 96, "48-octet SK_d");
+    assert_eq!(charon.logged("Sk_d secret"), vec![sk_d.to_owned()]);
+    let mut m = hmac::Hmac::<sha2::Sha384>::new_from_slice(&hex::decode(sk_d).unwrap()).unwrap();
+    m.update(b"IPPM");
+    assert_eq!(field(&keys, "ippm"), hex::encode(m.finalize().into_bytes()));
+    assert!(charon
+        .list_sas()
+        .contains("AES_GCM_16-256/PRF_HMAC_SHA2_384/ECP_256"));
 }

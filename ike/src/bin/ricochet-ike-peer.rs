@@ -78,6 +78,10 @@ struct Args {
     /// Delete the IKE SA this long after establishment (after any rekey).
     #[arg(long)]
     delete_ms: Option<u64>,
+    /// Hold every datagram we send this long (to make exchanges cross in
+    /// tests, e.g. a simultaneous rekey).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
     /// Exit after this long (bounded run).
     #[arg(long, default_value_t = 20_000)]
     run_ms: u64,
@@ -167,6 +171,9 @@ fn run(args: &Args) -> Result<(), String> {
     let mut did_liveness = false;
     let mut did_delete = false;
     let mut seen_any = false;
+    // Datagrams wait here `--delay-ms` before they leave.
+    let mut outbox: std::collections::VecDeque<(Instant, ricochet_ike::Transmit)> =
+        std::collections::VecDeque::new();
     // Inbound ESP SAs (AES-GCM-128 only), to show the CHILD_SA keys open the
     // peer's real ESP packets (UDP-encapsulated on the NAT-T port).
     let mut esp_in: Vec<(u32, EspGcm128)> = Vec::new();
@@ -206,6 +213,12 @@ fn run(args: &Args) -> Result<(), String> {
             }
         }
         while let Some(t) = ep.poll_transmit() {
+            outbox.push_back((now + Duration::from_millis(args.delay_ms), t));
+        }
+        while outbox.front().is_some_and(|(due, _)| *due <= now) {
+            let Some((_, t)) = outbox.pop_front() else {
+                break;
+            };
             let s = if t.local.port() == natt {
                 &s4500
             } else {
@@ -249,7 +262,12 @@ fn run(args: &Args) -> Result<(), String> {
                 _ => {}
             }
         }
-        if args.exit_when_idle && seen_any && ep.established().is_empty() && current.is_none() {
+        if args.exit_when_idle
+            && seen_any
+            && ep.established().is_empty()
+            && current.is_none()
+            && outbox.is_empty()
+        {
             // Let the last datagrams leave, then stop.
             while let Some(t) = ep.poll_transmit() {
                 let s = if t.local.port() == natt {
@@ -267,6 +285,9 @@ fn run(args: &Args) -> Result<(), String> {
         let mut wait = Duration::from_millis(50).min(deadline - now);
         if let Some(t) = ep.poll_timeout() {
             wait = wait.min(t.saturating_duration_since(now));
+        }
+        if let Some((due, _)) = outbox.front() {
+            wait = wait.min(due.saturating_duration_since(now));
         }
         let mut fds = [
             libc::pollfd {
