@@ -183,6 +183,10 @@ pub struct Config {
     /// Most half-open responder SAs (IKE_SA_INIT answered, IKE_AUTH not yet
     /// done); beyond it new IKE_SA_INIT requests are dropped.
     pub half_open_limit: usize,
+    /// Most IKE SAs of every state together; beyond it new IKE_SA_INIT
+    /// requests are dropped (authenticated peers cannot grow the table
+    /// without bound either).
+    pub max_sas: usize,
     /// From this many half-open SAs on, IKE_SA_INIT requests must carry a
     /// valid COOKIE (RFC 7296 §2.6).
     pub cookie_threshold: usize,
@@ -242,6 +246,7 @@ impl Config {
             retransmit_timeout: Duration::from_millis(500),
             retransmit_tries: 6,
             half_open_limit: 1024,
+            max_sas: 16384,
             cookie_threshold: 64,
             cookie_secret_lifetime: Duration::from_secs(300),
             half_open_timeout: Duration::from_secs(30),

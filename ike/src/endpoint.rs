@@ -1157,9 +1157,10 @@ impl Endpoint {
             self.stateless_reply(local, remote, hdr, notify::INVALID_SYNTAX, &[]);
             return;
         };
-        // DoS: bounded half-open table, cookies from the threshold on.
+        // DoS: bounded SA table and half-open table, cookies from the
+        // threshold on.
         let half_open = self.half_open();
-        if half_open >= self.config.half_open_limit {
+        if half_open >= self.config.half_open_limit || self.sas.len() >= self.config.max_sas {
             self.stats.half_open_refused += 1;
             return;
         }

@@ -1397,3 +1397,28 @@ fn cookie_secret_rotates_and_the_previous_one_still_counts() {
         "{pl:?}"
     );
 }
+
+#[test]
+fn the_sa_table_is_bounded_for_authenticated_peers_too() {
+    let mut cb = Config::new(Identification::fqdn("b.ike.test"));
+    cb.max_sas = 3;
+    let mut p = Pair::new(
+        Config::new(Identification::fqdn("a.ike.test")),
+        cb,
+        b"s",
+        b"s",
+    );
+    for _ in 0..5 {
+        p.initiate(None);
+        p.pump();
+    }
+    assert_eq!(p.b.established().len(), 3);
+    assert_eq!(p.b.stats().half_open_refused, 2);
+    let (ea, _) = p.events();
+    assert_eq!(
+        ea.iter()
+            .filter(|e| matches!(e, Event::IkeSaEstablished(_)))
+            .count(),
+        3
+    );
+}
