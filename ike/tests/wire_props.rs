@@ -161,3 +161,32 @@ proptest! {
         let _ = Header::new_checked(&data[..]);
     }
 }
+
+#[test]
+fn unknown_payloads_are_kept_unless_critical_and_fragments_refused() {
+    // Nonce (40) followed by an unknown type 200 with 3 body octets.
+    let chain = |critical: u8| {
+        let mut c = vec![200, 0, 0, 20];
+        c.extend_from_slice(&[7; 16]);
+        c.extend_from_slice(&[0, critical, 0, 7, 1, 2, 3]);
+        c
+    };
+    let ok = wire::parse_chain(40, &chain(0)).unwrap();
+    assert_eq!(
+        ok[1],
+        Payload::Other {
+            ptype: 200,
+            body: vec![1, 2, 3]
+        }
+    );
+    assert_eq!(
+        wire::parse_chain(40, &chain(0x80)),
+        Err(wire::WireError::UnsupportedCritical(200))
+    );
+    // An Encrypted Fragment payload (RFC 7383) is refused as such.
+    let skf = [0u8, 0, 0, 8, 0, 1, 0, 1];
+    assert_eq!(
+        wire::parse_chain(wire::ptype::SKF, &skf),
+        Err(wire::WireError::Fragmented)
+    );
+}
