@@ -1422,3 +1422,41 @@ fn the_sa_table_is_bounded_for_authenticated_peers_too() {
         3
     );
 }
+
+#[test]
+fn a_later_major_version_gets_invalid_major_version_and_ikev1_silence() {
+    let mut rng = SeqRng::new(3);
+    let mut b = Endpoint::new(
+        Config::new(Identification::fqdn("b.ike.test")),
+        psk("a.ike.test", b"x"),
+        &mut rng,
+    );
+    let mut a = Endpoint::new(
+        Config::new(Identification::fqdn("a.ike.test")),
+        psk("b.ike.test", b"x"),
+        &mut rng,
+    );
+    a.initiate(
+        Instant::now(),
+        &mut rng,
+        InitiateParams {
+            local: addr(A),
+            peer: addr(B),
+            peer_id: None,
+            child: None,
+        },
+    )
+    .unwrap();
+    let mut req = a.poll_transmit().unwrap().data;
+    req[17] = 0x30; // IKEv3.0
+    b.handle_datagram(Instant::now(), &mut rng, addr(B), addr(A), &req);
+    let r = b.poll_transmit().expect("an answer");
+    assert_eq!(r.data[17], 0x20, "our version in the header");
+    let (h, pl) = clear_payloads(&r.data);
+    assert_eq!(h.spi_i, req[..8]);
+    assert!(matches!(&pl[..], [Payload::Notify(n)] if n.ntype == notify::INVALID_MAJOR_VERSION));
+    assert_eq!(b.half_open(), 0);
+    req[17] = 0x10; // IKEv1: not ours to answer
+    b.handle_datagram(Instant::now(), &mut rng, addr(B), addr(A), &req);
+    assert!(b.poll_transmit().is_none());
+}

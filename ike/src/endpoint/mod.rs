@@ -943,9 +943,26 @@ impl Endpoint {
             self.stats.malformed += 1;
             return;
         }
-        let Ok(h) = Header::new_checked(ike) else {
-            self.stats.malformed += 1;
-            return;
+        let h = match Header::new_checked(ike) {
+            Ok(h) => h,
+            Err(wire::WireError::BadField {
+                field: "major version",
+                value,
+                ..
+            }) if value > 2 => {
+                // A later major version opening an exchange: answer with ours
+                // in the header (RFC 7296 §2.5), keep no state.
+                let h = HeaderRepr::parse(&Header::new_unchecked(ike));
+                if h.exchange_type == exchange::IKE_SA_INIT && !h.is_response() {
+                    self.stateless_reply(local, remote, &h, notify::INVALID_MAJOR_VERSION, &[]);
+                }
+                self.stats.malformed += 1;
+                return;
+            }
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
         };
         let hdr = HeaderRepr::parse(&h);
         if hdr.exchange_type == exchange::IKE_SA_INIT && !hdr.is_response() {
