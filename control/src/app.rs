@@ -196,9 +196,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Bind the listeners and the metrics endpoint, and clear the data plane
-    /// of sessions left by an earlier run (their control connections are
-    /// gone).
+    /// Bind the listeners and the metrics endpoint, and take over the
+    /// sessions an earlier run left in the data plane (their control
+    /// connections are gone): a data plane that outlives us (pinned maps)
+    /// keeps reflecting them until REFWAIT passes without test packets; an
+    /// in-process one cannot hold any, and anything it holds is removed.
     pub fn start(options: DaemonOptions) -> Result<Daemon, String> {
         let DaemonOptions {
             cli,
@@ -212,12 +214,27 @@ impl Daemon {
         let timing_override = timing;
         let timing = timing_override.unwrap_or_else(|| Timing::from_config(&config));
         let mut state = DaemonState::new(table, Keys::new(keys), session_settings(&config, timing));
-        let stale = state.remove_stale_sessions(&metrics);
-        if stale > 0 {
-            tracing::warn!(
-                sessions = stale,
-                "removed data-plane sessions left by an earlier run"
-            );
+        let mut ports = PortAllocator::new(config.test_ports);
+        if state.table().outlives_process() {
+            // Sessions of an earlier run keep being reflected (zero loss
+            // across a restart); each ends after REFWAIT without packets.
+            let adopted = state.adopt_sessions(&mut ports, std::time::Instant::now());
+            if adopted > 0 {
+                tracing::warn!(
+                    sessions = adopted,
+                    refwait = ?timing.refwait,
+                    "adopted data-plane sessions left by an earlier run; each ends after \
+                     REFWAIT without test packets"
+                );
+            }
+        } else {
+            let stale = state.remove_stale_sessions(&metrics);
+            if stale > 0 {
+                tracing::warn!(
+                    sessions = stale,
+                    "removed data-plane sessions left by an earlier run"
+                );
+            }
         }
         let start_time = ntp_now();
         let factory = DaemonFactory {
@@ -232,7 +249,7 @@ impl Daemon {
             &config.listen,
             loop_settings(&config, timing),
             Policy::new(Rules::from_config(&config)),
-            PortAllocator::new(config.test_ports),
+            ports,
             metrics.clone(),
             state,
             factory,

@@ -584,6 +584,16 @@ impl SessionTable for BpfSessionTable {
         Ok(())
     }
 
+    /// The maps are pinned: sessions keep being reflected while no control
+    /// plane runs, and a restarted one adopts them from the registry.
+    fn outlives_process(&self) -> bool {
+        true
+    }
+
+    fn reflector_addr(&self, sid: &Sid) -> Option<SocketAddr> {
+        self.sessions.get(sid).map(|r| r.key.local)
+    }
+
     fn remove_listener(&mut self, local: SocketAddr) -> Result<(), TableError> {
         let (key, slot) = self
             .listeners

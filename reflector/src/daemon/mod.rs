@@ -10,7 +10,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use ricochet_protocol::time::TimeFormat;
 
-use crate::afxdp::{parse_core_list, Poller, PollerConfig, PollerShared, WaitMode};
+use crate::afxdp::{
+    parse_core_list, DropReason, Poller, PollerConfig, PollerShared, StatsSnapshot, WaitMode,
+};
 use crate::bpf::{self, AttachMode, LoadOptions, Maps, XdpProgram, DEFAULT_PIN_DIR};
 use crate::clock::{ClockCell, ClockState};
 
@@ -222,7 +224,7 @@ pub fn run(cli: &Cli) -> Result<(), String> {
         refresh_clock(prog.maps(), &cell);
     };
     tracing::info!(signal = sig, "shutting down");
-    stop_pollers(pollers);
+    let poller_stats = stop_pollers(pollers);
     let mut result = Ok(());
     if cli.keep_attached {
         std::mem::forget(attachment);
@@ -237,18 +239,44 @@ pub fn run(cli: &Cli) -> Result<(), String> {
             for (name, v) in c.iter() {
                 let _ = writeln!(out, "{name} {v}");
             }
+            for (q, s) in &poller_stats {
+                for (name, v) in poller_lines(s) {
+                    let _ = writeln!(out, "poller_q{q}_{name} {v}");
+                }
+            }
         }
         Err(e) => eprintln!("ricochet-reflector: reading counters: {e}"),
     }
     result
 }
 
-fn stop_pollers(pollers: Vec<Poller>) {
+/// Stops the pollers; the statistics of those that stopped cleanly.
+fn stop_pollers(pollers: Vec<Poller>) -> Vec<(u32, StatsSnapshot)> {
+    let mut out = Vec::new();
     for p in pollers {
         let q = p.queue();
         match p.stop() {
-            Ok(s) => eprintln!("poller queue {q}: {s:?}"),
+            Ok(s) => {
+                eprintln!("poller queue {q}: {s:?}");
+                out.push((q, s));
+            }
             Err(e) => eprintln!("poller queue {q} failed: {e}"),
         }
     }
+    out
+}
+
+/// The counters of a poller as `name value` pairs (printed on exit as
+/// `poller_q<Q>_<name> <value>`, next to the XDP counters).
+pub fn poller_lines(s: &StatsSnapshot) -> Vec<(String, u64)> {
+    let mut v = vec![
+        ("rx_packets".to_owned(), s.rx_packets),
+        ("tx_packets".to_owned(), s.tx_packets),
+        ("tx_completed".to_owned(), s.tx_completed),
+        ("dropped".to_owned(), s.dropped_total()),
+    ];
+    for r in DropReason::ALL {
+        v.push((format!("drop_{}", r.name()), s.dropped(r)));
+    }
+    v
 }
