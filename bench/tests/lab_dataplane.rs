@@ -672,3 +672,358 @@ fn xdp_counters_and_poller_stats_match_what_was_sent() {
     assert_eq!(value("reflected"), total.get(Counter::Reflected), "{out}");
     assert_eq!(value("redirected"), total.get(Counter::Redirected), "{out}");
 }
+
+/// A packet socket on one interface (AF_PACKET, SOCK_RAW): whole Ethernet
+/// frames out and in, with the VLAN tag the kernel moved to metadata
+/// (`PACKET_AUXDATA`) put back in place.
+struct PacketSocket(std::os::fd::OwnedFd);
+
+impl PacketSocket {
+    /// Opens and binds it (call inside the namespace of `iface`).
+    fn open(iface: &str) -> PacketSocket {
+        use std::os::fd::FromRawFd;
+        let ifindex = ricochet_reflector::bpf::ifindex(iface).expect("ifindex");
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2) call; the fd is owned right away.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let sock = PacketSocket(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = i32::try_from(ifindex).unwrap();
+        // SAFETY: `sll` is a valid sockaddr_ll of the length given.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                std::ptr::addr_of!(sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "bind packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads one c_int from a valid pointer.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_AUXDATA,
+                std::ptr::addr_of!(one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "PACKET_AUXDATA: {}", std::io::Error::last_os_error());
+        sock
+    }
+
+    fn send(&self, frame: &[u8]) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the buffer is valid for its length.
+        let n = unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// The next frame received (not sent) on the interface within
+    /// `timeout`, with its VLAN tag in the frame.
+    fn recv(&self, timeout: Duration) -> Option<Vec<u8>> {
+        use std::os::fd::AsRawFd;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
+                continue;
+            }
+            let mut buf = vec![0u8; 4096];
+            // SAFETY: zeroed sockaddr_ll and aligned cmsg space are valid.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut cmsg = [0u64; 16];
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            // SAFETY: msghdr is plain data.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_name = std::ptr::addr_of_mut!(sll).cast();
+            msg.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cmsg.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&cmsg);
+            // SAFETY: every pointer in `msg` refers to live buffers of the
+            // lengths given.
+            let n = unsafe { libc::recvmsg(self.0.as_raw_fd(), &mut msg, 0) };
+            if n <= 0 || sll.sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            buf.truncate(n as usize);
+            // SAFETY: walking the control messages the kernel wrote into
+            // `cmsg`, within msg_controllen, with the libc macros.
+            let tag = unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&msg);
+                let mut tag = None;
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA
+                    {
+                        let aux: libc::tpacket_auxdata =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
+                            let tpid = if aux.tp_vlan_tpid == 0 {
+                                0x8100
+                            } else {
+                                aux.tp_vlan_tpid
+                            };
+                            tag = Some((tpid, aux.tp_vlan_tci));
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(&msg, c);
+                }
+                tag
+            };
+            if let Some((tpid, tci)) = tag {
+                if buf.len() >= 14 {
+                    let mut t = tpid.to_be_bytes().to_vec();
+                    t.extend_from_slice(&tci.to_be_bytes());
+                    buf.splice(12..12, t);
+                }
+            }
+            return Some(buf);
+        }
+    }
+}
+
+fn mac(lab: &Lab, side: Side) -> [u8; 6] {
+    let out = lab.run(side, "ip", &["-j", "link", "show", "dev", &lab.iface(side)]);
+    let j: Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+    let text = j[0]["address"].as_str().expect("address");
+    let mut m = [0u8; 6];
+    for (o, h) in m.iter_mut().zip(text.split(':')) {
+        *o = u8::from_str_radix(h, 16).unwrap();
+    }
+    m
+}
+
+const VLAN: u16 = 100;
+
+/// One tagged test frame from `src` to `dst` (IPv4 TTL / IPv6 hop limit 64).
+fn tagged_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .single_vlan(etherparse::VlanId::try_new(VLAN).unwrap());
+    let b = match (src.ip(), dst.ip()) {
+        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
+        (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    }
+    .udp(src.port(), dst.port());
+    let mut f = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut f, payload).unwrap();
+    f
+}
+
+/// Checks a reply frame: tagged with [`VLAN`], from `dst` back to `src`,
+/// UDP (and IPv4 header) checksums right by etherparse's independent
+/// computation. Returns the UDP payload.
+fn check_tagged_reply(f: &[u8], src: SocketAddr, dst: SocketAddr) -> Option<Vec<u8>> {
+    if f.len() < 18 || f[12..14] != [0x81, 0x00] {
+        return None;
+    }
+    let p = etherparse::SlicedPacket::from_ethernet(f).ok()?;
+    let Some(etherparse::TransportSlice::Udp(u)) = p.transport else {
+        return None;
+    };
+    let payload = u.payload().to_vec();
+    let (from, to, sum) = match p.net? {
+        etherparse::NetSlice::Ipv4(ip) => {
+            let h = ip.header().to_header();
+            assert_eq!(
+                h.header_checksum,
+                h.calc_header_checksum(),
+                "IPv4 header checksum"
+            );
+            (
+                SocketAddr::new(
+                    std::net::IpAddr::from(ip.header().source()),
+                    u.source_port(),
+                ),
+                SocketAddr::new(
+                    std::net::IpAddr::from(ip.header().destination()),
+                    u.destination_port(),
+                ),
+                u.to_header()
+                    .calc_checksum_ipv4_raw(
+                        ip.header().source(),
+                        ip.header().destination(),
+                        &payload,
+                    )
+                    .unwrap(),
+            )
+        }
+        etherparse::NetSlice::Ipv6(ip) => (
+            SocketAddr::new(
+                std::net::IpAddr::from(ip.header().source()),
+                u.source_port(),
+            ),
+            SocketAddr::new(
+                std::net::IpAddr::from(ip.header().destination()),
+                u.destination_port(),
+            ),
+            u.to_header()
+                .calc_checksum_ipv6_raw(ip.header().source(), ip.header().destination(), &payload)
+                .unwrap(),
+        ),
+    };
+    if (from, to) != (dst, src) {
+        return None;
+    }
+    assert_eq!(
+        u16::from_be_bytes([f[14], f[15]]) & 0x0fff,
+        VLAN,
+        "VLAN id kept"
+    );
+    assert_eq!(u.checksum(), sum, "UDP checksum of the reply");
+    Some(payload)
+}
+
+/// 802.1Q-tagged TWAMP through the XDP program attached to the parent veth
+/// (unauthenticated: XDP_TX) and through the AF_XDP poller (encrypted), over
+/// IPv4 and IPv6 on the second lab subnet: every packet is reflected with
+/// its tag kept, checksums right and the sender's sequence number echoed.
+/// The lab kernel has no 802.1Q interfaces (`CONFIG_VLAN_8021Q` unset), so
+/// the sender side is a packet socket that writes and reads tagged frames.
+#[test]
+fn vlan_tagged_twamp_through_xdp_and_af_xdp_keeps_the_tag() {
+    use ricochet_protocol::control::Sid;
+    use ricochet_protocol::crypto::{PacketRole, SessionKeys, TestKeys, TestProtection};
+    use ricochet_protocol::modes::SecurityMode;
+    use ricochet_protocol::twamp_test::{SessionFormat, TestSecurity};
+    use ricochet_reflector::bpf::BpfSessionTable;
+    use ricochet_reflector::session_table::{SessionSpec, SessionTable};
+
+    if !lab::available() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    const N: u32 = 20;
+    let rig = rig("dv", &[]);
+    // The sessions a control plane would install, through the same table.
+    let mut table = BpfSessionTable::open(&rig.pins.0, &rig.registry()).unwrap();
+    let keys = SessionKeys {
+        aes: [0x11; 16],
+        hmac: [0x22; 32],
+    };
+    let test_keys = TestKeys::new(&keys);
+    let mut cases = Vec::new();
+    for (i, (v6, secure)) in [(false, false), (true, false), (false, true), (true, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let i = u16::try_from(i).unwrap();
+        let sender = SocketAddr::new(Lab::vlan_addr(Side::Sender, v6), 40100 + i);
+        let reflector = SocketAddr::new(Lab::vlan_addr(Side::Reflector, v6), 18900 + i);
+        let (security, fmt) = if secure {
+            (SecurityMode::Encrypted, TestSecurity::Encrypted)
+        } else {
+            (SecurityMode::Unauthenticated, TestSecurity::Unauthenticated)
+        };
+        let sid = Sid([u8::try_from(i).unwrap() + 1; 16]);
+        table
+            .add(SessionSpec {
+                sid,
+                sender,
+                reflector,
+                security,
+                format: SessionFormat::new(fmt),
+                dscp: 0,
+                test_keys: secure.then(|| keys.clone()),
+                rate_limit_pps: 0,
+                rate_burst: 0,
+            })
+            .unwrap();
+        table.start(&sid).unwrap();
+        cases.push((sender, reflector, secure));
+    }
+    let (smac, rmac) = (mac(&rig.lab, Side::Sender), mac(&rig.lab, Side::Reflector));
+    let iface = rig.lab.iface(Side::Sender);
+    let sock = rig
+        .lab
+        .in_netns(Side::Sender, move || PacketSocket::open(&iface));
+    let before = rig.counters();
+    for (sender, reflector, secure) in cases {
+        for k in 0..N {
+            let seq = 0x7a00 + k;
+            let mut payload = if secure {
+                // RFC 4656 §4.1.2 sender layout, padded to the 112-octet reply.
+                let mut p = vec![0u8; 112];
+                p[0..4].copy_from_slice(&seq.to_be_bytes());
+                p[16..20].copy_from_slice(&3_900_000_000u32.to_be_bytes());
+                p[24..26].copy_from_slice(&1u16.to_be_bytes());
+                test_keys
+                    .protect(PacketRole::Sender, TestProtection::Encrypted, &mut p)
+                    .unwrap();
+                p
+            } else {
+                open_sender_packet(seq).to_vec()
+            };
+            sock.send(&tagged_frame(smac, rmac, sender, reflector, &payload));
+            let reply = loop {
+                let f = sock.recv(Duration::from_secs(2)).unwrap_or_else(|| {
+                    panic!("no reply to {seq:#x} from {reflector} (secure {secure})")
+                });
+                if let Some(p) = check_tagged_reply(&f, sender, reflector) {
+                    break p;
+                }
+            };
+            payload = reply;
+            if secure {
+                assert_eq!(payload.len(), 112);
+                test_keys
+                    .unprotect(
+                        PacketRole::Reflector,
+                        TestProtection::Encrypted,
+                        &mut payload,
+                    )
+                    .expect("reply HMAC");
+                assert_eq!(payload[48..52], seq.to_be_bytes(), "sender seq echoed");
+                assert_eq!(payload[0..4], k.to_be_bytes(), "reflector's own seq");
+            } else {
+                assert_eq!(payload.len(), 41);
+                assert_eq!(payload[24..28], seq.to_be_bytes(), "sender seq echoed");
+                assert_eq!(payload[0..4], k.to_be_bytes(), "reflector's own seq");
+            }
+        }
+    }
+    let c = rig.counters().since(&before);
+    assert_eq!(c.get(Counter::Reflected), u64::from(2 * N), "{c:?}");
+    assert_eq!(c.get(Counter::Redirected), u64::from(2 * N), "{c:?}");
+}

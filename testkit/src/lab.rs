@@ -144,6 +144,17 @@ impl Lab {
         .expect("namespace thread")
     }
 
+    /// A side's address for 802.1Q-tagged test frames (198.18.1.0/24,
+    /// 2001:2:0:1::/64; see [`SENDER_VLAN_V4`]).
+    pub fn vlan_addr(side: Side, v6: bool) -> IpAddr {
+        match (side, v6) {
+            (Side::Sender, false) => SENDER_VLAN_V4.into(),
+            (Side::Reflector, false) => REFLECTOR_VLAN_V4.into(),
+            (Side::Sender, true) => SENDER_VLAN_V6.into(),
+            (Side::Reflector, true) => REFLECTOR_VLAN_V6.into(),
+        }
+    }
+
     /// A command that runs `program` inside a side's namespace (through
     /// `nsenter --net`, which keeps bpffs visible, unlike `ip netns exec`).
     pub fn command(&self, side: Side, program: impl AsRef<std::ffi::OsStr>) -> Command {
