@@ -1027,3 +1027,121 @@ fn vlan_tagged_twamp_through_xdp_and_af_xdp_keeps_the_tag() {
     assert_eq!(c.get(Counter::Reflected), u64::from(2 * N), "{c:?}");
     assert_eq!(c.get(Counter::Redirected), u64::from(2 * N), "{c:?}");
 }
+
+/// The id of the XDP program attached to a side's veth, if any.
+fn xdp_prog_id(lab: &Lab, side: Side) -> Option<u64> {
+    let out = lab.run(
+        side,
+        "ip",
+        &["-j", "-d", "link", "show", "dev", &lab.iface(side)],
+    );
+    let j: Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+    j[0]["xdp"]["prog"]["id"].as_u64()
+}
+
+/// `--keep-attached`: a reflector SIGTERMed with it leaves the program
+/// attached and the maps pinned, so XDP sessions keep being reflected while
+/// no reflector runs; the next instance on the same pins replaces the
+/// program atomically (zero loss on the XDP path) and its pollers serve
+/// secured sessions again. An instance on other pins refuses to replace a
+/// program that is not its own.
+#[test]
+fn keep_attached_reflector_restart_loses_nothing_on_the_xdp_path() {
+    if !lab::available() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    const COUNT: u64 = 5000;
+    let mut rig = rig("dk", &["--keep-attached"]);
+    let _control = rig.start_control("control", 30);
+    let n = COUNT.to_string();
+    let mut open = rig
+        .ping(&["-c", n.as_str(), "-i", "1ms", "-A", "open", "198.18.0.2"])
+        .spawn()
+        .unwrap();
+    let before = rig.counters();
+    eventually(Duration::from_secs(15), "session reflecting", || {
+        rig.counters().since(&before).get(Counter::Reflected) >= 200
+    });
+    let prog = xdp_prog_id(&rig.lab, Side::Reflector).expect("program attached");
+
+    let mut old = rig.xdp.take().unwrap();
+    let status = old.terminate();
+    assert!(status.success(), "exit {status}:\n{}", old.stderr());
+    assert!(
+        old.stderr().contains("leaving the program attached"),
+        "{}",
+        old.stderr()
+    );
+    assert_eq!(
+        xdp_prog_id(&rig.lab, Side::Reflector),
+        Some(prog),
+        "program detached"
+    );
+    assert_eq!(rig.maps().session_keys().unwrap().len(), 1, "session lost");
+    // Still reflecting with no reflector process at all.
+    let c0 = rig.counters();
+    eventually(
+        Duration::from_secs(5),
+        "reflecting without a daemon",
+        || rig.counters().since(&c0).get(Counter::Reflected) >= 50,
+    );
+
+    let mut new = start_reflector(
+        &rig.lab,
+        Side::Reflector,
+        &rig.pins.0,
+        rig.dir.path(),
+        "xdp2",
+        &[],
+    );
+    assert!(
+        new.stderr()
+            .contains(&format!("replacing program id {prog}")),
+        "{}",
+        new.stderr()
+    );
+    let now = xdp_prog_id(&rig.lab, Side::Reflector).expect("attached");
+    assert_ne!(now, prog, "the new instance's program is attached");
+    assert!(
+        matches!(open.try_wait(), Ok(None)),
+        "the restart must happen mid-stream (make COUNT larger)"
+    );
+    all_reflected(
+        "open across the restart",
+        &open.wait_with_output().unwrap(),
+        COUNT,
+    );
+    // The new instance's poller serves secured sessions.
+    let enc = rig
+        .ping(&["-c", "100", "-i", "1ms", "-A", "enc", "198.18.0.2"])
+        .output()
+        .unwrap();
+    all_reflected("enc after the restart", &enc, 100);
+
+    // Without --keep-attached the new instance detaches on SIGTERM.
+    let status = new.terminate();
+    assert!(status.success(), "exit {status}:\n{}", new.stderr());
+    assert_eq!(
+        xdp_prog_id(&rig.lab, Side::Reflector),
+        None,
+        "still attached"
+    );
+
+    // The sender side's program belongs to other pins: not replaced.
+    let pass = xdp_prog_id(&rig.lab, Side::Sender).expect("pass program");
+    let foreign = Pins(PathBuf::from(format!("{}-x", rig.pins.0.display())));
+    let out = rig
+        .lab
+        .command(Side::Sender, workspace_bin("ricochet-reflector"))
+        .args(["--iface", &rig.lab.iface(Side::Sender), "--pin-dir"])
+        .arg(&foreign.0)
+        .args(["--no-pollers"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not use the maps pinned"), "{err}");
+    assert_eq!(xdp_prog_id(&rig.lab, Side::Sender), Some(pass));
+}

@@ -39,7 +39,9 @@ pub enum DataPath {
 ///   ricochet-reflector --iface veth0 --generic --pin-dir /sys/fs/bpf/lab
 ///
 /// SIGTERM or SIGINT detaches the program (unless --keep-attached) and
-/// prints the counters. The maps stay pinned, so sessions survive a restart.
+/// prints the XDP counters and the pollers' (`name value` lines). The maps
+/// stay pinned, so sessions survive a restart; a program left attached by
+/// an earlier instance on the same pins is replaced without a gap.
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 pub struct Cli {
@@ -64,7 +66,9 @@ pub struct Cli {
     /// Attach in generic (skb) mode: SLOW, for testing only.
     #[arg(long)]
     pub generic: bool,
-    /// Leave the program attached on exit.
+    /// Leave the program attached on exit: XDP sessions keep being
+    /// reflected while no reflector runs, and the next instance on the same
+    /// --pin-dir replaces the program atomically.
     #[arg(long)]
     pub keep_attached: bool,
     /// Do not start AF_XDP pollers under `--path xdp` (no secured sessions).
@@ -178,10 +182,12 @@ pub fn run(cli: &Cli) -> Result<(), String> {
     } else {
         AttachMode::Native
     };
-    let attachment = prog
-        .attach(ifindex, mode)
+    // A program an earlier instance left attached (--keep-attached) on
+    // these pins is replaced atomically: no packet goes unreflected.
+    let (attachment, replaced) = prog
+        .attach_or_adopt(ifindex, mode)
         .map_err(|e| format!("{e} (use --generic on devices without native XDP)"))?;
-    tracing::info!(iface, ifindex, pin_dir = %cli.pin_dir.display(), "XDP program attached");
+    tracing::info!(iface, ifindex, pin_dir = %cli.pin_dir.display(), ?replaced, "XDP program attached");
 
     let mut pollers = Vec::new();
     if cli.path == DataPath::Afxdp || !cli.no_pollers {
@@ -207,12 +213,15 @@ pub fn run(cli: &Cli) -> Result<(), String> {
         }
     }
     eprintln!(
-        "ricochet-reflector: attached to {iface} ({} mode), maps pinned in {}, {} poller(s)",
+        "ricochet-reflector: attached to {iface} ({} mode{}), maps pinned in {}, {} poller(s)",
         if attachment.is_generic() {
             "generic"
         } else {
             "native"
         },
+        replaced.map_or_else(String::new, |id| format!(
+            ", replacing program id {id} left attached"
+        )),
         cli.pin_dir.display(),
         pollers.len()
     );
