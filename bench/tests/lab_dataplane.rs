@@ -1145,3 +1145,83 @@ fn keep_attached_reflector_restart_loses_nothing_on_the_xdp_path() {
     assert!(err.contains("does not use the maps pinned"), "{err}");
     assert_eq!(xdp_prog_id(&rig.lab, Side::Sender), Some(pass));
 }
+
+/// The CPUs a thread of `pid` named `comm` may run on (its
+/// `Cpus_allowed_list` in /proc), for every such thread.
+fn thread_cpus(pid: i32, comm: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = t.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if name.trim() != comm {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list")
+            .trim()
+            .to_owned();
+        out.push(cpus);
+    }
+    out
+}
+
+/// `--cores` pins the poller thread (and only it) to the core given, and
+/// `--hw-rx-timestamps` loads the device-bound program: on veth the
+/// bpf_xdp_metadata_rx_timestamp kfunc exists but yields no stamp, so every
+/// T2 falls back to the kernel TAI clock, which the pollers count per
+/// source; both paths still reflect with a sane residence time (a T2 of 0
+/// taken from the NIC would make it decades long).
+#[test]
+fn pinned_pollers_and_device_bound_rx_timestamps_fall_back_to_kernel_tai() {
+    if !lab::available() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let core = (cpus - 1).to_string();
+    let mut rig = rig("dt", &["--cores", core.as_str(), "--hw-rx-timestamps"]);
+    let pid = rig.xdp.as_ref().unwrap().pid();
+    assert_eq!(thread_cpus(pid, "ricochet-xsk-q0"), vec![core.clone()]);
+    let main_cpus = thread_cpus(pid, "ricochet-reflec");
+    assert_eq!(main_cpus.len(), 1, "the main thread");
+    if cpus > 1 {
+        assert_ne!(main_cpus[0], core, "only the poller is pinned");
+    }
+    let err = rig.xdp.as_mut().unwrap().stderr();
+    assert!(err.contains("device-bound"), "{err}");
+    // The attached program is the device-bound variant.
+    let id = xdp_prog_id(&rig.lab, Side::Reflector).expect("attached");
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show", "id", &id.to_string()])
+        .output()
+        .expect("bpftool");
+    let info: Value = serde_json::from_slice(&out.stdout).expect("bpftool -j");
+    assert_eq!(info["name"].as_str(), Some("ricochet_xdp_hwts"), "{info}");
+
+    let _control = rig.start_control("control", 30);
+    for (mode, n) in [("open", 100u64), ("enc", 60)] {
+        let out = rig
+            .ping(&["-c", &n.to_string(), "-i", "1ms", "-A", mode, "198.18.0.2"])
+            .output()
+            .unwrap();
+        let s = all_reflected(mode, &out, n);
+        let max = s["summary"]["residence"]["max_ns"].as_i64().unwrap();
+        assert!(
+            (0..100_000_000).contains(&max),
+            "{mode}: residence {max} ns"
+        );
+    }
+    let mut xdp = rig.xdp.take().unwrap();
+    assert!(xdp.terminate().success(), "{}", xdp.stderr());
+    let out = xdp.stdout();
+    let value = |name: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{out}"))
+    };
+    assert_eq!(value("poller_q0_t2_kernel_tai"), 60, "{out}");
+    assert_eq!(value("poller_q0_t2_nic"), 0, "{out}");
+}

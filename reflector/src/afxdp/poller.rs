@@ -28,7 +28,7 @@ use super::socket::{TxMetadataSupport, XskConfig, XskSocket};
 use super::stats::{DropReason, PollerStats, StatsSnapshot, TxStampTable, TxTimestamping};
 use super::umem::Frame;
 use super::XskError;
-use crate::bpf::{KeysReader, Maps, XdpMeta};
+use crate::bpf::{KeysReader, Maps, TsSource, XdpMeta};
 use crate::clock::{now_tai_ns, ClockCell, ClockState};
 use crate::engine::same_endpoint;
 use std::net::SocketAddr;
@@ -593,6 +593,7 @@ impl Worker {
             cache,
             scratch,
             md_len,
+            stats,
             ..
         } = self;
         let cache = cache.as_mut().ok_or(DropReason::BadKeys)?;
@@ -600,6 +601,10 @@ impl Worker {
         let chunk = sock.umem_mut().chunk_mut(f);
         let meta = XdpMeta::parse(&chunk[..off]).map_err(|_| DropReason::BadMetadata)?;
         let ts_source = meta.ts_source().map_err(|_| DropReason::BadMetadata)?;
+        match ts_source {
+            TsSource::Nic => stats.t2_nic.add(1),
+            TsSource::KernelTai => stats.t2_kernel_tai.add(1),
+        }
         let room = &mut chunk[off..];
         let p = frame::parse(&room[..len]).map_err(|_| DropReason::Malformed)?;
         if p.payload_off != usize::from(meta.payload_off) {

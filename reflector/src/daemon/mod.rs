@@ -37,6 +37,7 @@ pub enum DataPath {
 ///   ricochet-reflector --iface eth0
 ///   ricochet-reflector --iface eth0 --queues 4 --cores 2-5 --busy-poll
 ///   ricochet-reflector --iface veth0 --generic --pin-dir /sys/fs/bpf/lab
+///   ricochet-reflector --iface eth0 --hw-rx-timestamps --keep-attached
 ///
 /// SIGTERM or SIGINT detaches the program (unless --keep-attached) and
 /// prints the XDP counters and the pollers' (`name value` lines). The maps
@@ -74,24 +75,31 @@ pub struct Cli {
     /// Do not start AF_XDP pollers under `--path xdp` (no secured sessions).
     #[arg(long)]
     pub no_pollers: bool,
+    /// Take T2 from the NIC's receive timestamp: loads the program bound to
+    /// the device (BPF_F_XDP_DEV_BOUND_ONLY) so it may call
+    /// bpf_xdp_metadata_rx_timestamp; packets the driver gives no stamp for
+    /// fall back to the kernel TAI clock. Native mode only. The pollers
+    /// count which source each T2 came from (printed on exit).
+    #[arg(long)]
+    pub hw_rx_timestamps: bool,
 }
 
 /// The clock map value from the host clock state: TAI offset and the NTP
 /// Error Estimate (the program sets Z for PTP sessions itself).
-pub fn clock_map_value(st: &ClockState) -> bpf::ClockState {
+pub fn clock_map_value(st: &ClockState, nic_rx: bool) -> bpf::ClockState {
     bpf::ClockState {
         tai_offset: st.tai_offset_s,
         error_estimate: st.error_estimate(TimeFormat::Ntp).to_bits(),
-        flags: 0,
+        flags: if nic_rx { bpf::ClockState::NIC_RX } else { 0 },
         updated_ns: crate::clock::now_tai_ns(),
     }
 }
 
-fn refresh_clock(maps: &Maps, cell: &ClockCell) {
+fn refresh_clock(maps: &Maps, cell: &ClockCell, nic_rx: bool) {
     match ClockState::read() {
         Ok(st) => {
             cell.store(&st);
-            if let Err(e) = maps.write_clock(&clock_map_value(&st)) {
+            if let Err(e) = maps.write_clock(&clock_map_value(&st, nic_rx)) {
                 tracing::warn!(error = %e, "writing the clock map failed");
             }
         }
@@ -162,15 +170,23 @@ pub fn run(cli: &Cli) -> Result<(), String> {
             c
         }
     };
+    if cli.hw_rx_timestamps && cli.generic {
+        return Err(
+            "--hw-rx-timestamps needs native XDP (a device-bound program); \
+                    drop --generic"
+                .into(),
+        );
+    }
+    let nic_rx = cli.hw_rx_timestamps;
     let sigs = block_signals()?;
 
     let prog = XdpProgram::load(&LoadOptions {
         pin_dir: cli.pin_dir.clone(),
-        bind_ifindex: None,
+        bind_ifindex: nic_rx.then_some(ifindex),
     })
     .map_err(|e| e.to_string())?;
     let cell = Arc::new(ClockCell::default());
-    refresh_clock(prog.maps(), &cell);
+    refresh_clock(prog.maps(), &cell, nic_rx);
 
     let mode = if cli.generic {
         tracing::warn!("--generic: attaching in GENERIC (skb) XDP mode, for testing only");
@@ -213,11 +229,16 @@ pub fn run(cli: &Cli) -> Result<(), String> {
         }
     }
     eprintln!(
-        "ricochet-reflector: attached to {iface} ({} mode{}), maps pinned in {}, {} poller(s)",
+        "ricochet-reflector: attached to {iface} ({} mode{}{}), maps pinned in {}, {} poller(s)",
         if attachment.is_generic() {
             "generic"
         } else {
             "native"
+        },
+        if nic_rx {
+            ", device-bound: T2 from NIC RX timestamps, kernel TAI where the driver gives none"
+        } else {
+            ""
         },
         replaced.map_or_else(String::new, |id| format!(
             ", replacing program id {id} left attached"
@@ -230,7 +251,7 @@ pub fn run(cli: &Cli) -> Result<(), String> {
         if let Some(s) = wait_signal(&sigs, Duration::from_secs(1)) {
             break s;
         }
-        refresh_clock(prog.maps(), &cell);
+        refresh_clock(prog.maps(), &cell, nic_rx);
     };
     tracing::info!(signal = sig, "shutting down");
     let poller_stats = stop_pollers(pollers);
@@ -283,6 +304,8 @@ pub fn poller_lines(s: &StatsSnapshot) -> Vec<(String, u64)> {
         ("tx_packets".to_owned(), s.tx_packets),
         ("tx_completed".to_owned(), s.tx_completed),
         ("dropped".to_owned(), s.dropped_total()),
+        ("t2_nic".to_owned(), s.t2_nic),
+        ("t2_kernel_tai".to_owned(), s.t2_kernel_tai),
     ];
     for r in DropReason::ALL {
         v.push((format!("drop_{}", r.name()), s.dropped(r)));
