@@ -485,8 +485,12 @@ impl SessionTable for BpfSessionTable {
 
     fn activity(&self, sid: &Sid) -> Option<SessionActivity> {
         let rec = self.sessions.get(sid)?;
-        if rec.state == State::Installed {
-            return Some(SessionActivity::default());
+        match rec.state {
+            State::Installed => return Some(SessionActivity::default()),
+            // Past its grace the session is over, even before a sweep
+            // deletes the entry (a restarted control plane then removes it).
+            State::Stopping(deadline) if deadline <= now_ms() => return None,
+            _ => {}
         }
         let entry = match self.maps.session(&rec.key) {
             Ok(Some(e)) => e,
