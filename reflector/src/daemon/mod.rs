@@ -140,6 +140,14 @@ fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
+///
+/// SIGTERM and SIGINT are blocked in the calling thread (and the threads it
+/// spawns) and taken with `sigtimedwait`; a process-directed signal is only
+/// guaranteed to reach it if no other thread of the process leaves them
+/// unblocked. Call it from `main` before any other thread exists (as the
+/// binary does), not from a multi-threaded host such as a test harness:
+/// there a SIGTERM sent to the process lands on another thread and its
+/// default action kills the whole process. Tests run the binary instead.
 pub fn run(cli: &Cli) -> Result<(), String> {
     if cli.path == DataPath::Socket {
         return Err(
