@@ -130,9 +130,6 @@ pub trait SessionTable: Send {
     fn activity(&self, sid: &Sid) -> Option<SessionActivity>;
     /// Every session the data plane holds (reconciliation after a restart).
     fn sessions(&self) -> Vec<Sid>;
-    /// Adds a stateless listener.
-    fn add_listener(&mut self, spec: ListenerSpec) -> Result<(), TableError>;
-    fn remove_listener(&mut self, local: SocketAddr) -> Result<(), TableError>;
     /// Whether the sessions outlive this process (the pinned BPF maps): a
     /// control plane that stops then leaves them in place for its successor
     /// instead of stopping them. `false` for an in-process data plane.
@@ -145,4 +142,7 @@ pub trait SessionTable: Send {
         let _ = sid;
         None
     }
+    /// Adds a stateless listener.
+    fn add_listener(&mut self, spec: ListenerSpec) -> Result<(), TableError>;
+    fn remove_listener(&mut self, local: SocketAddr) -> Result<(), TableError>;
 }

@@ -28,7 +28,7 @@ use super::socket::{TxMetadataSupport, XskConfig, XskSocket};
 use super::stats::{DropReason, PollerStats, StatsSnapshot, TxStampTable, TxTimestamping};
 use super::umem::Frame;
 use super::XskError;
-use crate::bpf::{KeysReader, Maps, TsSource, XdpMeta};
+use crate::bpf::{KeysReader, Maps, XdpMeta};
 use crate::clock::{now_tai_ns, ClockCell, ClockState};
 use crate::engine::same_endpoint;
 use std::net::SocketAddr;
@@ -601,12 +601,12 @@ impl Worker {
         let chunk = sock.umem_mut().chunk_mut(f);
         let meta = XdpMeta::parse(&chunk[..off]).map_err(|_| DropReason::BadMetadata)?;
         let ts_source = meta.ts_source().map_err(|_| DropReason::BadMetadata)?;
-        match ts_source {
-            TsSource::Nic => stats.t2_nic.add(1),
-            TsSource::KernelTai => stats.t2_kernel_tai.add(1),
-        }
         let room = &mut chunk[off..];
         let p = frame::parse(&room[..len]).map_err(|_| DropReason::Malformed)?;
+        match ts_source {
+            crate::bpf::TsSource::Nic => stats.t2_nic.add(1),
+            crate::bpf::TsSource::KernelTai => stats.t2_kernel_tai.add(1),
+        }
         if p.payload_off != usize::from(meta.payload_off) {
             return Err(DropReason::Malformed);
         }
