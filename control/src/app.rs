@@ -214,27 +214,25 @@ impl Daemon {
         let timing_override = timing;
         let timing = timing_override.unwrap_or_else(|| Timing::from_config(&config));
         let mut state = DaemonState::new(table, Keys::new(keys), session_settings(&config, timing));
+        let stale = state.remove_stale_sessions(&metrics);
+        if stale > 0 {
+            tracing::warn!(
+                sessions = stale,
+                "removed data-plane sessions left by an earlier run"
+            );
+        }
+        // A data plane that outlives us (pinned maps) still reflects the
+        // sessions of an earlier run (zero loss across a restart): adopt
+        // them; each ends after REFWAIT without test packets.
         let mut ports = PortAllocator::new(config.test_ports);
-        if state.table().outlives_process() {
-            // Sessions of an earlier run keep being reflected (zero loss
-            // across a restart); each ends after REFWAIT without packets.
-            let adopted = state.adopt_sessions(&mut ports, std::time::Instant::now());
-            if adopted > 0 {
-                tracing::warn!(
-                    sessions = adopted,
-                    refwait = ?timing.refwait,
-                    "adopted data-plane sessions left by an earlier run; each ends after \
-                     REFWAIT without test packets"
-                );
-            }
-        } else {
-            let stale = state.remove_stale_sessions(&metrics);
-            if stale > 0 {
-                tracing::warn!(
-                    sessions = stale,
-                    "removed data-plane sessions left by an earlier run"
-                );
-            }
+        let adopted = state.adopt_sessions(&mut ports, std::time::Instant::now());
+        if adopted > 0 {
+            tracing::warn!(
+                sessions = adopted,
+                refwait = ?timing.refwait,
+                "adopted data-plane sessions left by an earlier run; each ends after \
+                 REFWAIT without test packets"
+            );
         }
         let start_time = ntp_now();
         let factory = DaemonFactory {

@@ -142,8 +142,12 @@ impl DaemonState {
     }
 
     /// Remove every session the data plane holds: at start, none of them has
-    /// a control connection any more (the data plane may outlive us).
+    /// a control connection any more. A data plane that outlives us keeps
+    /// them instead: they are adopted ([`DaemonState::adopt_sessions`]).
     pub fn remove_stale_sessions(&mut self, metrics: &Metrics) -> usize {
+        if self.table.outlives_process() {
+            return 0;
+        }
         let stale = self.table.sessions();
         for sid in &stale {
             if let Err(e) = self.table.remove(sid) {
@@ -154,11 +158,15 @@ impl DaemonState {
         stale.len()
     }
 
-    /// Take over every session the data plane holds at start (one that
-    /// outlives us, the pinned BPF maps): each keeps being reflected, its
-    /// port stays taken, and [`sweep`] removes it once it has seen no test
-    /// packet for REFWAIT. Returns how many were adopted.
+    /// Take over every session the data plane holds at start, if it
+    /// outlives us (the pinned BPF maps; otherwise nothing is adopted): each
+    /// keeps being reflected, its port stays taken, and [`sweep`] removes it
+    /// once it has seen no test packet for REFWAIT. Returns how many were
+    /// adopted.
     pub fn adopt_sessions(&mut self, ports: &mut PortAllocator, now: Instant) -> usize {
+        if !self.table.outlives_process() {
+            return 0;
+        }
         for sid in self.table.sessions() {
             let port = self
                 .table

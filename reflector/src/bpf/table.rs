@@ -533,6 +533,16 @@ impl SessionTable for BpfSessionTable {
         v
     }
 
+    /// The maps are pinned: sessions keep being reflected while no control
+    /// plane runs, and a restarted one adopts them from the registry.
+    fn outlives_process(&self) -> bool {
+        true
+    }
+
+    fn reflector_addr(&self, sid: &Sid) -> Option<SocketAddr> {
+        self.sessions.get(sid).map(|r| r.key.local)
+    }
+
     fn add_listener(&mut self, spec: ListenerSpec) -> Result<(), TableError> {
         if self.listeners.contains_key(&spec.local) {
             return Err(TableError::Address(spec.local, "listener exists".into()));
@@ -586,16 +596,6 @@ impl SessionTable for BpfSessionTable {
         }
         self.listeners.insert(spec.local, (key, slot));
         Ok(())
-    }
-
-    /// The maps are pinned: sessions keep being reflected while no control
-    /// plane runs, and a restarted one adopts them from the registry.
-    fn outlives_process(&self) -> bool {
-        true
-    }
-
-    fn reflector_addr(&self, sid: &Sid) -> Option<SocketAddr> {
-        self.sessions.get(sid).map(|r| r.key.local)
     }
 
     fn remove_listener(&mut self, local: SocketAddr) -> Result<(), TableError> {
