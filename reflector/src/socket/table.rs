@@ -171,20 +171,12 @@ impl Shared {
 /// The loop's per-packet handler.
 struct TableHandler {
     shared: Arc<Shared>,
-    clock: ClockState,
     /// The registry, held from `begin_batch` to `end_batch`.
     batch: Option<ArcMutexGuard<RawMutex, Registry>>,
+    clock: ClockState,
 }
 
 impl Reflect for TableHandler {
-    fn begin_batch(&mut self, _key: SocketKey) {
-        self.batch = Some(Mutex::lock_arc(&self.shared.registry));
-    }
-
-    fn end_batch(&mut self) {
-        self.batch = None;
-    }
-
     fn reflect(&mut self, key: SocketKey, rx: &RxPacket<'_>, tx: &mut [u8]) -> Option<usize> {
         let now = Instant::now();
         // RFC 5357 §4.2.1: 255 only if the TTL cannot be read.
@@ -213,6 +205,14 @@ impl Reflect for TableHandler {
                 .reflect_at(rx.payload, meta, rx.rx_stamp, &self.clock, now, tx)
                 .ok(),
         }
+    }
+
+    fn begin_batch(&mut self, _key: SocketKey) {
+        self.batch = Some(Mutex::lock_arc(&self.shared.registry));
+    }
+
+    fn end_batch(&mut self) {
+        self.batch = None;
     }
 }
 
@@ -328,8 +328,8 @@ impl SocketSessionTable {
             reflector,
             handler: TableHandler {
                 shared,
-                clock,
                 batch: None,
+                clock,
             },
             housekeeping: cfg.housekeeping.max(Duration::from_millis(1)),
             clock_refresh: cfg.clock_refresh,
