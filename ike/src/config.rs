@@ -197,6 +197,9 @@ pub struct Config {
     pub half_open_timeout: Duration,
     /// UDP port for NAT-T (RFC 3948), normally 4500.
     pub natt_port: u16,
+    /// Behind a NAT, send a NAT-keepalive this often (RFC 3948 §4: 20 s);
+    /// `None`: never.
+    pub natt_keepalive: Option<Duration>,
     /// Send an empty INFORMATIONAL after this long without a message from the
     /// peer (`None`: only when asked with `Endpoint::check_liveness`).
     pub liveness_interval: Option<std::time::Duration>,
@@ -251,6 +254,7 @@ impl Config {
             cookie_secret_lifetime: Duration::from_secs(300),
             half_open_timeout: Duration::from_secs(30),
             natt_port: 4500,
+            natt_keepalive: Some(Duration::from_secs(20)),
             liveness_interval: None,
             child_pfs: false,
             ike_rekey_after: None,

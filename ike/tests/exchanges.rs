@@ -1460,3 +1460,63 @@ fn a_later_major_version_gets_invalid_major_version_and_ikev1_silence() {
     b.handle_datagram(Instant::now(), &mut rng, addr(B), addr(A), &req);
     assert!(b.poll_transmit().is_none());
 }
+
+#[test]
+fn behind_a_nat_we_float_to_4500_and_send_keepalives() {
+    // A sits behind a port-translating NAT: B sees A's port 500 as 1500 and
+    // 4500 as 14500. Only A (behind it) sends NAT-keepalives.
+    let mut p = Pair::default();
+    let nat_out = |a: SocketAddr| {
+        let mut a = a;
+        a.set_port(if a.port() == 500 { 1500 } else { 14500 });
+        a
+    };
+    let nat_in = |a: SocketAddr| {
+        let mut a = a;
+        a.set_port(if a.port() == 1500 { 500 } else { 4500 });
+        a
+    };
+    p.initiate(Some(child_params()));
+    let mut keepalives = 0;
+    let run = |p: &mut Pair, keepalives: &mut usize| {
+        for _ in 0..50 {
+            let mut moved = false;
+            while let Some(t) = p.a.poll_transmit() {
+                moved = true;
+                if t.data == [0xff] {
+                    assert_eq!(t.local.port(), 4500);
+                    *keepalives += 1;
+                }
+                p.b.handle_datagram(p.now, &mut p.rb, t.remote, nat_out(t.local), &t.data);
+            }
+            while let Some(t) = p.b.poll_transmit() {
+                moved = true;
+                assert_ne!(t.data, [0xff], "B is not behind a NAT");
+                p.a.handle_datagram(p.now, &mut p.ra, nat_in(t.remote), t.remote, &t.data);
+            }
+            if !moved {
+                return;
+            }
+        }
+    };
+    run(&mut p, &mut keepalives);
+    let (ea, eb) = p.events();
+    let (ia, ib) = (established(&ea), established(&eb));
+    assert_eq!(ia.peer.port(), 4500, "A floated");
+    assert_eq!(
+        ib.peer,
+        addr("198.18.0.1:14500"),
+        "B answers the NAT's port"
+    );
+    assert!(ia.child.unwrap().udp_encap && ib.child.unwrap().udp_encap);
+    assert_eq!(keepalives, 0);
+    // 20 s later A's keepalive goes out (on the NAT-T port); B stays silent.
+    let due = p.a.poll_timeout().unwrap();
+    assert_eq!(due, p.now + Duration::from_secs(20));
+    p.now = due;
+    p.a.handle_timeout(p.now, &mut p.ra);
+    p.b.handle_timeout(p.now, &mut p.rb);
+    run(&mut p, &mut keepalives);
+    assert_eq!(keepalives, 1);
+    assert!(p.b.poll_timeout().is_none(), "no keepalive timer on B");
+}

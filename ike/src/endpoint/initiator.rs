@@ -158,7 +158,8 @@ impl Endpoint {
         sa.suite = suite;
         sa.nr = nr;
         sa.init_resp = msg.to_vec();
-        sa.nat = nat_detected(&sa.spi_i, &sa.spi_r, remote, local, &natd_src, &natd_dst);
+        (sa.nat, sa.nat_local) =
+            nat_detected(&sa.spi_i, &sa.spi_r, remote, local, &natd_src, &natd_dst);
         let Some(keys) = derive_ike_keys(suite, &sa.ni, &sa.nr, &g_ir, &sa.spi_i, &sa.spi_r, true)
         else {
             return false;

@@ -205,6 +205,10 @@ struct IkeSa {
     /// The request being answered now.
     current_request: Vec<u8>,
     nat: bool,
+    /// We are behind a NAT: send NAT-keepalives (RFC 3948 §4).
+    nat_local: bool,
+    /// When the last NAT-keepalive went out (or the SA came up).
+    keepalive_at: Instant,
     created: Instant,
     last_heard: Instant,
     /// When the SA was replaced by a rekey (it then waits for the Delete).
@@ -376,6 +380,12 @@ impl Endpoint {
                     let e = s.last_heard + iv;
                     t = Some(t.map_or(e, |t| t.min(e)));
                 }
+                if let (Some(iv), true, State::Established) =
+                    (self.config.natt_keepalive, s.nat_local, s.state)
+                {
+                    let e = s.keepalive_at + iv;
+                    t = Some(t.map_or(e, |t| t.min(e)));
+                }
                 if let (State::Established, None, false) = (s.state, &s.outstanding, s.silent) {
                     if let Some(e) = self.rekey_due(s) {
                         t = Some(t.map_or(e, |t| t.min(e)));
@@ -394,6 +404,26 @@ impl Endpoint {
                 continue;
             };
             let mut keep = true;
+            // NAT-keepalive (RFC 3948 §4): one 0xFF octet from the NAT-T
+            // port keeps our mapping open.
+            if let (Some(iv), true, State::Established) =
+                (self.config.natt_keepalive, sa.nat_local, sa.state)
+            {
+                if now >= sa.keepalive_at + iv {
+                    sa.keepalive_at = now;
+                    let mut local = sa.local;
+                    local.set_port(self.config.natt_port);
+                    let mut remote = sa.peer;
+                    if remote.port() == 500 {
+                        remote.set_port(self.config.natt_port);
+                    }
+                    self.transmits.push_back(Transmit {
+                        local,
+                        remote,
+                        data: vec![0xff],
+                    });
+                }
+            }
             if sa.state == State::HalfOpen && now >= sa.created + self.config.half_open_timeout {
                 self.init_index.remove(&(sa.peer, sa.spi_i));
                 continue;
@@ -653,6 +683,8 @@ impl Endpoint {
             last_response: None,
             current_request: Vec::new(),
             nat: false,
+            nat_local: false,
+            keepalive_at: now,
             created: now,
             last_heard: now,
             rekeyed_at: None,

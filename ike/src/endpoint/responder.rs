@@ -261,7 +261,7 @@ impl Endpoint {
             length: 0,
         };
         let resp = clear_message(h, &p);
-        let nat = nat_detected(&hdr.spi_i, &[0; 8], remote, local, natd_src, natd_dst);
+        let (nat, nat_local) = nat_detected(&hdr.spi_i, &[0; 8], remote, local, natd_src, natd_dst);
         let Some(keys) = derive_ike_keys(suite, ni, &nr, &g_ir, &hdr.spi_i, &spi_r, false) else {
             return;
         };
@@ -293,6 +293,8 @@ impl Endpoint {
             last_response: None,
             current_request: Vec::new(),
             nat,
+            nat_local,
+            keepalive_at: now,
             created: now,
             last_heard: now,
             rekeyed_at: None,

@@ -82,9 +82,11 @@ pub(super) fn fresh_esp_spi(rng: &mut dyn Rng) -> u32 {
     }
 }
 
-/// NAT detection (RFC 7296 §2.23): true when a received hash does not match
-/// the address it should (the peer may fake its source hash to force UDP
-/// encapsulation, as strongSwan's libipsec does; that counts as NAT too).
+/// NAT detection (RFC 7296 §2.23): (any NAT, we are behind one). Any NAT
+/// when a received hash does not match the address it should (the peer may
+/// fake its source hash to force UDP encapsulation, as strongSwan's libipsec
+/// does; that counts too); we are behind one when the hash of our own
+/// address as the peer saw it differs from our local address.
 pub(super) fn nat_detected(
     spi_i: &[u8; 8],
     spi_r: &[u8; 8],
@@ -92,15 +94,15 @@ pub(super) fn nat_detected(
     local: SocketAddr,
     src: &[Vec<u8>],
     dst: &[Vec<u8>],
-) -> bool {
+) -> (bool, bool) {
     if src.is_empty() || dst.is_empty() {
-        return false;
+        return (false, false);
     }
     let s = crypto::nat_hash(spi_i, spi_r, remote);
     let d = crypto::nat_hash(spi_i, spi_r, local);
     let remote_ok = src.iter().any(|h| h[..] == s[..]);
     let local_ok = dst.iter().any(|h| h[..] == d[..]);
-    !(remote_ok && local_ok)
+    (!(remote_ok && local_ok), !local_ok)
 }
 
 /// SKEYSEED and the seven keys of a new IKE SA (RFC 7296 §2.14).
@@ -188,6 +190,8 @@ pub(super) fn rekeyed_sa(
         last_response: None,
         current_request: Vec::new(),
         nat: old.nat,
+        nat_local: old.nat_local,
+        keepalive_at: now,
         created: now,
         last_heard: now,
         rekeyed_at: None,
