@@ -13,14 +13,25 @@ impl Endpoint {
         msg: &[u8],
         hdr: &HeaderRepr,
     ) -> Option<Vec<Payload>> {
-        let keys = sa.keys.as_ref()?;
+        self.open_checked(sa, msg, hdr).ok()
+    }
+
+    /// [`Self::open`], telling an unsupported critical payload (authentic,
+    /// to be answered with UNSUPPORTED_CRITICAL_PAYLOAD) from a drop.
+    pub(super) fn open_checked(
+        &mut self,
+        sa: &IkeSa,
+        msg: &[u8],
+        hdr: &HeaderRepr,
+    ) -> Result<Vec<Payload>, Option<u8>> {
+        let keys = sa.keys.as_ref().ok_or(None)?;
         let mut it = PayloadIter::new(hdr.next_payload, &msg[HEADER_LEN..]);
         let mut sk_at = HEADER_LEN;
         let mut first_inner = None;
         while let Some(r) = it.next() {
             let Ok(raw) = r else {
                 self.stats.malformed += 1;
-                return None;
+                return Err(None);
             };
             if raw.ptype == ptype::SK {
                 first_inner = Some(it.next_type());
@@ -28,23 +39,26 @@ impl Endpoint {
             }
             if raw.ptype == ptype::SKF {
                 self.stats.malformed += 1;
-                return None;
+                return Err(None);
             }
             sk_at += wire::GENERIC_HEADER_LEN + raw.body.len();
         }
         let Some(first) = first_inner else {
             self.stats.malformed += 1;
-            return None;
+            return Err(None);
         };
         let Ok(inner) = keys.inb.open(msg, sk_at) else {
             self.stats.decrypt_failed += 1;
-            return None;
+            return Err(None);
         };
         match wire::parse_chain(first, &inner) {
-            Ok(p) => Some(p),
-            Err(_) => {
+            Ok(p) => Ok(p),
+            Err(e) => {
                 self.stats.malformed += 1;
-                None
+                Err(match e {
+                    wire::WireError::UnsupportedCritical(t) => Some(t),
+                    _ => None,
+                })
             }
         }
     }
@@ -76,8 +90,25 @@ impl Endpoint {
             self.stats.bad_message_id += 1;
             return true;
         }
-        let Some(payloads) = self.open(sa, msg, hdr) else {
-            return true;
+        let payloads = match self.open_checked(sa, msg, hdr) {
+            Ok(p) => p,
+            Err(Some(t)) => {
+                // RFC 7296 §2.5: an authentic request with a critical payload
+                // we do not understand is refused as a whole.
+                sa.current_request = msg.to_vec();
+                self.respond(
+                    sa,
+                    hdr.exchange_type,
+                    hdr.message_id,
+                    &[Payload::Notify(Notify::status(
+                        notify::UNSUPPORTED_CRITICAL_PAYLOAD,
+                        &[t],
+                    ))],
+                    rng,
+                );
+                return true;
+            }
+            Err(None) => return true,
         };
         sa.current_request = msg.to_vec();
         // Authenticated: follow the peer's address (NAT-T float, RFC 7296 §2.23).

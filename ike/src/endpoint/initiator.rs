@@ -186,10 +186,13 @@ impl Endpoint {
         let mut signed = sa.init_req.clone();
         signed.extend_from_slice(&sa.nr);
         signed.extend_from_slice(&prf.prf(&keys.sk_pi, &local_id.body()));
+        // Without a configured peer identity the peer is known by its
+        // address (as strongSwan does): a PSK file entry for the address, or
+        // the `*` entry, applies.
         let other = sa
             .want_peer_id
             .clone()
-            .unwrap_or_else(|| Identification::fqdn(""));
+            .unwrap_or_else(|| Identification::address(sa.peer.ip()));
         let ctx = AuthContext {
             prf,
             signed_octets: &signed,

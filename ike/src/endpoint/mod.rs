@@ -1034,3 +1034,122 @@ impl Endpoint {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::PskAuthenticator;
+    use crate::psk::PskStore;
+    use crate::rng::SeqRng;
+
+    fn ep(me: &str, peer: &str, rng: &mut SeqRng) -> Endpoint {
+        let mut s = PskStore::new();
+        s.insert(peer, b"secret");
+        // A's peer is known by its address (no peer identity configured).
+        s.insert("198.18.0.2", b"secret");
+        Endpoint::new(
+            Config::new(Identification::fqdn(me)),
+            Box::new(PskAuthenticator { store: s }),
+            rng,
+        )
+    }
+
+    fn pump(a: &mut Endpoint, b: &mut Endpoint, rng: &mut SeqRng, now: Instant) {
+        loop {
+            let mut moved = false;
+            while let Some(t) = a.poll_transmit() {
+                b.handle_datagram(now, rng, t.remote, t.local, &t.data);
+                moved = true;
+            }
+            while let Some(t) = b.poll_transmit() {
+                a.handle_datagram(now, rng, t.remote, t.local, &t.data);
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// An authentic INFORMATIONAL request carrying an unknown payload with
+    /// the critical bit: answered with UNSUPPORTED_CRITICAL_PAYLOAD naming
+    /// its type (RFC 7296 §2.5); the same payload without the bit is
+    /// skipped and the request answered normally.
+    #[test]
+    fn unknown_critical_payload_in_an_sk_request_is_refused_by_notify() {
+        let mut rng = SeqRng::new(1);
+        let now = Instant::now();
+        let mut a = ep("a.test", "b.test", &mut rng);
+        let mut b = ep("b.test", "a.test", &mut rng);
+        a.initiate(
+            now,
+            &mut rng,
+            InitiateParams {
+                local: "198.18.0.1:500".parse().unwrap(),
+                peer: "198.18.0.2:500".parse().unwrap(),
+                peer_id: None,
+                child: None,
+            },
+        )
+        .unwrap();
+        pump(&mut a, &mut b, &mut rng, now);
+        let sa_a = a.sas.values().next().unwrap();
+        let (spi_i, spi_r) = (sa_a.spi_i, sa_a.spi_r);
+        for (critical, msg_id) in [(0x80u8, 2u32), (0, 3)] {
+            // Unknown type 200 with the critical bit (or not), built and
+            // sealed with A's outbound keys as A's next request.
+            let inner = vec![0u8, critical, 0, 6, 0xab, 0xcd];
+            let mut h = HeaderRepr {
+                spi_i,
+                spi_r,
+                next_payload: 0,
+                exchange_type: exchange::INFORMATIONAL,
+                flags: FLAG_I,
+                message_id: msg_id,
+                length: 0,
+            };
+            let sa_a = a.sas.values().next().unwrap();
+            let msg = sa_a
+                .keys
+                .as_ref()
+                .unwrap()
+                .out
+                .seal(&mut h, 200, &inner, &mut rng);
+            // B expects message ID 2 next (0 INIT, 1 AUTH).
+            b.handle_datagram(
+                now,
+                &mut rng,
+                "198.18.0.2:500".parse().unwrap(),
+                "198.18.0.1:500".parse().unwrap(),
+                &msg,
+            );
+            let r = b.poll_transmit().expect("an answer");
+            let sa_b = b.sas.values().next().unwrap();
+            let hdr = HeaderRepr::parse(&Header::new_checked(&r.data[..]).unwrap());
+            assert!(hdr.is_response());
+            assert_eq!(hdr.message_id, msg_id);
+            let mut it = PayloadIter::new(hdr.next_payload, &r.data[HEADER_LEN..]);
+            let _sk = it.next().unwrap().unwrap();
+            let first = it.next_type();
+            let sa_a = a.sas.values().next().unwrap();
+            let plain = sa_a
+                .keys
+                .as_ref()
+                .unwrap()
+                .inb
+                .open(&r.data, HEADER_LEN)
+                .unwrap();
+            let pl = wire::parse_chain(first, &plain).unwrap();
+            if critical != 0 {
+                assert!(
+                    matches!(&pl[..], [Payload::Notify(n)]
+                        if n.ntype == notify::UNSUPPORTED_CRITICAL_PAYLOAD && n.data == [200]),
+                    "{pl:?}"
+                );
+            } else {
+                assert!(pl.is_empty(), "{pl:?}");
+            }
+            assert_eq!(sa_b.state, State::Established);
+        }
+    }
+}

@@ -315,6 +315,20 @@ impl Identification {
         }
     }
 
+    /// An ID_IPV4_ADDR or ID_IPV6_ADDR identity.
+    pub fn address(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(a) => Identification {
+                id_type: idtype::IPV4_ADDR,
+                data: a.octets().to_vec(),
+            },
+            IpAddr::V6(a) => Identification {
+                id_type: idtype::IPV6_ADDR,
+                data: a.octets().to_vec(),
+            },
+        }
+    }
+
     /// The body octets as they enter the AUTH computation (RFC 7296 §2.15:
     /// ID type, 3 reserved octets, data).
     pub fn body(&self) -> Vec<u8> {
