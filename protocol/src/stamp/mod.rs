@@ -8,6 +8,7 @@
 //!   in-place framing pass;
 //! * [`tlvs`]: typed values of every registered TLV (RFC 8972, RFC 9503,
 //!   RFC 9534) and the reflector's fill functions;
+//! * [`validate`]: a conformance checker for observed peer traffic;
 //! * [`reflect`]: [`reflect_stamp`] (stateless or stateful) and [`set_t3`].
 //!
 //! Unauthenticated STAMP is wire-compatible with TWAMP Light; authenticated
@@ -18,6 +19,7 @@ pub mod packet;
 pub mod reflect;
 pub mod tlv;
 pub mod tlvs;
+pub mod validate;
 
 pub use packet::{ReflectorPacket, ReflectorRepr, SenderPacket, SenderRepr, StampLayout};
 pub use reflect::{reflect_stamp, set_t3, ReflectorMode, StampFormat};
