@@ -466,9 +466,7 @@ fn authenticated_session_hmac_tlv_position_and_fresh_tags() {
         .expect("fresh HMAC TLV over our Sequence Number and the reflected TLVs");
     // Misplaced: HMAC first, then CoS → I on every TLV, values untouched.
     let mut area = Vec::new();
-    let mut tmp = vec![0u8; 4];
-    tmp.copy_from_slice(&1u32.to_be_bytes());
-    let tag = h.compute(&[&tmp[..]]);
+    let tag = h.compute(&[&1u32.to_be_bytes()[..]]);
     area.extend(tlv(U, 8, &tag));
     area.extend(cos.clone());
     let req = auth_request(1, 5, &area, false);
