@@ -544,6 +544,125 @@ fn poller_reflects_secured_sessions_and_counts_drops() {
 
 /// The bare echo mode sends every frame back with addresses and ports
 /// swapped and the payload untouched.
+/// A stateful STAMP session on the AF_XDP path: own Sequence Number from
+/// 0, the SSID checked, and Follow-Up Telemetry carrying exactly the
+/// transmit-completion stamp the poller recorded for the previous reply
+/// (copy mode: the kernel's CLOCK_TAI reading when it freed the frame,
+/// mode 2) — or, if the kernel delivers none, Timestamp 0 and mode 0.
+/// Prints the distribution of (Follow-Up T3 − in-packet T3).
+#[test]
+fn stateful_stamp_session_follow_up_from_tx_completions() {
+    use ricochet_protocol::time::{TaiOffset, TimeFormat};
+    use ricochet_reflector::clock::{Stamp, StampSource, TimeScale};
+    if skip() {
+        return;
+    }
+    let rig = Rig::up("axst");
+    let _peer = rig.peer_xdp();
+    rig.in_reflector(|sender_ns, iface| {
+        let sock = sender_socket(&sender_ns, false, 40011);
+        let prog = load();
+        let m = prog.maps();
+        let sender = sender_addr(false, 40011);
+        let keys = slot_keys(1, KeyMaterial::StampSession { ssid: 7, key: None }, sender);
+        m.write_keys(1, &keys).unwrap();
+        let key = SessionKey::new(reflector(false), sender).unwrap();
+        m.insert_session(&key, &secured_entry(1, 1)).unwrap();
+        let idx = ifindex(&iface).unwrap();
+        let _att = prog
+            .attach(idx, AttachMode::Native)
+            .expect("native XDP on veth");
+        let shared = shared();
+        let clock = shared.clock.load();
+        let poller = Poller::spawn(PollerConfig::new(idx, 0), m, &shared).expect("poller");
+
+        let probe = |seq: u32, ssid: u16| {
+            let mut b = vec![0u8; 44 + 20];
+            b[0..4].copy_from_slice(&seq.to_be_bytes());
+            b[4..12].copy_from_slice(&t1_now());
+            b[12..14].copy_from_slice(&0x0001u16.to_be_bytes());
+            b[14..16].copy_from_slice(&ssid.to_be_bytes());
+            b[44..48].copy_from_slice(&[0x80, 7, 0, 16]);
+            b
+        };
+        let offset = TaiOffset(clock.tai_offset_s);
+        let mut diffs = Vec::new();
+        // (seq, in-packet T3 UTC ns, its completion as the poller recorded it)
+        let mut previous: Option<(u32, u64, Option<u64>)> = None;
+        let n = 20u32;
+        for i in 0..n {
+            let (reply, _, _) =
+                exchange(&sock, reflector(false), &probe(1000 + i, 7)).expect("STAMP reply");
+            assert_eq!(reply.len(), 64, "symmetric");
+            let r = StampReply::new_checked(&reply[..], StampLayout::Unauthenticated).unwrap();
+            assert_eq!(r.sequence_number(), i, "own counter from 0");
+            assert_eq!(r.sender_sequence_number(), 1000 + i);
+            assert_eq!(r.ssid(), 7);
+            assert_eq!(reply[44], 0, "Follow-Up recognised");
+            let fu = &reply[48..64];
+            match previous {
+                None => assert!(fu.iter().all(|&b| b == 0), "first reply: nothing before it"),
+                Some((pseq, pt3, ptx)) => {
+                    assert_eq!(&fu[0..4], &pseq.to_be_bytes(), "previous reply's seq");
+                    match ptx {
+                        Some(tx_ns) => {
+                            let want = Stamp {
+                                ns: tx_ns,
+                                scale: TimeScale::Tai,
+                                source: StampSource::KernelSoftware,
+                            }
+                            .to_timestamp(offset, TimeFormat::Ntp)
+                            .to_bytes();
+                            assert_eq!(&fu[4..12], &want, "the recorded completion stamp");
+                            assert_eq!(fu[12], 2, "copy mode: software local");
+                            let fu_ns = ntp_ns(fu[4..12].try_into().unwrap());
+                            diffs.push(fu_ns as i64 - pt3 as i64);
+                        }
+                        None => {
+                            assert!(
+                                fu[4..13].iter().all(|&b| b == 0),
+                                "no stamp: zero, mode 0; table {:?}, Follow-Up {fu:02x?}",
+                                shared.tx_stamps.last(1)
+                            );
+                        }
+                    }
+                }
+            }
+            // Let the completion of this reply arrive before the next probe.
+            wait_for(&poller, "completion", |s| s.tx_completed == s.tx_packets);
+            let tx = shared
+                .tx_stamps
+                .last(1)
+                .filter(|l| l.seq == i)
+                .map(|l| l.tx_ns);
+            previous = Some((i, ntp_ns(r.timestamp()), tx));
+        }
+        // Another SSID is not this session.
+        assert_silent(&sock, reflector(false), &probe(1, 8));
+        let s = poller.stop().unwrap();
+        diffs.sort_unstable();
+        eprintln!(
+            "AF_XDP copy mode, veth: TX timestamps {:?}; Follow-Up T3 - in-packet T3 over {} \
+             replies: min {:?} p50 {:?} max {:?} ns",
+            s.tx_timestamping,
+            diffs.len(),
+            diffs.first(),
+            diffs.get(diffs.len() / 2),
+            diffs.last()
+        );
+        match &s.tx_timestamping {
+            TxTimestamping::Delivered => {
+                assert_eq!(diffs.len() as u32, n - 1, "every Follow-Up stamped");
+                assert!(
+                    diffs.iter().all(|d| *d > 0),
+                    "a completion comes after the in-packet T3: {diffs:?}"
+                );
+            }
+            _ => assert!(diffs.is_empty()),
+        }
+    });
+}
+
 #[test]
 fn echo_mode_echoes() {
     if skip() {
