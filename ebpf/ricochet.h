@@ -208,6 +208,9 @@ enum rc_key_mode {
 	 * space (TLVs, Follow-Up from TX completions): SSID in rc_keys.ssid. */
 	RC_KEYS_STAMP_SESSION = 4,      /* unauthenticated */
 	RC_KEYS_STAMP_SESSION_AUTH = 5, /* key[0..32] = HMAC-SHA-256 */
+	/* Stateless unauthenticated STAMP listener: its TLV-bearing packets
+	 * (RC_F_TLV_TO_XSK), whose TLVs need user-space processing. */
+	RC_KEYS_STAMP_OPEN = 6,
 };
 
 /* Octets of rc_keys.key: the per-SID Test AES key (16) then the Test HMAC

@@ -663,6 +663,81 @@ fn stateful_stamp_session_follow_up_from_tx_completions() {
     });
 }
 
+/// An unauthenticated STAMP listener installed by `BpfSessionTable`: a
+/// plain 44-octet probe is reflected by the XDP program, a TLV-bearing one
+/// goes to the poller, which processes its TLVs (RFC 8972 §4): unknown type
+/// U = 1, Class of Service DSCP2/ECN from the received packet and DSCP1 on
+/// the reply, Timestamp Information filled.
+#[test]
+fn listener_tlvs_are_processed_by_the_poller() {
+    use ricochet_reflector::bpf::BpfSessionTable;
+    use ricochet_reflector::session_table::{ListenerKind, ListenerSpec, SessionTable};
+    if skip() {
+        return;
+    }
+    let rig = Rig::up("axtl");
+    let _peer = rig.peer_xdp();
+    rig.in_reflector(|sender_ns, iface| {
+        let sock = sender_socket(&sender_ns, false, 40021);
+        let prog = load();
+        let registry = std::env::temp_dir().join(format!("axtl-{}.sessions", std::process::id()));
+        let mut table = BpfSessionTable::open(prog.pin_dir(), &registry).unwrap();
+        table
+            .add_listener(ListenerSpec {
+                local: reflector(false),
+                kind: ListenerKind::Unauthenticated,
+                dscp: None,
+                rate_limit_pps: 0,
+                rate_burst: 0,
+            })
+            .unwrap();
+        let m = prog.maps();
+        let idx = ifindex(&iface).unwrap();
+        let _att = prog
+            .attach(idx, AttachMode::Native)
+            .expect("native XDP on veth");
+        let shared = shared();
+        let poller = Poller::spawn(PollerConfig::new(idx, 0), m, &shared).expect("poller");
+        let m = prog.maps();
+        let base = |seq: u32| {
+            let mut b = vec![0u8; 44];
+            b[0..4].copy_from_slice(&seq.to_be_bytes());
+            b[4..12].copy_from_slice(&t1_now());
+            b[12..14].copy_from_slice(&[0, 1]);
+            b
+        };
+        // Plain: the XDP program answers.
+        let before = m.counters().unwrap().get(Counter::Reflected);
+        let (reply, _, _) = exchange(&sock, reflector(false), &base(1)).expect("plain reply");
+        assert_eq!(reply.len(), 44);
+        assert_eq!(m.counters().unwrap().get(Counter::Reflected), before + 1);
+        // TLVs: the poller answers.
+        let mut probe = base(2);
+        probe.extend_from_slice(&[0x80, 4, 0, 4, 46 << 2, 0, 0, 0]); // CoS
+        probe.extend_from_slice(&[0x80, 3, 0, 4, 0, 0, 0, 0]); // Timestamp Information
+        probe.extend_from_slice(&[0x80, 200, 0, 4, 1, 2, 3, 4]); // unknown
+        let (reply, _, _) = exchange(&sock, reflector(false), &probe).expect("TLV reply");
+        assert_eq!(reply.len(), probe.len());
+        assert_eq!(&reply[0..4], &2u32.to_be_bytes(), "stateless: copied");
+        assert_eq!(
+            &reply[44..52],
+            &[0, 4, 0, 4, 46 << 2, 0, 0, 0],
+            "CoS, received DSCP 0"
+        );
+        assert_eq!(&reply[52..56], &[0, 3, 0, 4]);
+        // T2 from the kernel's TAI clock at XDP entry (software, 2), T3 a
+        // user-space reading (3).
+        assert_eq!(reply[57], 2);
+        assert_eq!(reply[59], 3);
+        assert_ne!(reply[56], 0, "a sync source");
+        assert_eq!(&reply[60..68], &[0x80, 200, 0, 4, 1, 2, 3, 4], "unknown: U");
+        let s = wait_for(&poller, "poller reply", |s| s.tx_packets >= 1);
+        assert_eq!(s.tx_packets, 1, "only the TLV probe went to the poller");
+        poller.stop().unwrap();
+        let _ = std::fs::remove_file(&registry);
+    });
+}
+
 #[test]
 fn echo_mode_echoes() {
     if skip() {

@@ -141,6 +141,11 @@ impl SecuredSlot {
                 e.set_t3_source(t3_now);
                 Engine::Stamp(e)
             }
+            KeyMaterial::StampOpen => {
+                let mut e = ListenerEngine::new(&ListenerKind::Unauthenticated, 0, 0);
+                e.set_t3_source(t3_now);
+                Engine::Stamp(e)
+            }
             KeyMaterial::StampSession { ssid, key } => {
                 let sender = k.sender.ok_or("a STAMP session slot without its sender")?;
                 let spec = StampSessionSpec {

@@ -387,6 +387,9 @@ pub enum KeyMaterial {
         /// The key; `None`: unauthenticated.
         key: Option<zeroize::Zeroizing<[u8; 32]>>,
     },
+    /// A stateless unauthenticated STAMP listener's TLV-bearing packets
+    /// ([`EntryFlags::TLV_TO_XSK`]): no key, the TLVs need user space.
+    StampOpen,
 }
 
 impl KeyMaterial {
@@ -400,6 +403,8 @@ impl KeyMaterial {
     pub const STAMP_SESSION: u8 = 4;
     /// `RC_KEYS_STAMP_SESSION_AUTH`.
     pub const STAMP_SESSION_AUTH: u8 = 5;
+    /// `RC_KEYS_STAMP_OPEN`.
+    pub const STAMP_OPEN: u8 = 6;
 
     fn mode(&self) -> u8 {
         match self {
@@ -408,6 +413,7 @@ impl KeyMaterial {
             KeyMaterial::StampAuthenticated(_) => Self::STAMP_AUTH,
             KeyMaterial::StampSession { key: None, .. } => Self::STAMP_SESSION,
             KeyMaterial::StampSession { key: Some(_), .. } => Self::STAMP_SESSION_AUTH,
+            KeyMaterial::StampOpen => Self::STAMP_OPEN,
         }
     }
 }
@@ -420,6 +426,7 @@ impl std::fmt::Debug for KeyMaterial {
             KeyMaterial::StampAuthenticated(_) => "StampAuthenticated(<redacted>)",
             KeyMaterial::StampSession { key: None, .. } => "StampSession",
             KeyMaterial::StampSession { key: Some(_), .. } => "StampSession(<redacted>)",
+            KeyMaterial::StampOpen => "StampOpen",
         })
     }
 }
@@ -510,6 +517,7 @@ impl SlotKeys {
                     put(&mut b, k, &key[..]);
                 }
             }
+            KeyMaterial::StampOpen => {}
         }
         b
     }
@@ -543,6 +551,7 @@ impl SlotKeys {
                     key,
                 }
             }
+            KeyMaterial::STAMP_OPEN => KeyMaterial::StampOpen,
             m => return Err(BpfError::BadMapData(format!("keys mode {m}"))),
         };
         let port = u16::from_be_bytes([

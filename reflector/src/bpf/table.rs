@@ -552,7 +552,35 @@ impl SessionTable for BpfSessionTable {
             cfg.dscp = d & 0x3f;
         }
         let slot = match &spec.kind {
-            ListenerKind::Unauthenticated => None,
+            // Plain (and Extra-Padding-only) packets are reflected by the
+            // XDP program; TLV-bearing ones go to the pollers through a slot
+            // of their own, whose TLVs they process (RFC 8972 §4). Without a
+            // free slot the XDP program reflects them with the TLVs copied.
+            ListenerKind::Unauthenticated => match self.slots.take() {
+                None => {
+                    tracing::warn!(local = %spec.local, "no free keys slot: STAMP TLVs of this listener are not processed");
+                    None
+                }
+                Some(slot) => {
+                    let sk = SlotKeys {
+                        generation,
+                        instance: generation,
+                        keys: KeyMaterial::StampOpen,
+                        flags: cfg.flags,
+                        dscp: cfg.dscp,
+                        reflect_octets: 0,
+                        sender_mbz: 0,
+                        sender: None,
+                    };
+                    if let Err(e) = self.maps.write_keys(slot, &sk) {
+                        self.slots.free(slot);
+                        return Err(dp(e));
+                    }
+                    cfg.flags = cfg.flags | EntryFlags::TLV_TO_XSK;
+                    cfg.slot = slot;
+                    Some(slot)
+                }
+            },
             ListenerKind::StampAuthenticated { key: k } => {
                 let slot = self
                     .slots
