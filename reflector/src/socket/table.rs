@@ -642,7 +642,16 @@ impl SessionTable for SocketSessionTable {
                 return Err(TableError::DataPlane(format!("{id} already exists")));
             }
             if let Some(key) = reg.stamp_ports.get(&id.local_port).copied() {
-                if let Some(Entry::Stamp { sessions, .. }) = reg.entries.get_mut(&key) {
+                if let Some(Entry::Stamp {
+                    sessions, local, ..
+                }) = reg.entries.get_mut(&key)
+                {
+                    if local.ip() != spec.local.ip() {
+                        return Err(TableError::Address(
+                            spec.local,
+                            format!("STAMP port {} is bound to {local}", id.local_port),
+                        ));
+                    }
                     sessions.push(engine);
                     tracing::debug!(%id, "STAMP session added to its port");
                     return Ok(());
