@@ -255,6 +255,29 @@ fn stop_keeps_reflecting_until_the_grace_is_over() {
     assert!(t.sessions().is_empty());
 }
 
+/// A session stopped by the previous control plane is over for the next
+/// one once its grace has passed (no activity), even before a sweep.
+#[test]
+fn a_stopped_session_has_no_activity_after_its_grace() {
+    if skip() {
+        return;
+    }
+    let (p, r, mut t) = setup();
+    t.add(spec(SID, PORT_PEER, SecurityMode::Unauthenticated))
+        .unwrap();
+    t.start(&Sid(SID)).unwrap();
+    t.stop(&Sid(SID), Duration::from_secs(2)).unwrap();
+    drop(t);
+    let t2 = BpfSessionTable::open(p.pin_dir(), &r.0).unwrap();
+    assert!(t2.activity(&Sid(SID)).is_some(), "within its grace");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while t2.activity(&Sid(SID)).is_some() {
+        assert!(std::time::Instant::now() < deadline, "grace never ended");
+        std::thread::sleep(Duration::from_millis(20)); // polling a deadline, bounded
+    }
+    assert_eq!(t2.sessions(), vec![Sid(SID)], "not swept yet");
+}
+
 #[test]
 fn a_restarted_control_plane_lists_and_removes_pinned_sessions() {
     if skip() {
@@ -276,6 +299,10 @@ fn a_restarted_control_plane_lists_and_removes_pinned_sessions() {
     let mut want = vec![Sid(SID), Sid(sid_b)];
     want.sort_by_key(|s| s.0);
     assert_eq!(t2.sessions(), want);
+    // What a restarted control plane needs to adopt them.
+    assert!(t2.outlives_process());
+    assert_eq!(t2.reflector_addr(&Sid(SID)), Some(us()));
+    assert_eq!(t2.reflector_addr(&Sid([9; 16])), None);
     assert!(t2.orphans().unwrap().is_empty());
     assert_eq!(t2.activity(&Sid(SID)).unwrap().reflected, 0);
 

@@ -607,6 +607,7 @@ impl Worker {
             cache,
             scratch,
             md_len,
+            stats,
             ..
         } = self;
         let cache = cache.as_mut().ok_or(DropReason::BadKeys)?;
@@ -616,6 +617,10 @@ impl Worker {
         let ts_source = meta.ts_source().map_err(|_| DropReason::BadMetadata)?;
         let room = &mut chunk[off..];
         let p = frame::parse(&room[..len]).map_err(|_| DropReason::Malformed)?;
+        match ts_source {
+            crate::bpf::TsSource::Nic => stats.t2_nic.add(1),
+            crate::bpf::TsSource::KernelTai => stats.t2_kernel_tai.add(1),
+        }
         if p.payload_off != usize::from(meta.payload_off) {
             return Err(DropReason::Malformed);
         }

@@ -488,8 +488,12 @@ impl SessionTable for BpfSessionTable {
 
     fn activity(&self, sid: &Sid) -> Option<SessionActivity> {
         let rec = self.sessions.get(sid)?;
-        if rec.state == State::Installed {
-            return Some(SessionActivity::default());
+        match rec.state {
+            State::Installed => return Some(SessionActivity::default()),
+            // Past its grace the session is over, even before a sweep
+            // deletes the entry (a restarted control plane then removes it).
+            State::Stopping(deadline) if deadline <= now_ms() => return None,
+            _ => {}
         }
         let entry = match self.maps.session(&rec.key) {
             Ok(Some(e)) => e,
@@ -530,6 +534,16 @@ impl SessionTable for BpfSessionTable {
         let mut v: Vec<Sid> = self.sessions.keys().copied().collect();
         v.sort_by_key(|s| s.0);
         v
+    }
+
+    /// The maps are pinned: sessions keep being reflected while no control
+    /// plane runs, and a restarted one adopts them from the registry.
+    fn outlives_process(&self) -> bool {
+        true
+    }
+
+    fn reflector_addr(&self, sid: &Sid) -> Option<SocketAddr> {
+        self.sessions.get(sid).map(|r| r.key.local)
     }
 
     fn add_listener(&mut self, spec: ListenerSpec) -> Result<(), TableError> {

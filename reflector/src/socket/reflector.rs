@@ -29,6 +29,17 @@ pub type SocketKey = u64;
 
 /// Builds replies.
 pub trait Reflect {
+    /// Called before the packets of one received batch of socket `key` go
+    /// to [`Reflect::reflect`], and [`Reflect::end_batch`] after their
+    /// replies were sent: a handler with shared state can take it once per
+    /// batch instead of once per packet.
+    fn begin_batch(&mut self, key: SocketKey) {
+        let _ = key;
+    }
+
+    /// The end of the batch [`Reflect::begin_batch`] opened.
+    fn end_batch(&mut self) {}
+
     /// Writes the reply to `rx`, received on socket `key`, into `tx` and
     /// returns its length, or `None` to drop the packet (counted as
     /// declined). The reply goes back to `rx.src` from `rx.dst`.
@@ -510,6 +521,7 @@ impl SocketReflector {
                 }
             };
             s.rx_syscalls += 1;
+            handler.begin_batch(entry.key);
             for pkt in rx.iter() {
                 s.received += 1;
                 let pkt = match pkt {
@@ -559,6 +571,7 @@ impl SocketReflector {
                 s.send_errors += r.failed as u64;
                 s.tx_syscalls += r.syscalls as u64;
             }
+            handler.end_batch();
             if n < rx.capacity() {
                 // A short batch: the queue was empty when the kernel looked;
                 // any later datagram raises a new edge.
