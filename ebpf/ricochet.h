@@ -215,7 +215,10 @@ enum rc_key_mode {
 
 /* Octets of rc_keys.key: the per-SID Test AES key (16) then the Test HMAC
  * key (32), in Token order (RFC 4656 §3.1, §4.1.2); or a 32-octet STAMP
- * HMAC key followed by 16 zero octets. */
+ * HMAC key followed by 16 zero octets. STAMP sessions (RC_KEYS_STAMP_
+ * SESSION*) use the tail: [32..40) Class of Service policy (u64, bit n =
+ * DSCP n permitted, RFC 8972 §4.4), [40..42) RFC 9534 Reflector
+ * Micro-session ID (u16), [42] bit 0 = that ID is set; host order. */
 #define RC_KEY_LEN 48
 
 /* Value of the `keys` array, indexed by rc_entry.slot. Written by the

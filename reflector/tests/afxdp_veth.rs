@@ -564,7 +564,16 @@ fn stateful_stamp_session_follow_up_from_tx_completions() {
         let prog = load();
         let m = prog.maps();
         let sender = sender_addr(false, 40011);
-        let keys = slot_keys(1, KeyMaterial::StampSession { ssid: 7, key: None }, sender);
+        let keys = slot_keys(
+            1,
+            KeyMaterial::StampSession {
+                ssid: 7,
+                key: None,
+                cos_allowed_dscp: u64::MAX,
+                micro_session_id: None,
+            },
+            sender,
+        );
         m.write_keys(1, &keys).unwrap();
         let key = SessionKey::new(reflector(false), sender).unwrap();
         m.insert_session(&key, &secured_entry(1, 1)).unwrap();

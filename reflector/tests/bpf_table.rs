@@ -422,8 +422,10 @@ fn stamp_sessions_become_secured_entries_with_stamp_keys() {
         key: key.map(zeroize::Zeroizing::new),
         timestamp_format: TimeFormat::Ptp,
         dscp: Some(10),
-        cos_policy: CosPolicy::ALLOW_ALL,
-        micro_session_id: None,
+        // DSCP 10 and 46 (EF) only, and member link 9: the pollers must
+        // get both (issue 8: the AF_XDP path ignored them).
+        cos_policy: CosPolicy((1 << 10) | (1 << 46)),
+        micro_session_id: Some(9),
         rate_limit_pps: 0,
         rate_burst: 0,
     };
@@ -444,9 +446,13 @@ fn stamp_sessions_become_secured_entries_with_stamp_keys() {
         KeyMaterial::StampSession {
             ssid: 0x1234,
             key: Some(key),
+            cos_allowed_dscp,
+            micro_session_id,
         } => {
             assert_eq!(&key[..20], &[0xab; 20]);
             assert_eq!(&key[20..], &[0; 12], "zero-padded: the same HMAC");
+            assert_eq!(*cos_allowed_dscp, (1 << 10) | (1 << 46));
+            assert_eq!(*micro_session_id, Some(9));
         }
         other => panic!("wrong key material {other:?}"),
     }

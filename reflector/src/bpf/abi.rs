@@ -366,6 +366,13 @@ impl std::fmt::Debug for RawKeys {
     }
 }
 
+/// STAMP session slots: where the Class of Service policy and the
+/// Micro-session ID sit in `rc_keys.key`, after the 32-octet HMAC key
+/// (ricochet.h, `RC_KEY_LEN`).
+const STAMP_COS_AT: usize = 32;
+const STAMP_MICRO_AT: usize = 40;
+const STAMP_MICRO_FLAG_AT: usize = 42;
+
 /// The key material of a secured slot and the protection it selects
 /// (`enum rc_key_mode` with `rc_keys.key`). Zeroized on drop; `Debug`
 /// never shows it.
@@ -386,6 +393,13 @@ pub enum KeyMaterial {
         ssid: u16,
         /// The key; `None`: unauthenticated.
         key: Option<zeroize::Zeroizing<[u8; 32]>>,
+        /// Class of Service policy (RFC 8972 §4.4): bit n set = DSCP n may
+        /// be asked for (`key[32..40]`, native order).
+        cos_allowed_dscp: u64,
+        /// RFC 9534 Reflector Micro-session ID (`key[40..42]`, native
+        /// order, present when bit 0 of `key[42]` is set); `None`: the TLV
+        /// comes back with U = 1.
+        micro_session_id: Option<u16>,
     },
     /// A stateless unauthenticated STAMP listener's TLV-bearing packets
     /// ([`EntryFlags::TLV_TO_XSK`]): no key, the TLVs need user space.
@@ -511,10 +525,20 @@ impl SlotKeys {
                 put(&mut b, k + 16, &sk.hmac);
             }
             KeyMaterial::StampAuthenticated(key) => put(&mut b, k, &key[..]),
-            KeyMaterial::StampSession { ssid, key } => {
+            KeyMaterial::StampSession {
+                ssid,
+                key,
+                cos_allowed_dscp,
+                micro_session_id,
+            } => {
                 put(&mut b, offset_of!(RawKeys, ssid), &ssid.to_ne_bytes());
                 if let Some(key) = key {
                     put(&mut b, k, &key[..]);
+                }
+                put(&mut b, k + STAMP_COS_AT, &cos_allowed_dscp.to_ne_bytes());
+                if let Some(id) = micro_session_id {
+                    put(&mut b, k + STAMP_MICRO_AT, &id.to_ne_bytes());
+                    b[k + STAMP_MICRO_FLAG_AT] = 1;
                 }
             }
             KeyMaterial::StampOpen => {}
@@ -549,6 +573,9 @@ impl SlotKeys {
                 KeyMaterial::StampSession {
                     ssid: ne_u16(b, offset_of!(RawKeys, ssid)),
                     key,
+                    cos_allowed_dscp: ne_u64(b, k + STAMP_COS_AT),
+                    micro_session_id: (b[k + STAMP_MICRO_FLAG_AT] & 1 != 0)
+                        .then(|| ne_u16(b, k + STAMP_MICRO_AT)),
                 }
             }
             KeyMaterial::STAMP_OPEN => KeyMaterial::StampOpen,

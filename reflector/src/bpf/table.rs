@@ -705,6 +705,8 @@ impl SessionTable for BpfSessionTable {
             keys: KeyMaterial::StampSession {
                 ssid: spec.ssid,
                 key: hmac_key,
+                cos_allowed_dscp: spec.cos_policy.0,
+                micro_session_id: spec.micro_session_id,
             },
             flags,
             dscp: cfg.dscp,
