@@ -961,6 +961,12 @@ static __always_inline int ricochet(struct xdp_md *ctx, const int hwts)
 		count(RC_CNT_DROP_BAD_LENGTH);
 		return XDP_DROP;
 	}
+	/* RC_MODE_STAMP only: its packets have the unauthenticated layout
+	 * (SSID at octets 14-15, RFC 8972 §3), also those handed to the
+	 * socket for their TLVs. A secured entry may be authenticated STAMP
+	 * (SSID at 26-27), unauthenticated STAMP or TWAMP, which this program
+	 * cannot tell apart (it never reads `keys`): the pollers check the
+	 * SSID there, and user space refuses the flag on such entries. */
 	if (mode == RC_MODE_STAMP && (e->flags & RC_F_CHECK_SSID)) {
 		__u8 *p = data + pk.l4_off + sizeof(struct udphdr);
 

@@ -82,8 +82,10 @@ enum rc_flags {
 	/* STAMP: packets longer than the 44-octet base (they carry RFC 8972
 	 * TLVs) go to the AF_XDP socket instead of being reflected opaquely. */
 	RC_F_TLV_TO_XSK = 1 << 5,
-	/* STAMP (RFC 8972 §3): drop packets whose SSID differs from
-	 * rc_entry.ssid. */
+	/* STAMP (RFC 8972 §3): drop packets whose SSID (octets 14-15, the
+	 * unauthenticated layout) differs from rc_entry.ssid. RC_MODE_STAMP
+	 * entries only; not valid on RC_MODE_SECURED ones (the pollers check
+	 * the SSID of secured STAMP sessions at their layout's offset). */
 	RC_F_CHECK_SSID = 1 << 6,
 };
 

@@ -857,6 +857,25 @@ impl EntryConfig {
             burst: rate_pps.max(1),
         }
     }
+
+    /// Refuses combinations the XDP program would not honour.
+    /// [`EntryFlags::CHECK_SSID`] is checked only for [`Mode::Stamp`]
+    /// entries, whose packets have the unauthenticated layout (SSID at
+    /// octets 14–15, RFC 8972 §3): a secured entry may be authenticated
+    /// STAMP (SSID at 26–27), unauthenticated STAMP or TWAMP, which the XDP
+    /// program cannot tell apart (it never reads the keys), so there the
+    /// pollers check the SSID (`StampSessionEngine::matches`) and the flag
+    /// would be silently ignored: it is an error instead.
+    pub fn check(&self) -> Result<(), BpfError> {
+        if self.flags.contains(EntryFlags::CHECK_SSID) && self.mode != Mode::Stamp {
+            return Err(BpfError::BadMapData(format!(
+                "CHECK_SSID on a {:?} entry: the XDP program checks the SSID of \
+                 unauthenticated STAMP entries only (the pollers check secured ones)",
+                self.mode
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// One map entry as read back: its configuration and the data plane's
