@@ -87,6 +87,12 @@ enum rc_flags {
 	 * entries only; not valid on RC_MODE_SECURED ones (the pollers check
 	 * the SSID of secured STAMP sessions at their layout's offset). */
 	RC_F_CHECK_SSID = 1 << 6,
+	/* Secured entries: a packet the token bucket refuses still goes to
+	 * the AF_XDP socket, marked RC_ORIGIN_F_REFUSED, only so that the
+	 * poller counts it (STAMP Direct Measurement R_RxC counts every
+	 * packet received, RFC 8972 §4.5); it is never answered, and dropped
+	 * when the queue has no socket. Not counted as redirected. */
+	RC_F_XSK_REFUSED = 1 << 8,
 };
 
 /* Per-entry counters, updated with atomic adds by every CPU. */
@@ -186,6 +192,10 @@ enum rc_origin {
 	RC_ORIGIN_LISTENER = 2,
 };
 
+/* Flag bit in rc_xdp_meta.origin: refused by the token bucket, handed over
+ * to be counted only (RC_F_XSK_REFUSED). */
+#define RC_ORIGIN_F_REFUSED 0x80
+
 /* Written with bpf_xdp_adjust_meta directly in front of the frame
  * (data_meta .. data); 24 octets (kernel limit 32, multiple of 4). */
 struct rc_xdp_meta {
@@ -194,7 +204,7 @@ struct rc_xdp_meta {
 	__u32 generation;    /* rc_entry.generation */
 	__u16 payload_off;   /* offset of the UDP payload in the frame */
 	__u8 ts_source;      /* enum rc_ts_source */
-	__u8 origin;         /* enum rc_origin */
+	__u8 origin;         /* enum rc_origin | RC_ORIGIN_F_REFUSED */
 	__u32 magic;         /* RC_META_MAGIC, last: adjacent to the frame */
 };
 

@@ -684,6 +684,27 @@ impl StampSessionEngine {
         }
     }
 
+    /// Counts a packet of the session that a rate limit outside the
+    /// engine refused (the XDP token bucket on the BPF data plane): one of
+    /// the session's packets (SSID, whole base packet, HMAC when keyed) is
+    /// received (R_RxC) and dropped as rate limited; anything else is
+    /// counted as unmatched. The sender was checked by the caller.
+    pub fn count_refused(&mut self, rx: &[u8]) {
+        let at = self.fmt.layout.ssid_offset();
+        let ours = rx.len() >= self.fmt.base_len()
+            && rx.get(at..at + 2) == Some(&self.ssid.to_be_bytes()[..])
+            && self
+                .hmac
+                .as_ref()
+                .is_none_or(|h| h.verify_packet(rx).is_ok());
+        if ours {
+            self.received = self.received.wrapping_add(1);
+            self.counters.dropped.count(DropReason::RateLimited);
+        } else {
+            self.count_unmatched();
+        }
+    }
+
     /// Reflects one packet of this session at monotonic time `now`.
     /// The caller has matched it ([`Self::matches`]); `addrs` are its
     /// addresses (Location, Destination Node Address).

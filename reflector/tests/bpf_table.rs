@@ -437,6 +437,10 @@ fn stamp_sessions_become_secured_entries_with_stamp_keys() {
         .unwrap()
         .expect("sessions entry");
     assert_eq!(e.config.mode, Mode::Secured);
+    assert!(
+        e.config.flags.contains(EntryFlags::XSK_REFUSED),
+        "refused packets reach the poller to be counted (R_RxC)"
+    );
     let k = p.maps().read_keys(e.config.slot).unwrap().expect("keys");
     assert_eq!(k.sender, Some(peer(PORT_PEER)));
     assert!(k.flags.contains(EntryFlags::PTP));

@@ -196,6 +196,16 @@ impl SecuredSlot {
         }
     }
 
+    /// Counts a packet the XDP token bucket refused
+    /// ([`crate::bpf::XdpMeta::refused`]): a stateful STAMP session counts
+    /// it as received (Direct Measurement R_RxC, RFC 8972 §4.5) and rate
+    /// limited; other slots keep no such counter. Never answered.
+    pub fn count_refused(&mut self, rx: &[u8]) {
+        if let Engine::StampSession(e) = &mut self.engine {
+            e.count_refused(rx);
+        }
+    }
+
     /// The stateful STAMP session of this slot, if it is one.
     #[cfg(test)]
     pub fn stamp_session(&self) -> Option<&StampSessionEngine> {

@@ -170,6 +170,9 @@ pub enum TsSource {
     Nic = 2,
 }
 
+/// `RC_ORIGIN_F_REFUSED`: the flag bit of `rc_xdp_meta.origin`.
+const ORIGIN_F_REFUSED: u8 = 0x80;
+
 /// Which map an entry came from (`enum rc_origin`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -245,7 +248,7 @@ impl XdpMeta {
 
     /// The map the entry came from.
     pub fn origin(&self) -> Result<Origin, MetaError> {
-        match self.origin {
+        match self.origin & !ORIGIN_F_REFUSED {
             1 => Ok(Origin::Session),
             2 => Ok(Origin::Listener),
             value => Err(MetaError::BadField {
@@ -253,6 +256,12 @@ impl XdpMeta {
                 value,
             }),
         }
+    }
+
+    /// The token bucket refused this packet: it is here to be counted
+    /// only, never answered ([`EntryFlags::XSK_REFUSED`]).
+    pub fn refused(&self) -> bool {
+        self.origin & ORIGIN_F_REFUSED != 0
     }
 }
 
@@ -796,6 +805,10 @@ impl EntryFlags {
     pub const TLV_TO_XSK: EntryFlags = EntryFlags(1 << 5);
     /// STAMP (RFC 8972 §3): drop packets whose SSID differs.
     pub const CHECK_SSID: EntryFlags = EntryFlags(1 << 6);
+    /// Secured entries: a packet the token bucket refuses still goes to
+    /// the poller, marked ([`XdpMeta::refused`]), to be counted only (STAMP
+    /// Direct Measurement R_RxC, RFC 8972 §4.5); never answered.
+    pub const XSK_REFUSED: EntryFlags = EntryFlags(1 << 8);
 
     /// No flag.
     pub const fn empty() -> EntryFlags {

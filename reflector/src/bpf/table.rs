@@ -681,7 +681,9 @@ impl SessionTable for BpfSessionTable {
             }
         };
         let generation = self.generation();
-        let mut flags = EntryFlags::default();
+        // Packets the XDP token bucket refuses still reach the poller to be
+        // counted (Direct Measurement R_RxC, RFC 8972 §4.5), not answered.
+        let mut flags = EntryFlags::XSK_REFUSED;
         if spec.timestamp_format == TimeFormat::Ptp {
             flags = flags | EntryFlags::PTP;
         }
