@@ -523,6 +523,9 @@ pub struct StampSessionEngine {
     previous: Option<PreviousReply>,
     last_reply_dscp: Option<u8>,
     t3: T3Source,
+    /// The caller's mark for the pass that built the last reply (the
+    /// socket path's batch passes); 0 = none.
+    pass_mark: u64,
 }
 
 impl std::fmt::Debug for StampSessionEngine {
@@ -570,7 +573,21 @@ impl StampSessionEngine {
             previous: None,
             last_reply_dscp: None,
             t3: Stamp::now,
+            pass_mark: 0,
         })
+    }
+
+    /// Records which of the caller's passes built the last reply (the
+    /// socket path defers a packet whose session was answered in the same
+    /// pass: that reply is not sent yet, so its transmit stamp cannot be
+    /// the next Follow-Up).
+    pub fn set_pass_mark(&mut self, mark: u64) {
+        self.pass_mark = mark;
+    }
+
+    /// The mark [`Self::set_pass_mark`] recorded.
+    pub fn pass_mark(&self) -> u64 {
+        self.pass_mark
     }
 
     /// Replaces the T3 clock.
