@@ -110,6 +110,28 @@ pub struct Measured {
     pub rtt_cdf: Vec<(f64, f64)>,
     /// Every trial.
     pub trials: Vec<TrialPoint>,
+    /// Highest reflector sequence number read in the replies + 1, over
+    /// every trial (0: not readable: echoes, encrypted block 0).
+    pub reflector_seq_top: u64,
+    /// Replies with an all-zero T2 or T3, over every trial.
+    pub zero_timestamps: u64,
+}
+
+/// One of the goals evaluated on this run, at one packet size.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Goal {
+    /// What is asked, e.g. `xdp / ceiling >= 0.9`.
+    pub goal: String,
+    /// The size (as the results name it) and its IP length.
+    pub size: String,
+    pub ip_len: usize,
+    /// The figure: a ratio, or nanoseconds for latency goals.
+    pub value: Option<f64>,
+    /// `Some(true)`: met; `Some(false)`: missed; `None`: could not be
+    /// evaluated (a side was not measured), see `detail`.
+    pub met: Option<bool>,
+    /// The figures behind it, or why it could not be evaluated.
+    pub detail: String,
 }
 
 /// One target at one packet size.
@@ -137,7 +159,21 @@ pub struct TargetResult {
 pub struct Report {
     pub meta: Meta,
     pub results: Vec<TargetResult>,
+    /// The goals, from [`Report::fill_goals`].
+    pub goals: Vec<Goal>,
 }
+
+/// Ratio goals: (target, its ceiling, least share).
+pub const RATIO_GOALS: [(&str, &str, f64); 4] = [
+    ("xdp", "ceiling", 0.9),
+    ("afxdp-auth", "afxdp-echo", 0.8),
+    ("afxdp-enc", "afxdp-echo", 0.8),
+    ("socket", "socket-echo", 0.8),
+];
+/// Ricochet's XDP path against an external reflector (perfSONAR twampd).
+pub const EXTERNAL_FACTOR: f64 = 100.0;
+/// Reflector residence p99 on the XDP path, ns.
+pub const XDP_RESIDENCE_P99_NS: i64 = 1_000;
 
 impl Report {
     /// Fills `share_of_ceiling` of every measured result whose ceiling was
@@ -162,6 +198,158 @@ impl Report {
                     .map(|(_, _, pps)| m.throughput_pps / pps);
             }
         }
+    }
+
+    fn measured(&self, target: &str, ip_len: usize) -> Option<&Measured> {
+        self.results
+            .iter()
+            .find(|r| r.target == target && r.ip_len == ip_len)
+            .and_then(|r| r.measured.as_ref())
+    }
+
+    /// Evaluates the goals (call after [`Report::fill_shares`]): each ratio
+    /// of [`RATIO_GOALS`], the XDP path's replies carrying the reflector's
+    /// sequence number and nonzero T2/T3, XDP against the external
+    /// reflector, and the XDP residence p99, at every size the target was
+    /// run at.
+    pub fn fill_goals(&mut self) {
+        let mut goals = Vec::new();
+        let runs: Vec<(String, String, usize)> = self
+            .results
+            .iter()
+            .map(|r| (r.target.clone(), r.size.clone(), r.ip_len))
+            .collect();
+        let mpps = |m: &Measured| format!("{:.3} Mpps", m.throughput_pps / 1e6);
+        for (target, size, ip_len) in &runs {
+            let (size, ip_len) = (size.clone(), *ip_len);
+            let mine = self.measured(target, ip_len);
+            if let Some(&(_, ceiling, least)) = RATIO_GOALS.iter().find(|g| g.0 == target) {
+                let theirs = self.measured(ceiling, ip_len);
+                let (value, met, detail) = match (mine, theirs) {
+                    (Some(a), Some(b)) if b.throughput_pps > 0.0 => {
+                        let v = a.throughput_pps / b.throughput_pps;
+                        (
+                            Some(v),
+                            Some(v >= least),
+                            format!("{} / {}", mpps(a), mpps(b)),
+                        )
+                    }
+                    (None, _) => (None, None, format!("{target} not measured")),
+                    _ => (None, None, format!("{ceiling} not measured at this size")),
+                };
+                goals.push(Goal {
+                    goal: format!("{target} / {ceiling} >= {least}"),
+                    size: size.clone(),
+                    ip_len,
+                    value,
+                    met,
+                    detail,
+                });
+            }
+            if target != "xdp" {
+                continue;
+            }
+            let Some(m) = mine else {
+                continue;
+            };
+            let received: u64 = m.trials.iter().map(|t| t.received).sum();
+            let filled = m.reflector_seq_top > 0 && m.zero_timestamps == 0 && m.residence.is_some();
+            goals.push(Goal {
+                goal: "xdp replies carry the reflector's sequence number and nonzero T2, T3".into(),
+                size: size.clone(),
+                ip_len,
+                value: None,
+                met: Some(filled),
+                detail: format!(
+                    "{received} replies, reflector sequence numbers up to {}, {} with a zero T2 or T3, {} residence samples",
+                    m.reflector_seq_top.saturating_sub(1),
+                    m.zero_timestamps,
+                    m.residence.as_ref().map_or(0, |d| d.count)
+                ),
+            });
+            goals.push(match &m.residence {
+                Some(d) => Goal {
+                    goal: format!("xdp residence p99 < {XDP_RESIDENCE_P99_NS} ns"),
+                    size: size.clone(),
+                    ip_len,
+                    value: Some(d.p99_ns as f64),
+                    met: Some(d.p99_ns < XDP_RESIDENCE_P99_NS),
+                    detail: format!(
+                        "p50 {} ns, p99 {} ns, max {} ns",
+                        d.p50_ns, d.p99_ns, d.max_ns
+                    ),
+                },
+                None => Goal {
+                    goal: format!("xdp residence p99 < {XDP_RESIDENCE_P99_NS} ns"),
+                    size: size.clone(),
+                    ip_len,
+                    value: None,
+                    met: None,
+                    detail: "no residence samples".into(),
+                },
+            });
+            let ext = self
+                .results
+                .iter()
+                .find(|r| r.target == "external" && r.ip_len == ip_len);
+            let (value, met, detail) = match ext.and_then(|r| r.measured.as_ref()) {
+                Some(e) if e.throughput_pps > 0.0 => {
+                    let v = m.throughput_pps / e.throughput_pps;
+                    (
+                        Some(v),
+                        Some(v >= EXTERNAL_FACTOR),
+                        format!("{} / {}", mpps(m), mpps(e)),
+                    )
+                }
+                Some(e) => (
+                    None,
+                    None,
+                    format!(
+                        "external reflector lost packets even at the lowest rate ({})",
+                        mpps(e)
+                    ),
+                ),
+                None => (
+                    None,
+                    None,
+                    ext.and_then(|r| r.note.clone())
+                        .unwrap_or_else(|| "external reflector not run at this size".into()),
+                ),
+            };
+            goals.push(Goal {
+                goal: format!("xdp / external >= {EXTERNAL_FACTOR}"),
+                size,
+                ip_len,
+                value,
+                met,
+                detail,
+            });
+        }
+        self.goals = goals;
+    }
+
+    /// The goals as a Markdown table.
+    pub fn goals_table(&self) -> String {
+        let mut s = String::new();
+        s.push_str("| goal | size (IP) | figure | met | detail |\n|---|---:|---:|---|---|\n");
+        for g in &self.goals {
+            let fig = match g.value {
+                None => "–".to_string(),
+                Some(v) if g.goal.contains("residence") => fmt_ns(v as i64),
+                Some(v) => format!("{v:.2}"),
+            };
+            let met = match g.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "n/a",
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} ({}) | {} | {} | {} |",
+                g.goal, g.size, g.ip_len, fig, met, g.detail
+            );
+        }
+        s
     }
 
     /// The Markdown table.
@@ -237,9 +425,10 @@ impl Report {
         std::fs::write(
             &md,
             format!(
-                "# ricochet-bench\n\n`{}`\n\n{}",
+                "# ricochet-bench\n\n`{}`\n\n{}\n## Goals\n\n{}",
                 self.meta.command,
-                self.table()
+                self.table(),
+                self.goals_table()
             ),
         )?;
         files.push(md);
@@ -572,6 +761,8 @@ mod tests {
                     loss_ratio: 0.0,
                     passed: true,
                 }],
+                reflector_seq_top: 0,
+                zero_timestamps: 0,
             }),
         }
     }
@@ -604,6 +795,7 @@ mod tests {
                 result("socket", Some("missing"), 1500, 1_500_000.0),
                 skipped,
             ],
+            goals: vec![],
         }
     }
 

@@ -53,6 +53,7 @@ fn ceiling_and_socket_echo_reflect_and_are_counted() {
         reflector_addr: Lab::addr(Side::Reflector, false),
         reflector_core: refl_core,
         port: 862,
+        sender_port: 40000,
         mode: ProbeMode::Twamp,
     };
     let side = SenderSide::new(&env, gen_core).expect("sender side in the lab");
@@ -81,7 +82,6 @@ fn ceiling_and_socket_echo_reflect_and_are_counted() {
             drain: Duration::from_millis(50),
             ..LiveConfig::default()
         },
-        src_port: 40000,
         warmup: Duration::from_millis(200),
         warmup_pps: 5_000.0,
     };

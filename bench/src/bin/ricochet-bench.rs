@@ -72,9 +72,13 @@ struct Cli {
     /// twamp-enc, stamp, stamp-auth.
     #[arg(long, default_value = "twamp")]
     mode: String,
-    /// UDP port the targets listen on.
+    /// UDP port the targets listen on (Ricochet's XDP path also has a
+    /// STAMP listener on PORT + 1).
     #[arg(long, default_value_t = 862)]
     port: u16,
+    /// The generator's UDP source port (the sessions' Sender Port).
+    #[arg(long, default_value_t = 40000)]
+    sender_port: u16,
     /// CPU of the generator (and of the counter's NAPI thread).
     #[arg(long, default_value_t = 0)]
     gen_core: usize,
@@ -221,6 +225,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
             reflector_addr: Lab::addr(Side::Reflector, cli.ipv6),
             reflector_core,
             port: cli.port,
+            sender_port: cli.sender_port,
             mode,
         };
         (name, env)
@@ -248,7 +253,6 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         sizes,
         search: search.clone(),
         live: live.clone(),
-        src_port: 40000,
         warmup: Duration::from_millis(300),
         warmup_pps: 10_000.0,
     };
@@ -282,12 +286,15 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
             notes,
         },
         results,
+        goals: Vec::new(),
     };
     report.fill_shares();
+    report.fill_goals();
     let (files, warnings) = report
         .write(&out)
         .map_err(|e| format!("writing {}: {e}", out.display()))?;
     println!("{}", report.table());
+    println!("{}", report.goals_table());
     for n in &report.meta.notes {
         println!("note: {n}");
     }

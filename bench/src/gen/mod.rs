@@ -6,7 +6,9 @@
 //! * [`latency`]: percentiles and CDFs of the counter's histograms.
 //! * [`netns`]: namespaces, interfaces, CPU pinning.
 //! * [`trial`]: one rate for one duration ([`crate::search::Trial`]).
-//! * [`target`]: the reflectors under test ([`target::Target`]).
+//! * [`target`]: the reflectors under test ([`target::Target`]): the
+//!   ceiling, the bare echoes, an external command.
+//! * [`ricochet`]: Ricochet's XDP, AF_XDP and socket paths as targets.
 //! * [`run`]: the comparison: every target × size, searched.
 
 pub mod abi;
@@ -14,6 +16,7 @@ pub mod bpf;
 pub mod frame;
 pub mod latency;
 pub mod netns;
+pub mod ricochet;
 pub mod run;
 pub mod target;
 pub mod trial;

@@ -54,8 +54,6 @@ pub struct Settings {
     pub sizes: Vec<Size>,
     pub search: SearchConfig,
     pub live: LiveConfig,
-    /// The generator's UDP source port.
-    pub src_port: u16,
     /// Warm-up before each search: this long at `warmup_pps`.
     pub warmup: Duration,
     pub warmup_pps: f64,
@@ -161,7 +159,7 @@ fn measure(
     let flow = Flow {
         src_mac: side.src_mac,
         dst_mac: side.dst_mac,
-        src: SocketAddr::new(env.sender_addr, settings.src_port),
+        src: SocketAddr::new(env.sender_addr, env.sender_port),
         dst: ep.addr,
     };
     let g = frame::build(&flow, &ep.session, ip_len).map_err(|e| e.to_string())?;
@@ -216,6 +214,19 @@ fn measure(
     let best = r.best_step();
     let pps = r.throughput_pps();
     let mut note = note;
+    let reflector_seq_top = r
+        .steps
+        .iter()
+        .map(|s| s.outcome.reflector_seq_top)
+        .max()
+        .unwrap_or(0);
+    let zero_timestamps: u64 = r.steps.iter().map(|s| s.outcome.zero_timestamps).sum();
+    if zero_timestamps > 0 {
+        note = Some(
+            note.map_or(String::new(), |n| n + "; ")
+                + &format!("{zero_timestamps} replies with a zero T2 or T3"),
+        );
+    }
     if ep.reply == ReplyKind::Reflector && best.is_some_and(|b| b.outcome.rtt.count() == 0) {
         note = Some(
             note.map_or(String::new(), |n| n + "; ")
@@ -243,6 +254,8 @@ fn measure(
             residence: best.and_then(|b| b.outcome.residence.summary()),
             rtt_cdf: best.map_or(Vec::new(), |b| b.outcome.rtt.cdf()),
             trials,
+            reflector_seq_top,
+            zero_timestamps,
         }),
     })
 }

@@ -1,8 +1,6 @@
 //! The reflectors under test. Each is a [`Target`]: set up in the lab's
 //! reflector namespace, measured, torn down (dropping or stopping the
-//! [`Running`] handle). The Ricochet paths are wired in by implementing
-//! this trait; until then they report [`TargetError::NotWired`] and the
-//! report lists them as skipped with the reason.
+//! [`Running`] handle). Ricochet's own paths are in [`super::ricochet`].
 //!
 //! | name | what | its ceiling |
 //! |---|---|---|
@@ -50,6 +48,8 @@ pub struct LabEnv {
     pub reflector_core: Option<usize>,
     /// UDP port targets listen on.
     pub port: u16,
+    /// The generator's UDP source port (the session's Sender Port).
+    pub sender_port: u16,
     /// Test mode for targets that reflect any packet (ceiling, echoes).
     pub mode: ProbeMode,
 }
@@ -119,12 +119,16 @@ pub trait Running {
 
 /// An XDP program attached in the reflector namespace, with threaded NAPI
 /// pinned to the reflector core.
-struct Attached {
+pub(crate) struct Attached {
     _link: Link,
     _progs: Programs,
 }
 
-fn attach_in(env: &LabEnv, role: Role, prog: &'static str) -> Result<Attached, TargetError> {
+pub(crate) fn attach_in(
+    env: &LabEnv,
+    role: Role,
+    prog: &'static str,
+) -> Result<Attached, TargetError> {
     let iface = env.reflector_iface.clone();
     let (progs, link) = netns::run_in(&env.reflector_netns(), move || {
         let progs = Programs::load(role).map_err(|e| e.to_string())?;
@@ -526,36 +530,6 @@ impl Target for External {
     }
 }
 
-// ---- Ricochet's paths (wired by the lead) -----------------------------------
-
-/// A Ricochet data path that is not connected to the harness yet.
-#[derive(Debug, Clone)]
-pub struct NotWired {
-    /// `--targets` name.
-    pub name: &'static str,
-    /// Its ceiling.
-    pub ceiling: Option<&'static str>,
-    /// What it is.
-    pub what: &'static str,
-    /// What wiring it needs.
-    pub needs: &'static str,
-}
-
-impl Target for NotWired {
-    fn name(&self) -> &str {
-        self.name
-    }
-    fn ceiling(&self) -> Option<&str> {
-        self.ceiling
-    }
-    fn describe(&self) -> String {
-        self.what.into()
-    }
-    fn start(&mut self, _env: &LabEnv) -> Result<Box<dyn Running>, TargetError> {
-        Err(TargetError::NotWired(self.needs.into()))
-    }
-}
-
 /// Every target name `--targets` accepts, in the standard order.
 pub const TARGET_NAMES: [&str; 8] = [
     "ceiling",
@@ -570,48 +544,20 @@ pub const TARGET_NAMES: [&str; 8] = [
 
 /// The target called `name` (see [`TARGET_NAMES`]).
 pub fn by_name(name: &str, external: &External) -> Option<Box<dyn Target>> {
-    let nw = |name, ceiling, what, needs| -> Option<Box<dyn Target>> {
-        Some(Box::new(NotWired {
-            name,
-            ceiling,
-            what,
-            needs,
-        }))
-    };
+    use super::ricochet::{AfxdpEcho, RicochetAfxdp, RicochetSocket, RicochetXdp};
     match name {
         "ceiling" => Some(Box::new(Ceiling)),
         "socket-echo" => Some(Box::new(SocketEcho)),
         "external" => Some(Box::new(external.clone())),
-        "xdp" => nw(
-            "xdp",
-            Some("ceiling"),
-            "Ricochet's XDP path (unauthenticated TWAMP)",
-            "Ricochet's XDP loader and a session entry in its maps",
-        ),
-        "afxdp-auth" => nw(
-            "afxdp-auth",
-            Some("afxdp-echo"),
-            "Ricochet's AF_XDP path, authenticated TWAMP",
-            "Ricochet's AF_XDP poller and a negotiated authenticated session",
-        ),
-        "afxdp-enc" => nw(
-            "afxdp-enc",
-            Some("afxdp-echo"),
-            "Ricochet's AF_XDP path, encrypted TWAMP",
-            "Ricochet's AF_XDP poller and a negotiated encrypted session",
-        ),
-        "afxdp-echo" => nw(
-            "afxdp-echo",
-            None,
-            "bare AF_XDP echo with Ricochet's ring settings",
-            "the AF_XDP ring layer of the reflector crate",
-        ),
-        "socket" => nw(
-            "socket",
-            Some("socket-echo"),
-            "Ricochet's socket path",
-            "Ricochet's socket reflector and a session",
-        ),
+        "xdp" => Some(Box::new(RicochetXdp)),
+        "afxdp-auth" => Some(Box::new(RicochetAfxdp {
+            mode: ProbeMode::TwampAuth,
+        })),
+        "afxdp-enc" => Some(Box::new(RicochetAfxdp {
+            mode: ProbeMode::TwampEnc,
+        })),
+        "afxdp-echo" => Some(Box::new(AfxdpEcho)),
+        "socket" => Some(Box::new(RicochetSocket)),
         _ => None,
     }
 }

@@ -67,6 +67,11 @@ pub struct LiveOutcome {
     pub residence: Latency,
     /// Replies out of sequence order.
     pub reordered: u64,
+    /// Highest reflector sequence number read in any reply so far, + 1
+    /// (0: none read: echoes, or the number is encrypted).
+    pub reflector_seq_top: u64,
+    /// Replies of this trial whose T2 or T3 was zero.
+    pub zero_timestamps: u64,
 }
 
 impl Outcome for LiveOutcome {
@@ -264,6 +269,8 @@ impl Trial for LiveTrial {
             rtt: Latency::from_buckets(r1).since(&Latency::from_buckets(r0)),
             residence: Latency::from_buckets(s1).since(&Latency::from_buckets(s0)),
             reordered: c1.reordered,
+            reflector_seq_top: c1.rseq_top,
+            zero_timestamps: c1.zero_ts,
         })
     }
 }
