@@ -740,19 +740,7 @@ impl Target for RicochetSocket {
         let (table, driver) = netns::run_in(&env.reflector_netns(), move || {
             let (mut table, driver) =
                 SocketSessionTable::new(&TableConfig::default()).map_err(|e| e.to_string())?;
-            if stamp {
-                table
-                    .add_listener(stamp_listener(SocketAddr::new(
-                        env2.reflector_addr,
-                        env2.port,
-                    )))
-                    .map_err(|e| format!("add listener: {e}"))?;
-            } else {
-                let spec = unauth_spec(&env2);
-                let sid = spec.sid;
-                table.add(spec).map_err(|e| format!("add session: {e}"))?;
-                table.start(&sid).map_err(|e| format!("start: {e}"))?;
-            }
+            // The loop first: adding a socket waits for the loop to take it.
             // Spawned from inside the namespace (threads inherit it).
             let core = env2.reflector_core;
             let h = std::thread::Builder::new()
@@ -765,6 +753,26 @@ impl Target for RicochetSocket {
                     driver.run()
                 })
                 .map_err(|e| e.to_string())?;
+            let programmed = if stamp {
+                table
+                    .add_listener(stamp_listener(SocketAddr::new(
+                        env2.reflector_addr,
+                        env2.port,
+                    )))
+                    .map_err(|e| format!("add listener: {e}"))
+            } else {
+                let spec = unauth_spec(&env2);
+                let sid = spec.sid;
+                table
+                    .add(spec)
+                    .and_then(|()| table.start(&sid))
+                    .map_err(|e| format!("add and start session: {e}"))
+            };
+            if let Err(e) = programmed {
+                let _ = table.shutdown();
+                let _ = h.join();
+                return Err(e);
+            }
             Ok::<_, String>((table, h))
         })
         .map_err(|e| TargetError::Failed(e.to_string()))?
