@@ -30,7 +30,9 @@ fuzz: setup
 
 ## The standard benchmark comparison in the namespace lab (under 10 minutes):
 ## writes bench/results/<timestamp>/ (report.json, table.md, PNG plots).
+## ricochet-reflector is built first: the xdp and afxdp targets run it.
 bench: setup
+	$(CARGO) build --release -p ricochet-reflector --bin ricochet-reflector
 	$(CARGO) run --release -p ricochet-bench --bin ricochet-bench -- --targets all --sizes min,112,512,1500 --trial-secs 1 --max-trials 16
 
 clean:

@@ -834,6 +834,69 @@ mod tests {
     }
 
     #[test]
+    fn goals_are_ratios_at_the_same_size_and_say_what_is_missing() {
+        let mut xdp = result("xdp", Some("ceiling"), 112, 3_700_000.0);
+        {
+            let m = xdp.measured.as_mut().unwrap();
+            m.residence = Some(dist(400));
+            m.reflector_seq_top = 101;
+        }
+        let mut xdp512 = result("xdp", Some("ceiling"), 512, 1_000_000.0);
+        {
+            let m = xdp512.measured.as_mut().unwrap();
+            m.residence = Some(dist(700)); // p99 = 1400 ns
+            m.zero_timestamps = 3;
+        }
+        let mut r = report();
+        r.results = vec![
+            result("ceiling", None, 112, 4_000_000.0),
+            result("ceiling", None, 512, 2_000_000.0),
+            xdp,
+            xdp512,
+            result("socket", Some("socket-echo"), 112, 900_000.0),
+            result("socket-echo", None, 112, 1_000_000.0),
+            result("external", None, 112, 10_000.0),
+        ];
+        r.fill_shares();
+        r.fill_goals();
+        let find = |goal: &str, ip_len: usize| {
+            r.goals
+                .iter()
+                .find(|g| g.goal.starts_with(goal) && g.ip_len == ip_len)
+                .unwrap_or_else(|| panic!("goal {goal} at {ip_len}: {:#?}", r.goals))
+        };
+        let g = find("xdp / ceiling", 112);
+        assert_eq!((g.value, g.met), (Some(0.925), Some(true)));
+        let g = find("xdp / ceiling", 512);
+        assert_eq!((g.value, g.met), (Some(0.5), Some(false)));
+        let g = find("xdp replies", 112);
+        assert_eq!(g.met, Some(true), "{}", g.detail);
+        let g = find("xdp replies", 512);
+        assert_eq!(g.met, Some(false), "no reflector numbers, zero stamps");
+        assert!(g.detail.contains("3 with a zero T2 or T3"), "{}", g.detail);
+        let g = find("xdp residence", 112);
+        assert_eq!((g.value, g.met), (Some(800.0), Some(true)));
+        let g = find("xdp residence", 512);
+        assert_eq!(g.met, Some(false));
+        let g = find("xdp / external", 112);
+        assert_eq!((g.value, g.met), (Some(370.0), Some(true)));
+        let g = find("xdp / external", 512);
+        assert_eq!((g.value, g.met), (None, None), "external not run at 512");
+        let g = find("socket / socket-echo", 112);
+        assert_eq!((g.value, g.met), (Some(0.9), Some(true)));
+        assert!(r.goals.iter().all(|g| !g.goal.starts_with("afxdp")));
+        let t = r.goals_table();
+        assert!(
+            t.contains("| xdp / ceiling >= 0.9 | 512 (512) | 0.50 | **no** |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| xdp residence p99 < 1000 ns | 112 (112) | 800 ns | yes |"),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn writes_json_table_and_plots() {
         let mut r = report();
         r.fill_shares();

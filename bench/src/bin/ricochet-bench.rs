@@ -265,6 +265,15 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
             .join(timestamp(started))
     });
 
+    // Ctrl-C / SIGTERM: finish the trial under way, skip the rest, tear
+    // down (daemons, XDP programs, the private lab) and write the report;
+    // a second Ctrl-C exits at once.
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let flag = std::sync::Arc::clone(&run::INTERRUPTED);
+        signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())
+            .and_then(|_| signal_hook::flag::register(sig, flag))
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
     let side = SenderSide::new(&env, gen_core)?;
     let progress = Progress::new((targets.len() * settings.sizes.len()) as u64);
     let results = run::run(&env, &side, &mut targets, &settings, &progress);

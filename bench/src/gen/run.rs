@@ -260,6 +260,16 @@ fn measure(
     })
 }
 
+/// Set (by the binary's SIGINT/SIGTERM handler) to end the run early:
+/// trials not yet started are refused, targets not yet started are
+/// reported as skipped, and everything started is torn down as usual.
+pub static INTERRUPTED: std::sync::LazyLock<Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Runs every target at every size. Targets that cannot start are reported
 /// as skipped (not wired, unavailable) or failed, once per size.
 pub fn run(
@@ -271,6 +281,19 @@ pub fn run(
 ) -> Vec<TargetResult> {
     let mut out = Vec::new();
     for t in targets.iter_mut() {
+        if interrupted() {
+            for &size in &settings.sizes {
+                out.push(skipped(
+                    t.as_ref(),
+                    env,
+                    size,
+                    Status::Skipped,
+                    "interrupted".into(),
+                ));
+                progress.inc();
+            }
+            continue;
+        }
         progress.message(format!("starting {}", t.name()));
         let running = match t.start(env) {
             Ok(r) => r,
@@ -289,6 +312,17 @@ pub fn run(
         };
         let ep = running.endpoint();
         for &size in &settings.sizes {
+            if interrupted() {
+                out.push(skipped(
+                    t.as_ref(),
+                    env,
+                    size,
+                    Status::Skipped,
+                    "interrupted".into(),
+                ));
+                progress.inc();
+                continue;
+            }
             let r = measure(env, side, t.as_ref(), &ep, size, settings, progress)
                 .unwrap_or_else(|e| skipped(t.as_ref(), env, size, Status::Failed, e));
             if let Some(m) = &r.measured {

@@ -100,6 +100,9 @@ pub enum TrialError {
     /// The generator thread could not enter the namespace or died.
     #[error("generator thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// The run was interrupted (SIGINT/SIGTERM) before this trial.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// Trials with the live-frames generator of a configured [`Sender`].
@@ -199,6 +202,9 @@ impl Trial for LiveTrial {
     type Error = TrialError;
 
     fn run(&mut self, rate_pps: f64, duration: Duration) -> Result<LiveOutcome, TrialError> {
+        if super::run::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(TrialError::Interrupted);
+        }
         install_wake_handler();
         let g0 = self.sender.gen_stats()?;
         let c0 = self.sender.cnt_stats()?;
