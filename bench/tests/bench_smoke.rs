@@ -14,6 +14,7 @@ use ricochet_bench::gen::netns;
 use ricochet_bench::gen::run::{self, SenderSide, Settings, Size};
 use ricochet_bench::gen::target::{self, External, LabEnv, Target};
 use ricochet_bench::gen::trial::LiveConfig;
+use ricochet_bench::gen::twampd::Twampd;
 use ricochet_bench::report::{Progress, Status};
 use ricochet_bench::search::SearchConfig;
 use ricochet_testkit::lab::{Lab, Side};
@@ -64,7 +65,7 @@ fn ceiling_and_socket_echo_reflect_and_are_counted() {
         mode: ProbeMode::Twamp,
         startup: Duration::from_millis(10),
     };
-    let mut targets: Vec<Box<dyn Target>> = ["ceiling", "socket-echo", "external"]
+    let mut targets: Vec<Box<dyn Target>> = ["ceiling", "socket-echo", "external", "twampd"]
         .iter()
         .map(|n| target::by_name(n, &external).unwrap())
         .collect();
@@ -87,7 +88,7 @@ fn ceiling_and_socket_echo_reflect_and_are_counted() {
         warmup_pps: 5_000.0,
     };
     let results = run::run(&env, &side, &mut targets, &settings, &Progress::hidden());
-    assert_eq!(results.len(), 3, "{name}: one result per target and size");
+    assert_eq!(results.len(), 4, "{name}: one result per target and size");
     for r in &results[..2] {
         assert_eq!(r.status, Status::Measured, "{}: {:?}", r.target, r.note);
         let m = r.measured.as_ref().unwrap();
@@ -108,6 +109,21 @@ fn ceiling_and_socket_echo_reflect_and_are_counted() {
     assert!(ceiling.trials.iter().any(|t| t.received > 0));
     assert_eq!(results[2].status, Status::Skipped);
     assert!(results[2].note.as_deref().unwrap().contains("--external"));
+    // perfSONAR twampd (RICOCHET_TWAMPD or PATH): a session negotiated over
+    // TWAMP-Control, its reflections counted with T2/T3 filled in; skipped
+    // (with the reason) where it is not installed.
+    let tw = &results[3];
+    if Twampd::locate(None).path.is_some() {
+        assert_eq!(tw.status, Status::Measured, "twampd: {:?}", tw.note);
+        let m = tw.measured.as_ref().unwrap();
+        let received: u64 = m.trials.iter().map(|t| t.received).sum();
+        assert!(received > 0, "twampd reflected");
+        assert!(m.reflector_seq_top > 0 && m.zero_timestamps == 0);
+    } else {
+        assert_eq!(tw.status, Status::Skipped);
+        assert!(tw.note.as_deref().unwrap().contains("twampd"));
+        eprintln!("twampd not installed: its smoke run was skipped");
+    }
     drop(side);
     drop(lab);
 }

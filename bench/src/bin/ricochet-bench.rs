@@ -10,6 +10,7 @@ use ricochet_bench::gen::netns;
 use ricochet_bench::gen::run::{self, SenderSide, Settings, Size};
 use ricochet_bench::gen::target::{self, External, LabEnv, TARGET_NAMES};
 use ricochet_bench::gen::trial::LiveConfig;
+use ricochet_bench::gen::twampd::Twampd;
 use ricochet_bench::report::{Meta, Progress, Report};
 use ricochet_bench::search::SearchConfig;
 use ricochet_testkit::lab::{Lab, Side};
@@ -20,8 +21,11 @@ use ricochet_testkit::lab::{Lab, Side};
 /// replies are counted and timed by an XDP program there (no socket stack).
 ///
 /// Targets: ceiling (minimal XDP swap + XDP_TX), xdp, afxdp-auth, afxdp-enc,
-/// afxdp-echo, socket, socket-echo (bare recvmmsg/sendmmsg), external (any
-/// reflector, --external CMD). Targets not wired yet are listed as skipped.
+/// afxdp-echo, socket, socket-echo (bare recvmmsg/sendmmsg), twampd (perfSONAR,
+/// a session negotiated over TWAMP-Control; --twampd PATH), external (any
+/// TWAMP Light/STAMP reflector, --external CMD). Targets that cannot run here
+/// are listed as skipped with the reason. The xdp and afxdp targets run the
+/// ricochet-reflector binary built next to this one.
 ///
 /// Sizes are IP packet lengths in octets; `min` is the smallest symmetric
 /// test packet of the mode (69 octets for TWAMP over IPv4). Needs root.
@@ -31,6 +35,7 @@ use ricochet_testkit::lab::{Lab, Side};
 ///   ricochet-bench --targets ceiling,socket-echo --sizes min,1500 --trial-secs 1
 ///   ricochet-bench --loss 0.1% --out /tmp/bench
 ///   ricochet-bench --targets external --external 'twamp-light-reflector -p 862'
+///   ricochet-bench --targets xdp,twampd --twampd /opt/owamp/bin/twampd --sizes min
 ///   ricochet-bench --lab rcl --mode stamp            # an existing scripts/lab.sh lab
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
@@ -59,6 +64,10 @@ struct Cli {
     /// Report directory [default: bench/results/<timestamp>].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// perfSONAR twampd binary for the `twampd` target [default:
+    /// $RICOCHET_TWAMPD, else twampd on PATH; skipped when absent].
+    #[arg(long, value_name = "PATH")]
+    twampd: Option<PathBuf>,
     /// External reflector command, run with `sh -c` in the reflector namespace.
     #[arg(long)]
     external: Option<String>,
@@ -177,6 +186,10 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
     let mut targets = names
         .iter()
         .map(|n| {
+            if *n == "twampd" {
+                let t: Box<dyn target::Target> = Box::new(Twampd::locate(cli.twampd.clone()));
+                return Ok(t);
+            }
             target::by_name(n, &external)
                 .ok_or_else(|| format!("unknown target {n} (known: {})", TARGET_NAMES.join(", ")))
         })

@@ -9,6 +9,7 @@
 //! * [`target`]: the reflectors under test ([`target::Target`]): the
 //!   ceiling, the bare echoes, an external command.
 //! * [`ricochet`]: Ricochet's XDP, AF_XDP and socket paths as targets.
+//! * [`twampd`]: perfSONAR `twampd` with a session negotiated over TWAMP-Control.
 //! * [`run`]: the comparison: every target × size, searched.
 
 pub mod abi;
@@ -20,3 +21,4 @@ pub mod ricochet;
 pub mod run;
 pub mod target;
 pub mod trial;
+pub mod twampd;

@@ -531,7 +531,7 @@ impl Target for External {
 }
 
 /// Every target name `--targets` accepts, in the standard order.
-pub const TARGET_NAMES: [&str; 8] = [
+pub const TARGET_NAMES: [&str; 9] = [
     "ceiling",
     "xdp",
     "afxdp-auth",
@@ -539,6 +539,7 @@ pub const TARGET_NAMES: [&str; 8] = [
     "afxdp-echo",
     "socket",
     "socket-echo",
+    "twampd",
     "external",
 ];
 
@@ -558,6 +559,7 @@ pub fn by_name(name: &str, external: &External) -> Option<Box<dyn Target>> {
         })),
         "afxdp-echo" => Some(Box::new(AfxdpEcho)),
         "socket" => Some(Box::new(RicochetSocket)),
+        "twampd" => Some(Box::new(super::twampd::Twampd::locate(None))),
         _ => None,
     }
 }
