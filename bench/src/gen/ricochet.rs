@@ -337,6 +337,30 @@ fn pin_reflector_napi(env: &LabEnv) {
     }
 }
 
+/// Gives the AF_XDP poller threads of process `pid` (`ricochet-xsk-q*`)
+/// the reflector threads' real-time priority, as the socket targets' loops
+/// have: the comparison is between paths, not between schedulers. Returns
+/// how many were found.
+fn poller_priority(pid: u32) -> usize {
+    let mut n = 0;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    for t in tasks.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if comm.starts_with("ricochet-xsk-q") {
+            match netns::set_fifo(tid, netns::prio::REFLECTOR_THREAD) {
+                Ok(()) => n += 1,
+                Err(e) => eprintln!("ricochet-bench: poller priority: {e}"),
+            }
+        }
+    }
+    n
+}
+
 /// A daemon with its sessions; teardown removes the sessions, stops the
 /// daemon (which detaches) and removes the pins. Field order is drop order.
 struct DaemonRunning {
@@ -502,6 +526,13 @@ impl Target for RicochetAfxdp {
         }
         let daemon = Daemon::spawn(env, &args, &pins)?;
         pin_reflector_napi(env);
+        if env.reflector_core.is_some() {
+            if let Some(pid) = daemon.child.as_ref().map(Child::id) {
+                if poller_priority(pid) == 0 {
+                    eprintln!("ricochet-bench: no AF_XDP poller thread found in the daemon");
+                }
+            }
+        }
         let mut table = BpfSessionTable::open(&pins.dir, &pins.registry)
             .map_err(|e| failed("open the daemon's pins")(e.to_string()))?;
         let keys = random_keys();
@@ -619,6 +650,9 @@ fn echo_owner(
         }
     };
     pin_reflector_napi(&env);
+    if env.reflector_core.is_some() {
+        poller_priority(std::process::id());
+    }
     let _ = ready.send(Ok(()));
     // Blocks until the handle drops its sender.
     let _ = stop.recv();
