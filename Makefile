@@ -37,7 +37,7 @@ fuzz: setup
 bench: export RICOCHET_TWAMPD ?= $(wildcard $(CURDIR)/../peers/install/bin/twampd)
 bench: setup
 	$(CARGO) build --release -p ricochet-reflector --bin ricochet-reflector
-	$(CARGO) run --release -p ricochet-bench --bin ricochet-bench -- --targets all --sizes min,112,512,1500 --trial-secs 1 --max-trials 16
+	$(CARGO) run --release -p ricochet-bench --bin ricochet-bench -- --targets all --sizes min,112,512,1500 --trial-secs 1 --max-trials 12
 
 clean:
 	$(CARGO) clean

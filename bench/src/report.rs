@@ -214,11 +214,17 @@ impl Report {
     /// run at.
     pub fn fill_goals(&mut self) {
         let mut goals = Vec::new();
-        let runs: Vec<(String, String, usize)> = self
-            .results
-            .iter()
-            .map(|r| (r.target.clone(), r.size.clone(), r.ip_len))
-            .collect();
+        // One evaluation per target and IP length (sizes below a mode's
+        // minimum resolve to the same length).
+        let mut runs: Vec<(String, String, usize)> = Vec::new();
+        for r in &self.results {
+            if !runs
+                .iter()
+                .any(|(t, _, l)| *t == r.target && *l == r.ip_len)
+            {
+                runs.push((r.target.clone(), r.size.clone(), r.ip_len));
+            }
+        }
         let mpps = |m: &Measured| format!("{:.3} Mpps", m.throughput_pps / 1e6);
         for (target, size, ip_len) in &runs {
             let (size, ip_len) = (size.clone(), *ip_len);

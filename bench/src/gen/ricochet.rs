@@ -33,12 +33,14 @@ use ricochet_reflector::afxdp::{Poller, PollerConfig, PollerMode, PollerShared, 
 use ricochet_reflector::bpf::{AttachMode, BpfSessionTable, LoadOptions, XdpProgram, PINNED_MAPS};
 use ricochet_reflector::clock::ClockCell;
 use ricochet_reflector::session_table::{ListenerKind, ListenerSpec, SessionSpec, SessionTable};
-use ricochet_reflector::socket::{SocketSessionTable, TableConfig};
+use ricochet_reflector::socket::{SocketOptions, SocketSessionTable, TableConfig};
 
 use super::bpf::{Role, PROG_PASS};
 use super::frame::{ProbeMode, ReplyKind, SessionKeys, TestSession};
 use super::netns;
-use super::target::{attach_in, Attached, Endpoint, LabEnv, Running, Target, TargetError};
+use super::target::{
+    attach_in, Attached, Endpoint, LabEnv, Running, Target, TargetError, SOCKET_RCVBUF,
+};
 
 /// Whether the AF_XDP pollers (Ricochet's and the bare echo) spin instead of
 /// sleeping in `poll(2)`. The same for both, so that the echo is the
@@ -772,8 +774,15 @@ impl Target for RicochetSocket {
         let stamp = wants_stamp(env.mode);
         let env2 = env.clone();
         let (table, driver) = netns::run_in(&env.reflector_netns(), move || {
-            let (mut table, driver) =
-                SocketSessionTable::new(&TableConfig::default()).map_err(|e| e.to_string())?;
+            // The echo's receive buffer, for a like-for-like comparison.
+            let cfg = TableConfig {
+                socket: SocketOptions {
+                    recv_buffer: Some(SOCKET_RCVBUF),
+                    ..SocketOptions::default()
+                },
+                ..TableConfig::default()
+            };
+            let (mut table, driver) = SocketSessionTable::new(&cfg).map_err(|e| e.to_string())?;
             // The loop first: adding a socket waits for the loop to take it.
             // Spawned from inside the namespace (threads inherit it).
             let core = env2.reflector_core;

@@ -311,7 +311,32 @@ pub fn run(
             }
         };
         let ep = running.endpoint();
+        let v6 = ep.addr.is_ipv6();
+        let min = frame::min_ip_len(ep.session.mode, v6);
+        let mut done: Vec<usize> = Vec::new();
         for &size in &settings.sizes {
+            // Sizes below the mode's minimum are raised to it: measure that
+            // length once.
+            let ip_len = match size {
+                Size::Min => min,
+                Size::Ip(n) => n.max(min),
+            };
+            if done.contains(&ip_len) {
+                let mut r = skipped(
+                    t.as_ref(),
+                    env,
+                    size,
+                    Status::Skipped,
+                    format!("the mode's minimum is {min} octets: measured in the row above"),
+                );
+                r.mode = ep.session.mode.name().into();
+                r.ip_len = ip_len;
+                r.frame_len = ip_len + frame::ETH_LEN;
+                out.push(r);
+                progress.inc();
+                continue;
+            }
+            done.push(ip_len);
             if interrupted() {
                 out.push(skipped(
                     t.as_ref(),

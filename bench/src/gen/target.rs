@@ -206,6 +206,9 @@ pub struct SocketEcho;
 
 /// Datagrams per recvmmsg/sendmmsg call.
 pub const ECHO_BATCH: usize = 64;
+/// `SO_RCVBUF` asked for by the socket echo and Ricochet's socket path
+/// alike (the kernel caps it at `net.core.rmem_max`).
+pub const SOCKET_RCVBUF: usize = 4 << 20;
 const ECHO_BUF: usize = 2048;
 
 struct EchoRunning {
@@ -257,7 +260,7 @@ fn echo_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
     let sock = std::net::UdpSocket::bind(addr)?;
     sock.set_read_timeout(Some(Duration::from_millis(50)))?;
     let fd = sock.as_raw_fd();
-    let size: libc::c_int = 4 << 20;
+    let size = SOCKET_RCVBUF as libc::c_int;
     // SAFETY: setsockopt on a valid socket with a pointer to a c_int that
     // lives for the call; failure only leaves the default buffer size.
     unsafe {

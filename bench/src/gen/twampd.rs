@@ -148,10 +148,27 @@ fn write_config(dir: &std::path::Path, control: SocketAddr) -> std::io::Result<(
         dir.join("twamp-server.limits"),
         "limit root with disk=0, bandwidth=0, allow_open_mode=on\nassign default root\n",
     )?;
+    // twampd drops to nobody/nogroup and writes its pid file and data there.
+    let nobody = nobody_ids()?;
     for p in [dir.to_path_buf(), dir.join("data")] {
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777))?;
+        std::os::unix::fs::chown(&p, Some(nobody.0), Some(nobody.1))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+/// The uid of `nobody` and the gid of `nogroup`.
+fn nobody_ids() -> std::io::Result<(u32, u32)> {
+    // SAFETY: getpwnam/getgrnam with NUL-terminated literals; the returned
+    // records are read at once, before any other call that could reuse them.
+    unsafe {
+        let pw = libc::getpwnam(c"nobody".as_ptr());
+        let gr = libc::getgrnam(c"nogroup".as_ptr());
+        if pw.is_null() || gr.is_null() {
+            return Err(std::io::Error::other("no user nobody / group nogroup"));
+        }
+        Ok(((*pw).pw_uid, (*gr).gr_gid))
+    }
 }
 
 impl Target for Twampd {
