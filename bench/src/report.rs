@@ -241,6 +241,11 @@ impl Report {
                         )
                     }
                     (None, _) => (None, None, format!("{target} not measured")),
+                    (Some(_), Some(_)) => (
+                        None,
+                        None,
+                        format!("{ceiling} lost packets at every rate tried"),
+                    ),
                     _ => (None, None, format!("{ceiling} not measured at this size")),
                 };
                 goals.push(Goal {
