@@ -16,6 +16,7 @@ use ricochet_protocol::twamp_test::{
     ReflectOctets, ReflectorLayout, RxMeta, SessionFormat, TestSecurity,
 };
 
+use ricochet_protocol::crypto::{EspGcm128, PacketRole, SessionKeys, TestKeys, TestProtection};
 use ricochet_protocol::modes::Modes;
 
 use crate::{control, error_estimate, stamp, twamp};
@@ -213,6 +214,127 @@ pub fn control_seeds<'a>(
     out
 }
 
+/// Seeds of the [`crate::client`] harness from one TWAMP-Control
+/// connection: the server's whole stream, offered to a client that allows
+/// only the security mode the capture's client chose and wants the features
+/// it asked for (both from the Set-Up-Response, the first 4 octets the
+/// client sent, RFC 4656 §3.1), fed at once and one octet at a time.
+///
+/// In open mode the harness's client then follows the capture to the end
+/// (Request-TW-Session at Ready, Start-Sessions after Accept-Session, Stop
+/// after Start-Ack). In authenticated and encrypted mode it stops earlier:
+/// the harness's client draws its own session keys, under which the
+/// server's encrypted messages do not decrypt, and perfSONAR's PBKDF2 count
+/// (2048) is above the harness's limit, so these seeds cover the refusal.
+pub fn client_seeds(client_to_server: &[u8], server_to_client: &[u8]) -> Vec<Seed> {
+    let Some(mode) = client_to_server.first_chunk::<4>() else {
+        return Vec::new();
+    };
+    let mode = Modes(u32::from_be_bytes(*mode));
+    let allowed = (mode.security().bits() & 0x0f) as u8;
+    let wanted = (mode.features().bits() & 0xffff) as u16;
+    [0u8, 16]
+        .into_iter()
+        .map(|chunk| {
+            let mut v = vec![allowed];
+            v.extend_from_slice(&wanted.to_be_bytes());
+            v.push(chunk);
+            v.extend_from_slice(server_to_client);
+            ("control_client", v)
+        })
+        .collect()
+}
+
+/// The key seed octet of the [`crate::crypto::test_packet`] seeds re-protected
+/// from the captures: the harness's keys are this octet 48 times.
+pub const TEST_PACKET_KEY_SEED: u8 = 0x5a;
+
+/// The selector octet of [`crate::crypto::test_packet`] for a role and mode.
+pub fn test_packet_selector(role: PacketRole, mode: TestProtection) -> u8 {
+    let r = match role {
+        PacketRole::Sender => 0,
+        PacketRole::Reflector => 1,
+    };
+    let m = match mode {
+        TestProtection::Authenticated => 0,
+        TestProtection::Encrypted => 2,
+    };
+    r | m
+}
+
+/// The keys the [`crate::crypto::test_packet`] harness derives from its key
+/// seed octet.
+pub fn test_packet_harness_keys(seed: u8) -> TestKeys {
+    TestKeys::new(&SessionKeys::from_bytes(&[seed; 48]))
+}
+
+/// Seeds of the [`crate::crypto::test_packet`] harness from one protected
+/// perfSONAR test packet (`mode` from the capture name): the packet as on
+/// the wire for both roles (the harness's key does not verify it: the
+/// refusal path), and, when the session's test keys (`keys`, from the
+/// capture's JSON) verify it in one role, its plaintext protected again
+/// under the harness's key for [`TEST_PACKET_KEY_SEED`], so that the
+/// harness's `unprotect` succeeds on it.
+pub fn test_packet_seeds(keys: Option<&TestKeys>, mode: TestProtection, wire: &[u8]) -> Vec<Seed> {
+    let mut out = Vec::new();
+    for role in [PacketRole::Sender, PacketRole::Reflector] {
+        let mut v = vec![0, test_packet_selector(role, mode)];
+        v.extend_from_slice(wire);
+        out.push(("crypto_test_packet", v));
+    }
+    let Some(keys) = keys else {
+        return out;
+    };
+    for role in [PacketRole::Sender, PacketRole::Reflector] {
+        let mut plain = wire.to_vec();
+        if keys.unprotect(role, mode, &mut plain).is_err() {
+            continue;
+        }
+        let harness = test_packet_harness_keys(TEST_PACKET_KEY_SEED);
+        if harness.protect(role, mode, &mut plain).is_ok() {
+            let mut v = vec![TEST_PACKET_KEY_SEED, test_packet_selector(role, mode)];
+            v.extend_from_slice(&plain);
+            out.push(("crypto_test_packet", v));
+        }
+        break;
+    }
+    out
+}
+
+/// Seeds of the [`crate::crypto::esp_open`] harness from one ESP packet (the
+/// payload of a UDP-encapsulated ESP datagram, RFC 3948) and the CHILD_SA
+/// key and salt of its direction: the packet as on the wire (the harness's
+/// fixed SA does not open it), and, when the real SA opens it, its payload
+/// sealed again under the harness's SA with the same SPI, sequence number,
+/// IV and Next Header, so that the harness's `open` succeeds on it.
+pub fn esp_open_seeds(sa: Option<&EspGcm128>, wire: &[u8]) -> Vec<Seed> {
+    let mut out = vec![("esp_open", wire.to_vec())];
+    let Some(sa) = sa else {
+        return out;
+    };
+    let mut plain = wire.to_vec();
+    let Ok(opened) = sa.open(&mut plain) else {
+        return out;
+    };
+    let payload = &plain[opened.payload.clone()];
+    let iv: [u8; 8] = wire[8..16].try_into().expect("opened: header present");
+    let harness = EspGcm128::new(&crate::crypto::ESP_OPEN_KEY, &crate::crypto::ESP_OPEN_SALT);
+    let mut sealed = vec![0u8; EspGcm128::sealed_len(payload.len())];
+    sealed[16..16 + payload.len()].copy_from_slice(payload);
+    if let Ok(n) = harness.seal(
+        opened.spi,
+        opened.seq,
+        &iv,
+        opened.next_header,
+        payload.len(),
+        &mut sealed,
+    ) {
+        sealed.truncate(n);
+        out.push(("esp_open", sealed));
+    }
+    out
+}
+
 /// Seeds that no capture gives: empty and minimal inputs for every target.
 pub fn synthetic() -> Vec<Seed> {
     let mut out: Vec<Seed> = Vec::new();
@@ -286,7 +408,7 @@ pub fn capture_seeds() -> Vec<(String, Seed)> {
         .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
         .collect();
     files.sort();
-    for path in files {
+    for path in &files {
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -295,7 +417,7 @@ pub fn capture_seeds() -> Vec<(String, Seed)> {
         let Some(kind) = CaptureKind::from_file_name(&stem) else {
             continue;
         };
-        let capture = ricochet_testkit::read_pcap(&path);
+        let capture = ricochet_testkit::read_pcap(path);
         for d in &capture.udp {
             for seed in seeds_for(kind, &d.payload) {
                 out.push((stem.clone(), seed));
@@ -306,8 +428,118 @@ pub fn capture_seeds() -> Vec<(String, Seed)> {
             for seed in control_seeds(&c.client_to_server, segments) {
                 out.push((stem.clone(), seed));
             }
+            for seed in client_seeds(&c.client_to_server, &c.server_to_client) {
+                out.push((stem.clone(), seed));
+            }
+        }
+        let mode = match kind {
+            CaptureKind::Twamp(TestSecurity::Authenticated) => TestProtection::Authenticated,
+            CaptureKind::Twamp(TestSecurity::Encrypted) => TestProtection::Encrypted,
+            _ => continue,
+        };
+        let keys = capture_test_keys(path);
+        for d in &capture.udp {
+            for seed in test_packet_seeds(keys.as_ref(), mode, &d.payload) {
+                out.push((stem.clone(), seed));
+            }
+        }
+    }
+    for path in files.iter().filter(|p| is_ikev2_capture(p)) {
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        for seed in esp_capture_seeds(path) {
+            out.push((stem.clone(), seed));
         }
     }
     out.extend(synthetic().into_iter().map(|s| ("synthetic".to_owned(), s)));
+    out
+}
+
+/// A strongSwan `ikev2-…` capture (its keys are in the `.json` beside it).
+#[cfg(feature = "captures")]
+fn is_ikev2_capture(path: &std::path::Path) -> bool {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .is_some_and(|s| s.starts_with("ikev2-"))
+}
+
+/// The JSON beside a capture: `<stem>.decoded.json` (perfSONAR, twampy,
+/// stamp-suite) or `<stem>.json` (strongSwan); `None` if neither exists.
+#[cfg(feature = "captures")]
+pub fn capture_json(pcap: &std::path::Path) -> Option<serde_json::Value> {
+    ["decoded.json", "json"].iter().find_map(|ext| {
+        let text = std::fs::read_to_string(pcap.with_extension(ext)).ok()?;
+        Some(
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", pcap.with_extension(ext).display())),
+        )
+    })
+}
+
+/// The per-session test keys of a perfSONAR capture, as its JSON gives
+/// them (`test_keys[0]`: `test_aes_key`, `test_hmac_key`; the protocol
+/// crate's interop test checks that they are the RFC 4656 §6.10 / RFC 5357
+/// derivation from the shared secret). `None` without a test session.
+#[cfg(feature = "captures")]
+pub fn capture_test_keys(pcap: &std::path::Path) -> Option<TestKeys> {
+    let json = capture_json(pcap)?;
+    let k = json.get("test_keys")?.get(0)?;
+    let mut octets = ricochet_testkit::unhex(k.get("test_aes_key")?.as_str()?);
+    octets.extend(ricochet_testkit::unhex(k.get("test_hmac_key")?.as_str()?));
+    let octets: [u8; 48] = octets.try_into().ok()?;
+    Some(TestKeys::new(&SessionKeys::from_bytes(&octets)))
+}
+
+/// The CHILD_SA directions of a strongSwan capture's JSON
+/// (`child_sa.initiator_to_responder` / `responder_to_initiator`: SPI, key,
+/// salt), by SPI.
+#[cfg(feature = "captures")]
+pub fn capture_child_sas(pcap: &std::path::Path) -> Vec<(u32, EspGcm128)> {
+    let Some(json) = capture_json(pcap) else {
+        return Vec::new();
+    };
+    let Some(child) = json.get("child_sa") else {
+        return Vec::new();
+    };
+    ["initiator_to_responder", "responder_to_initiator"]
+        .iter()
+        .filter_map(|dir| {
+            let d = child.get(dir)?;
+            let spi: [u8; 4] = ricochet_testkit::unhex(d.get("spi")?.as_str()?)
+                .try_into()
+                .ok()?;
+            let keymat = ricochet_testkit::unhex(d.get("key_and_salt")?.as_str()?);
+            Some((
+                u32::from_be_bytes(spi),
+                EspGcm128::from_keymat(&keymat).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The [`esp_open_seeds`] of a strongSwan capture: every UDP/4500 datagram
+/// that is ESP (it starts with a non-zero SPI, not the non-ESP marker, RFC
+/// 3948 §2.2, and is not a one-octet NAT-keepalive).
+#[cfg(feature = "captures")]
+pub fn esp_capture_seeds(pcap: &std::path::Path) -> Vec<Seed> {
+    let sas = capture_child_sas(pcap);
+    let capture = ricochet_testkit::read_pcap(pcap);
+    let mut out = Vec::new();
+    for d in &capture.udp {
+        if d.dst.port() != 4500 && d.src.port() != 4500 {
+            continue;
+        }
+        let Some(spi) = d.payload.first_chunk::<4>().map(|s| u32::from_be_bytes(*s)) else {
+            continue;
+        };
+        if spi == 0 {
+            continue;
+        }
+        let sa = sas.iter().find(|(s, _)| *s == spi).map(|(_, sa)| sa);
+        out.extend(esp_open_seeds(sa, &d.payload));
+    }
     out
 }
