@@ -61,11 +61,25 @@ pub enum DropReason {
     /// Refused by the session engine (not started, expired, rate limited:
     /// states the XDP program normally filters first).
     Refused,
+    /// ESP: refused by the anti-replay window (RFC 4303 §3.4.3).
+    EspReplay,
+    /// ESP: ICV verification (or the trailer check) failed.
+    EspIcv,
+    /// ESP: the inner packet is outside the SA's traffic selectors, or not
+    /// a UDP datagram of the inner session.
+    EspSelector,
+    /// ESP: the SA is past a hard lifetime.
+    EspExpired,
+    /// ESP: the outbound SA has no sequence number left (rekey needed).
+    EspSeqExhausted,
+    /// ESP: a dummy packet (Next Header 59, RFC 4303 §2.6), dropped as
+    /// the RFC says.
+    EspDummy,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 17;
     /// All reasons in index order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::BadMetadata,
@@ -79,6 +93,12 @@ impl DropReason {
         DropReason::NoRoom,
         DropReason::TxRingFull,
         DropReason::Refused,
+        DropReason::EspReplay,
+        DropReason::EspIcv,
+        DropReason::EspSelector,
+        DropReason::EspExpired,
+        DropReason::EspSeqExhausted,
+        DropReason::EspDummy,
     ];
 
     /// A stable name for metrics.
@@ -95,6 +115,12 @@ impl DropReason {
             DropReason::NoRoom => "no_room",
             DropReason::TxRingFull => "tx_ring_full",
             DropReason::Refused => "refused",
+            DropReason::EspReplay => "esp_replay",
+            DropReason::EspIcv => "esp_icv",
+            DropReason::EspSelector => "esp_selector",
+            DropReason::EspExpired => "esp_expired",
+            DropReason::EspSeqExhausted => "esp_seq_exhausted",
+            DropReason::EspDummy => "esp_dummy",
         }
     }
 }
@@ -247,6 +273,13 @@ pub struct PollerStats {
     pub t3_to_tx: Histogram,
     /// T3 → completion seen by the poller, ns (always measured).
     pub t3_to_completion: Histogram,
+    /// ESP: T2 → inbound packet authenticated and decrypted, ns (the
+    /// receive-side IPsec cost seen by the measurement).
+    pub esp_t2_to_open: Histogram,
+    /// ESP: T3 → reply sealed (encrypted, ICV appended), ns (the
+    /// send-side cost: T3 is inside the encrypted payload, so it is taken
+    /// before encryption and this is what encryption adds after it).
+    pub esp_t3_to_sealed: Histogram,
     /// Kernel counters (`XDP_STATISTICS`), refreshed about once a second.
     pub kernel_rx_dropped: Counter,
     /// `XDP_STATISTICS.rx_ring_full`.
@@ -322,6 +355,8 @@ impl PollerStats {
                 .then(|| self.last_t3_to_tx_ns.get() as i64),
             t3_to_tx: self.t3_to_tx.summary(),
             t3_to_completion: self.t3_to_completion.summary(),
+            esp_t2_to_open: self.esp_t2_to_open.summary(),
+            esp_t3_to_sealed: self.esp_t3_to_sealed.summary(),
             kernel_rx_dropped: self.kernel_rx_dropped.get(),
             kernel_rx_ring_full: self.kernel_rx_ring_full.get(),
             kernel_fill_empty: self.kernel_fill_empty.get(),
@@ -363,6 +398,10 @@ pub struct StatsSnapshot {
     pub t3_to_tx: LatencySummary,
     /// T3 → completion percentiles.
     pub t3_to_completion: LatencySummary,
+    /// ESP: T2 → decrypted percentiles.
+    pub esp_t2_to_open: LatencySummary,
+    /// ESP: T3 → sealed percentiles.
+    pub esp_t3_to_sealed: LatencySummary,
     /// Kernel: dropped.
     pub kernel_rx_dropped: u64,
     /// Kernel: RX ring full.
