@@ -192,9 +192,7 @@ pub fn table_accept(error: &TableError) -> Accept {
         | TableError::NoSuchSession(_)
         | TableError::DataPlane(_)
         | TableError::Unsupported(_)
-        | TableError::EspSa { .. } => {
-            Accept::InternalError
-        }
+        | TableError::EspSa { .. } => Accept::InternalError,
     }
 }
 

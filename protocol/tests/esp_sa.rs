@@ -131,10 +131,14 @@ fn strongswan_child_sa_packets_decrypt() {
 fn our_seal_has_charons_trailer_layout() {
     let keys = EspKeys::gcm_from_keymat(&h("689a9a70720f73f3bfcb6c50cd016c50b9b05390")).unwrap();
     let c = EspCipher::new(&keys).unwrap();
-    let inner = h("4500002c70bf40004001a3e7c6134d01c6134d020800591e06fd0001660b096b00000000256d030000000000");
+    let inner = h(
+        "4500002c70bf40004001a3e7c6134d01c6134d020800591e06fd0001660b096b00000000256d030000000000",
+    );
     let mut buf = vec![0u8; c.sealed_len(inner.len())];
     buf[16..16 + inner.len()].copy_from_slice(&inner);
-    let n = c.seal(0x4907_5e1d, 1, false, 4, inner.len(), &mut buf).unwrap();
+    let n = c
+        .seal(0x4907_5e1d, 1, false, 4, inner.len(), &mut buf)
+        .unwrap();
     // 44 + 2 octets pad (01 02) + 2 = 48: what charon sent (frame 5 JSON)
     assert_eq!(n, 8 + 8 + 48 + 16);
     let mut pkt = buf[..n].to_vec();
@@ -168,8 +172,12 @@ fn cbc_hmac_sha256_layout_by_hand() {
         let mut iv = aes::Block::default();
         iv[8..].copy_from_slice(&seq.to_be_bytes());
         match key_len {
-            16 => aes::Aes128::new_from_slice(&enc_key).unwrap().encrypt_block(&mut iv),
-            _ => aes::Aes256::new_from_slice(&enc_key).unwrap().encrypt_block(&mut iv),
+            16 => aes::Aes128::new_from_slice(&enc_key)
+                .unwrap()
+                .encrypt_block(&mut iv),
+            _ => aes::Aes256::new_from_slice(&enc_key)
+                .unwrap()
+                .encrypt_block(&mut iv),
         }
         assert_eq!(&buf[8..24], &iv[..]);
         // ICV = HMAC-SHA-256(SPI..ciphertext [|| ESN high])[..16]

@@ -339,7 +339,10 @@ fn esp_in_udp_session_reflects_refuses_replays_and_survives_a_rekey() {
     };
     sa1.seq = 40;
     sock.send_to(&replayed, (REFLECTOR_V4, NATT)).unwrap();
-    assert!(recv(&sock, Duration::from_millis(400)).is_none(), "replay reflected");
+    assert!(
+        recv(&sock, Duration::from_millis(400)).is_none(),
+        "replay reflected"
+    );
     // 3. a tampered packet: never reflected, counted; the genuine one behind
     //    it (same sequence number) still passes: the window moved only after
     //    a good ICV
@@ -349,7 +352,10 @@ fn esp_in_udp_session_reflects_refuses_replays_and_survives_a_rekey() {
     let at = tampered.len() - 20;
     tampered[at] ^= 0x01;
     sock.send_to(&tampered, (REFLECTOR_V4, NATT)).unwrap();
-    assert!(recv(&sock, Duration::from_millis(400)).is_none(), "tampered reflected");
+    assert!(
+        recv(&sock, Duration::from_millis(400)).is_none(),
+        "tampered reflected"
+    );
     step_raw(&sock, &genuine, &mut sa1, twamp_seq, next_refl);
     next_refl += 1;
     twamp_seq += 1;
@@ -391,7 +397,10 @@ fn esp_in_udp_session_reflects_refuses_replays_and_survives_a_rekey() {
     // a packet on the removed SPI is the stack's now (no reflection)
     let stale = sa1.probe(twamp_seq);
     sock.send_to(&stale, (REFLECTOR_V4, NATT)).unwrap();
-    assert!(recv(&sock, Duration::from_millis(400)).is_none(), "removed SA reflected");
+    assert!(
+        recv(&sock, Duration::from_millis(400)).is_none(),
+        "removed SA reflected"
+    );
     assert!(table.esp_sa_activity(0x1001).is_none());
     let a2 = table.esp_sa_activity(0x1002).unwrap();
     assert_eq!((a2.rx_packets, a2.tx_packets), (30, 40), "{a2:?}");
@@ -410,7 +419,9 @@ fn esp_in_udp_session_reflects_refuses_replays_and_survives_a_rekey() {
         .find(|l| l.starts_with("poller queue 0:"))
         .unwrap_or_else(|| panic!("no poller statistics in {lines:?}"));
     for h in ["esp_t2_to_open", "esp_t3_to_sealed"] {
-        let at = stats.find(h).unwrap_or_else(|| panic!("{h} missing: {stats}"));
+        let at = stats
+            .find(h)
+            .unwrap_or_else(|| panic!("{h} missing: {stats}"));
         let count: u64 = stats[at..]
             .split("count: ")
             .nth(1)
@@ -429,8 +440,16 @@ fn step_raw(sock: &UdpSocket, probe: &[u8], reply: &mut PeerSa, twamp_seq: u32, 
         .unwrap_or_else(|| panic!("probe {twamp_seq} not reflected"));
     let t = reply.open(&mut r);
     assert_eq!(t.len(), 41, "reflector packet as long as the probe");
-    assert_eq!(&t[24..28], &twamp_seq.to_be_bytes(), "Sender Sequence Number");
-    assert_eq!(&t[28..36], &[0xe8, 0xa1, 0xb2, 0xc6, 0, 0, 0, 1], "T1 echoed");
+    assert_eq!(
+        &t[24..28],
+        &twamp_seq.to_be_bytes(),
+        "Sender Sequence Number"
+    );
+    assert_eq!(
+        &t[28..36],
+        &[0xe8, 0xa1, 0xb2, 0xc6, 0, 0, 0, 1],
+        "T1 echoed"
+    );
     assert_eq!(t[40], 64, "Sender TTL: the received (outer) TTL");
     let t2 = u64::from_be_bytes(t[16..24].try_into().unwrap());
     let t3 = u64::from_be_bytes(t[4..12].try_into().unwrap());

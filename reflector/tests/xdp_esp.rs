@@ -76,7 +76,10 @@ fn assert_handed_off(p: &TestProg, frame: &[u8], esp_off: usize) {
     assert_eq!((m.slot, m.generation), (21, 7));
     assert_eq!(usize::from(m.payload_off), esp_off);
     assert_eq!(&frame[esp_off..esp_off + 4], &SPI.to_be_bytes());
-    assert!(before <= m.rx_ts_ns && m.rx_ts_ns <= after, "T2 at XDP entry");
+    assert!(
+        before <= m.rx_ts_ns && m.rx_ts_ns <= after,
+        "T2 at XDP entry"
+    );
 }
 
 /// Passed to the stack exactly as received (no metadata).
@@ -164,10 +167,7 @@ fn unknown_spi_other_address_and_runts_pass_untouched() {
     let mut t = raw_v4(&esp(SPI, 1));
     t.truncate(30);
     assert_passed_untouched(&p, &t);
-    assert_eq!(
-        p.maps().counters().unwrap().get(Counter::PassMalformed),
-        1
-    );
+    assert_eq!(p.maps().counters().unwrap().get(Counter::PassMalformed), 1);
 }
 
 #[test]

@@ -105,9 +105,7 @@ impl EspKeys {
         match self {
             EspKeys::AesGcm { key, .. } if key.len() == 16 => "aes128gcm16",
             EspKeys::AesGcm { .. } => "aes256gcm16",
-            EspKeys::AesCbcHmacSha256 { enc_key, .. } if enc_key.len() == 16 => {
-                "aes128-sha256"
-            }
+            EspKeys::AesCbcHmacSha256 { enc_key, .. } if enc_key.len() == 16 => "aes128-sha256",
             EspKeys::AesCbcHmacSha256 { .. } => "aes256-sha256",
         }
     }
@@ -211,12 +209,14 @@ impl EspCipher {
         Ok(match keys {
             EspKeys::AesGcm { key, salt } => EspCipher {
                 cipher: match key.len() {
-                    16 => Cipher::Gcm128(Aes128Gcm::new_from_slice(key).map_err(|_| {
-                        bad_key("ESP AES-GCM key", key.len())
-                    })?),
-                    32 => Cipher::Gcm256(Aes256Gcm::new_from_slice(key).map_err(|_| {
-                        bad_key("ESP AES-GCM key", key.len())
-                    })?),
+                    16 => Cipher::Gcm128(
+                        Aes128Gcm::new_from_slice(key)
+                            .map_err(|_| bad_key("ESP AES-GCM key", key.len()))?,
+                    ),
+                    32 => Cipher::Gcm256(
+                        Aes256Gcm::new_from_slice(key)
+                            .map_err(|_| bad_key("ESP AES-GCM key", key.len()))?,
+                    ),
                     n => return Err(bad_key("ESP AES-GCM key", n)),
                 },
                 salt: *salt,
@@ -438,4 +438,3 @@ fn gcm_aad<'a>(aad: &'a mut [u8; 12], head: &[u8], hi: Option<[u8; 4]>) -> &'a [
         }
     }
 }
-

@@ -41,8 +41,8 @@ use super::cache::{KeyCache, KeySource};
 use super::frame::{fold, ones_sum, udp_checksum, FrameError};
 use super::secured::Reflected;
 use super::stats::{DropReason, PollerStats};
-use crate::bpf::{BpfError, EspKeysReader, EspSelectors, EspSlotKeys, EspState, EspStateShared};
 use crate::bpf::MAX_ESP_SAS;
+use crate::bpf::{BpfError, EspKeysReader, EspSelectors, EspSlotKeys, EspState, EspStateShared};
 use crate::clock::{ClockState, Stamp};
 use crate::engine::same_endpoint;
 
@@ -299,7 +299,16 @@ fn parse_outer(frame: &[u8]) -> Result<Outer, FrameError> {
             if be16(h, 6) & 0x3fff != 0 {
                 return Err(FrameError::NotUdp("IPv4 fragment"));
             }
-            (false, v4(h, 12), v4(h, 16), h[1], h[9], l3 + ihl, ihl - IPV4_LEN, l3 + tot)
+            (
+                false,
+                v4(h, 12),
+                v4(h, 16),
+                h[1],
+                h[9],
+                l3 + ihl,
+                ihl - IPV4_LEN,
+                l3 + tot,
+            )
         }
         0x86dd => {
             need(frame, "IPv6 header", l3, IPV6_LEN)?;
@@ -329,7 +338,16 @@ fn parse_outer(frame: &[u8]) -> Result<Outer, FrameError> {
                 });
             }
             let tc = (h[0] << 4) | (h[1] >> 4);
-            (true, v6(h, 8), v6(h, 24), tc, nh, off, off - l3 - IPV6_LEN, end)
+            (
+                true,
+                v6(h, 8),
+                v6(h, 24),
+                tc,
+                nh,
+                off,
+                off - l3 - IPV6_LEN,
+                end,
+            )
         }
         _ => return Err(FrameError::NotUdp("EtherType")),
     };
@@ -401,7 +419,13 @@ fn parse_inner(p: &[u8], nh: u8, tunnel: bool, outer: &Outer, ttl: u8) -> Option
             if IPV6_LEN + usize::from(be16(p, 4)) > p.len() {
                 return None;
             }
-            (IPV6_LEN, v6(p, 8), v6(p, 24), p[7], (p[0] << 4) | (p[1] >> 4))
+            (
+                IPV6_LEN,
+                v6(p, 8),
+                v6(p, 24),
+                p[7],
+                (p[0] << 4) | (p[1] >> 4),
+            )
         }
         _ => return None,
     };
@@ -449,7 +473,7 @@ pub(crate) struct EspCtx<'a, K: KeySource, C: EspCounters> {
 }
 
 fn rekey_soft(used: u64, limit: u64) -> bool {
-    limit != 0 && used >= limit - limit / 10
+    limit != 0 && used >= limit - limit.div_ceil(10)
 }
 
 /// Reflects the ESP frame at the start of `room` (`len` octets; `room`
@@ -541,7 +565,13 @@ pub(crate) fn reflect<K: KeySource, C: EspCounters>(
     let pay = esp_off + opened.payload.start;
     let pay_end = esp_off + opened.payload.end;
     let outer_ttl = room[outer.l3_off + if outer.v6 { 7 } else { 8 }];
-    let inner = match parse_inner(&room[pay..pay_end], opened.next_header, sa.tunnel, &outer, outer_ttl) {
+    let inner = match parse_inner(
+        &room[pay..pay_end],
+        opened.next_header,
+        sa.tunnel,
+        &outer,
+        outer_ttl,
+    ) {
         Some(i) if sa.selectors.admits(i.src, i.dst) => i,
         _ => {
             c.add(own, EspState::W_SELECTOR, 1);
@@ -605,7 +635,11 @@ pub(crate) fn reflect<K: KeySource, C: EspCounters>(
     }
     let payload_len = inner.ip_len + ulen;
     // the outbound SA's next number: shared by every queue, never reused
-    let limit = if sa.esn { u64::MAX } else { u64::from(u32::MAX) };
+    let limit = if sa.esn {
+        u64::MAX
+    } else {
+        u64::from(u32::MAX)
+    };
     let seq_out = c
         .add_fetch(sa.tx_state, EspState::W_TX_SEQ, 1)
         .ok_or(DropReason::BadKeys)?;
@@ -712,14 +746,7 @@ fn write_outer(
         Some(_) => (NH_UDP, UDP_LEN + esp_total),
         None => (NH_ESP, esp_total),
     };
-    write_ip(
-        &mut f[l3..l4],
-        outer.dst,
-        outer.src,
-        dscp,
-        proto,
-        l4_len,
-    )?;
+    write_ip(&mut f[l3..l4], outer.dst, outer.src, dscp, proto, l4_len)?;
     if let Some((sport, dport)) = outer.udp {
         let u = &mut f[l4..l4 + l4_len];
         u[0..2].copy_from_slice(&dport.to_be_bytes());
@@ -730,4 +757,540 @@ fn write_outer(
         u[6..8].copy_from_slice(&ck.to_be_bytes());
     }
     Ok((start, end - start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::afxdp::cache::KeySource;
+    use crate::bpf::{EntryFlags, KeyMaterial, SlotKeys};
+    use crate::clock::{ClockSource, LeapState, StampSource, TimeScale};
+    use ricochet_protocol::crypto::EspKeys;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Independent RFC 1071 sum, one 16-bit word at a time.
+    fn naive_sum(b: &[u8]) -> u16 {
+        let mut s = 0u32;
+        for (i, x) in b.iter().enumerate() {
+            s += if i % 2 == 0 {
+                u32::from(*x) << 8
+            } else {
+                u32::from(*x)
+            };
+        }
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        s as u16
+    }
+
+    fn pseudo(src: &[u8], dst: &[u8], proto: u8, len: usize) -> Vec<u8> {
+        let mut p = src.to_vec();
+        p.extend_from_slice(dst);
+        if src.len() == 4 {
+            p.extend_from_slice(&[0, proto]);
+            p.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            p.extend_from_slice(&(len as u32).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, proto]);
+        }
+        p
+    }
+
+    fn udp_ok(src: &[u8], dst: &[u8], u: &[u8]) -> bool {
+        let mut all = pseudo(src, dst, 17, u.len());
+        all.extend_from_slice(u);
+        naive_sum(&all) == 0xffff
+    }
+
+    struct Counters(Vec<AtomicU64>);
+    impl Counters {
+        fn new() -> Counters {
+            Counters(
+                (0..MAX_ESP_SAS as usize * EspState::LEN / 8)
+                    .map(|_| AtomicU64::new(0))
+                    .collect(),
+            )
+        }
+        fn at(&self, slot: u32, w: usize) -> &AtomicU64 {
+            &self.0[slot as usize * EspState::LEN / 8 + w]
+        }
+    }
+    impl EspCounters for Counters {
+        fn add(&self, slot: u32, w: usize, v: u64) {
+            self.at(slot, w).fetch_add(v, Ordering::Relaxed);
+        }
+        fn add_fetch(&self, slot: u32, w: usize, v: u64) -> Option<u64> {
+            Some(self.at(slot, w).fetch_add(v, Ordering::Relaxed) + v)
+        }
+        fn or(&self, slot: u32, w: usize, bits: u64) {
+            self.at(slot, w).fetch_or(bits, Ordering::Relaxed);
+        }
+        fn load(&self, slot: u32, w: usize) -> u64 {
+            self.at(slot, w).load(Ordering::Relaxed)
+        }
+    }
+
+    struct Inner(SlotKeys);
+    impl KeySource for Inner {
+        fn read(&self, slot: u32) -> Result<Option<SlotKeys>, BpfError> {
+            Ok((slot == 5).then(|| self.0.clone()))
+        }
+    }
+
+    fn clock() -> ClockState {
+        ClockState {
+            tai_offset_s: 37,
+            synchronized: true,
+            est_error_ns: 1_000,
+            max_error_ns: 10_000,
+            source: ClockSource::External,
+            leap: LeapState::None,
+            phc_present: false,
+        }
+    }
+
+    const V4_A: [u8; 4] = [198, 18, 0, 1];
+    const V4_B: [u8; 4] = [198, 18, 0, 2];
+    const IN_A: [u8; 4] = [198, 19, 0, 1];
+    const IN_B: [u8; 4] = [198, 19, 0, 2];
+
+    struct Case {
+        keys_in: EspKeys,
+        keys_out: EspKeys,
+        esn: bool,
+        tunnel: bool,
+        udp: bool,
+        v6: bool,
+        replay: u32,
+        life_packets: u64,
+    }
+
+    impl Case {
+        fn gcm() -> Case {
+            Case {
+                keys_in: EspKeys::gcm_from_keymat(&[7; 20]).unwrap(),
+                keys_out: EspKeys::gcm_from_keymat(&[8; 20]).unwrap(),
+                esn: false,
+                tunnel: false,
+                udp: true,
+                v6: false,
+                replay: 64,
+                life_packets: 0,
+            }
+        }
+
+        fn inner_addrs(&self) -> (IpAddr, IpAddr) {
+            match (self.tunnel, self.v6) {
+                (true, _) => (IpAddr::from(IN_A), IpAddr::from(IN_B)),
+                (false, false) => (IpAddr::from(V4_A), IpAddr::from(V4_B)),
+                (false, true) => ("2001:2::1".parse().unwrap(), "2001:2::2".parse().unwrap()),
+            }
+        }
+
+        fn slot_keys(&self) -> EspSlotKeys {
+            let (a, b) = self.inner_addrs();
+            EspSlotKeys {
+                generation: 1,
+                instance: 1,
+                spi_in: 0x1001,
+                spi_out: 0x2001,
+                key_in: self.keys_in.clone(),
+                key_out: self.keys_out.clone(),
+                esn: self.esn,
+                tunnel: self.tunnel,
+                udp: self.udp,
+                replay_window: self.replay,
+                inner_slot: 5,
+                inner_generation: 9,
+                // with a lifetime: an SA sending with its own outbound half
+                // (both directions count); else a rekeyed one (another's)
+                tx_state: if self.life_packets != 0 { 7 } else { 3 },
+                life_packets: self.life_packets,
+                life_bytes: 0,
+                expires_ns: 0,
+                selectors: EspSelectors {
+                    local: SocketAddr::new(b, 862),
+                    remote: SocketAddr::new(a, 40000),
+                },
+            }
+        }
+
+        /// The frame a peer sends: ESP sequence `seq`, inner datagram to
+        /// `dport` with `nh` as Next Header (0: the right one).
+        fn frame(&self, seq: u64, dport: u16, nh: u8, twamp_seq: u32) -> (Vec<u8>, usize) {
+            let (ia, ib) = self.inner_addrs();
+            let mut twamp = vec![0u8; 41];
+            twamp[..4].copy_from_slice(&twamp_seq.to_be_bytes());
+            twamp[12..14].copy_from_slice(&0x8001u16.to_be_bytes());
+            let mut udp = 40000u16.to_be_bytes().to_vec();
+            udp.extend_from_slice(&dport.to_be_bytes());
+            udp.extend_from_slice(&(8 + twamp.len() as u16).to_be_bytes());
+            udp.extend_from_slice(&[0, 0]);
+            udp.extend_from_slice(&twamp);
+            let payload = if self.tunnel {
+                let mut ip = vec![0x45, 0xb8];
+                ip.extend_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
+                ip.extend_from_slice(&[0, 1, 0, 0, 33, 17, 0, 0]);
+                ip.extend_from_slice(&IN_A);
+                ip.extend_from_slice(&IN_B);
+                let c = !naive_sum(&ip);
+                ip[10..12].copy_from_slice(&c.to_be_bytes());
+                ip.extend_from_slice(&udp);
+                ip
+            } else {
+                udp
+            };
+            let _ = (ia, ib);
+            let cipher = EspCipher::new(&self.keys_in).unwrap();
+            let po = cipher.payload_offset();
+            let mut esp = vec![0u8; cipher.sealed_len(payload.len())];
+            esp[po..po + payload.len()].copy_from_slice(&payload);
+            let nh = match (nh, self.tunnel) {
+                (0, true) => 4,
+                (0, false) => 17,
+                (n, _) => n,
+            };
+            let n = cipher
+                .seal(0x1001, seq, self.esn, nh, payload.len(), &mut esp)
+                .unwrap();
+            esp.truncate(n);
+            let l4 = if self.udp {
+                let mut u = 4500u16.to_be_bytes().to_vec();
+                u.extend_from_slice(&4500u16.to_be_bytes());
+                u.extend_from_slice(&((8 + esp.len()) as u16).to_be_bytes());
+                u.extend_from_slice(&[0, 0]);
+                u.extend_from_slice(&esp);
+                u
+            } else {
+                esp
+            };
+            let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
+            let proto = if self.udp { 17 } else { 50 };
+            if self.v6 {
+                f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+                f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+                f.extend_from_slice(&[proto, 64]);
+                f.extend_from_slice(&"2001:2::1".parse::<Ipv6Addr>().unwrap().octets());
+                f.extend_from_slice(&"2001:2::2".parse::<Ipv6Addr>().unwrap().octets());
+            } else {
+                f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+                f.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+                f.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+                f.extend_from_slice(&V4_A);
+                f.extend_from_slice(&V4_B);
+                let c = !naive_sum(&f[14..34]);
+                f[24..26].copy_from_slice(&c.to_be_bytes());
+            }
+            let esp_off = f.len() + if self.udp { 8 } else { 0 };
+            f.extend_from_slice(&l4);
+            (f, esp_off)
+        }
+    }
+
+    struct Rig {
+        case: Case,
+        sa: EspSa,
+        keys: KeyCache<Inner>,
+        counters: Counters,
+        stats: PollerStats,
+        scratch: Vec<u8>,
+    }
+
+    impl Rig {
+        fn new(case: Case) -> Rig {
+            let sa = EspSa::new(7, &case.slot_keys()).unwrap();
+            let inner = SlotKeys {
+                generation: 9,
+                instance: 9,
+                keys: KeyMaterial::TwampOpen,
+                flags: EntryFlags::empty(),
+                dscp: 0,
+                reflect_octets: 0,
+                sender_mbz: 0,
+                sender: None,
+            };
+            Rig {
+                case,
+                sa,
+                keys: KeyCache::new(Inner(inner)),
+                counters: Counters::new(),
+                stats: PollerStats::default(),
+                scratch: vec![0; 4096],
+            }
+        }
+
+        fn run(&mut self, frame: &[u8], esp_off: usize) -> Result<Vec<u8>, DropReason> {
+            let mut room = vec![0u8; 4096];
+            room[..frame.len()].copy_from_slice(frame);
+            let clock = clock();
+            let mut cx = EspCtx {
+                keys: &mut self.keys,
+                counters: &self.counters,
+                stats: &self.stats,
+                scratch: &mut self.scratch,
+                clock: &clock,
+                batch: Instant::now(),
+                now_ns: 1,
+                tai_now: crate::clock::now_tai_ns,
+            };
+            let t2 = Stamp {
+                ns: crate::clock::now_tai_ns(),
+                scale: TimeScale::Tai,
+                source: StampSource::KernelSoftware,
+            };
+            let r = reflect(&mut room, frame.len(), esp_off, t2, &mut self.sa, &mut cx)?;
+            Ok(room[r.start..r.start + r.len].to_vec())
+        }
+
+        /// Checks a reply frame's outer headers and opens it; returns the
+        /// ESP sequence number, the Next Header and the plaintext payload.
+        fn open(&self, reply: &[u8]) -> (u64, u8, Vec<u8>) {
+            assert_eq!(
+                &reply[..12],
+                &[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2],
+                "MACs swapped"
+            );
+            let proto = if self.case.udp { 17 } else { 50 };
+            let (l4, src, dst) = if self.case.v6 {
+                assert_eq!(&reply[12..14], &[0x86, 0xdd]);
+                let plen = usize::from(u16::from_be_bytes([reply[18], reply[19]]));
+                assert_eq!(14 + 40 + plen, reply.len());
+                assert_eq!((reply[20], reply[21]), (proto, 255));
+                (54, reply[22..38].to_vec(), reply[38..54].to_vec())
+            } else {
+                assert_eq!(naive_sum(&reply[14..34]), 0xffff, "IPv4 header checksum");
+                let tot = usize::from(u16::from_be_bytes([reply[16], reply[17]]));
+                assert_eq!(14 + tot, reply.len());
+                assert_eq!((reply[22], reply[23]), (255, proto));
+                assert_eq!(&reply[26..30], &V4_B, "source = our address");
+                assert_eq!(&reply[30..34], &V4_A);
+                (34, reply[26..30].to_vec(), reply[30..34].to_vec())
+            };
+            let esp_at = if self.case.udp {
+                let u = &reply[l4..];
+                assert_eq!(&u[..4], &[0x11, 0x94, 0x11, 0x94], "4500 -> 4500");
+                assert!(udp_ok(&src, &dst, u), "outer UDP checksum");
+                l4 + 8
+            } else {
+                l4
+            };
+            let mut esp = reply[esp_at..].to_vec();
+            assert_eq!(&esp[..4], &0x2001u32.to_be_bytes(), "outbound SPI");
+            let c = EspCipher::new(&self.case.keys_out).unwrap();
+            let hi = self.case.esn.then_some(0);
+            let o = c
+                .open(&mut esp, hi)
+                .expect("reply opens with the outbound keys");
+            (o.seq, o.next_header, esp[o.payload].to_vec())
+        }
+    }
+
+    #[test]
+    fn tunnel_mode_cbc_hmac_esn_reflects_the_inner_packet() {
+        let keys = EspKeys::AesCbcHmacSha256 {
+            enc_key: vec![1; 32],
+            auth_key: vec![2; 32],
+        };
+        let keys_out = EspKeys::AesCbcHmacSha256 {
+            enc_key: vec![3; 32],
+            auth_key: vec![4; 32],
+        };
+        let mut rig = Rig::new(Case {
+            keys_in: keys,
+            keys_out,
+            esn: true,
+            tunnel: true,
+            ..Case::gcm()
+        });
+        for i in 1..=3u64 {
+            let (f, off) = rig.case.frame(i, 862, 0, 100 + i as u32);
+            let reply = rig.run(&f, off).unwrap();
+            let (seq, nh, p) = rig.open(&reply);
+            assert_eq!((seq, nh), (i, 4), "own numbers from 1; inner IPv4");
+            // inner IPv4 reply: addresses swapped, TTL 255, checksum
+            assert_eq!(naive_sum(&p[..20]), 0xffff);
+            assert_eq!((p[8], p[9]), (255, 17));
+            assert_eq!(&p[12..16], &IN_B);
+            assert_eq!(&p[16..20], &IN_A);
+            assert_eq!(usize::from(u16::from_be_bytes([p[2], p[3]])), p.len());
+            let u = &p[20..];
+            assert_eq!(&u[..4], &[0x03, 0x5e, 0x9c, 0x40], "862 -> 40000");
+            assert!(udp_ok(&IN_B, &IN_A, u), "inner UDP checksum");
+            let t = &u[8..];
+            assert_eq!(t.len(), 41);
+            assert_eq!(&t[24..28], &(100 + i as u32).to_be_bytes());
+            assert_eq!(&t[..4], &(i as u32 - 1).to_be_bytes(), "reflector seq");
+            assert_eq!(t[40], 33, "Sender TTL: the inner TTL in tunnel mode");
+        }
+        assert_eq!(rig.counters.load(7, EspState::W_RX_PACKETS), 3);
+        assert_eq!(rig.counters.load(3, EspState::W_TX_PACKETS), 3);
+        assert_eq!(rig.counters.load(3, EspState::W_TX_SEQ), 3);
+        assert_eq!(rig.stats.esp_t2_to_open.count(), 3);
+        assert_eq!(rig.stats.esp_t3_to_sealed.count(), 3);
+    }
+
+    #[test]
+    fn raw_esp_over_ipv6_transport_gcm256() {
+        let mut rig = Rig::new(Case {
+            keys_in: EspKeys::gcm_from_keymat(&[5; 36]).unwrap(),
+            keys_out: EspKeys::gcm_from_keymat(&[6; 36]).unwrap(),
+            udp: false,
+            v6: true,
+            ..Case::gcm()
+        });
+        let (f, off) = rig.case.frame(1, 862, 0, 7);
+        let reply = rig.run(&f, off).unwrap();
+        let (seq, nh, p) = rig.open(&reply);
+        assert_eq!((seq, nh), (1, 17));
+        let a: Ipv6Addr = "2001:2::1".parse().unwrap();
+        let b: Ipv6Addr = "2001:2::2".parse().unwrap();
+        assert!(
+            udp_ok(&b.octets(), &a.octets(), &p),
+            "inner UDP checksum (IPv6)"
+        );
+        assert_eq!(
+            p[8 + 40],
+            64,
+            "Sender TTL: the outer Hop Limit in transport mode"
+        );
+    }
+
+    #[test]
+    fn replay_tamper_selectors_and_dummies_are_dropped_and_counted() {
+        let mut rig = Rig::new(Case::gcm());
+        let (f1, off) = rig.case.frame(1, 862, 0, 1);
+        rig.run(&f1, off).unwrap();
+        assert_eq!(rig.run(&f1, off), Err(DropReason::EspReplay));
+        let (mut f2, _) = rig.case.frame(2, 862, 0, 2);
+        let n = f2.len();
+        f2[n - 1] ^= 0x80;
+        assert_eq!(rig.run(&f2, off), Err(DropReason::EspIcv));
+        let (f2, _) = rig.case.frame(2, 862, 0, 2);
+        rig.run(&f2, off)
+            .expect("the genuine packet after a forged one");
+        let (f3, _) = rig.case.frame(3, 22, 0, 3);
+        assert_eq!(rig.run(&f3, off), Err(DropReason::EspSelector));
+        let (f4, _) = rig.case.frame(4, 862, 59, 4);
+        assert_eq!(rig.run(&f4, off), Err(DropReason::EspDummy));
+        let (f5, _) = rig.case.frame(5, 862, 4, 5); // says IPv4 in transport mode
+        assert_eq!(rig.run(&f5, off), Err(DropReason::EspSelector));
+        let c = &rig.counters;
+        assert_eq!(c.load(7, EspState::W_REPLAY), 1);
+        assert_eq!(c.load(7, EspState::W_ICV), 1);
+        assert_eq!(c.load(7, EspState::W_SELECTOR), 2);
+        assert_eq!(c.load(3, EspState::W_TX_PACKETS), 2, "only two replies");
+        // a frame whose metadata offset disagrees with its headers
+        let (f6, off6) = rig.case.frame(6, 862, 0, 6);
+        assert_eq!(rig.run(&f6, off6 + 4), Err(DropReason::Malformed));
+        // garbage never panics
+        for len in [0, 13, 30, 60] {
+            let _ = rig.run(&vec![0x45; len], 42);
+        }
+    }
+
+    #[test]
+    fn sequence_exhaustion_and_lifetimes_signal_a_rekey() {
+        let mut rig = Rig::new(Case::gcm());
+        // 90 % of the 32-bit space: still sent, rekey requested
+        rig.counters
+            .at(3, EspState::W_TX_SEQ)
+            .store(u64::from(u32::MAX) - 5, Ordering::Relaxed);
+        let (f, off) = rig.case.frame(1, 862, 0, 1);
+        let reply = rig.run(&f, off).unwrap();
+        assert_eq!(rig.open(&reply).0, u64::from(u32::MAX) - 4);
+        assert_ne!(
+            rig.counters.load(3, EspState::W_REKEY) & EspState::REKEY_SEQ,
+            0
+        );
+        // the end: never wrap (RFC 4303 §3.3.3), count and refuse
+        rig.counters
+            .at(3, EspState::W_TX_SEQ)
+            .store(u64::from(u32::MAX), Ordering::Relaxed);
+        let (f, _) = rig.case.frame(2, 862, 0, 2);
+        assert_eq!(rig.run(&f, off), Err(DropReason::EspSeqExhausted));
+        assert_eq!(rig.counters.load(3, EspState::W_SEQ_EXHAUSTED), 1);
+
+        // packet lifetime 5 (both directions): soft signal at 90 %, then expiry
+        let mut rig = Rig::new(Case {
+            life_packets: 5,
+            ..Case::gcm()
+        });
+        for i in 1..=2u64 {
+            let (f, off) = rig.case.frame(i, 862, 0, i as u32);
+            rig.run(&f, off).unwrap();
+        }
+        assert_eq!(rig.counters.load(7, EspState::W_REKEY), 0);
+        let (f, off) = rig.case.frame(3, 862, 0, 3);
+        rig.run(&f, off).unwrap(); // 4 used before it: soft limit reached
+        assert_ne!(
+            rig.counters.load(7, EspState::W_REKEY) & EspState::REKEY_PACKETS,
+            0
+        );
+        let (f, off) = rig.case.frame(4, 862, 0, 4);
+        assert_eq!(rig.run(&f, off), Err(DropReason::EspExpired));
+        assert_ne!(
+            rig.counters.load(7, EspState::W_REKEY) & EspState::REKEY_EXPIRED,
+            0
+        );
+    }
+
+    #[test]
+    fn anti_replay_off_accepts_duplicates_as_the_receiver_chose() {
+        let mut rig = Rig::new(Case {
+            replay: 0,
+            ..Case::gcm()
+        });
+        let (f, off) = rig.case.frame(1, 862, 0, 1);
+        rig.run(&f, off).unwrap();
+        rig.run(&f, off).unwrap();
+        assert_eq!(rig.counters.load(7, EspState::W_REPLAY), 0);
+    }
+
+    struct Sas(
+        std::cell::RefCell<Option<EspSlotKeys>>,
+        std::cell::Cell<u32>,
+    );
+    impl EspKeySource for &Sas {
+        fn read(&self, _slot: u32) -> Result<Option<EspSlotKeys>, BpfError> {
+            self.1.set(self.1.get() + 1);
+            Ok(self.0.borrow().clone())
+        }
+    }
+
+    #[test]
+    fn cache_reads_on_generation_change_and_keeps_the_window_of_the_same_sa() {
+        let src = Sas(
+            std::cell::RefCell::new(Some(Case::gcm().slot_keys())),
+            std::cell::Cell::new(0),
+        );
+        let mut c = EspCache::new(&src);
+        for _ in 0..10 {
+            c.lookup(7, 1, 0).unwrap();
+        }
+        assert_eq!(src.1.get(), 1, "one map read for ten packets");
+        c.lookup(7, 1, 0).unwrap().window.accept(5).unwrap();
+        // the rekey rewrote the SA (new outbound half): generation 2, same instance
+        let mut k = Case::gcm().slot_keys();
+        k.generation = 2;
+        k.spi_out = 0x2002;
+        *src.0.borrow_mut() = Some(k.clone());
+        let sa = c.lookup(7, 2, 0).unwrap();
+        assert_eq!(sa.spi_out, 0x2002);
+        assert_eq!(sa.window.top(), 5, "window kept");
+        // a new SA in the slot (new instance) starts a fresh window
+        k.generation = 3;
+        k.instance = 2;
+        *src.0.borrow_mut() = Some(k);
+        assert_eq!(c.lookup(7, 3, 0).unwrap().window.top(), 0);
+        // stale metadata is refused and paced
+        assert_eq!(c.lookup(7, 4, 0).err(), Some(DropReason::StaleGeneration));
+        let reads = src.1.get();
+        assert_eq!(c.lookup(7, 4, 1).err(), Some(DropReason::StaleGeneration));
+        assert_eq!(src.1.get(), reads, "paced");
+        assert_eq!(
+            c.lookup(MAX_ESP_SAS, 1, 0).err(),
+            Some(DropReason::UnknownSlot)
+        );
+    }
 }

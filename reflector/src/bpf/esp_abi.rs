@@ -172,7 +172,11 @@ impl EspSaKey {
     /// The key as map octets.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = vec![0u8; size_of::<RawEspSaKey>()];
-        put(&mut b, offset_of!(RawEspSaKey, spi), &self.spi.to_be_bytes());
+        put(
+            &mut b,
+            offset_of!(RawEspSaKey, spi),
+            &self.spi.to_be_bytes(),
+        );
         b[offset_of!(RawEspSaKey, family)] = Family::of(&self.local) as u8;
         put(
             &mut b,
@@ -193,7 +197,11 @@ impl RawEspSa {
             offset_of!(RawEspSa, generation),
             &self.generation.to_ne_bytes(),
         );
-        put(&mut b, offset_of!(RawEspSa, flags), &self.flags.to_ne_bytes());
+        put(
+            &mut b,
+            offset_of!(RawEspSa, flags),
+            &self.flags.to_ne_bytes(),
+        );
         put(
             &mut b,
             offset_of!(RawEspSa, rx_packets),
@@ -305,7 +313,9 @@ fn key_block(k: &EspKeys) -> Result<(u8, u8, Zeroizing<[u8; ESP_KEY_LEN]>), BpfE
         }
         EspKeys::AesCbcHmacSha256 { enc_key, auth_key } => {
             if auth_key.len() != 32 {
-                return Err(BpfError::BadMapData("ESP HMAC key must be 32 octets".into()));
+                return Err(BpfError::BadMapData(
+                    "ESP HMAC key must be 32 octets".into(),
+                ));
             }
             b[32..64].copy_from_slice(auth_key);
             (ALG_AES_CBC_SHA256, enc_key.len())
@@ -431,7 +441,11 @@ impl EspSlotKeys {
         let family = match b[offset_of!(RawEspKeys, sel_family)] {
             4 => Family::V4,
             6 => Family::V6,
-            f => return Err(BpfError::BadMapData(format!("esp_keys selector family {f}"))),
+            f => {
+                return Err(BpfError::BadMapData(format!(
+                    "esp_keys selector family {f}"
+                )))
+            }
         };
         let addr = |off: usize| {
             let mut a = [0u8; 16];
@@ -507,7 +521,10 @@ mod tests {
         assert_eq!(b.len(), size_of::<RawEspKeys>());
         assert_eq!(b[offset_of!(RawEspKeys, alg)], ALG_AES_GCM_16);
         assert_eq!(b[offset_of!(RawEspKeys, key_len)], 16);
-        assert_eq!(b[offset_of!(RawEspKeys, flags)], key_flags::ESN | key_flags::UDP);
+        assert_eq!(
+            b[offset_of!(RawEspKeys, flags)],
+            key_flags::ESN | key_flags::UDP
+        );
         let ki = offset_of!(RawEspKeys, key_in);
         assert_eq!(&b[ki..ki + 16], &[0x11; 16], "cipher key at 0");
         assert_eq!(&b[ki + 32..ki + 36], &[0x11; 4], "salt at 32");
@@ -517,7 +534,9 @@ mod tests {
         let back = EspSlotKeys::from_bytes(&b).unwrap().unwrap();
         assert_eq!(*back.to_bytes().unwrap(), *b);
         assert!(format!("{back:?}").contains("redacted"));
-        assert!(EspSlotKeys::from_bytes(&vec![0u8; b.len()]).unwrap().is_none());
+        assert!(EspSlotKeys::from_bytes(&vec![0u8; b.len()])
+            .unwrap()
+            .is_none());
 
         let mut cbc = sample();
         cbc.key_in = EspKeys::AesCbcHmacSha256 {

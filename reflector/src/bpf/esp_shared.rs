@@ -99,8 +99,7 @@ impl EspStateShared {
 
     /// Reads word `w`.
     pub fn load(&self, slot: u32, w: usize) -> u64 {
-        self.word(slot, w)
-            .map_or(0, |a| a.load(Ordering::Relaxed))
+        self.word(slot, w).map_or(0, |a| a.load(Ordering::Relaxed))
     }
 }
 

@@ -11,9 +11,7 @@ use super::abi::{
     ClockState, Counter, Entry, EntryConfig, ListenerKey, RawEntry, RawKeys, SessionKey, SlotKeys,
     MAX_SLOTS,
 };
-use super::esp_abi::{
-    EspSaKey, EspSlotKeys, EspState, RawEspKeys, RawEspSa, MAX_ESP_SAS,
-};
+use super::esp_abi::{EspSaKey, EspSlotKeys, EspState, RawEspKeys, RawEspSa, MAX_ESP_SAS};
 use super::esp_shared::EspStateShared;
 use super::BpfError;
 

@@ -30,11 +30,11 @@ pub use abi::{
     ClockState, Counter, Entry, EntryConfig, EntryFlags, EntryStats, Family, KeyMaterial,
     ListenerKey, MetaError, Mode, Origin, SessionKey, SlotKeys, TsSource, XdpMeta, MAX_SLOTS,
 };
+pub use esp_abi::{EspSaKey, EspSelectors, EspSlotKeys, EspState, MAX_ESP_SAS};
+pub use esp_shared::EspStateShared;
 pub use loader::{
     ifindex, AttachMode, Attachment, LoadOptions, TestRun, XdpAction, XdpProgram, DEFAULT_PIN_DIR,
 };
-pub use esp_abi::{EspSaKey, EspSelectors, EspSlotKeys, EspState, MAX_ESP_SAS};
-pub use esp_shared::EspStateShared;
 pub use maps::{Counters, EspKeysReader, KeysReader, Maps, PINNED_MAPS};
 pub use table::BpfSessionTable;
 

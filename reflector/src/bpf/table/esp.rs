@@ -280,9 +280,7 @@ impl BpfSessionTable {
             r.current.spi_out = spi_out;
             r.current.key_out = keys.clone();
             r.current.tx_state = tx_slot;
-            self.maps
-                .write_esp_keys(r.slot, &r.current)
-                .map_err(dp)?;
+            self.maps.write_esp_keys(r.slot, &r.current).map_err(dp)?;
             let old = self.maps.esp_sa(&r.key).map_err(dp)?.unwrap_or_default();
             self.maps
                 .write_esp_sa(
@@ -349,7 +347,12 @@ impl BpfSessionTable {
                 return None;
             }
         };
-        let xdp = self.maps.esp_sa(&rec.key).ok().flatten().unwrap_or_default();
+        let xdp = self
+            .maps
+            .esp_sa(&rec.key)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         Some(EspSaActivity {
             redirected: xdp.redirected,
             rx_packets: st.rx_packets,
