@@ -256,8 +256,8 @@ impl BpfSessionTable {
         self.esp_repoint(spec.inner, slot, spec.outbound_spi, &spec.outbound_keys)
     }
 
-    /// Points every SA of `inner` except the one in `tx_slot` at the
-    /// outbound half (`spi_out`, `keys`, sequence counter of `tx_slot`).
+    /// Points every SA of `inner` that does not send with `tx_slot` yet at
+    /// that outbound half (`spi_out`, `keys`, sequence counter of `tx_slot`).
     fn esp_repoint(
         &mut self,
         inner: EspInner,
@@ -268,7 +268,7 @@ impl BpfSessionTable {
         let spis: Vec<u32> = self
             .esp
             .iter()
-            .filter(|(_, r)| r.inner == inner && r.slot != tx_slot)
+            .filter(|(_, r)| r.inner == inner && r.current.tx_state != tx_slot)
             .map(|(s, _)| *s)
             .collect();
         for spi in spis {
@@ -322,17 +322,9 @@ impl BpfSessionTable {
             .max_by_key(|r| r.added)
             .map(|r| (r.slot, r.own_out.0, r.own_out.1.clone()));
         if let Some((slot, spi_out, keys)) = newest {
-            let uses_removed = self
-                .esp
-                .values()
-                .any(|r| r.inner == rec.inner && r.current.tx_state == rec.slot);
-            if uses_removed {
-                // the newest keeps its own half; the others follow it
-                if let Some(r) = self.esp.values_mut().find(|r| r.slot == slot) {
-                    r.current.tx_state = slot;
-                }
-                self.esp_repoint(rec.inner, slot, spi_out, &keys)?;
-            }
+            // every SA that sent with the removed half (the newest one
+            // included) now sends with the newest one's own half
+            self.esp_repoint(rec.inner, slot, spi_out, &keys)?;
         }
         tracing::info!(spi = format_args!("{spi:08x}"), "ESP SA removed");
         Ok(())
