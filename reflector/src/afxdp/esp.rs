@@ -195,7 +195,12 @@ impl<S: EspKeySource> EspCache<S> {
                 };
                 let old = std::mem::replace(&mut self.entries[i], Entry::Empty);
                 self.entries[i] = match self.source.read(slot) {
-                    Ok(Some(k)) if k.generation == generation => match EspSa::new(slot, &k) {
+                    // The map may be one step ahead of the metadata: the
+                    // control plane rewrites `esp_keys` first, then the
+                    // `esp_sas` entry (e.g. the outbound switch of a rekey).
+                    // The newer state is the one to use; a slot reused by
+                    // another SA is caught by the SPI check.
+                    Ok(Some(k)) => match EspSa::new(slot, &k) {
                         Ok(mut sa) => {
                             if let Entry::Ready(prev) = old {
                                 if prev.instance == sa.instance {
@@ -209,7 +214,6 @@ impl<S: EspKeySource> EspCache<S> {
                             fail(DropReason::BadKeys)
                         }
                     },
-                    Ok(Some(_)) => fail(DropReason::StaleGeneration),
                     Ok(None) => fail(DropReason::UnknownSlot),
                     Err(e) => {
                         tracing::warn!(slot, error = %e, "esp_keys read failed");
@@ -1283,10 +1287,14 @@ mod tests {
         k.instance = 2;
         *src.0.borrow_mut() = Some(k);
         assert_eq!(c.lookup(7, 3, 0).unwrap().window.top(), 0);
-        // stale metadata is refused and paced
-        assert_eq!(c.lookup(7, 4, 0).err(), Some(DropReason::StaleGeneration));
+        // metadata one generation behind the map (between the control
+        // plane's two writes): the newer state serves it
+        assert_eq!(c.lookup(7, 2, 0).unwrap().generation, 3);
+        // an emptied slot is refused, and the refusal paced
+        *src.0.borrow_mut() = None;
+        assert_eq!(c.lookup(7, 4, 0).err(), Some(DropReason::UnknownSlot));
         let reads = src.1.get();
-        assert_eq!(c.lookup(7, 4, 1).err(), Some(DropReason::StaleGeneration));
+        assert_eq!(c.lookup(7, 4, 1).err(), Some(DropReason::UnknownSlot));
         assert_eq!(src.1.get(), reads, "paced");
         assert_eq!(
             c.lookup(MAX_ESP_SAS, 1, 0).err(),
