@@ -28,7 +28,9 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use ricochet_protocol::control::Sid;
-use ricochet_protocol::crypto::{EspCipher, EspKeys, PacketRole, SessionKeys, TestKeys, TestProtection};
+use ricochet_protocol::crypto::{
+    EspCipher, EspKeys, PacketRole, SessionKeys, TestKeys, TestProtection,
+};
 use ricochet_protocol::modes::SecurityMode;
 use ricochet_protocol::twamp_test::{SessionFormat, TestSecurity};
 use ricochet_reflector::bpf::{
@@ -72,7 +74,8 @@ impl Drop for Cleanup {
 /// counts replies; returns (sent, received, achieved send rate).
 fn trial(sock: &UdpSocket, to: SocketAddr, probes: &[Vec<u8>], rate: u64) -> (u64, u64, f64) {
     let rx = sock.try_clone().unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
     let got = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let (g, d) = (Arc::clone(&got), Arc::clone(&done));
@@ -147,7 +150,11 @@ fn main() {
     let s_ns = lab.netns(Side::Sender);
     let r_if = lab.iface(Side::Reflector);
     assert!(lab
-        .run(Side::Sender, "ethtool", &["-K", &lab.iface(Side::Sender), "tx", "off"])
+        .run(
+            Side::Sender,
+            "ethtool",
+            &["-K", &lab.iface(Side::Sender), "tx", "off"]
+        )
         .status
         .success());
     assert!(lab
@@ -328,7 +335,11 @@ fn main() {
                 let rate = if lo == 0 { hi / 8 } else { (lo + hi) / 2 };
                 let n = rate * secs;
                 let (sock, to, probes) = if target == "esp-afxdp" {
-                    (&esp_sock, SocketAddr::from((REFLECTOR_V4, 4500)), esp_probes(n))
+                    (
+                        &esp_sock,
+                        SocketAddr::from((REFLECTOR_V4, 4500)),
+                        esp_probes(n),
+                    )
                 } else {
                     (
                         &plain_sock,

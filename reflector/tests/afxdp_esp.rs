@@ -241,57 +241,8 @@ fn esp_in_udp_session_reflects_refuses_replays_and_survives_a_rekey() {
     if skip() {
         return;
     }
-    let lab = Lab::up("es");
+    let (lab, _peer, mut d) = rig("es", "udp");
     let sender_ns = lab.netns(Side::Sender);
-    let out = lab.run(
-        Side::Sender,
-        "ethtool",
-        &["-K", &lab.iface(Side::Sender), "tx", "off"],
-    );
-    assert!(out.status.success(), "ethtool tx off");
-    let out = lab.run(Side::Sender, "ping", &["-c1", "-W3", "198.18.0.2"]);
-    assert!(out.status.success(), "ARP resolved");
-    let _peer = PeerXdp::attach(sender_ns.clone(), lab.iface(Side::Sender));
-
-    let pid = std::process::id();
-    let mut d = Daemon {
-        child: None,
-        pins: PathBuf::from(format!("/sys/fs/bpf/ricochet-esp-test-{pid}")),
-        registry: std::env::temp_dir().join(format!("ricochet-esp-test-{pid}.sessions")),
-        stderr: None,
-    };
-    let pins = d.pins.to_str().unwrap().to_owned();
-    let mut child = lab.spawn(
-        Side::Reflector,
-        env!("CARGO_BIN_EXE_ricochet-reflector"),
-        &[
-            "--path",
-            "afxdp",
-            "--iface",
-            &lab.iface(Side::Reflector),
-            "--pin-dir",
-            &pins,
-        ],
-    );
-    let (line_tx, line_rx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = line_tx.send(line);
-        }
-    });
-    d.child = Some(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = line_rx
-            .recv_timeout(left)
-            .expect("daemon did not report its pollers");
-        if line.contains("1 poller(s)") {
-            break;
-        }
-    }
-    d.stderr = Some(line_rx);
 
     // The control plane: an unauthenticated TWAMP session carried in ESP.
     let mut table = BpfSessionTable::open(&d.pins, &d.registry).expect("open pins");
@@ -430,6 +381,189 @@ fn esp_in_udp_session_reflects_refuses_replays_and_survives_a_rekey() {
             .unwrap_or(0);
         assert!(count >= 81, "{h}: {count} in {stats}");
     }
+    drop(table);
+}
+
+/// The lab, the sender-side XDP program and the daemon (`--path afxdp`)
+/// with its pins, ready for the control plane.
+fn rig(tag: &str, pin_tag: &str) -> (Lab, PeerXdp, Daemon) {
+    let lab = Lab::up(tag);
+    let sender_ns = lab.netns(Side::Sender);
+    let out = lab.run(
+        Side::Sender,
+        "ethtool",
+        &["-K", &lab.iface(Side::Sender), "tx", "off"],
+    );
+    assert!(out.status.success(), "ethtool tx off");
+    let out = lab.run(Side::Sender, "ping", &["-c1", "-W3", "198.18.0.2"]);
+    assert!(out.status.success(), "ARP resolved");
+    let peer = PeerXdp::attach(sender_ns, lab.iface(Side::Sender));
+    let pid = std::process::id();
+    let mut d = Daemon {
+        child: None,
+        pins: PathBuf::from(format!("/sys/fs/bpf/ricochet-esp-{pin_tag}-{pid}")),
+        registry: std::env::temp_dir().join(format!("ricochet-esp-{pin_tag}-{pid}.sessions")),
+        stderr: None,
+    };
+    let pins = d.pins.to_str().unwrap().to_owned();
+    let mut child = lab.spawn(
+        Side::Reflector,
+        env!("CARGO_BIN_EXE_ricochet-reflector"),
+        &[
+            "--path",
+            "afxdp",
+            "--iface",
+            &lab.iface(Side::Reflector),
+            "--pin-dir",
+            &pins,
+        ],
+    );
+    let (line_tx, line_rx) = mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line);
+        }
+    });
+    d.child = Some(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = line_rx
+            .recv_timeout(left)
+            .expect("daemon did not report its pollers");
+        if line.contains("1 poller(s)") {
+            break;
+        }
+    }
+    d.stderr = Some(line_rx);
+    (lab, peer, d)
+}
+
+#[test]
+fn raw_esp_tunnel_mode_with_aes_cbc_hmac_sha256() {
+    if skip() {
+        return;
+    }
+    let (lab, _peer, d) = rig("et", "raw");
+    let inner_s = std::net::Ipv4Addr::new(198, 19, 0, 1);
+    let inner_r = std::net::Ipv4Addr::new(198, 19, 0, 2);
+    let mut table = BpfSessionTable::open(&d.pins, &d.registry).expect("open pins");
+    let sid = Sid([0x7a; 16]);
+    table
+        .add(SessionSpec {
+            sid,
+            sender: SocketAddr::from((inner_s, SENDER_PORT)),
+            reflector: SocketAddr::from((inner_r, TEST_PORT)),
+            security: SecurityMode::Unauthenticated,
+            format: SessionFormat::new(TestSecurity::Unauthenticated),
+            dscp: 0,
+            test_keys: None,
+            rate_limit_pps: 0,
+            rate_burst: 0,
+        })
+        .unwrap();
+    table.start(&sid).unwrap();
+    let k_in = EspKeys::AesCbcHmacSha256 {
+        enc_key: vec![0x41; 16],
+        auth_key: vec![0x42; 32],
+    };
+    let k_out = EspKeys::AesCbcHmacSha256 {
+        enc_key: vec![0x43; 16],
+        auth_key: vec![0x44; 32],
+    };
+    table
+        .add_esp_sa(EspSaSpec {
+            mode: EspMode::Tunnel,
+            udp_encap: false,
+            ..sa_spec(sid, 0x3001, 0x4001, &k_in, &k_out)
+        })
+        .unwrap();
+    let tx = EspCipher::new(&k_in).unwrap();
+    let rx = EspCipher::new(&k_out).unwrap();
+    let sock = in_netns(&lab.netns(Side::Sender), || {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(50)),
+        )
+        .expect("raw ESP socket");
+        s.bind(&SocketAddr::from((SENDER_V4, 0)).into()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    });
+    let to: socket2::SockAddr = SocketAddr::from((REFLECTOR_V4, 0)).into();
+    for i in 0..20u32 {
+        // inner IPv4 (TTL 20) + UDP 40000 -> 862 + 41-octet TWAMP probe
+        let mut twamp = vec![0u8; 41];
+        twamp[..4].copy_from_slice(&i.to_be_bytes());
+        twamp[12..14].copy_from_slice(&0x8001u16.to_be_bytes());
+        let mut udp = SENDER_PORT.to_be_bytes().to_vec();
+        udp.extend_from_slice(&TEST_PORT.to_be_bytes());
+        udp.extend_from_slice(&((8 + twamp.len()) as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(&twamp);
+        let c = udp_checksum(&inner_s.octets(), &inner_r.octets(), &udp);
+        udp[6..8].copy_from_slice(&c.to_be_bytes());
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&[0, 0, 0, 0, 20, 17, 0, 0]);
+        ip.extend_from_slice(&inner_s.octets());
+        ip.extend_from_slice(&inner_r.octets());
+        let c = xdp_util::checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ip.extend_from_slice(&udp);
+        let po = tx.payload_offset();
+        let mut esp = vec![0u8; tx.sealed_len(ip.len())];
+        esp[po..po + ip.len()].copy_from_slice(&ip);
+        let n = tx
+            .seal(0x3001, u64::from(i) + 1, false, 4, ip.len(), &mut esp)
+            .unwrap();
+        sock.send_to(&esp[..n], &to).unwrap();
+        // the reply: outer IPv4 from the reflector, protocol 50
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+        let got = loop {
+            let (m, _) = sock
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("probe {i} not reflected: {e}"));
+            // SAFETY: recv_from initialised the first m octets.
+            let b: Vec<u8> = buf[..m]
+                .iter()
+                .map(|x| unsafe { x.assume_init() })
+                .collect();
+            if b[12..16] == REFLECTOR_V4.octets() {
+                break b;
+            }
+        };
+        assert_eq!(got[9], 50, "raw ESP reply");
+        let mut esp = got[20..].to_vec();
+        assert_eq!(&esp[..4], &0x4001u32.to_be_bytes());
+        assert_eq!(&esp[4..8], &(i + 1).to_be_bytes(), "own sequence numbers");
+        let o = rx.open(&mut esp, None).expect("reply opens");
+        assert_eq!(o.next_header, 4, "tunnel: inner IPv4");
+        let p = &esp[o.payload];
+        assert_eq!(
+            xdp_util::checksum(&p[..20]),
+            0,
+            "inner IPv4 header checksum"
+        );
+        assert_eq!(&p[12..16], &inner_r.octets());
+        assert_eq!(&p[16..20], &inner_s.octets());
+        assert_eq!(p[8], 255, "inner TTL 255");
+        let u = &p[20..];
+        let mut z = u.to_vec();
+        z[6..8].fill(0);
+        assert_eq!(
+            &u[6..8],
+            &udp_checksum(&inner_r.octets(), &inner_s.octets(), &z).to_be_bytes()
+        );
+        let t = &u[8..];
+        assert_eq!(&t[..4], &i.to_be_bytes(), "reflector sequence number");
+        assert_eq!(&t[24..28], &i.to_be_bytes(), "Sender Sequence Number");
+        assert_eq!(t[40], 20, "Sender TTL: the inner TTL in tunnel mode");
+    }
+    let a = table.esp_sa_activity(0x3001).unwrap();
+    assert_eq!((a.rx_packets, a.tx_packets, a.icv_failures), (20, 20, 0));
     drop(table);
 }
 

@@ -14,9 +14,7 @@ use ricochet_protocol::control::Sid;
 use ricochet_protocol::crypto::EspKeys;
 use ricochet_protocol::modes::SecurityMode;
 use ricochet_protocol::twamp_test::{SessionFormat, TestSecurity};
-use ricochet_reflector::bpf::{
-    BpfSessionTable, Counter, KeyMaterial, Origin, XdpAction, XdpMeta,
-};
+use ricochet_reflector::bpf::{BpfSessionTable, Counter, KeyMaterial, Origin, XdpAction, XdpMeta};
 use ricochet_reflector::session_table::{
     EspInner, EspLifetime, EspMode, EspSaSpec, SessionSpec, SessionTable, TableError,
 };
@@ -121,7 +119,11 @@ fn esp_sa_lifecycle_through_the_table() {
             "{why}"
         );
     }
-    assert_eq!(meta_of(&p, 0x1001), None, "nothing installed by a refused spec");
+    assert_eq!(
+        meta_of(&p, 0x1001),
+        None,
+        "nothing installed by a refused spec"
+    );
 
     t.add_esp_sa(sa(0x1001, 0x2001, 1)).unwrap();
     assert!(matches!(
