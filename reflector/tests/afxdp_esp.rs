@@ -35,7 +35,9 @@ use ricochet_protocol::control::Sid;
 use ricochet_protocol::crypto::{EspCipher, EspKeys, ReplayWindow};
 use ricochet_protocol::modes::SecurityMode;
 use ricochet_protocol::twamp_test::{SessionFormat, TestSecurity};
-use ricochet_reflector::bpf::{ifindex, AttachMode, BpfSessionTable, EspState, PINNED_MAPS};
+use ricochet_reflector::bpf::{
+    ifindex, AttachMode, BpfSessionTable, Counter, EspState, PINNED_MAPS,
+};
 use ricochet_reflector::session_table::{
     EspInner, EspLifetime, EspMode, EspSaSpec, SessionSpec, SessionTable,
 };
@@ -312,6 +314,10 @@ fn esp_in_udp_session_reflects_refuses_replays_and_survives_a_rekey() {
     twamp_seq += 1;
     sa1.seq += 1;
     let a1 = table.esp_sa_activity(0x1001).unwrap();
+    assert_eq!(
+        a1.redirected, 43,
+        "every packet of SPI 0x1001 reached a poller"
+    );
     assert_eq!(a1.replay_drops, 1, "{a1:?}");
     assert_eq!(a1.icv_failures, 1, "{a1:?}");
     assert_eq!(a1.rx_packets, 41);
@@ -357,6 +363,10 @@ fn esp_in_udp_session_reflects_refuses_replays_and_survives_a_rekey() {
     assert_eq!((a2.rx_packets, a2.tx_packets), (30, 40), "{a2:?}");
     assert_eq!((a2.replay_drops, a2.icv_failures), (0, 0));
     assert_eq!(next_refl, 81, "81 probes, 81 reflections");
+    let c = table.maps().counters().unwrap();
+    // SA 1: 43, then 10 during the overlap; SA 2: 10 + 20
+    assert_eq!(c.get(Counter::EspRedirected), 43 + 10 + 30, "{c:?}");
+    assert_eq!(c.get(Counter::EspUnknownSpi), 1, "the removed SPI");
 
     // 5. the daemon reports the IPsec cost of every packet on exit
     let mut child = d.child.take().unwrap();
