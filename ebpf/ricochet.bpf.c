@@ -1048,6 +1048,12 @@ static __always_inline int ricochet(struct xdp_md *ctx, const int hwts)
 	}
 	__sync_fetch_and_add(&e->stats.rx_packets, 1);
 	__sync_fetch_and_add(&e->stats.rx_bytes, len_in);
+	/* Its traffic must arrive inside ESP (RFC 4301 §5.2: discard what
+	 * matches a PROTECT policy in clear). */
+	if (e->flags & RC_F_ESP_ONLY) {
+		count(RC_CNT_DROP_NOT_ESP);
+		return XDP_DROP;
+	}
 
 	__u32 zero = 0;
 	struct rc_clock *clk = bpf_map_lookup_elem(&clock, &zero);

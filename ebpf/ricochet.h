@@ -85,6 +85,10 @@ enum rc_flags {
 	/* STAMP (RFC 8972 §3): drop packets whose SSID differs from
 	 * rc_entry.ssid. */
 	RC_F_CHECK_SSID = 1 << 6,
+	/* The entry's test traffic is carried in an ESP SA (RFC 4301
+	 * PROTECT): the same packets arriving in clear are dropped
+	 * (RC_CNT_DROP_NOT_ESP), never reflected. */
+	RC_F_ESP_ONLY = 1 << 7,
 };
 
 /* Per-entry counters, updated with atomic adds by every CPU. */
@@ -171,7 +175,8 @@ enum rc_counter {
 	RC_CNT_ESP_UNKNOWN_SPI = 12,  /* ESP (raw or in UDP 4500), unknown SPI: passed */
 	RC_CNT_ESP_IKE = 13,          /* UDP 4500 with the non-ESP marker (IKE) or
 				       * a NAT keepalive: passed to the stack */
-	RC_CNT_MAX = 14,
+	RC_CNT_DROP_NOT_ESP = 14,     /* clear packet of an ESP-only entry: dropped */
+	RC_CNT_MAX = 15,
 };
 
 /* ---- metadata in front of frames redirected to AF_XDP ------------------ */

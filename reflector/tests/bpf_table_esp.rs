@@ -125,7 +125,25 @@ fn esp_sa_lifecycle_through_the_table() {
         "nothing installed by a refused spec"
     );
 
+    // before the SA, the session's clear probes are reflected in XDP
+    let clear = frame_v4(
+        &[],
+        ipv4_udp(
+            V4_PEER,
+            V4_US,
+            64,
+            0,
+            &[],
+            PORT_PEER,
+            PORT_US,
+            &twamp_sender(1, [0x11; 8], 1, &[]),
+        ),
+    );
+    assert_eq!(p.test_run(&clear).unwrap().action, XdpAction::Tx);
     t.add_esp_sa(sa(0x1001, 0x2001, 1)).unwrap();
+    // from now on they must come inside ESP (RFC 4301 PROTECT)
+    assert_eq!(p.test_run(&clear).unwrap().action, XdpAction::Drop);
+    assert_eq!(p.maps().counters().unwrap().get(Counter::DropNotEsp), 1);
     assert!(matches!(
         t.add_esp_sa(sa(0x1001, 0x2009, 5)),
         Err(TableError::EspSa { .. })

@@ -292,11 +292,13 @@ pub enum Counter {
     EspUnknownSpi = 12,
     /// UDP 4500 carrying IKE (non-ESP marker) or a NAT keepalive: passed.
     EspIke = 13,
+    /// Clear packet of an entry whose traffic must come in ESP: dropped.
+    DropNotEsp = 14,
 }
 
 impl Counter {
     /// Number of counters (`RC_CNT_MAX`).
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
     /// All counters in index order.
     pub const ALL: [Counter; Counter::COUNT] = [
         Counter::PassNotUdp,
@@ -313,6 +315,7 @@ impl Counter {
         Counter::EspRedirected,
         Counter::EspUnknownSpi,
         Counter::EspIke,
+        Counter::DropNotEsp,
     ];
 
     /// A stable name for metrics.
@@ -332,6 +335,7 @@ impl Counter {
             Counter::EspRedirected => "esp_redirected",
             Counter::EspUnknownSpi => "esp_pass_unknown_spi",
             Counter::EspIke => "esp_pass_ike",
+            Counter::DropNotEsp => "drop_not_esp",
         }
     }
 }
@@ -757,6 +761,8 @@ impl EntryFlags {
     pub const TLV_TO_XSK: EntryFlags = EntryFlags(1 << 5);
     /// STAMP (RFC 8972 §3): drop packets whose SSID differs.
     pub const CHECK_SSID: EntryFlags = EntryFlags(1 << 6);
+    /// The traffic is carried in an ESP SA: clear packets are dropped.
+    pub const ESP_ONLY: EntryFlags = EntryFlags(1 << 7);
 
     /// No flag.
     pub const fn empty() -> EntryFlags {

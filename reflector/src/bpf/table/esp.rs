@@ -15,7 +15,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use ricochet_protocol::crypto::{EspCipher, EspKeys};
 
-use super::{dp, format_flags, BpfSessionTable, EntryFlags, KeyMaterial, SlotKeys, State};
+use super::{
+    dp, format_flags, BpfSessionTable, EntryConfig, EntryFlags, KeyMaterial, SessionKey, SlotKeys,
+    State,
+};
 use crate::bpf::esp_abi::{sa_flags, RawEspSa};
 use crate::bpf::{EspSaKey, EspSelectors, EspSlotKeys, MAX_ESP_SAS};
 use crate::session_table::{EspInner, EspMode, EspSaActivity, EspSaSpec, TableError};
@@ -62,6 +65,7 @@ impl BpfSessionTable {
                     local: rec.key.local,
                     remote: rec.key.remote,
                 };
+                self.esp_only_session(&rec.key)?;
                 if let Some(slot) = rec.slot {
                     let k = self.maps.read_keys(slot).map_err(dp)?.ok_or_else(|| {
                         TableError::DataPlane(format!("keys slot {slot} of {sid} is empty"))
@@ -123,6 +127,7 @@ impl BpfSessionTable {
                     0,
                 );
                 let sel = EspSelectors { local, remote: any };
+                self.esp_only_listener(local)?;
                 if let Some(slot) = own {
                     let k = self.maps.read_keys(slot).map_err(dp)?.ok_or_else(|| {
                         TableError::DataPlane(format!("keys slot {slot} of {local} is empty"))
@@ -160,6 +165,43 @@ impl BpfSessionTable {
                 Ok((slot, generation, sel))
             }
         }
+    }
+
+    /// Marks the session's entry ESP-only: from now on its test packets in
+    /// clear are dropped by the XDP program (RFC 4301 PROTECT), whether or
+    /// not an SA is installed at the moment.
+    fn esp_only_session(&self, key: &SessionKey) -> Result<(), TableError> {
+        let Some(e) = self.maps.session(key).map_err(dp)? else {
+            return Err(TableError::DataPlane(format!(
+                "session entry {} <- {} is not in the map",
+                key.local, key.remote
+            )));
+        };
+        if !e.config.flags.contains(EntryFlags::ESP_ONLY) {
+            let cfg = EntryConfig {
+                flags: e.config.flags | EntryFlags::ESP_ONLY,
+                ..e.config
+            };
+            self.maps.update_session(key, &cfg).map_err(dp)?;
+        }
+        Ok(())
+    }
+
+    /// As [`Self::esp_only_session`] for a listener.
+    fn esp_only_listener(&self, local: SocketAddr) -> Result<(), TableError> {
+        let Some((key, _)) = self.listeners.get(&local) else {
+            return Err(TableError::Address(local, "no such listener".into()));
+        };
+        if let Some(e) = self.maps.listener(key).map_err(dp)? {
+            if !e.config.flags.contains(EntryFlags::ESP_ONLY) {
+                let cfg = EntryConfig {
+                    flags: e.config.flags | EntryFlags::ESP_ONLY,
+                    ..e.config
+                };
+                self.maps.update_listener(key, &cfg).map_err(dp)?;
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn esp_add(&mut self, spec: EspSaSpec) -> Result<(), TableError> {
