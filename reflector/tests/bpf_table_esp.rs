@@ -212,6 +212,61 @@ fn esp_sa_lifecycle_through_the_table() {
     let _ = std::fs::remove_file(&reg);
 }
 
+/// A restarted control plane (a new table on the same pins and registry)
+/// takes the pinned SAs over: still served, found by SPI, their slots not
+/// handed out again, and a rekey after the restart switches them.
+#[test]
+fn a_restarted_table_takes_the_pinned_sas_over() {
+    if skip() {
+        return;
+    }
+    let p = load();
+    let reg = std::env::temp_dir().join(format!(
+        "{}.sessions",
+        p.pin_dir().file_name().unwrap().to_string_lossy()
+    ));
+    let mut t = BpfSessionTable::open(p.pin_dir(), &reg).unwrap();
+    t.add(session()).unwrap();
+    t.start(&SID).unwrap();
+    t.add_esp_sa(sa(0x1001, 0x2001, 1)).unwrap();
+    drop(t);
+
+    let mut t = BpfSessionTable::open(p.pin_dir(), &reg).unwrap();
+    assert!(t.esp_sa_activity(0x1001).is_some(), "found by SPI");
+    assert_eq!(meta_of(&p, 0x1001).unwrap().slot, 0, "still handed off");
+    // rekey after the restart: new slots, and SA 1 switches to SA 2's half
+    t.add_esp_sa(sa(0x1002, 0x2002, 3)).unwrap();
+    let k2 = p
+        .maps()
+        .read_esp_keys(1)
+        .unwrap()
+        .expect("slot 1, not 0 again");
+    assert_eq!(k2.spi_in, 0x1002);
+    assert_eq!(k2.inner_slot, 0, "the same inner slot (from the registry)");
+    let k1 = p.maps().read_esp_keys(0).unwrap().unwrap();
+    assert_eq!((k1.spi_in, k1.spi_out, k1.tx_state), (0x1001, 0x2002, 1));
+    // a new session does not get the inner slot of the first one
+    let mut other = session();
+    other.sid = Sid([0x78; 16]);
+    other.sender = SocketAddr::new(IpAddr::V4(V4_PEER), PORT_PEER + 1);
+    other.security = SecurityMode::Authenticated;
+    other.format = SessionFormat::new(TestSecurity::Authenticated);
+    other.test_keys = Some(ricochet_protocol::crypto::SessionKeys {
+        aes: [1; 16],
+        hmac: [2; 32],
+    });
+    t.add(other).unwrap();
+    t.start(&Sid([0x78; 16])).unwrap();
+    assert!(matches!(
+        p.maps().read_keys(0).unwrap().unwrap().keys,
+        KeyMaterial::TwampOpen
+    ));
+    t.remove_esp_sa(0x1001).unwrap();
+    t.remove_esp_sa(0x1002).unwrap();
+    assert_eq!(meta_of(&p, 0x1001), None);
+    let _ = std::fs::remove_file(&reg);
+}
+
 #[test]
 fn the_socket_table_has_no_esp() {
     let mut t = SocketSessionTable::spawn(&TableConfig::default()).unwrap();

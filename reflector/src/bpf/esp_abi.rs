@@ -187,6 +187,25 @@ impl EspSaKey {
     }
 }
 
+impl EspSaKey {
+    /// Parses map octets (as returned by key iteration).
+    pub fn from_bytes(b: &[u8]) -> Result<EspSaKey, BpfError> {
+        check_len("esp_sas key", b, size_of::<RawEspSaKey>())?;
+        let family = match b[offset_of!(RawEspSaKey, family)] {
+            4 => Family::V4,
+            6 => Family::V6,
+            f => return Err(BpfError::BadMapData(format!("esp_sas key family {f}"))),
+        };
+        let o = offset_of!(RawEspSaKey, local_addr);
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&b[o..o + 16]);
+        Ok(EspSaKey {
+            spi: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            local: addr_from(family, &a),
+        })
+    }
+}
+
 impl RawEspSa {
     /// The value as map octets.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -562,6 +581,12 @@ mod tests {
         assert_eq!(&b[..4], &[1, 2, 3, 4]);
         assert_eq!(b[4], 6);
         assert_eq!(b[8], 0x20);
+        let k = EspSaKey::from_bytes(&b).unwrap();
+        assert_eq!(
+            (k.spi, k.local),
+            (0x0102_0304, "2001:2::2".parse().unwrap())
+        );
+        assert!(EspSaKey::from_bytes(&b[..23]).is_err());
     }
 
     #[test]

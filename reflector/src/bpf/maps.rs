@@ -229,6 +229,18 @@ impl Maps {
             .transpose()
     }
 
+    /// Every inbound SA in `esp_sas`.
+    pub fn esp_sa_entries(&self) -> Result<Vec<(EspSaKey, RawEspSa)>, BpfError> {
+        let mut out = Vec::new();
+        for k in self.esp_sas.keys() {
+            let key = EspSaKey::from_bytes(&k)?;
+            if let Some(v) = self.esp_sa(&key)? {
+                out.push((key, v));
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes an inbound SA; `Ok(false)` if it was not there.
     pub fn remove_esp_sa(&self, key: &EspSaKey) -> Result<bool, BpfError> {
         remove(&self.esp_sas, "esp_sas", &key.to_bytes())

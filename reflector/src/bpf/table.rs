@@ -176,6 +176,13 @@ fn parse_line(line: &str) -> Option<(Sid, Record)> {
         "-" => State::Started,
         s => State::Stopping(s.parse().ok()?),
     };
+    let esp_inner = match f.next() {
+        None => None,
+        Some(x) => {
+            let (s, g) = x.split_once(':')?;
+            Some((s.parse().ok().filter(|s| *s < MAX_SLOTS)?, g.parse().ok()?))
+        }
+    };
     let key = SessionKey::new(local, remote).ok()?;
     Some((
         sid,
@@ -185,7 +192,7 @@ fn parse_line(line: &str) -> Option<(Sid, Record)> {
             state,
             pending: None,
             spec: None,
-            esp_inner: None,
+            esp_inner,
         },
     ))
 }
@@ -257,8 +264,12 @@ impl BpfSessionTable {
             if let Some(s) = rec.slot {
                 t.slots.used.insert(s);
             }
+            if let Some((s, _)) = rec.esp_inner {
+                t.slots.used.insert(s);
+            }
             t.sessions.insert(sid, rec);
         }
+        t.esp_reload()?;
         t.save()?;
         t.sweep();
         Ok(t)
@@ -317,8 +328,12 @@ impl BpfSessionTable {
                 State::Stopping(d) => d.to_string(),
             };
             let slot = r.slot.map_or("-".to_owned(), |s| s.to_string());
+            // optional sixth field: the ESP inner slot:generation
+            let esp = r
+                .esp_inner
+                .map_or(String::new(), |(s, g)| format!(" {s}:{g}"));
             text.push_str(&format!(
-                "{} {} {} {slot} {deadline}\n",
+                "{} {} {} {slot} {deadline}{esp}\n",
                 hex(sid),
                 r.key.local,
                 r.key.remote
@@ -673,6 +688,10 @@ mod tests {
         assert_eq!(r.slot, Some(7));
         assert_eq!(r.state, State::Started);
         assert_eq!(r.key.remote, "198.18.0.2:6000".parse().unwrap());
+        assert_eq!(r.esp_inner, None);
+        let (_, r) = parse_line(&format!("{line} 9:77")).expect("with the ESP field");
+        assert_eq!(r.esp_inner, Some((9, 77)));
+        assert!(parse_line(&format!("{line} 9")).is_none());
         for bad in [
             "",
             "zz 198.18.0.1:5000 198.18.0.2:6000 - -",

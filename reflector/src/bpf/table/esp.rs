@@ -28,7 +28,9 @@ use ricochet_protocol::modes::SecurityMode;
 pub(super) struct EspRecord {
     key: EspSaKey,
     slot: u32,
-    inner: EspInner,
+    /// `None` for an SA found pinned by a restarted table (its session is
+    /// known only by its `keys` slot then).
+    inner: Option<EspInner>,
     /// As written now (its outbound half may be a newer SA's).
     current: EspSlotKeys,
     /// Its own outbound half: SPI and keys.
@@ -112,6 +114,7 @@ impl BpfSessionTable {
                 if let Some(r) = self.sessions.get_mut(&sid) {
                     r.esp_inner = Some((slot, generation));
                 }
+                self.save()?;
                 Ok((slot, generation, sel))
             }
             EspInner::Listener(local) => {
@@ -285,7 +288,7 @@ impl BpfSessionTable {
             EspRecord {
                 key,
                 slot,
-                inner: spec.inner,
+                inner: Some(spec.inner),
                 own_out: (spec.outbound_spi, spec.outbound_keys.clone()),
                 current: keys,
                 flags,
@@ -310,7 +313,7 @@ impl BpfSessionTable {
         let spis: Vec<u32> = self
             .esp
             .iter()
-            .filter(|(_, r)| r.inner == inner && r.current.tx_state != tx_slot)
+            .filter(|(_, r)| r.inner == Some(inner) && r.current.tx_state != tx_slot)
             .map(|(s, _)| *s)
             .collect();
         for spi in spis {
@@ -360,15 +363,61 @@ impl BpfSessionTable {
         let newest = self
             .esp
             .values()
-            .filter(|r| r.inner == rec.inner)
+            .filter(|r| rec.inner.is_some() && r.inner == rec.inner)
             .max_by_key(|r| r.added)
             .map(|r| (r.slot, r.own_out.0, r.own_out.1.clone()));
-        if let Some((slot, spi_out, keys)) = newest {
+        if let (Some((slot, spi_out, keys)), Some(inner)) = (newest, rec.inner) {
             // every SA that sent with the removed half (the newest one
             // included) now sends with the newest one's own half
-            self.esp_repoint(rec.inner, slot, spi_out, &keys)?;
+            self.esp_repoint(inner, slot, spi_out, &keys)?;
         }
         tracing::info!(spi = format_args!("{spi:08x}"), "ESP SA removed");
+        Ok(())
+    }
+
+    /// Takes over the SAs a previous table left pinned (a control-plane
+    /// restart): their slots and their inner sessions' `keys` slots stay
+    /// reserved, they keep being served, and `remove_esp_sa` finds them by
+    /// SPI. The session link comes from the registry (sessions); an SA of
+    /// a listener or of a forgotten session is served but not switched by
+    /// a later rekey.
+    pub(super) fn esp_reload(&mut self) -> Result<(), TableError> {
+        for (key, sa) in self.maps.esp_sa_entries().map_err(dp)? {
+            let Some(keys) = self.maps.read_esp_keys(sa.slot).map_err(dp)? else {
+                tracing::warn!(spi = key.spi, "pinned ESP SA without esp_keys: removing it");
+                let _ = self.maps.remove_esp_sa(&key);
+                continue;
+            };
+            self.esp_slots.used.insert(sa.slot);
+            self.slots.used.insert(keys.inner_slot);
+            // its session, if the registry still knows it
+            let inner = self
+                .sessions
+                .iter()
+                .find(|(_, r)| {
+                    r.slot == Some(keys.inner_slot)
+                        || r.esp_inner.map(|(s, _)| s) == Some(keys.inner_slot)
+                })
+                .map(|(sid, _)| EspInner::Session(*sid));
+            self.esp_added += 1;
+            tracing::info!(
+                spi = format_args!("{:08x}", key.spi),
+                slot = sa.slot,
+                "ESP SA taken over"
+            );
+            self.esp.insert(
+                key.spi,
+                EspRecord {
+                    key,
+                    slot: sa.slot,
+                    inner,
+                    own_out: (keys.spi_out, keys.key_out.clone()),
+                    current: keys,
+                    flags: sa.flags,
+                    added: self.esp_added,
+                },
+            );
+        }
         Ok(())
     }
 
