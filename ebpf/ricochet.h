@@ -338,10 +338,14 @@ struct rc_esp_keys {
 	__u32 _pad1;
 	/* Hard lifetimes (RFC 4301 §4.4.2.1): 0 = none. Packets and octets
 	 * count both directions of this SA; expires_ns is CLOCK_TAI. The
-	 * pollers raise rekey_needed at 90 % of any of them. */
+	 * pollers raise rekey_needed at 90 % of the packet and octet limits
+	 * and from rekey_ns on. */
 	__u64 life_packets;
 	__u64 life_bytes;
 	__u64 expires_ns;
+	/* CLOCK_TAI ns from which the pollers raise RC_ESP_REKEY_TIME (90 %
+	 * of the time lifetime); 0 = none. */
+	__u64 rekey_ns;
 	/* Traffic selectors of the inner packets (RFC 4301 §4.4.1): the
 	 * reflector's test address/port and the sender's; port 0 = any. */
 	__u8 sel_local[16];

@@ -205,6 +205,22 @@ fn esp_sa_lifecycle_through_the_table() {
         Err(TableError::EspSa { .. })
     ));
 
+    // a time lifetime: hard expiry, and the rekey signal at 90 %
+    t.add_esp_sa(EspSaSpec {
+        lifetime: EspLifetime {
+            packets: 0,
+            bytes: 0,
+            time: Some(std::time::Duration::from_secs(100)),
+        },
+        ..sa(0x1003, 0x2003, 7)
+    })
+    .unwrap();
+    let k3 = p.maps().read_esp_keys(1).unwrap().unwrap();
+    let now = tai_ns();
+    assert!(k3.expires_ns > now + 99_000_000_000 && k3.expires_ns <= now + 100_000_000_000);
+    assert_eq!(k3.expires_ns - k3.rekey_ns, 10_000_000_000);
+    t.remove_esp_sa(0x1003).unwrap();
+
     // removing the session frees its inner slot
     t.remove_esp_sa(0x1001).unwrap();
     t.remove(&SID).unwrap();

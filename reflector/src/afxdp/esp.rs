@@ -114,6 +114,7 @@ pub(crate) struct EspSa {
     life_packets: u64,
     life_bytes: u64,
     expires_ns: u64,
+    rekey_ns: u64,
     selectors: EspSelectors,
 }
 
@@ -138,6 +139,7 @@ impl EspSa {
             life_packets: k.life_packets,
             life_bytes: k.life_bytes,
             expires_ns: k.expires_ns,
+            rekey_ns: k.rekey_ns,
             selectors: k.selectors,
         })
     }
@@ -517,6 +519,9 @@ pub(crate) fn reflect<K: KeySource, C: EspCounters>(
     if rekey_soft(used_b, sa.life_bytes) {
         c.or(own, EspState::W_REKEY, EspState::REKEY_BYTES);
     }
+    if sa.rekey_ns != 0 && cx.now_ns >= sa.rekey_ns {
+        c.or(own, EspState::W_REKEY, EspState::REKEY_TIME);
+    }
     let seq_low = u32::from_be_bytes([esp[4], esp[5], esp[6], esp[7]]);
     let seq = if sa.replay {
         match sa.window.check(seq_low) {
@@ -868,6 +873,8 @@ mod tests {
         v6: bool,
         replay: u32,
         life_packets: u64,
+        expires_ns: u64,
+        rekey_ns: u64,
     }
 
     impl Case {
@@ -881,6 +888,8 @@ mod tests {
                 v6: false,
                 replay: 64,
                 life_packets: 0,
+                expires_ns: 0,
+                rekey_ns: 0,
             }
         }
 
@@ -912,7 +921,8 @@ mod tests {
                 tx_state: if self.life_packets != 0 { 7 } else { 3 },
                 life_packets: self.life_packets,
                 life_bytes: 0,
-                expires_ns: 0,
+                expires_ns: self.expires_ns,
+                rekey_ns: self.rekey_ns,
                 selectors: EspSelectors {
                     local: SocketAddr::new(b, 862),
                     remote: SocketAddr::new(a, 40000),
@@ -1237,6 +1247,29 @@ mod tests {
             rig.counters.load(7, EspState::W_REKEY) & EspState::REKEY_EXPIRED,
             0
         );
+    }
+
+    #[test]
+    fn time_lifetime_signals_then_expires() {
+        // the rig's batch time is 1 ns
+        let mut rig = Rig::new(Case {
+            rekey_ns: 1,
+            expires_ns: 5,
+            ..Case::gcm()
+        });
+        let (f, off) = rig.case.frame(1, 862, 0, 1);
+        rig.run(&f, off).unwrap();
+        assert_eq!(
+            rig.counters.load(7, EspState::W_REKEY),
+            EspState::REKEY_TIME
+        );
+        let mut rig = Rig::new(Case {
+            expires_ns: 1,
+            ..Case::gcm()
+        });
+        let (f, off) = rig.case.frame(1, 862, 0, 1);
+        assert_eq!(rig.run(&f, off), Err(DropReason::EspExpired));
+        assert_eq!(rig.counters.load(7, EspState::W_EXPIRED), 1);
     }
 
     #[test]

@@ -1162,6 +1162,7 @@ mod tests {
                 life_packets,
                 life_bytes,
                 expires_ns,
+                rekey_ns,
                 sel_local,
                 sel_remote,
                 sel_local_port,

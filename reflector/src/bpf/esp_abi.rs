@@ -64,6 +64,7 @@ pub struct RawEspKeys {
     pub life_packets: u64,
     pub life_bytes: u64,
     pub expires_ns: u64,
+    pub rekey_ns: u64,
     pub sel_local: [u8; 16],
     pub sel_remote: [u8; 16],
     pub sel_local_port: [u8; 2],
@@ -319,6 +320,8 @@ pub struct EspSlotKeys {
     pub life_packets: u64,
     pub life_bytes: u64,
     pub expires_ns: u64,
+    /// CLOCK_TAI ns from which "rekey needed (time)" is raised; 0 = none.
+    pub rekey_ns: u64,
     /// Inner traffic selectors.
     pub selectors: EspSelectors,
 }
@@ -420,6 +423,7 @@ impl EspSlotKeys {
         w!(life_packets, self.life_packets);
         w!(life_bytes, self.life_bytes);
         w!(expires_ns, self.expires_ns);
+        w!(rekey_ns, self.rekey_ns);
         let sel = &self.selectors;
         put(
             &mut b,
@@ -490,6 +494,7 @@ impl EspSlotKeys {
             life_packets: ne_u64(b, offset_of!(RawEspKeys, life_packets)),
             life_bytes: ne_u64(b, offset_of!(RawEspKeys, life_bytes)),
             expires_ns: ne_u64(b, offset_of!(RawEspKeys, expires_ns)),
+            rekey_ns: ne_u64(b, offset_of!(RawEspKeys, rekey_ns)),
             selectors: EspSelectors {
                 local: SocketAddr::new(
                     addr(offset_of!(RawEspKeys, sel_local)),
@@ -526,6 +531,7 @@ mod tests {
             life_packets: 1000,
             life_bytes: 0,
             expires_ns: 42,
+            rekey_ns: 40,
             selectors: EspSelectors {
                 local: "198.18.0.2:862".parse().unwrap(),
                 remote: "198.18.0.1:0".parse().unwrap(),

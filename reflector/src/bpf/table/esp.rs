@@ -234,10 +234,13 @@ impl BpfSessionTable {
             .take_below(MAX_ESP_SAS)
             .ok_or_else(|| bad(spi, "no free ESP slot"))?;
         let generation = self.generation();
-        let expires_ns = spec.lifetime.time.map_or(0, |t| {
-            crate::clock::now_tai_ns()
-                .saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX))
-        });
+        let now = crate::clock::now_tai_ns();
+        let life_ns = spec
+            .lifetime
+            .time
+            .map(|t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1));
+        let expires_ns = life_ns.map_or(0, |l| now.saturating_add(l));
+        let rekey_ns = life_ns.map_or(0, |l| now.saturating_add(l - l.div_ceil(10)));
         let keys = EspSlotKeys {
             generation,
             instance: generation,
@@ -255,6 +258,7 @@ impl BpfSessionTable {
             life_packets: spec.lifetime.packets,
             life_bytes: spec.lifetime.bytes,
             expires_ns,
+            rekey_ns,
             selectors,
         };
         let flags = if spec.udp_encap {
