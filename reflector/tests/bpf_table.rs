@@ -255,6 +255,29 @@ fn stop_keeps_reflecting_until_the_grace_is_over() {
     assert!(t.sessions().is_empty());
 }
 
+/// A session stopped by the previous control plane is over for the next
+/// one once its grace has passed (no activity), even before a sweep.
+#[test]
+fn a_stopped_session_has_no_activity_after_its_grace() {
+    if skip() {
+        return;
+    }
+    let (p, r, mut t) = setup();
+    t.add(spec(SID, PORT_PEER, SecurityMode::Unauthenticated))
+        .unwrap();
+    t.start(&Sid(SID)).unwrap();
+    t.stop(&Sid(SID), Duration::from_secs(2)).unwrap();
+    drop(t);
+    let t2 = BpfSessionTable::open(p.pin_dir(), &r.0).unwrap();
+    assert!(t2.activity(&Sid(SID)).is_some(), "within its grace");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while t2.activity(&Sid(SID)).is_some() {
+        assert!(std::time::Instant::now() < deadline, "grace never ended");
+        std::thread::sleep(Duration::from_millis(20)); // polling a deadline, bounded
+    }
+    assert_eq!(t2.sessions(), vec![Sid(SID)], "not swept yet");
+}
+
 #[test]
 fn a_restarted_control_plane_lists_and_removes_pinned_sessions() {
     if skip() {
@@ -276,6 +299,10 @@ fn a_restarted_control_plane_lists_and_removes_pinned_sessions() {
     let mut want = vec![Sid(SID), Sid(sid_b)];
     want.sort_by_key(|s| s.0);
     assert_eq!(t2.sessions(), want);
+    // What a restarted control plane needs to adopt them.
+    assert!(t2.outlives_process());
+    assert_eq!(t2.reflector_addr(&Sid(SID)), Some(us()));
+    assert_eq!(t2.reflector_addr(&Sid([9; 16])), None);
     assert!(t2.orphans().unwrap().is_empty());
     assert_eq!(t2.activity(&Sid(SID)).unwrap().reflected, 0);
 
@@ -372,4 +399,91 @@ fn listeners_reflect_until_removed_and_secured_ones_get_a_slot() {
     assert_eq!(k.dscp, 10);
     t.remove_listener(any).unwrap();
     assert!(p.maps().read_keys(0).unwrap().is_none());
+}
+
+/// A stateful STAMP session: a secured `sessions` entry for the 4-tuple
+/// whose keys slot names a STAMP session with its SSID, PTP flag, DSCP and
+/// (zero-padded) HMAC key; the XDP program redirects its packets instead of
+/// reflecting them; removal clears entry and slot; a key longer than the
+/// slot and a second session on the same 4-tuple are refused.
+#[test]
+fn stamp_sessions_become_secured_entries_with_stamp_keys() {
+    use ricochet_protocol::time::TimeFormat;
+    use ricochet_reflector::session_table::StampSessionSpec;
+    use ricochet_reflector::stamp_engine::CosPolicy;
+    if skip() {
+        return;
+    }
+    let (p, r, mut t) = setup();
+    let stamp = |ssid: u16, key: Option<Vec<u8>>| StampSessionSpec {
+        sender: peer(PORT_PEER),
+        local: us(),
+        ssid,
+        key: key.map(zeroize::Zeroizing::new),
+        timestamp_format: TimeFormat::Ptp,
+        dscp: Some(10),
+        cos_policy: CosPolicy::ALLOW_ALL,
+        micro_session_id: None,
+        rate_limit_pps: 0,
+        rate_burst: 0,
+    };
+    let s = stamp(0x1234, Some(vec![0xab; 20]));
+    t.add_stamp_session(s.clone()).unwrap();
+    let e = p
+        .maps()
+        .session(&SessionKey::new(us(), peer(PORT_PEER)).unwrap())
+        .unwrap()
+        .expect("sessions entry");
+    assert_eq!(e.config.mode, Mode::Secured);
+    let k = p.maps().read_keys(e.config.slot).unwrap().expect("keys");
+    assert_eq!(k.sender, Some(peer(PORT_PEER)));
+    assert!(k.flags.contains(EntryFlags::PTP));
+    assert!(k.flags.contains(EntryFlags::SET_DSCP));
+    assert_eq!(k.dscp, 10);
+    match &k.keys {
+        KeyMaterial::StampSession {
+            ssid: 0x1234,
+            key: Some(key),
+        } => {
+            assert_eq!(&key[..20], &[0xab; 20]);
+            assert_eq!(&key[20..], &[0; 12], "zero-padded: the same HMAC");
+        }
+        other => panic!("wrong key material {other:?}"),
+    }
+    assert_eq!(t.stamp_activity(&s.id()).unwrap().reflected, 0);
+    // Same 4-tuple, other SSID: the map holds one entry per 4-tuple.
+    assert!(t.add_stamp_session(stamp(7, None)).is_err());
+    assert!(t.add_stamp_session(s.clone()).is_err(), "twice");
+    let mut long = stamp(9, Some(vec![1; 33]));
+    long.sender = peer(PORT_PEER + 1);
+    assert!(matches!(
+        t.add_stamp_session(long),
+        Err(TableError::DataPlane(_))
+    ));
+    t.remove_stamp_session(&s.id()).unwrap();
+    assert!(p
+        .maps()
+        .session(&SessionKey::new(us(), peer(PORT_PEER)).unwrap())
+        .unwrap()
+        .is_none());
+    assert!(p.maps().read_keys(e.config.slot).unwrap().is_none());
+    assert!(t.remove_stamp_session(&s.id()).is_err());
+
+    // A restarted control plane installs its configured session again over
+    // what the earlier run left in the maps.
+    t.add_stamp_session(s.clone()).unwrap();
+    drop(t);
+    let mut t2 = BpfSessionTable::open(p.pin_dir(), &r.0).unwrap();
+    t2.add_stamp_session(s.clone()).unwrap();
+    let e2 = p
+        .maps()
+        .session(&SessionKey::new(us(), peer(PORT_PEER)).unwrap())
+        .unwrap()
+        .expect("replaced entry");
+    let k2 = p.maps().read_keys(e2.config.slot).unwrap().expect("keys");
+    assert!(matches!(
+        k2.keys,
+        KeyMaterial::StampSession { ssid: 0x1234, .. }
+    ));
+    assert_eq!(k2.generation, e2.config.generation);
 }

@@ -45,6 +45,7 @@ use crate::bpf::MAX_ESP_SAS;
 use crate::bpf::{BpfError, EspKeysReader, EspSelectors, EspSlotKeys, EspState, EspStateShared};
 use crate::clock::{ClockState, Stamp};
 use crate::engine::same_endpoint;
+use crate::stamp_engine::PacketAddrs;
 
 /// How long a failed SA lookup is remembered (as the keys cache does).
 const RETRY_NS: u64 = 10_000_000;
@@ -614,12 +615,17 @@ pub(crate) fn reflect<K: KeySource, C: EspCounters>(
             ttl: inner.ttl,
             tos: inner.tos,
         },
+        Some(PacketAddrs {
+            src: inner.src,
+            dst: Some(inner.dst),
+            src_mac: None,
+        }),
         t2,
         cx.clock,
         cx.batch,
         &mut room[data_at..out_end],
     )?;
-    let dscp = slot.dscp.unwrap_or(inner.tos >> 2) & 0x3f;
+    let dscp = r.reply_dscp.or(slot.dscp).unwrap_or(inner.tos >> 2) & 0x3f;
     // 5. inner headers of the reply
     let ulen = UDP_LEN + r.len;
     let (rsrc, rdst) = (inner.dst, inner.src);

@@ -30,8 +30,9 @@ use super::stats::{DropReason, PollerStats, StatsSnapshot, TxStampTable, TxTimes
 use super::umem::Frame;
 use super::XskError;
 use crate::bpf::{EspKeysReader, EspStateShared, KeysReader, Maps, Origin, XdpMeta};
-use crate::clock::{now_tai_ns, ClockCell, ClockState};
+use crate::clock::{now_tai_ns, ClockCell, ClockState, StampSource};
 use crate::engine::same_endpoint;
+use crate::stamp_engine::PacketAddrs;
 use std::net::SocketAddr;
 
 /// What the poller does with each frame.
@@ -485,6 +486,19 @@ impl Worker {
             }
             if inf.slot != u32::MAX {
                 self.shared.tx_stamps.record(inf.slot, inf.seq, ts);
+                // Follow-Up Telemetry of a stateful STAMP session. Zero
+                // copy: the driver's stamp from the NIC (the PHC, assumed on
+                // TAI like the RX stamps, rc_clock). Copy mode: the kernel
+                // stamps CLOCK_TAI in software when it frees the skb after
+                // transmission (xsk_destruct_skb).
+                let source = if self.sock.zero_copy() {
+                    StampSource::NicHardware
+                } else {
+                    StampSource::KernelSoftware
+                };
+                if let Some(slot) = self.cache.as_mut().and_then(|c| c.ready_mut(inf.slot)) {
+                    slot.record_tx(inf.seq, ts, source);
+                }
             }
         }
         self.stats.tx_completed.add(n as u64);
@@ -648,6 +662,10 @@ impl Worker {
         }
         let room = &mut chunk[off..];
         let p = frame::parse(&room[..len]).map_err(|_| DropReason::Malformed)?;
+        match ts_source {
+            crate::bpf::TsSource::Nic => stats.t2_nic.add(1),
+            crate::bpf::TsSource::KernelTai => stats.t2_kernel_tai.add(1),
+        }
         if p.payload_off != usize::from(meta.payload_off) {
             return Err(DropReason::Malformed);
         }
@@ -667,12 +685,17 @@ impl Worker {
                 ttl: p.ttl,
                 tos: p.tos,
             },
+            Some(PacketAddrs {
+                src: SocketAddr::new(p.src, p.sport),
+                dst: Some(SocketAddr::new(p.dst, p.dport)),
+                src_mac: None,
+            }),
             t2_stamp(meta.rx_ts_ns, ts_source),
             clock,
             batch_start,
             &mut room[p.payload_off..],
         )?;
-        let dscp = slot.dscp.unwrap_or(p.tos >> 2);
+        let dscp = r.reply_dscp.or(slot.dscp).unwrap_or(p.tos >> 2);
         let (start, rlen) =
             frame::build_reply(room, &p, r.len, dscp).map_err(|_| DropReason::NoRoom)?;
         let start = off + start;

@@ -371,7 +371,8 @@ pub struct RawKeys {
     pub sender_addr: [u8; 16],
     /// Network byte order.
     pub sender_port: [u8; 2],
-    pub _pad: u16,
+    /// RFC 8972 SSID of a STAMP session slot, host order.
+    pub ssid: u16,
     pub key: [u8; KEY_LEN],
 }
 
@@ -400,7 +401,18 @@ pub enum KeyMaterial {
     /// Unauthenticated TWAMP carried inside an ESP SA (the pollers reflect
     /// it after decryption; ESP protects it). No key.
     TwampOpen,
-    /// Unauthenticated STAMP carried inside an ESP SA. No key.
+    /// A stateful STAMP session (RFC 8762 §4.3) reflected by the pollers:
+    /// its SSID (RFC 8972 §3) and, authenticated, its HMAC-SHA-256 key (a
+    /// shorter key zero-padded to 32 octets: the same HMAC, RFC 2104 §2).
+    StampSession {
+        /// The SSID.
+        ssid: u16,
+        /// The key; `None`: unauthenticated.
+        key: Option<zeroize::Zeroizing<[u8; 32]>>,
+    },
+    /// A stateless unauthenticated STAMP listener's TLV-bearing packets
+    /// ([`EntryFlags::TLV_TO_XSK`]), or its packets carried inside an ESP
+    /// SA: no key.
     StampOpen,
 }
 
@@ -411,10 +423,14 @@ impl KeyMaterial {
     pub const TWAMP_ENC: u8 = 2;
     /// `RC_KEYS_STAMP_AUTH`.
     pub const STAMP_AUTH: u8 = 3;
-    /// `RC_KEYS_TWAMP_OPEN`.
-    pub const TWAMP_OPEN: u8 = 4;
+    /// `RC_KEYS_STAMP_SESSION`.
+    pub const STAMP_SESSION: u8 = 4;
+    /// `RC_KEYS_STAMP_SESSION_AUTH`.
+    pub const STAMP_SESSION_AUTH: u8 = 5;
     /// `RC_KEYS_STAMP_OPEN`.
-    pub const STAMP_OPEN: u8 = 5;
+    pub const STAMP_OPEN: u8 = 6;
+    /// `RC_KEYS_TWAMP_OPEN`.
+    pub const TWAMP_OPEN: u8 = 7;
 
     fn mode(&self) -> u8 {
         match self {
@@ -422,6 +438,8 @@ impl KeyMaterial {
             KeyMaterial::TwampEncrypted(_) => Self::TWAMP_ENC,
             KeyMaterial::StampAuthenticated(_) => Self::STAMP_AUTH,
             KeyMaterial::TwampOpen => Self::TWAMP_OPEN,
+            KeyMaterial::StampSession { key: None, .. } => Self::STAMP_SESSION,
+            KeyMaterial::StampSession { key: Some(_), .. } => Self::STAMP_SESSION_AUTH,
             KeyMaterial::StampOpen => Self::STAMP_OPEN,
         }
     }
@@ -434,6 +452,8 @@ impl std::fmt::Debug for KeyMaterial {
             KeyMaterial::TwampEncrypted(_) => "TwampEncrypted(<redacted>)",
             KeyMaterial::StampAuthenticated(_) => "StampAuthenticated(<redacted>)",
             KeyMaterial::TwampOpen => "TwampOpen",
+            KeyMaterial::StampSession { key: None, .. } => "StampSession",
+            KeyMaterial::StampSession { key: Some(_), .. } => "StampSession(<redacted>)",
             KeyMaterial::StampOpen => "StampOpen",
         })
     }
@@ -519,6 +539,12 @@ impl SlotKeys {
                 put(&mut b, k + 16, &sk.hmac);
             }
             KeyMaterial::StampAuthenticated(key) => put(&mut b, k, &key[..]),
+            KeyMaterial::StampSession { ssid, key } => {
+                put(&mut b, offset_of!(RawKeys, ssid), &ssid.to_ne_bytes());
+                if let Some(key) = key {
+                    put(&mut b, k, &key[..]);
+                }
+            }
             KeyMaterial::TwampOpen | KeyMaterial::StampOpen => {}
         }
         b
@@ -543,6 +569,17 @@ impl SlotKeys {
                 KeyMaterial::StampAuthenticated(key)
             }
             KeyMaterial::TWAMP_OPEN => KeyMaterial::TwampOpen,
+            m @ (KeyMaterial::STAMP_SESSION | KeyMaterial::STAMP_SESSION_AUTH) => {
+                let key = (m == KeyMaterial::STAMP_SESSION_AUTH).then(|| {
+                    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+                    key.copy_from_slice(&b[k..k + 32]);
+                    key
+                });
+                KeyMaterial::StampSession {
+                    ssid: ne_u16(b, offset_of!(RawKeys, ssid)),
+                    key,
+                }
+            }
             KeyMaterial::STAMP_OPEN => KeyMaterial::StampOpen,
             m => return Err(BpfError::BadMapData(format!("keys mode {m}"))),
         };
@@ -1128,7 +1165,7 @@ mod tests {
                 sender_family,
                 sender_addr,
                 sender_port,
-                _pad,
+                ssid,
                 key
             ]
         );
