@@ -61,6 +61,9 @@ pub enum DropReason {
     /// Refused by the session engine (not started, expired, rate limited:
     /// states the XDP program normally filters first).
     Refused,
+    /// A STAMP request asked for no reply (RFC 9503 §4.1.1 Return Path
+    /// Control Code 0): processed and counted, not answered.
+    NoReplyRequested,
     /// ESP: refused by the anti-replay window (RFC 4303 §3.4.3).
     EspReplay,
     /// ESP: ICV verification (or the trailer check) failed.
@@ -79,7 +82,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
     /// All reasons in index order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::BadMetadata,
@@ -93,6 +96,7 @@ impl DropReason {
         DropReason::NoRoom,
         DropReason::TxRingFull,
         DropReason::Refused,
+        DropReason::NoReplyRequested,
         DropReason::EspReplay,
         DropReason::EspIcv,
         DropReason::EspSelector,
@@ -115,6 +119,7 @@ impl DropReason {
             DropReason::NoRoom => "no_room",
             DropReason::TxRingFull => "tx_ring_full",
             DropReason::Refused => "refused",
+            DropReason::NoReplyRequested => "no_reply_requested",
             DropReason::EspReplay => "esp_replay",
             DropReason::EspIcv => "esp_icv",
             DropReason::EspSelector => "esp_selector",
