@@ -30,6 +30,12 @@ Examples:
   ricochet-ping -c 100000 -i 10us --json 198.51.100.7 > run.json
   ricochet-ping --raw -c 10 198.51.100.7 | awk '!/^#/ && $11 == \"ok\" {print $8}'
 
+STAMP examples (RFC 8762/8972, no TWAMP-Control):
+  ricochet-ping --stamp -c 100 -i 10ms 198.51.100.7
+  ricochet-ping --stamp --ssid 7 --tlv follow-up --tlv timestamp-info 198.51.100.7:862
+  ricochet-ping --stamp --stamp-key-file stamp.key --ssid 7 --tlv cos=EF --tlv hmac 198.51.100.7
+  ricochet-ping --stamp --tlv extra-padding=64 --tlv location --raw -c 10 '[2001:db8::7]'
+
 Exit status: 0 when every session got replies, 1 when a session got none or
 was refused, 2 when the test could not run (usage, connection, set-up, key).
 Ctrl-C stops sending and still prints the report.";
@@ -160,6 +166,10 @@ pub struct Args {
     /// ns) instead of the summary.
     #[arg(long)]
     pub raw: bool,
+
+    /// STAMP (RFC 8762/8972) instead of TWAMP: `--stamp` and its options.
+    #[command(flatten, next_help_heading = "STAMP (no TWAMP-Control)")]
+    pub stamp: super::stamp::StampArgs,
 }
 
 /// A security mode named on the command line.

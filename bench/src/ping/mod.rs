@@ -16,6 +16,7 @@ pub mod control;
 pub mod keys;
 pub mod report;
 pub mod session;
+pub mod stamp;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -244,7 +245,7 @@ impl RunReport {
     }
 }
 
-fn clock_state() -> ClockState {
+pub(crate) fn clock_state() -> ClockState {
     ClockState::read().unwrap_or(ClockState {
         tai_offset_s: 0,
         synchronized: false,
@@ -256,7 +257,7 @@ fn clock_state() -> ClockState {
     })
 }
 
-fn source_name(s: ClockSource) -> &'static str {
+pub(crate) fn source_name(s: ClockSource) -> &'static str {
     match s {
         ClockSource::Unsynchronized => "unsynchronized (free-running)",
         ClockSource::KernelDiscipline => "kernel PLL/FLL discipline (ntpd)",
@@ -265,7 +266,7 @@ fn source_name(s: ClockSource) -> &'static str {
     }
 }
 
-fn timestamping_name(m: TimestampingMode) -> &'static str {
+pub(crate) fn timestamping_name(m: TimestampingMode) -> &'static str {
     match m {
         TimestampingMode::Timestamping => "SO_TIMESTAMPING",
         TimestampingMode::TimestampNs => "SO_TIMESTAMPNS",
