@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build test lint unit demo fuzz bench clean
+.PHONY: all setup build test lint unit demo fuzz bench stamp-followup clean
 
 all: build
 
@@ -32,6 +32,12 @@ fuzz: setup
 ## writes bench/results/<timestamp>/ (report.json, table.md, PNG plots).
 bench: setup
 	$(CARGO) run --release -p ricochet-bench --bin ricochet-bench -- --targets all --sizes min,112,512,1500 --trial-secs 1 --max-trials 16
+
+## STAMP on the socket, XDP and AF_XDP paths in the lab (root): prints the
+## distribution of (Follow-Up T3 - in-packet T3) per path.
+stamp-followup: setup
+	$(CARGO) build --release -p ricochet-reflector -p ricochet-bench --bins
+	$(CARGO) test --release -p ricochet-bench --test lab_stamp -- --nocapture --test-threads 1
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,287 @@
+//! STAMP end to end in the namespace lab: the real `ricochet-ping --stamp`
+//! in the sender namespace against each of Ricochet's data paths in the
+//! reflector namespace, with TLVs on each:
+//!
+//! * XDP: `ricochet-reflector` attached to the veth, an unauthenticated
+//!   STAMP listener programmed through its pinned maps (what
+//!   `ricochet-control` does with `data_plane = "bpf"`);
+//! * AF_XDP: the same daemon's pollers, an authenticated STAMP listener
+//!   (HMAC-SHA-256; the XDP program hands these to the AF_XDP socket);
+//! * socket: the reflector crate's socket data plane (`SocketSessionTable`,
+//!   what `ricochet-control` runs in process) inside the reflector namespace.
+//!
+//! For each path the test collects (Follow-Up T3 − in-packet T3), the
+//! reflector's own account of how late the T3 it wrote into the packet was,
+//! and prints the distribution (p50/p99/min/max). Run it alone with
+//! `make stamp-followup` (release build, output shown).
+//!
+//! Needs root (network namespaces, XDP, bpffs); CI runs as root.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use ricochet_reflector::bpf::BpfSessionTable;
+use ricochet_reflector::session_table::{ListenerKind, ListenerSpec, SessionTable};
+use ricochet_reflector::socket::{SocketSessionTable, TableConfig};
+use ricochet_testkit::lab::{self, workspace_bin, Lab, Side};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+const KEY: &[u8; 32] = b"lab-stamp-hmac-key-0123456789abc";
+const COUNT: u32 = 200;
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20)); // bounded exit wait
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts `ricochet-reflector` on a side's veth and waits (bounded) for its pins.
+fn start_reflector(lab: &Lab, side: Side, pins: &Path, extra: &[&str]) -> Daemon {
+    let iface = lab.iface(side);
+    let mut args = vec![
+        "--iface",
+        iface.as_str(),
+        "--path",
+        "xdp",
+        "--pin-dir",
+        pins.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut d = Daemon(lab.spawn(side, workspace_bin("ricochet-reflector"), &args));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pins.join("sessions").exists() {
+        if let Some(status) = d.0.try_wait().unwrap() {
+            panic!("ricochet-reflector exited with {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ricochet-reflector never pinned its maps"
+        );
+        std::thread::sleep(Duration::from_millis(50)); // polling bpffs, bounded
+    }
+    d
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (setns affects only
+/// that thread and the threads it spawns).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).expect("open netns");
+        // SAFETY: `file` is an open network-namespace descriptor that stays
+        // open for the call; setns only affects this thread.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+fn listener(local: &str, kind: ListenerKind) -> ListenerSpec {
+    ListenerSpec {
+        local: local.parse().unwrap(),
+        kind,
+        dscp: None,
+        rate_limit_pps: 0,
+        rate_burst: 0,
+    }
+}
+
+/// One `ricochet-ping --stamp --json` run from the sender namespace.
+fn ping(lab: &Lab, args: &[&str]) -> Value {
+    let bin = workspace_bin("ricochet-ping");
+    let mut all = vec!["--stamp", "--json", "-v", "--timeout", "1s"];
+    all.extend_from_slice(args);
+    let out = lab.run(Side::Sender, bin.to_str().unwrap(), &all);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{all:?}: {e}\nstdout {}\nstderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    json
+}
+
+/// What every path must do: every packet answered at its own size, nothing
+/// failing a check, every TLV accounted for in every reply.
+fn check_run(path: &str, j: &Value, auth: bool) {
+    let s = &j["summary"];
+    assert_eq!(s["sent"], COUNT, "{path}: {j}");
+    assert_eq!(s["received"], COUNT, "{path}: {}", j["anomalies"]);
+    assert_eq!(s["duplicates"], 0, "{path}");
+    for (k, v) in j["anomalies"].as_object().unwrap() {
+        assert_eq!(v, 0, "{path}: anomaly {k}");
+    }
+    assert_eq!(
+        j["mode"],
+        if auth {
+            "authenticated"
+        } else {
+            "unauthenticated"
+        }
+    );
+    for t in j["tlv_types"].as_array().unwrap() {
+        let n = t["recognized"].as_u64().unwrap() + t["unrecognized"].as_u64().unwrap();
+        assert_eq!(n, u64::from(COUNT), "{path}: {t}");
+    }
+    for p in j["packets"].as_array().unwrap() {
+        let t = |k: &str| p[k].as_u64().unwrap();
+        // One host clock on both sides: causal order (2 ns NTP rounding).
+        assert!(t("t1_ns") <= t("t2_ns") + 2, "{path}: {p}");
+        assert!(t("t2_ns") <= t("t3_ns") + 2, "{path}: {p}");
+        assert!(t("t3_ns") <= t("t4_ns") + 2, "{path}: {p}");
+        assert_eq!(p["reply_len"], j["packet_len"], "{path}: symmetric size");
+        // The reflector saw our TTL 255 across one veth (no router).
+        assert_eq!(p["sender_ttl"], 255, "{path}");
+        assert_eq!(p["reply_ttl"], 255, "{path}: the reflector sends with 255");
+    }
+}
+
+fn dist(d: &Value) -> String {
+    if d["count"] == 0 {
+        return "no Follow-Up values (the path does not fill Follow-Up Telemetry)".into();
+    }
+    format!(
+        "n={} p50={} ns p99={} ns min={} ns max={} ns",
+        d["count"], d["p50_ns"], d["p99_ns"], d["min_ns"], d["max_ns"]
+    )
+}
+
+#[test]
+fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
+    if !lab::available() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let lab = Lab::up("st");
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("stamp.key");
+    std::fs::write(
+        &key_file,
+        KEY.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pins_r = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/{}",
+        lab.netns(Side::Reflector)
+    )));
+    let pins_s = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/{}",
+        lab.netns(Side::Sender)
+    )));
+    // XDP_TX frames on a veth reach the peer only if it runs XDP too.
+    let _pass = start_reflector(&lab, Side::Sender, &pins_s.0, &["--no-pollers"]);
+    let _xdp = start_reflector(&lab, Side::Reflector, &pins_r.0, &[]);
+    let mut bpf = BpfSessionTable::open(&pins_r.0, &dir.path().join("sessions")).unwrap();
+    bpf.add_listener(listener("198.18.0.2:862", ListenerKind::Unauthenticated))
+        .unwrap();
+    bpf.add_listener(listener(
+        "198.18.0.2:8620",
+        ListenerKind::StampAuthenticated {
+            key: Zeroizing::new(*KEY),
+        },
+    ))
+    .unwrap();
+    // The socket data plane inside the reflector namespace; the XDP program
+    // passes this port (no listener or session there) to the stack.
+    let socket_table = in_netns(&lab.netns(Side::Reflector), || {
+        let mut t = SocketSessionTable::spawn(&TableConfig::default()).unwrap();
+        t.add_listener(listener("198.18.0.2:9862", ListenerKind::Unauthenticated))
+            .unwrap();
+        t
+    });
+
+    let count = COUNT.to_string();
+    let key = key_file.to_str().unwrap();
+    let tlvs = [
+        "--tlv",
+        "follow-up",
+        "--tlv",
+        "timestamp-info",
+        "--tlv",
+        "cos=AF11",
+        "--tlv",
+        "extra-padding=16",
+    ];
+    let mut table = Vec::new();
+    for (path, target, auth) in [
+        ("socket", "198.18.0.2:9862", false),
+        ("XDP", "198.18.0.2:862", false),
+        ("AF_XDP", "198.18.0.2:8620", true),
+    ] {
+        let mut args = vec!["-c", count.as_str(), "-i", "1ms", "--ssid", "7"];
+        args.extend_from_slice(&tlvs);
+        if auth {
+            args.extend(["--stamp-key-file", key]);
+        }
+        args.push(target);
+        let j = ping(&lab, &args);
+        check_run(path, &j, auth);
+        let fu = &j["follow_up"];
+        // A Follow-Up value is never earlier than the T3 it follows up: the
+        // packet is sent after T3 is written into it.
+        if fu["paired"].as_u64().unwrap() > 0 {
+            assert!(
+                fu["followup_minus_t3"]["min_ns"].as_i64().unwrap() >= 0,
+                "{path}: {fu}"
+            );
+        }
+        table.push(format!(
+            "{path:<7} Follow-Up replies {} (zeroed {}, paired {}); Follow-Up T3 - in-packet T3: {}; timestamp info {}",
+            fu["replies"],
+            fu["zeroed"],
+            fu["paired"],
+            dist(&fu["followup_minus_t3"]),
+            j["timestamp_info"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| format!("{} ×{}", t["meaning"].as_str().unwrap(), t["replies"]))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    // The replies came from the data planes named: the XDP and AF_XDP ports
+    // have no socket in the reflector namespace.
+    let ss = lab.run(Side::Reflector, "ss", &["-Hlun"]);
+    let listening = String::from_utf8_lossy(&ss.stdout);
+    assert!(!listening.contains(":862 "), "{listening}");
+    assert!(!listening.contains(":8620 "), "{listening}");
+    assert!(listening.contains(":9862 "), "{listening}");
+    let c = socket_table
+        .listener_counters("198.18.0.2:9862".parse().unwrap())
+        .unwrap();
+    assert_eq!(c.reflected, u64::from(COUNT));
+    println!("(Follow-Up T3 − in-packet T3) per path, {COUNT} packets at 1 ms, lab veth:");
+    for l in &table {
+        println!("  {l}");
+    }
+}
