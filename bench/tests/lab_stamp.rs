@@ -174,13 +174,28 @@ fn dist(d: &Value) -> String {
     )
 }
 
-#[test]
-fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
-    if !lab::available() {
-        eprintln!("skipped: needs root for network namespaces");
-        return;
-    }
-    let lab = Lab::up("st");
+/// The lab with all three data paths serving STAMP listeners:
+/// unauthenticated on the socket path (9862) and XDP (862), authenticated
+/// on AF_XDP (8620). Field order is drop order: the listeners and daemons
+/// go before the pins and the lab.
+struct Paths {
+    socket_table: SocketSessionTable,
+    _bpf: BpfSessionTable,
+    _xdp: Daemon,
+    _pass: Daemon,
+    _pins_r: Pins,
+    _pins_s: Pins,
+    key_file: PathBuf,
+    _dir: tempfile::TempDir,
+    lab: Lab,
+}
+
+const SOCKET: &str = "198.18.0.2:9862";
+const XDP: &str = "198.18.0.2:862";
+const AF_XDP: &str = "198.18.0.2:8620";
+
+fn paths(tag: &str) -> Paths {
+    let lab = Lab::up(tag);
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("stamp.key");
     std::fs::write(
@@ -198,13 +213,13 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
         lab.netns(Side::Sender)
     )));
     // XDP_TX frames on a veth reach the peer only if it runs XDP too.
-    let _pass = start_reflector(&lab, Side::Sender, &pins_s.0, &["--no-pollers"]);
-    let _xdp = start_reflector(&lab, Side::Reflector, &pins_r.0, &[]);
+    let pass = start_reflector(&lab, Side::Sender, &pins_s.0, &["--no-pollers"]);
+    let xdp = start_reflector(&lab, Side::Reflector, &pins_r.0, &[]);
     let mut bpf = BpfSessionTable::open(&pins_r.0, &dir.path().join("sessions")).unwrap();
-    bpf.add_listener(listener("198.18.0.2:862", ListenerKind::Unauthenticated))
+    bpf.add_listener(listener(XDP, ListenerKind::Unauthenticated))
         .unwrap();
     bpf.add_listener(listener(
-        "198.18.0.2:8620",
+        AF_XDP,
         ListenerKind::StampAuthenticated {
             key: Zeroizing::new(*KEY),
         },
@@ -214,13 +229,33 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
     // passes this port (no listener or session there) to the stack.
     let socket_table = in_netns(&lab.netns(Side::Reflector), || {
         let mut t = SocketSessionTable::spawn(&TableConfig::default()).unwrap();
-        t.add_listener(listener("198.18.0.2:9862", ListenerKind::Unauthenticated))
+        t.add_listener(listener(SOCKET, ListenerKind::Unauthenticated))
             .unwrap();
         t
     });
+    Paths {
+        socket_table,
+        _bpf: bpf,
+        _xdp: xdp,
+        _pass: pass,
+        _pins_r: pins_r,
+        _pins_s: pins_s,
+        key_file,
+        _dir: dir,
+        lab,
+    }
+}
 
+#[test]
+fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
+    if !lab::available() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let p = paths("st");
+    let lab = &p.lab;
     let count = COUNT.to_string();
-    let key = key_file.to_str().unwrap();
+    let key = p.key_file.to_str().unwrap();
     let tlvs = [
         "--tlv",
         "follow-up",
@@ -233,9 +268,9 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
     ];
     let mut table = Vec::new();
     for (path, target, auth) in [
-        ("socket", "198.18.0.2:9862", false),
-        ("XDP", "198.18.0.2:862", false),
-        ("AF_XDP", "198.18.0.2:8620", true),
+        ("socket", SOCKET, false),
+        ("XDP", XDP, false),
+        ("AF_XDP", AF_XDP, true),
     ] {
         let mut args = vec!["-c", count.as_str(), "-i", "1ms", "--ssid", "7"];
         args.extend_from_slice(&tlvs);
@@ -243,7 +278,7 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
             args.extend(["--stamp-key-file", key]);
         }
         args.push(target);
-        let j = ping(&lab, &args);
+        let j = ping(lab, &args);
         check_run(path, &j, auth);
         let fu = &j["follow_up"];
         // A Follow-Up value is never earlier than the T3 it follows up: the
@@ -276,12 +311,175 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
     assert!(!listening.contains(":862 "), "{listening}");
     assert!(!listening.contains(":8620 "), "{listening}");
     assert!(listening.contains(":9862 "), "{listening}");
-    let c = socket_table
-        .listener_counters("198.18.0.2:9862".parse().unwrap())
+    let c = p
+        .socket_table
+        .listener_counters(SOCKET.parse().unwrap())
         .unwrap();
     assert_eq!(c.reflected, u64::from(COUNT));
     println!("(Follow-Up T3 − in-packet T3) per path, {COUNT} packets at 1 ms, lab veth:");
     for l in &table {
         println!("  {l}");
     }
+}
+
+/// Runs a peer program in a namespace, bounded, and returns its output.
+fn peer(lab: &Lab, side: Side, argv: &[String]) -> String {
+    let mut c = lab.command(side, "timeout");
+    c.arg("60").args(argv);
+    let out = c.output().expect("run peer");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{argv:?}: {text}");
+    text
+}
+
+fn field(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no '{name}' in:\n{text}"))
+}
+
+/// Interop with public peers (docs/interop-stamp.md; not in `make test`):
+/// stamp-suite 0.8.0's sender against every path, twampy 1.3.2's
+/// TWAMP-Light sender against the unauthenticated listeners, and
+/// `ricochet-ping --stamp` against stamp-suite's reflector. Needs
+/// `STAMP_SUITE` (the binary) and `TWAMPY` (a command, e.g.
+/// `python3 -m twampy` with PYTHONPATH set), built outside this repository.
+#[test]
+#[ignore = "needs the peers: STAMP_SUITE=... TWAMPY=... (docs/interop-stamp.md)"]
+fn interop_with_stamp_suite_and_twampy() {
+    let ss = std::env::var("STAMP_SUITE").expect("STAMP_SUITE=path of the stamp-suite binary");
+    let twampy: Vec<String> = std::env::var("TWAMPY")
+        .expect("TWAMPY=command running twampy")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let p = paths("si");
+    let lab = &p.lab;
+    let key_hex: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
+
+    // stamp-suite sender -> each Ricochet path.
+    for (path, target, auth) in [
+        ("socket", SOCKET, false),
+        ("XDP", XDP, false),
+        ("AF_XDP", AF_XDP, true),
+    ] {
+        let (ip, port) = target.split_once(':').unwrap();
+        let mut argv = s(&[
+            &ss,
+            "-r",
+            ip,
+            "-p",
+            port,
+            "-S",
+            "198.18.0.1",
+            "-o",
+            "50862",
+            "-c",
+            "20",
+            "-d",
+            "10",
+            "-L",
+            "2",
+            "-R",
+            "--ssid",
+            "4660",
+            "--timestamp-info",
+            "--follow-up-telemetry",
+        ]);
+        if auth {
+            argv.extend(s(&["-A", "A", "--hmac-key", &key_hex]));
+        }
+        let out = peer(lab, Side::Sender, &argv);
+        println!("== stamp-suite sender -> Ricochet {path} ({target})\n{out}");
+        assert_eq!(field(&out, "Packets received:"), 20, "{path}");
+    }
+    // twampy TWAMP-Light sender -> the unauthenticated listeners. Its
+    // 14-octet default packet would need a longer reply (never sent, no
+    // amplification); 27 octets of padding make the 41-octet TWAMP packet.
+    for (path, target) in [("socket", SOCKET), ("XDP", XDP)] {
+        let mut argv = twampy.clone();
+        argv.extend(s(&[
+            "sender",
+            target,
+            "198.18.0.1:20000",
+            "-c",
+            "10",
+            "-i",
+            "100",
+            "--padding",
+            "27",
+        ]));
+        let out = peer(lab, Side::Sender, &argv);
+        println!("== twampy sender -> Ricochet {path} ({target})\n{out}");
+        let roundtrip = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("Roundtrip:"))
+            .unwrap_or_else(|| panic!("twampy -> {path}: no round trip (all lost?)\n{out}"));
+        assert!(
+            roundtrip.trim_end().ends_with(" 0.0%"),
+            "twampy -> {path}: {roundtrip}"
+        );
+    }
+    // ricochet-ping --stamp -> stamp-suite reflector (stateful), with TLVs.
+    let mut refl = Daemon(lab.spawn(
+        Side::Reflector,
+        "timeout",
+        &[
+            "120",
+            &ss,
+            "-i",
+            "-S",
+            "198.18.0.2",
+            "-o",
+            "18620",
+            "--stateful-reflector",
+        ],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ss_out = lab.run(Side::Reflector, "ss", &["-Hlun"]);
+        if String::from_utf8_lossy(&ss_out.stdout).contains(":18620 ") {
+            break;
+        }
+        assert!(
+            refl.0.try_wait().unwrap().is_none(),
+            "stamp-suite reflector exited"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "stamp-suite reflector never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50)); // polling ss, bounded
+    }
+    let j = ping(
+        lab,
+        &[
+            "-c",
+            "100",
+            "-i",
+            "1ms",
+            "--ssid",
+            "4660",
+            "--tlv",
+            "follow-up",
+            "--tlv",
+            "timestamp-info",
+            "--tlv",
+            "direct-measurement",
+            "--tlv",
+            "cos=AF11",
+            "198.18.0.2:18620",
+        ],
+    );
+    assert_eq!(j["summary"]["received"], 100);
+    println!(
+        "== ricochet-ping --stamp -> stamp-suite reflector: follow-up {} timestamp info {}",
+        j["follow_up"], j["timestamp_info"]
+    );
 }
