@@ -31,6 +31,7 @@ use super::XskError;
 use crate::bpf::{KeysReader, Maps, XdpMeta};
 use crate::clock::{now_tai_ns, ClockCell, ClockState};
 use crate::engine::same_endpoint;
+use crate::stamp_engine::PacketAddrs;
 use std::net::SocketAddr;
 
 /// What the poller does with each frame.
@@ -621,12 +622,17 @@ impl Worker {
                 ttl: p.ttl,
                 tos: p.tos,
             },
+            Some(PacketAddrs {
+                src: SocketAddr::new(p.src, p.sport),
+                dst: Some(SocketAddr::new(p.dst, p.dport)),
+                src_mac: None,
+            }),
             t2_stamp(meta.rx_ts_ns, ts_source),
             clock,
             batch_start,
             &mut room[p.payload_off..],
         )?;
-        let dscp = slot.dscp.unwrap_or(p.tos >> 2);
+        let dscp = r.reply_dscp.or(slot.dscp).unwrap_or(p.tos >> 2);
         let (start, rlen) =
             frame::build_reply(room, &p, r.len, dscp).map_err(|_| DropReason::NoRoom)?;
         let start = off + start;

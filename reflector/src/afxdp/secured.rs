@@ -29,6 +29,7 @@ use crate::bpf::{EntryFlags, KeyMaterial, SlotKeys, TsSource};
 use crate::clock::{ClockState, Stamp, StampSource, TimeScale};
 use crate::engine::{self, ListenerEngine, SessionEngine};
 use crate::session_table::ListenerKind;
+use crate::stamp_engine::PacketAddrs;
 
 thread_local! {
     /// The last T3 the engines of this thread took (TAI ns): the poller
@@ -71,6 +72,8 @@ pub(crate) struct Reflected {
     pub seq: u32,
     /// T3, TAI nanoseconds.
     pub t3_tai_ns: u64,
+    /// The DSCP a STAMP Class of Service TLV decided for this reply.
+    pub reply_dscp: Option<u8>,
 }
 
 /// The map value of `k` with the generation zeroed.
@@ -155,38 +158,41 @@ impl SecuredSlot {
     /// Reflects the sender payload `rx` into `out` (distinct buffers).
     /// `t2` comes from the XDP metadata ([`t2_stamp`]); `now` is the batch
     /// time.
+    #[allow(clippy::too_many_arguments)]
     pub fn reflect(
         &mut self,
         rx: &[u8],
         meta: RxMeta,
+        addrs: Option<PacketAddrs>,
         t2: Stamp,
         clock: &ClockState,
         now: Instant,
         out: &mut [u8],
     ) -> Result<Reflected, DropReason> {
         LAST_T3.with(|c| c.set(0));
-        let (len, seq) = match &mut self.engine {
+        let (len, seq, reply_dscp) = match &mut self.engine {
             Engine::Twamp(e) => {
                 let seq = e.next_seq();
                 let len = e
                     .reflect_at(rx, meta, t2, clock, now, out)
                     .map_err(engine_drop)?;
-                (len, seq)
+                (len, seq, None)
             }
             Engine::Stamp(e) => {
                 let len = e
-                    .reflect_at(rx, meta, t2, clock, now, out)
+                    .reflect_from(rx, meta, addrs, t2, clock, now, out)
                     .map_err(engine_drop)?;
                 let seq = rx
                     .get(..4)
                     .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                (len, seq)
+                (len, seq, e.reply_dscp())
             }
         };
         Ok(Reflected {
             len,
             seq,
             t3_tai_ns: LAST_T3.with(Cell::get),
+            reply_dscp,
         })
     }
 }
@@ -272,6 +278,7 @@ mod tests {
                 .reflect(
                     &tx,
                     meta,
+                    None,
                     t2_stamp(t2, TsSource::KernelTai),
                     &clock(),
                     now,
@@ -296,6 +303,7 @@ mod tests {
             s.reflect(
                 &bad,
                 meta,
+                None,
                 t2_stamp(t2, TsSource::KernelTai),
                 &clock(),
                 now,
@@ -307,6 +315,7 @@ mod tests {
             s.reflect(
                 &tx[..47],
                 meta,
+                None,
                 t2_stamp(t2, TsSource::KernelTai),
                 &clock(),
                 now,
@@ -334,6 +343,7 @@ mod tests {
             .reflect(
                 &tx,
                 meta,
+                None,
                 t2_stamp(1, TsSource::Nic),
                 &clock(),
                 Instant::now(),

@@ -31,6 +31,13 @@ pub trait Reflect {
     /// returns its length, or `None` to drop the packet (counted as
     /// declined). The reply goes back to `rx.src` from `rx.dst`.
     fn reflect(&mut self, key: SocketKey, rx: &RxPacket<'_>, tx: &mut [u8]) -> Option<usize>;
+
+    /// The TOS / Traffic Class the reply just built must carry, if it asked
+    /// for one (a STAMP Class of Service TLV, RFC 8972 §4.4); read once
+    /// after each successful [`Reflect::reflect`].
+    fn reply_tos(&mut self) -> Option<u8> {
+        None
+    }
 }
 
 impl<F> Reflect for F
@@ -508,7 +515,11 @@ impl SocketReflector {
                     pushed = tx.push(meta, &mut fill);
                 }
                 match pushed {
-                    Ok(true) => {}
+                    Ok(true) => {
+                        if let Some(t) = handler.reply_tos() {
+                            tx.set_last_tos(t);
+                        }
+                    }
                     Ok(false) | Err(_) => s.declined += 1,
                 }
             }
