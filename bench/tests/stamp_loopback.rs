@@ -31,8 +31,11 @@ use ricochet_protocol::time::{ErrorEstimate, NtpTimestamp, TimeFormat};
 use ricochet_protocol::twamp_test::{ReflectParams, RxMeta};
 use ricochet_reflector::clock::now_utc_ns;
 use ricochet_reflector::engine::DropReason;
-use ricochet_reflector::session_table::{ListenerKind, ListenerSpec, SessionTable};
+use ricochet_reflector::session_table::{
+    ListenerKind, ListenerSpec, SessionTable, StampSessionSpec,
+};
 use ricochet_reflector::socket::{SocketSessionTable, TableConfig};
+use ricochet_reflector::stamp_engine::CosPolicy;
 use zeroize::Zeroizing;
 
 const KEY: &[u8; 32] = b"stamp-golden-hmac-key-0123456789";
@@ -502,4 +505,160 @@ fn bad_replies_are_counted_not_used() {
     assert_eq!(r.summary.lost, 16);
     assert_eq!(r.timestamp_info.iter().map(|t| t.replies).sum::<u64>(), 4);
     check_packets(&r);
+}
+
+/// A free UDP port on 127.0.0.1 (bound and released; the tests that use it
+/// bind it again right away).
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn stamp_session(
+    table: &mut SocketSessionTable,
+    sender_port: u16,
+    ssid: u16,
+    key: Option<&[u8]>,
+) -> SocketAddr {
+    let local: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    table
+        .add_stamp_session(StampSessionSpec {
+            sender: format!("127.0.0.1:{sender_port}").parse().unwrap(),
+            local,
+            ssid,
+            key: key.map(|k| Zeroizing::new(k.to_vec())),
+            timestamp_format: TimeFormat::Ntp,
+            dscp: None,
+            cos_policy: CosPolicy::ALLOW_ALL,
+            micro_session_id: Some(9),
+            rate_limit_pps: 0,
+            rate_burst: 0,
+        })
+        .unwrap();
+    local
+}
+
+#[test]
+fn stateful_socket_session_with_every_tlv() {
+    let mut t = table();
+    let sport = free_port();
+    let addr = stamp_session(&mut t, sport, 0x1234, None);
+    let sp = sport.to_string();
+    let r = run(
+        addr,
+        &[
+            "-c",
+            "20",
+            "--sender-port",
+            &sp,
+            "--ssid",
+            "4660",
+            "--tlv",
+            "follow-up",
+            "--tlv",
+            "timestamp-info",
+            "--tlv",
+            "cos=AF11",
+            "--tlv",
+            "direct-measurement",
+            "--tlv",
+            "location",
+            "--tlv",
+            "micro-session=5",
+            "--tlv",
+            "extra-padding=8",
+        ],
+    );
+    assert_eq!((r.summary.received, r.summary.lost), (20, 0));
+    assert_eq!(r.anomalies, Default::default(), "{:?}", r.anomalies);
+    check_packets(&r);
+    assert_eq!(
+        r.reflector_mode, "stateful",
+        "Follow-Up names earlier packets"
+    );
+    assert_eq!(r.summary.lost_forward, Some(0));
+    for ty in &r.tlv_types {
+        assert_eq!((ty.recognized, ty.unrecognized), (20, 0), "{ty:?}");
+    }
+    // Follow-Up: the first reply has no predecessor, the second names
+    // Sequence Number 0 (all zero again); then the previous number each time.
+    // Loopback gives the socket path no transmit stamps: Timestamp 0.
+    let f = r.follow_up.as_ref().unwrap();
+    assert_eq!((f.replies, f.zeroed, f.unstamped, f.paired), (20, 2, 18, 0));
+    assert_eq!(f.not_previous, 0);
+    // Timestamp Information: one source for In and Out, from the registries.
+    assert_eq!(r.timestamp_info.len(), 1, "{:?}", r.timestamp_info);
+    let ti = &r.timestamp_info[0];
+    assert_eq!(ti.sync_in, ti.sync_out);
+    assert!(
+        (1..=5).contains(&ti.sync_in) && (1..=3).contains(&ti.method_in),
+        "{ti:?}"
+    );
+    assert!((1..=3).contains(&ti.method_out), "{ti:?}");
+    if !t.clock().synchronized {
+        assert_eq!(ti.sync_in, 5, "an unsynchronized clock is free-running");
+    }
+    // CoS: DSCP1 = AF11 (10) applied to the replies; we sent DSCP 0 ECN 0.
+    let c = r.cos.as_ref().unwrap();
+    assert_eq!((c.replies, c.rp_set, c.dscp1_not_applied), (20, 0, 0));
+    assert_eq!((c.last_dscp2, c.last_ecn), (Some(0), Some(0)));
+    assert_eq!(r.backward_tos, vec![(10 << 2, 20)]);
+    // Direct Measurement: S_TxC echoed; R_RxC counts this request. RFC 8972
+    // §4.5 does not say whether R_TxC counts the reply that carries it:
+    // 19 (replies before it) or 20 are both readings of the text.
+    let d = r.direct_measurement.as_ref().unwrap();
+    assert_eq!((d.s_txc_mismatch, d.last_s_txc, d.last_r_rxc), (0, 20, 20));
+    assert!((19..=20).contains(&d.last_r_txc), "{d:?}");
+    // Location: our packet's ports and addresses as the reflector saw them.
+    let l = r.location.as_ref().unwrap();
+    assert_eq!((l.dst_port, l.src_port), (addr.port(), sport));
+    assert_eq!(l.dst_ip, Some(addr.ip()));
+    assert_eq!(l.src_ip, Some(addr.ip()));
+    assert_eq!(r.location_mismatch, 0);
+    assert_eq!(r.micro_session, Some((5, 9)));
+
+    // Another SSID from the same sender: discarded (RFC 8972 §3).
+    let r = run(addr, &["-c", "5", "--sender-port", &sp, "--ssid", "4661"]);
+    assert_eq!(r.summary.received, 0);
+    assert_eq!(t.stamp_unmatched(addr.port()), Some(5));
+}
+
+#[test]
+fn stateful_socket_session_authenticated() {
+    let mut t = table();
+    let sport = free_port();
+    let addr = stamp_session(&mut t, sport, 7, Some(KEY));
+    let sp = sport.to_string();
+    let k = key_file("stateful.key", KEY_HEX);
+    let r = run(
+        addr,
+        &[
+            "-c",
+            "10",
+            "--sender-port",
+            &sp,
+            "--ssid",
+            "7",
+            "--stamp-key-file",
+            k.to_str().unwrap(),
+            "--tlv",
+            "follow-up",
+            "--tlv",
+            "timestamp-info",
+        ],
+    );
+    assert_eq!(r.mode, "authenticated");
+    assert_eq!((r.summary.received, r.summary.lost), (10, 0));
+    assert_eq!(r.anomalies, Default::default(), "{:?}", r.anomalies);
+    assert_eq!(
+        tlv(&r, "hmac").recognized,
+        10,
+        "fresh HMAC TLV over the reply"
+    );
+    let f = r.follow_up.as_ref().unwrap();
+    assert_eq!(f.replies, 10);
+    assert_eq!(f.not_previous, 0);
 }

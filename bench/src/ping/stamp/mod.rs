@@ -389,6 +389,10 @@ pub struct FollowUpReport {
     /// Of those, zero Sequence Number and Timestamp (a stateless reflector,
     /// or the first packet of a session).
     pub zeroed: u64,
+    /// Of those, a Sequence Number but a zero Timestamp: the reflector has
+    /// no transmit stamp of its previous reply (e.g. a socket path on a
+    /// device without `SO_TIMESTAMPING` transmit stamps).
+    pub unstamped: u64,
     /// Follow-Ups paired with the reply they describe.
     pub paired: u64,
     /// Follow-Ups whose reply never arrived.
@@ -779,14 +783,23 @@ impl Receiver<'_> {
         }
         if let Some((fseq, ts, mode)) = t.follow_up {
             self.fu.replies += 1;
-            if fseq == 0 && ts == [0; 8] {
-                self.fu.zeroed += 1;
-            } else {
+            if fseq != 0 || ts != [0; 8] {
+                // RFC 8972 §4.7: only a stateful reflector fills it.
                 self.stateful_seen = true;
-                self.fu_modes[usize::from(mode)] += 1;
                 if fseq.wrapping_add(1) != repr.sequence_number {
                     self.fu.not_previous += 1;
                 }
+            }
+            if ts == [0; 8] {
+                // Zero Timestamp: stateless (Sequence Number zero too), the
+                // first packet, or a path without transmit stamps.
+                if fseq == 0 {
+                    self.fu.zeroed += 1;
+                } else {
+                    self.fu.unstamped += 1;
+                }
+            } else {
+                self.fu_modes[usize::from(mode)] += 1;
                 let fu_ns = decode_timestamp(ts, repr.error_estimate).to_utc_ns(offset);
                 match self.fu_pending.remove(&fseq) {
                     Some((t3, i)) => self.pair(t3, fu_ns, i),
@@ -1150,7 +1163,8 @@ pub fn run_stamp(c: &StampConfig, interrupt: &AtomicBool) -> Result<StampReport,
     timestamp_info.sort_by_key(|t| std::cmp::Reverse(t.replies));
     let follow_up = req.area.types.contains(&tlvs::FOLLOW_UP).then(|| {
         let mut f = r.fu.clone();
-        f.unpaired = f.replies - f.zeroed - f.paired.min(f.replies - f.zeroed);
+        let stamped = f.replies - f.zeroed - f.unstamped;
+        f.unpaired = stamped - f.paired.min(stamped);
         f.modes = histogram(&r.fu_modes)
             .into_iter()
             .map(|(m, n)| (m, tlvs::method_name(m), n))

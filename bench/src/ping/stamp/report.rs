@@ -121,9 +121,10 @@ pub fn text(r: &StampReport, verbose: bool) -> String {
     if let Some(f) = &r.follow_up {
         let _ = writeln!(
             out,
-            "follow-up        {} replies: {} zeroed, {} paired, {} unpaired, {} not naming the previous packet; mode {}",
+            "follow-up        {} replies: {} zeroed, {} without timestamp, {} paired, {} unpaired, {} not naming the previous packet; mode {}",
             f.replies,
             f.zeroed,
+            f.unstamped,
             f.paired,
             f.unpaired,
             f.not_previous,
