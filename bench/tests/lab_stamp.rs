@@ -24,9 +24,13 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use ricochet_protocol::time::TimeFormat;
 use ricochet_reflector::bpf::BpfSessionTable;
-use ricochet_reflector::session_table::{ListenerKind, ListenerSpec, SessionTable};
+use ricochet_reflector::session_table::{
+    ListenerKind, ListenerSpec, SessionTable, StampSessionId, StampSessionSpec,
+};
 use ricochet_reflector::socket::{SocketSessionTable, TableConfig};
+use ricochet_reflector::stamp_engine::CosPolicy;
 use ricochet_testkit::lab::{self, workspace_bin, Lab, Side};
 use serde_json::Value;
 use zeroize::Zeroizing;
@@ -191,6 +195,9 @@ struct Paths {
 }
 
 const SOCKET: &str = "198.18.0.2:9862";
+/// A stateful STAMP session (SSID 7) on the socket path, from this sender.
+const SOCKET_STATEFUL: &str = "198.18.0.2:9863";
+const STATEFUL_SENDER: &str = "198.18.0.1:40862";
 const XDP: &str = "198.18.0.2:862";
 const AF_XDP: &str = "198.18.0.2:8620";
 
@@ -231,6 +238,19 @@ fn paths(tag: &str) -> Paths {
         let mut t = SocketSessionTable::spawn(&TableConfig::default()).unwrap();
         t.add_listener(listener(SOCKET, ListenerKind::Unauthenticated))
             .unwrap();
+        t.add_stamp_session(StampSessionSpec {
+            sender: STATEFUL_SENDER.parse().unwrap(),
+            local: SOCKET_STATEFUL.parse().unwrap(),
+            ssid: 7,
+            key: None,
+            timestamp_format: TimeFormat::Ntp,
+            dscp: None,
+            cos_policy: CosPolicy::ALLOW_ALL,
+            micro_session_id: None,
+            rate_limit_pps: 0,
+            rate_burst: 0,
+        })
+        .unwrap();
         t
     });
     Paths {
@@ -269,11 +289,15 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
     let mut table = Vec::new();
     for (path, target, auth) in [
         ("socket", SOCKET, false),
+        ("socket, stateful session", SOCKET_STATEFUL, false),
         ("XDP", XDP, false),
         ("AF_XDP", AF_XDP, true),
     ] {
         let mut args = vec!["-c", count.as_str(), "-i", "1ms", "--ssid", "7"];
         args.extend_from_slice(&tlvs);
+        if target == SOCKET_STATEFUL {
+            args.extend(["--sender-port", "40862"]);
+        }
         if auth {
             args.extend(["--stamp-key-file", key]);
         }
@@ -281,6 +305,23 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
         let j = ping(lab, &args);
         check_run(path, &j, auth);
         let fu = &j["follow_up"];
+        let n = |k: &str| fu[k].as_u64().unwrap();
+        if target == SOCKET_STATEFUL {
+            assert_eq!(n("replies"), u64::from(COUNT), "{path}: {fu}");
+            // Stateful: every Follow-Up names the previous reply; a stamp
+            // where the path has one (veth gives the socket path none).
+            assert_eq!(j["reflector_mode"], "stateful", "{path}");
+            assert_eq!(n("not_previous"), 0, "{path}: {fu}");
+            assert_eq!(
+                n("zeroed") + n("unstamped") + n("paired"),
+                n("replies"),
+                "{path}: {fu}"
+            );
+        } else if n("replies") > 0 {
+            // Stateless listeners zero it (RFC 8972 §4.7); the XDP path
+            // returns the TLVs unprocessed, U = 1 as sent (replies = 0).
+            assert_eq!(n("zeroed"), n("replies"), "{path}: {fu}");
+        }
         // A Follow-Up value is never earlier than the T3 it follows up: the
         // packet is sent after T3 is written into it.
         if fu["paired"].as_u64().unwrap() > 0 {
@@ -290,9 +331,10 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
             );
         }
         table.push(format!(
-            "{path:<7} Follow-Up replies {} (zeroed {}, paired {}); Follow-Up T3 - in-packet T3: {}; timestamp info {}",
+            "{path}: Follow-Up replies {} (zeroed {}, no timestamp {}, paired {}); Follow-Up T3 - in-packet T3: {}; timestamp info {}",
             fu["replies"],
             fu["zeroed"],
+            fu["unstamped"],
             fu["paired"],
             dist(&fu["followup_minus_t3"]),
             j["timestamp_info"]
@@ -316,10 +358,19 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
         .listener_counters(SOCKET.parse().unwrap())
         .unwrap();
     assert_eq!(c.reflected, u64::from(COUNT));
+    let id = StampSessionId {
+        local_port: 9863,
+        sender: STATEFUL_SENDER.parse().unwrap(),
+        ssid: 7,
+    };
     println!("(Follow-Up T3 − in-packet T3) per path, {COUNT} packets at 1 ms, lab veth:");
     for l in &table {
         println!("  {l}");
     }
+    assert_eq!(
+        p.socket_table.stamp_activity(&id).unwrap().reflected,
+        u64::from(COUNT)
+    );
 }
 
 /// Runs a peer program in a namespace, bounded, and returns its output.

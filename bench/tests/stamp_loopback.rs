@@ -32,7 +32,7 @@ use ricochet_protocol::twamp_test::{ReflectParams, RxMeta};
 use ricochet_reflector::clock::now_utc_ns;
 use ricochet_reflector::engine::DropReason;
 use ricochet_reflector::session_table::{
-    ListenerKind, ListenerSpec, SessionTable, StampSessionSpec,
+    ListenerKind, ListenerSpec, SessionTable, StampSessionId, StampSessionSpec,
 };
 use ricochet_reflector::socket::{SocketSessionTable, TableConfig};
 use ricochet_reflector::stamp_engine::CosPolicy;
@@ -619,6 +619,14 @@ fn stateful_socket_session_with_every_tlv() {
     assert_eq!(l.src_ip, Some(addr.ip()));
     assert_eq!(r.location_mismatch, 0);
     assert_eq!(r.micro_session, Some((5, 9)));
+    let id = StampSessionId {
+        local_port: addr.port(),
+        sender: format!("127.0.0.1:{sport}").parse().unwrap(),
+        ssid: 0x1234,
+    };
+    let reflected = t.stamp_session(&id, |e| e.activity(std::time::Instant::now()).reflected);
+    assert_eq!(reflected, Some(20));
+    assert_eq!(t.stamp_activity(&id).map(|a| a.reflected), Some(20));
 
     // Another SSID from the same sender: discarded (RFC 8972 §3).
     let r = run(addr, &["-c", "5", "--sender-port", &sp, "--ssid", "4661"]);
