@@ -413,6 +413,8 @@ fn interop_with_stamp_suite_and_twampy() {
     let lab = &p.lab;
     let key_hex: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
+    // Every exchange runs and is printed; the failures are listed at the end.
+    let mut failures: Vec<String> = Vec::new();
 
     // stamp-suite sender -> each Ricochet path.
     for (path, target, auth) in [
@@ -448,7 +450,10 @@ fn interop_with_stamp_suite_and_twampy() {
         }
         let out = peer(lab, Side::Sender, &argv);
         println!("== stamp-suite sender -> Ricochet {path} ({target})\n{out}");
-        assert_eq!(field(&out, "Packets received:"), 20, "{path}");
+        let got = field(&out, "Packets received:");
+        if got != 20 {
+            failures.push(format!("stamp-suite -> {path}: {got} of 20 replies"));
+        }
     }
     // twampy TWAMP-Light sender -> the unauthenticated listeners. Its
     // 14-octet default packet would need a longer reply (never sent, no
@@ -468,14 +473,14 @@ fn interop_with_stamp_suite_and_twampy() {
         ]));
         let out = peer(lab, Side::Sender, &argv);
         println!("== twampy sender -> Ricochet {path} ({target})\n{out}");
-        let roundtrip = out
+        match out
             .lines()
             .find(|l| l.trim_start().starts_with("Roundtrip:"))
-            .unwrap_or_else(|| panic!("twampy -> {path}: no round trip (all lost?)\n{out}"));
-        assert!(
-            roundtrip.trim_end().ends_with(" 0.0%"),
-            "twampy -> {path}: {roundtrip}"
-        );
+        {
+            Some(l) if l.trim_end().ends_with(" 0.0%") => {}
+            Some(l) => failures.push(format!("twampy -> {path}: {}", l.trim())),
+            None => failures.push(format!("twampy -> {path}: no replies at all")),
+        }
     }
     // ricochet-ping --stamp -> stamp-suite reflector (stateful), with TLVs.
     let mut refl = Daemon(lab.spawn(
@@ -528,9 +533,15 @@ fn interop_with_stamp_suite_and_twampy() {
             "198.18.0.2:18620",
         ],
     );
-    assert_eq!(j["summary"]["received"], 100);
+    if j["summary"]["received"] != 100 {
+        failures.push(format!(
+            "ricochet-ping -> stamp-suite: {} of 100 replies",
+            j["summary"]["received"]
+        ));
+    }
     println!(
         "== ricochet-ping --stamp -> stamp-suite reflector: follow-up {} timestamp info {}",
         j["follow_up"], j["timestamp_info"]
     );
+    assert!(failures.is_empty(), "interop failures: {failures:#?}");
 }
