@@ -331,12 +331,20 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
             );
         }
         table.push(format!(
-            "{path}: Follow-Up replies {} (zeroed {}, no timestamp {}, paired {}); Follow-Up T3 - in-packet T3: {}; timestamp info {}",
+            "{path}: Follow-Up replies {} (zeroed {}, no timestamp {}, paired {}); Follow-Up T3 - in-packet T3: {}; returned U=1: [{}]; timestamp info {}",
             fu["replies"],
             fu["zeroed"],
             fu["unstamped"],
             fu["paired"],
             dist(&fu["followup_minus_t3"]),
+            j["tlv_types"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["unrecognized"].as_u64() > Some(0))
+                .map(|t| t["name"].as_str().unwrap())
+                .collect::<Vec<_>>()
+                .join(", "),
             j["timestamp_info"]
                 .as_array()
                 .unwrap()
