@@ -229,6 +229,9 @@ enum Act {
     Truncate,
     UnknownSeq,
     BadTlvHmac,
+    /// A datagram of random octets and random length from the reflector's
+    /// address first, then the good reply.
+    GarbageFirst,
 }
 
 /// Follow-Up Timestamp = previous T3 + this (ns).
@@ -290,6 +293,19 @@ fn fake(layout: StampLayout, act: fn(u32) -> Act, foreign_at: u32) -> Fake {
             }
             if a == Act::DropForward {
                 continue;
+            }
+            if a == Act::GarbageFirst {
+                // Deterministic per sequence number (xorshift).
+                let mut x = u64::from(sseq).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                let mut next = || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                let len = (next() % 300) as usize;
+                let junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                sock.send_to(&junk, from).unwrap();
             }
             let params = ReflectParams {
                 seq: rseq,
@@ -669,4 +685,36 @@ fn stateful_socket_session_authenticated() {
     let f = r.follow_up.as_ref().unwrap();
     assert_eq!(f.replies, 10);
     assert_eq!(f.not_previous, 0);
+}
+
+#[test]
+fn random_datagrams_from_the_reflector_never_hurt() {
+    fn act(seq: u32) -> Act {
+        if seq % 2 == 0 {
+            Act::GarbageFirst
+        } else {
+            Act::Good
+        }
+    }
+    let f = fake(StampLayout::Unauthenticated, act, u32::MAX);
+    let r = run(
+        f.addr,
+        &[
+            "-c",
+            "40",
+            "--ssid",
+            "99",
+            "--tlv",
+            "follow-up",
+            "--tlv",
+            "timestamp-info",
+        ],
+    );
+    // Every request got its good reply; each of the 20 random datagrams was
+    // refused for one reason (too short, wrong SSID, unknown sequence).
+    assert_eq!((r.summary.received, r.summary.lost), (40, 0));
+    let a = &r.anomalies;
+    assert_eq!(a.truncated + a.wrong_ssid + a.unknown_sequence, 20, "{a:?}");
+    assert_eq!(a.bad_hmac + a.foreign + a.length_mismatch, 0, "{a:?}");
+    assert_eq!(r.follow_up.as_ref().unwrap().paired, 39);
 }
