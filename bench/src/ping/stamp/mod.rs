@@ -325,6 +325,9 @@ pub struct StampAnomalies {
     pub tlv_malformed_flagged: u64,
     /// The reply's TLV framing is broken and not flagged: TLVs after it ignored.
     pub tlv_framing_error: u64,
+    /// A TLV the reflector understood came back with a value invalid for
+    /// its type (bad sub-TLVs, reserved values): that value not used.
+    pub tlv_value_error: u64,
     /// `recvmmsg` failures.
     pub receive_errors: u64,
 }
@@ -738,6 +741,9 @@ impl Receiver<'_> {
         }
         if t.framing_error.is_some() {
             self.a.tlv_framing_error += 1;
+        }
+        if !t.value_errors.is_empty() {
+            self.a.tlv_value_error += 1;
         }
         for &ty in &t.recognized {
             self.tlv_ok[usize::from(ty)] += 1;

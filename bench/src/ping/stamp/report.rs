@@ -230,6 +230,7 @@ pub fn text(r: &StampReport, verbose: bool) -> String {
         (a.tlv_integrity_flagged, "TLVs flagged I by the reflector"),
         (a.tlv_malformed_flagged, "a TLV flagged M by the reflector"),
         (a.tlv_framing_error, "broken TLV framing"),
+        (a.tlv_value_error, "a TLV value invalid for its type"),
         (a.receive_errors, "receive errors"),
     ];
     let bad: Vec<String> = items

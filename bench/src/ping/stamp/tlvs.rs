@@ -13,11 +13,12 @@
 //! RFC 8972 §4 apply: TLVs with U = 1 are skipped, processing stops at
 //! M = 1, and all TLVs are discarded when any carries I = 1.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use ricochet_protocol::stamp::tlv::{field, tlv_type as ty, FLAG_I, FLAG_M, FLAG_U};
+use ricochet_protocol::stamp::tlvs::{parse_location_subs, LocationSub, StampTlv};
 use ricochet_protocol::stamp::{TlvIter, TlvWriter};
 use serde::Serialize;
 
@@ -452,40 +453,30 @@ pub struct ReplyTlvs {
     /// Micro-session ID: sender's, reflector's.
     pub micro_session: Option<(u16, u16)>,
     pub location: Option<LocationInfo>,
+    /// Understood TLVs whose value is invalid for their type (reserved
+    /// values, sub-TLVs): their types.
+    pub value_errors: Vec<u8>,
 }
 
-fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-fn location(v: &[u8]) -> LocationInfo {
+fn location(destination_port: u16, source_port: u16, value: &[u8]) -> LocationInfo {
     let mut l = LocationInfo {
-        dst_port: u16::from_be_bytes([v[0], v[1]]),
-        src_port: u16::from_be_bytes([v[2], v[3]]),
+        dst_port: destination_port,
+        src_port: source_port,
         ..LocationInfo::default()
     };
-    for sub in TlvIter::framing_only(&v[4..]) {
-        let Ok(sub) = sub else {
-            l.unfilled_sub_tlvs += 1;
-            break;
-        };
-        let sv = sub.value();
-        let hexs = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-        match (sub.tlv_type(), sv.len()) {
-            (2, 8) => l.src_mac = Some(hexs(&sv[..6])),
-            (3, 8) => l.src_mac = Some(hexs(sv)),
-            (5, 16) => l.dst_ip = Some(IpAddr::V4(Ipv4Addr::new(sv[0], sv[1], sv[2], sv[3]))),
-            (6, 16) => {
-                l.dst_ip = Some(IpAddr::V6(Ipv6Addr::from(
-                    <[u8; 16]>::try_from(sv).unwrap_or([0; 16]),
-                )))
-            }
-            (8, 16) => l.src_ip = Some(IpAddr::V4(Ipv4Addr::new(sv[0], sv[1], sv[2], sv[3]))),
-            (9, 16) => {
-                l.src_ip = Some(IpAddr::V6(Ipv6Addr::from(
-                    <[u8; 16]>::try_from(sv).unwrap_or([0; 16]),
-                )))
-            }
+    let mut subs = [LocationSub::SourceMacRequest; 8];
+    let Ok(n) = parse_location_subs(value, &mut subs) else {
+        // Sub-TLVs that do not frame or have the wrong Length for their type.
+        l.unfilled_sub_tlvs += 1;
+        return l;
+    };
+    let hexs = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    for sub in &subs[..n] {
+        match sub {
+            LocationSub::SourceEui48(m) => l.src_mac = Some(hexs(m)),
+            LocationSub::SourceEui64(m) => l.src_mac = Some(hexs(m)),
+            LocationSub::DestinationIp(a) => l.dst_ip = Some(*a),
+            LocationSub::SourceIp(a) => l.src_ip = Some(*a),
             _ => l.unfilled_sub_tlvs += 1,
         }
     }
@@ -539,35 +530,33 @@ pub fn read_reply(area: &[u8]) -> ReplyTlvs {
             continue;
         }
         r.recognized.push(t.tlv_type());
-        // Lengths of registered types were checked by the iterator
-        // (ricochet_protocol::stamp::tlv::length_valid).
-        let v = t.value();
-        match t.tlv_type() {
-            ty::TIMESTAMP_INFORMATION => r.timestamp_info = Some([v[0], v[1], v[2], v[3]]),
-            ty::FOLLOW_UP_TELEMETRY => {
-                let mut ts = [0u8; 8];
-                ts.copy_from_slice(&v[4..12]);
-                r.follow_up = Some((be32(v), ts, v[12]));
+        // The protocol crate's typed views; lengths were checked by the
+        // iterator, sub-TLVs and reserved values are checked here.
+        match StampTlv::parse(t.tlv_type(), t.value()) {
+            Ok(StampTlv::TimestampInformation(ti)) => {
+                r.timestamp_info = Some([
+                    ti.sync_in.to_u8(),
+                    ti.method_in.to_u8(),
+                    ti.sync_out.to_u8(),
+                    ti.method_out.to_u8(),
+                ])
             }
-            ty::CLASS_OF_SERVICE => {
-                let w = u16::from_be_bytes([v[0], v[1]]);
-                r.cos = Some((
-                    (w >> 10) as u8,
-                    ((w >> 4) & 0x3f) as u8,
-                    ((w >> 2) & 3) as u8,
-                    (w & 3) as u8,
-                ));
+            Ok(StampTlv::FollowUpTelemetry(f)) => {
+                r.follow_up = Some((f.sequence_number, f.timestamp, f.mode.to_u8()))
             }
-            ty::DIRECT_MEASUREMENT => r.direct = Some((be32(v), be32(&v[4..]), be32(&v[8..]))),
-            ty::ACCESS_REPORT => r.access = Some((v[0] >> 4, v[1])),
-            ty::MICRO_SESSION_ID => {
-                r.micro_session = Some((
-                    u16::from_be_bytes([v[0], v[1]]),
-                    u16::from_be_bytes([v[2], v[3]]),
-                ))
+            Ok(StampTlv::ClassOfService(c)) => r.cos = Some((c.dscp1, c.dscp2, c.ecn, c.rp)),
+            Ok(StampTlv::DirectMeasurement(d)) => r.direct = Some((d.s_txc, d.r_rxc, d.r_txc)),
+            Ok(StampTlv::AccessReport(a)) => r.access = Some((a.id, a.return_code)),
+            Ok(StampTlv::MicroSessionId { sender, reflector }) => {
+                r.micro_session = Some((sender, reflector))
             }
-            ty::LOCATION => r.location = Some(location(v)),
-            _ => {}
+            Ok(StampTlv::Location {
+                destination_port,
+                source_port,
+                ..
+            }) => r.location = Some(location(destination_port, source_port, t.value())),
+            Ok(_) => {}
+            Err(_) => r.value_errors.push(t.tlv_type()),
         }
     }
     r
