@@ -36,7 +36,7 @@ bench: setup
 ## STAMP on the socket, XDP and AF_XDP paths in the lab (root): prints the
 ## distribution of (Follow-Up T3 - in-packet T3) per path.
 stamp-followup: setup
-	$(CARGO) build --release -p ricochet-reflector -p ricochet-bench --bins
+	$(CARGO) build --release -p ricochet-reflector -p ricochet-control -p ricochet-bench --bins
 	$(CARGO) test --release -p ricochet-bench --test lab_stamp -- --nocapture --test-threads 1
 
 clean:

@@ -7,8 +7,11 @@
 //!   `ricochet-control` does with `data_plane = "bpf"`);
 //! * AF_XDP: the same daemon's pollers, an authenticated STAMP listener
 //!   (HMAC-SHA-256; the XDP program hands these to the AF_XDP socket);
-//! * socket: the reflector crate's socket data plane (`SocketSessionTable`,
-//!   what `ricochet-control` runs in process) inside the reflector namespace.
+//! * socket: `ricochet-control` (socket data plane) with two stateful STAMP
+//!   sessions from its `[[stamp.session]]` configuration, unauthenticated
+//!   and authenticated; and a stateless listener of the reflector crate's
+//!   `SocketSessionTable` inside the reflector namespace (the control plane
+//!   has no listener configuration).
 //!
 //! For each path the test collects (Follow-Up T3 − in-packet T3), the
 //! reflector's own account of how late the T3 it wrote into the packet was,
@@ -24,13 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use ricochet_protocol::time::TimeFormat;
 use ricochet_reflector::bpf::BpfSessionTable;
-use ricochet_reflector::session_table::{
-    ListenerKind, ListenerSpec, SessionTable, StampSessionId, StampSessionSpec,
-};
+use ricochet_reflector::session_table::{ListenerKind, ListenerSpec, SessionTable};
 use ricochet_reflector::socket::{SocketSessionTable, TableConfig};
-use ricochet_reflector::stamp_engine::CosPolicy;
 use ricochet_testkit::lab::{self, workspace_bin, Lab, Side};
 use serde_json::Value;
 use zeroize::Zeroizing;
@@ -89,6 +88,75 @@ fn start_reflector(lab: &Lab, side: Side, pins: &Path, extra: &[&str]) -> Daemon
         std::thread::sleep(Duration::from_millis(50)); // polling bpffs, bounded
     }
     d
+}
+
+/// Starts `ricochet-control` (socket data plane) in the reflector namespace
+/// with two `[[stamp.session]]` entries, and waits (bounded) until both
+/// STAMP ports are bound.
+fn start_control(lab: &Lab, dir: &Path, key_file: &Path) -> Daemon {
+    let cfg = dir.join("control.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"listen = ["198.18.0.2:862"]
+test_ports = "18760-18799"
+log_level = "warn"
+data_plane = "socket"
+
+[metrics]
+listen = "127.0.0.1:9862"
+
+[[stamp.session]]
+sender = "198.18.0.1:40862"
+local_address = "198.18.0.2"
+local_port = 9863
+ssid = 7
+timestamp_format = "ntp"
+micro_session_id = 9
+
+[[stamp.session]]
+sender = "198.18.0.1:50862"
+local_address = "198.18.0.2"
+local_port = 9865
+ssid = 4660
+timestamp_format = "ntp"
+
+[[stamp.session]]
+sender = "198.18.0.1:40863"
+local_address = "198.18.0.2"
+local_port = 9864
+ssid = 8
+key_file = "{}"
+timestamp_format = "ntp"
+"#,
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let bin = workspace_bin("ricochet-control");
+    let mut d = Daemon(lab.spawn(Side::Reflector, &bin, &["--config", cfg.to_str().unwrap()]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ss = lab.run(Side::Reflector, "ss", &["-Hlun"]);
+        let text = String::from_utf8_lossy(&ss.stdout);
+        if text.contains(":9863 ") && text.contains(":9864 ") {
+            return d;
+        }
+        if let Some(status) = d.0.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            if let Some(mut e) = d.0.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("ricochet-control exited with {status}: {err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ricochet-control never bound its STAMP ports"
+        );
+        std::thread::sleep(Duration::from_millis(50)); // polling ss, bounded
+    }
 }
 
 /// Runs `f` on a thread inside network namespace `ns` (setns affects only
@@ -183,6 +251,7 @@ fn dist(d: &Value) -> String {
 /// on AF_XDP (8620). Field order is drop order: the listeners and daemons
 /// go before the pins and the lab.
 struct Paths {
+    _control: Daemon,
     socket_table: SocketSessionTable,
     _bpf: BpfSessionTable,
     _xdp: Daemon,
@@ -195,9 +264,13 @@ struct Paths {
 }
 
 const SOCKET: &str = "198.18.0.2:9862";
-/// A stateful STAMP session (SSID 7) on the socket path, from this sender.
+/// Stateful STAMP sessions provisioned in `ricochet-control` (socket data
+/// plane): unauthenticated (SSID 7) and authenticated (SSID 8), each from
+/// its own sender port.
 const SOCKET_STATEFUL: &str = "198.18.0.2:9863";
-const STATEFUL_SENDER: &str = "198.18.0.1:40862";
+const SOCKET_STATEFUL_AUTH: &str = "198.18.0.2:9864";
+/// A stateful session for stamp-suite's sender (port 50862, SSID 4660).
+const SOCKET_STATEFUL_PEER: &str = "198.18.0.2:9865";
 const XDP: &str = "198.18.0.2:862";
 const AF_XDP: &str = "198.18.0.2:8620";
 
@@ -238,22 +311,11 @@ fn paths(tag: &str) -> Paths {
         let mut t = SocketSessionTable::spawn(&TableConfig::default()).unwrap();
         t.add_listener(listener(SOCKET, ListenerKind::Unauthenticated))
             .unwrap();
-        t.add_stamp_session(StampSessionSpec {
-            sender: STATEFUL_SENDER.parse().unwrap(),
-            local: SOCKET_STATEFUL.parse().unwrap(),
-            ssid: 7,
-            key: None,
-            timestamp_format: TimeFormat::Ntp,
-            dscp: None,
-            cos_policy: CosPolicy::ALLOW_ALL,
-            micro_session_id: None,
-            rate_limit_pps: 0,
-            rate_burst: 0,
-        })
-        .unwrap();
         t
     });
+    let control = start_control(&lab, dir.path(), &key_file);
     Paths {
+        _control: control,
         socket_table,
         _bpf: bpf,
         _xdp: xdp,
@@ -289,14 +351,31 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
     let mut table = Vec::new();
     for (path, target, auth) in [
         ("socket", SOCKET, false),
-        ("socket, stateful session", SOCKET_STATEFUL, false),
+        (
+            "socket, stateful session (ricochet-control)",
+            SOCKET_STATEFUL,
+            false,
+        ),
+        (
+            "socket, stateful authenticated (ricochet-control)",
+            SOCKET_STATEFUL_AUTH,
+            true,
+        ),
         ("XDP", XDP, false),
         ("AF_XDP", AF_XDP, true),
     ] {
-        let mut args = vec!["-c", count.as_str(), "-i", "1ms", "--ssid", "7"];
+        let ssid = if target == SOCKET_STATEFUL_AUTH {
+            "8"
+        } else {
+            "7"
+        };
+        let mut args = vec!["-c", count.as_str(), "-i", "1ms", "--ssid", ssid];
         args.extend_from_slice(&tlvs);
         if target == SOCKET_STATEFUL {
             args.extend(["--sender-port", "40862"]);
+        }
+        if target == SOCKET_STATEFUL_AUTH {
+            args.extend(["--sender-port", "40863"]);
         }
         if auth {
             args.extend(["--stamp-key-file", key]);
@@ -306,7 +385,7 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
         check_run(path, &j, auth);
         let fu = &j["follow_up"];
         let n = |k: &str| fu[k].as_u64().unwrap();
-        if target == SOCKET_STATEFUL {
+        if target == SOCKET_STATEFUL || target == SOCKET_STATEFUL_AUTH {
             assert_eq!(n("replies"), u64::from(COUNT), "{path}: {fu}");
             // Stateful: every Follow-Up names the previous reply; a stamp
             // where the path has one (veth gives the socket path none).
@@ -361,24 +440,16 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
     assert!(!listening.contains(":862 "), "{listening}");
     assert!(!listening.contains(":8620 "), "{listening}");
     assert!(listening.contains(":9862 "), "{listening}");
+    assert!(listening.contains(":9863 "), "{listening}");
     let c = p
         .socket_table
         .listener_counters(SOCKET.parse().unwrap())
         .unwrap();
     assert_eq!(c.reflected, u64::from(COUNT));
-    let id = StampSessionId {
-        local_port: 9863,
-        sender: STATEFUL_SENDER.parse().unwrap(),
-        ssid: 7,
-    };
     println!("(Follow-Up T3 − in-packet T3) per path, {COUNT} packets at 1 ms, lab veth:");
     for l in &table {
         println!("  {l}");
     }
-    assert_eq!(
-        p.socket_table.stamp_activity(&id).unwrap().reflected,
-        u64::from(COUNT)
-    );
 }
 
 /// Runs a peer program in a namespace, bounded, and returns its output.
@@ -427,6 +498,11 @@ fn interop_with_stamp_suite_and_twampy() {
     // stamp-suite sender -> each Ricochet path.
     for (path, target, auth) in [
         ("socket", SOCKET, false),
+        (
+            "socket, stateful session (ricochet-control)",
+            SOCKET_STATEFUL_PEER,
+            false,
+        ),
         ("XDP", XDP, false),
         ("AF_XDP", AF_XDP, true),
     ] {
