@@ -718,3 +718,66 @@ fn random_datagrams_from_the_reflector_never_hurt() {
     assert_eq!(a.bad_hmac + a.foreign + a.length_mismatch, 0, "{a:?}");
     assert_eq!(r.follow_up.as_ref().unwrap().paired, 39);
 }
+
+#[test]
+fn ipv6_stateful_session_with_location() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("::1 unavailable: skipped");
+        return;
+    }
+    let mut t = table();
+    let sport = UdpSocket::bind("[::1]:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let local: SocketAddr = format!(
+        "[::1]:{}",
+        UdpSocket::bind("[::1]:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    )
+    .parse()
+    .unwrap();
+    t.add_stamp_session(StampSessionSpec {
+        sender: format!("[::1]:{sport}").parse().unwrap(),
+        local,
+        ssid: 0x66,
+        key: None,
+        timestamp_format: TimeFormat::Ptp,
+        dscp: None,
+        cos_policy: CosPolicy::ALLOW_ALL,
+        micro_session_id: None,
+        rate_limit_pps: 0,
+        rate_burst: 0,
+    })
+    .unwrap();
+    let sp = sport.to_string();
+    let r = run(
+        local,
+        &[
+            "-c",
+            "10",
+            "--sender-port",
+            &sp,
+            "--ssid",
+            "102",
+            "--ptp",
+            "--tlv",
+            "location",
+        ],
+    );
+    assert_eq!((r.summary.received, r.summary.lost), (10, 0));
+    assert_eq!(r.anomalies, Default::default(), "{:?}", r.anomalies);
+    check_packets(&r);
+    // The session's T2/T3 are PTPv2 (Z = 1), ours too.
+    assert_eq!(r.reflector_ptp_replies, 10);
+    assert_eq!(r.clock.t1_format, "PTPv2");
+    // Location: the IPv6 variants (types 6 and 9) with our addresses/ports.
+    let l = r.location.as_ref().unwrap();
+    assert_eq!((l.dst_port, l.src_port), (local.port(), sport));
+    assert_eq!(l.dst_ip, Some(local.ip()));
+    assert_eq!(l.src_ip, Some(local.ip()));
+}
