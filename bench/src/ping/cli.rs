@@ -40,7 +40,8 @@ Exit status: 0 when every session got replies, 1 when a session got none or
 was refused, 2 when the test could not run (usage, connection, set-up, key).
 Ctrl-C stops sending and still prints the report.";
 
-/// TWAMP control-client and session-sender (RFC 5357), in every mode.
+/// TWAMP control-client and session-sender (RFC 5357), in every mode, and a
+/// STAMP session-sender (`--stamp`, RFC 8762/8972).
 ///
 /// Connects to a TWAMP server, negotiates a mode, requests one or more test
 /// sessions, sends paced test packets, and reports round-trip time, loss by
@@ -49,8 +50,9 @@ Ctrl-C stops sending and still prints the report.";
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ricochet-ping", version, after_help = AFTER_HELP)]
 pub struct Args {
-    /// The TWAMP server: a host name, an IPv4 address or an IPv6 address in
-    /// brackets, with an optional :PORT (default 862).
+    /// The TWAMP server (or, with --stamp, the STAMP reflector): a host name,
+    /// an IPv4 address or an IPv6 address in brackets, with an optional
+    /// :PORT (default 862).
     #[arg(value_name = "HOST[:PORT]")]
     pub target: String,
 
