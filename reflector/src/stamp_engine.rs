@@ -586,6 +586,14 @@ impl StampSessionEngine {
         same_endpoint(self.sender, src) && ssid == Some(self.ssid)
     }
 
+    /// Whether `reply` (a reply payload this session may have built)
+    /// carries the session's SSID at its layout's offset.
+    pub fn reply_matches(&self, reply: &[u8]) -> bool {
+        let at = self.fmt.layout.ssid_offset();
+        reply.len() >= self.fmt.base_len()
+            && reply.get(at..at + 2) == Some(&self.ssid.to_be_bytes()[..])
+    }
+
     /// The session's format.
     pub fn format(&self) -> &StampFormat {
         &self.fmt

@@ -538,3 +538,37 @@ fn short_or_unauthenticated_packets_are_not_reflected_by_an_authenticated_sessio
     );
     assert_eq!(e.counters().reflected, 0);
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any request: no panic; a reply is exactly as long as the
+        /// request, keeps the session's SSID and its own Sequence Number.
+        #[test]
+        fn arbitrary_requests_never_grow_or_panic(
+            tail in proptest::collection::vec(any::<u8>(), 0..300),
+            head in proptest::collection::vec(any::<u8>(), 0..60),
+            tos: u8,
+            auth: bool,
+        ) {
+            let s = spec(7, auth.then_some(&KEY[..]), TimeFormat::Ntp);
+            let mut e = engine(&s);
+            let mut rx = head.clone();
+            if rx.len() >= 16 {
+                rx[14..16].copy_from_slice(&[0, 7]);
+            }
+            rx.extend_from_slice(&tail);
+            let before = e.next_seq();
+            match reflect(&mut e, &rx, tos, &clock_unsync(), StampSource::UserSpace) {
+                Ok(rep) => {
+                    prop_assert_eq!(rep.len(), rx.len());
+                    prop_assert_eq!(&rep[0..4], &before.to_be_bytes());
+                    prop_assert_eq!(&rep[14..16], &rx[14..16]);
+                }
+                Err(_) => prop_assert_eq!(e.next_seq(), before),
+            }
+        }
+    }
+}

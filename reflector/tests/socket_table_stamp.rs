@@ -2,8 +2,9 @@
 //! sessions on one port told apart by SSID (RFC 8972 §3), own Sequence
 //! Numbers from 0, a packet of no session discarded, the Class of Service
 //! TLV's DSCP1 on the reply's IP header (RFC 8972 §4.4), Location filled
-//! from the real addresses, Follow-Up Telemetry without transmit stamps on
-//! this path (Timestamp 0, mode 0, counted), and removal.
+//! from the real addresses, Follow-Up Telemetry carrying the kernel's
+//! software transmit stamp of the previous reply (SO_TIMESTAMPING on the
+//! error queue; loopback delivers them), and removal.
 
 mod socket_table_support;
 
@@ -72,11 +73,15 @@ fn stateful_sessions_on_one_port() {
     let mut area = tlv(0x80, 4, &[46 << 2, 0, 0, 0]); // CoS: DSCP1 EF
     area.extend(tlv(0x80, 2, &loc)); // Location
     area.extend(tlv(0x80, 7, &[0; 16])); // Follow-Up Telemetry
+                                         // Per SSID: (in-packet T3, time the reply was received) of the last reply.
+    let mut last: [Option<(u64, u64)>; 2] = [None, None];
+    let mut diffs = Vec::new();
     for i in 0..3u32 {
-        for ssid in [7u16, 8] {
+        for (j, ssid) in [7u16, 8].into_iter().enumerate() {
             let req = request(1000 + i, ssid, &area);
             peer.send(to, &req);
             let r = peer.recv();
+            let received = ricochet_reflector::clock::now_utc_ns();
             assert_eq!(r.payload.len(), req.len());
             assert_eq!(be32(&r.payload, 0), i, "SSID {ssid}: own counter from 0");
             assert_eq!(be32(&r.payload, 24), 1000 + i);
@@ -89,20 +94,34 @@ fn stateful_sessions_on_one_port() {
             assert_eq!(be16(&r.payload, 56), port);
             assert_eq!(be16(&r.payload, 58), peer.addr().port());
             assert_eq!(r.payload[60..68], [0, 5, 0, 16, 127, 0, 0, 1]);
-            // Follow-Up: previous Sequence Number, no transmit stamp on
-            // this path: Timestamp 0, mode 0.
+            // Follow-Up: the previous reply's Sequence Number and the
+            // kernel's software transmit stamp of it (mode 2), which lies
+            // between its in-packet T3 and its arrival here.
             let fu = &r.payload[84..100];
-            assert_eq!(fu[0..4], i.saturating_sub(1).to_be_bytes());
-            assert!(fu[4..13].iter().all(|&b| b == 0));
+            match last[j] {
+                None => assert!(fu.iter().all(|&b| b == 0), "first reply"),
+                Some((t3, got)) => {
+                    assert_eq!(fu[0..4], (i - 1).to_be_bytes());
+                    assert_eq!(fu[12], 2, "software local");
+                    let tx = ntp_ns(&fu[4..12]);
+                    assert!(
+                        t3 <= tx && tx <= got,
+                        "T3 {t3} <= TX {tx} <= received {got}"
+                    );
+                    diffs.push(tx - t3);
+                }
+            }
+            last[j] = Some((ntp_ns(&r.payload[4..12]), received));
         }
     }
+    eprintln!("socket path, loopback: Follow-Up T3 - in-packet T3 (ns): {diffs:?}");
     // No session with SSID 9: discarded and counted.
     peer.send(to, &request(0, 9, &[]));
     peer.expect_silence("SSID of no session");
     assert_eq!(table.stamp_unmatched(port), Some(1));
     let id = spec(peer.addr(), port, 7).id();
     let c = table.stamp_session(&id, |e| e.stamp_counters()).unwrap();
-    assert_eq!((c.follow_up_unstamped, c.follow_up_stamped), (2, 0));
+    assert_eq!((c.follow_up_unstamped, c.follow_up_stamped), (0, 2));
     assert_eq!(table.stamp_activity(&id).unwrap().reflected, 3);
     // Removing one keeps the other.
     table.remove_stamp_session(&id).unwrap();

@@ -29,7 +29,7 @@ use super::stats::{DropReason, PollerStats, StatsSnapshot, TxStampTable, TxTimes
 use super::umem::Frame;
 use super::XskError;
 use crate::bpf::{KeysReader, Maps, XdpMeta};
-use crate::clock::{now_tai_ns, ClockCell, ClockState};
+use crate::clock::{now_tai_ns, ClockCell, ClockState, StampSource};
 use crate::engine::same_endpoint;
 use crate::stamp_engine::PacketAddrs;
 use std::net::SocketAddr;
@@ -477,6 +477,19 @@ impl Worker {
             }
             if inf.slot != u32::MAX {
                 self.shared.tx_stamps.record(inf.slot, inf.seq, ts);
+                // Follow-Up Telemetry of a stateful STAMP session. Zero
+                // copy: the driver's stamp from the NIC (the PHC, assumed on
+                // TAI like the RX stamps, rc_clock). Copy mode: the kernel
+                // stamps CLOCK_TAI in software when it frees the skb after
+                // transmission (xsk_destruct_skb).
+                let source = if self.sock.zero_copy() {
+                    StampSource::NicHardware
+                } else {
+                    StampSource::KernelSoftware
+                };
+                if let Some(slot) = self.cache.as_mut().and_then(|c| c.ready_mut(inf.slot)) {
+                    slot.record_tx(inf.seq, ts, source);
+                }
             }
         }
         self.stats.tx_completed.add(n as u64);

@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ use super::reflector::{
     Stats,
 };
 use super::udp::{tos_from_dscp, BatchSocket, SocketOptions};
-use crate::clock::{ClockCell, ClockSource, ClockState, LeapState};
+use crate::clock::{ClockCell, ClockSource, ClockState, LeapState, Stamp};
 use crate::engine::{same_endpoint, EngineCounters, ListenerEngine, RxMeta, SessionEngine};
 use crate::session_table::{
     ListenerSpec, SessionActivity, SessionSpec, SessionTable, StampSessionId, StampSessionSpec,
@@ -204,6 +204,21 @@ impl Reflect for TableHandler {
         self.reply_tos.take()
     }
 
+    fn tx_stamp(&mut self, key: SocketKey, payload: &[u8], dst: IpAddr, stamp: Stamp) {
+        let mut reg = self.shared.lock();
+        if let Some(Entry::Stamp { sessions, .. }) = reg.entries.get_mut(&key) {
+            // The reply names its session: sent to the sender, with its SSID
+            // and our Sequence Number.
+            if let Some(e) = sessions.iter_mut().find(|e| {
+                e.sender().ip().to_canonical() == dst.to_canonical() && e.reply_matches(payload)
+            }) {
+                if let Some(seq) = payload.get(..4) {
+                    e.record_tx(u32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]]), stamp);
+                }
+            }
+        }
+    }
+
     fn reflect(&mut self, key: SocketKey, rx: &RxPacket<'_>, tx: &mut [u8]) -> Option<usize> {
         let now = Instant::now();
         self.reply_tos = None;
@@ -244,10 +259,10 @@ impl Reflect for TableHandler {
                     *unmatched = unmatched.saturating_add(1);
                     return None;
                 };
-                // The socket path has no transmit stamps of its own replies
-                // (no SO_TIMESTAMPING TX reading here): Follow-Up reports
-                // the previous Sequence Number with Timestamp 0 and mode 0,
-                // counted by the engine.
+                // Follow-Up Telemetry: the transmit stamps of earlier
+                // replies came in through `tx_stamp` (SO_TIMESTAMPING on the
+                // error queue); a device that delivers none leaves Timestamp
+                // 0 and mode 0, counted by the engine.
                 let n = engine
                     .reflect_at(rx.payload, meta, addrs, rx.rx_stamp, &self.clock, now, tx)
                     .ok()?;
@@ -627,7 +642,16 @@ impl SessionTable for SocketSessionTable {
                 return Err(TableError::DataPlane(format!("{id} already exists")));
             }
             if let Some(key) = reg.stamp_ports.get(&id.local_port).copied() {
-                if let Some(Entry::Stamp { sessions, .. }) = reg.entries.get_mut(&key) {
+                if let Some(Entry::Stamp {
+                    sessions, local, ..
+                }) = reg.entries.get_mut(&key)
+                {
+                    if local.ip() != spec.local.ip() {
+                        return Err(TableError::Address(
+                            spec.local,
+                            format!("STAMP port {} is bound to {local}", id.local_port),
+                        ));
+                    }
                     sessions.push(engine);
                     tracing::debug!(%id, "STAMP session added to its port");
                     return Ok(());
@@ -638,7 +662,10 @@ impl SessionTable for SocketSessionTable {
             Some(d) => (tos_from_dscp(d, 0), ReplyTos::Socket),
             None => (0, ReplyTos::CopyReceivedDscp),
         };
-        let socket = self.bind(spec.local, tos)?;
+        let mut socket = self.bind(spec.local, tos)?;
+        if let Err(e) = socket.enable_tx_timestamps() {
+            tracing::warn!(%id, error = %e, "no transmit timestamps: Follow-Up Telemetry will carry none");
+        }
         let local = socket.local_addr();
         let key = self.shared.lock().insert(Entry::Stamp {
             local,
