@@ -27,9 +27,13 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use ricochet_protocol::time::TimeFormat;
 use ricochet_reflector::bpf::BpfSessionTable;
-use ricochet_reflector::session_table::{ListenerKind, ListenerSpec, SessionTable};
+use ricochet_reflector::session_table::{
+    ListenerKind, ListenerSpec, SessionTable, StampSessionSpec,
+};
 use ricochet_reflector::socket::{SocketSessionTable, TableConfig};
+use ricochet_reflector::stamp_engine::CosPolicy;
 use ricochet_testkit::lab::{self, workspace_bin, Lab, Side};
 use serde_json::Value;
 use zeroize::Zeroizing;
@@ -273,6 +277,9 @@ const SOCKET_STATEFUL_AUTH: &str = "198.18.0.2:9864";
 const SOCKET_STATEFUL_PEER: &str = "198.18.0.2:9865";
 const XDP: &str = "198.18.0.2:862";
 const AF_XDP: &str = "198.18.0.2:8620";
+/// Stateful STAMP sessions on the AF_XDP path.
+const AF_XDP_STATEFUL: &str = "198.18.0.2:8621";
+const AF_XDP_STATEFUL_AUTH: &str = "198.18.0.2:8622";
 
 fn paths(tag: &str) -> Paths {
     let lab = Lab::up(tag);
@@ -305,6 +312,32 @@ fn paths(tag: &str) -> Paths {
         },
     ))
     .unwrap();
+    // Stateful sessions on the AF_XDP pollers (Follow-Up from the transmit
+    // completions), programmed through the pins as ricochet-control's
+    // `[[stamp.session]]` does with data_plane = "bpf".
+    for (local, sender, ssid, key) in [
+        (AF_XDP_STATEFUL, "198.18.0.1:40864", 9, None),
+        (
+            AF_XDP_STATEFUL_AUTH,
+            "198.18.0.1:40865",
+            10,
+            Some(KEY.to_vec()),
+        ),
+    ] {
+        bpf.add_stamp_session(StampSessionSpec {
+            sender: sender.parse().unwrap(),
+            local: local.parse().unwrap(),
+            ssid,
+            key: key.map(Zeroizing::new),
+            timestamp_format: TimeFormat::Ntp,
+            dscp: None,
+            cos_policy: CosPolicy::ALLOW_ALL,
+            micro_session_id: None,
+            rate_limit_pps: 0,
+            rate_burst: 0,
+        })
+        .unwrap();
+    }
     // The socket data plane inside the reflector namespace; the XDP program
     // passes this port (no listener or session there) to the stack.
     let socket_table = in_netns(&lab.netns(Side::Reflector), || {
@@ -363,19 +396,21 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
         ),
         ("XDP", XDP, false),
         ("AF_XDP", AF_XDP, true),
+        ("AF_XDP, stateful session", AF_XDP_STATEFUL, false),
+        ("AF_XDP, stateful authenticated", AF_XDP_STATEFUL_AUTH, true),
     ] {
-        let ssid = if target == SOCKET_STATEFUL_AUTH {
-            "8"
-        } else {
-            "7"
+        // (SSID, sender port) of the provisioned stateful sessions.
+        let (ssid, sport) = match target {
+            SOCKET_STATEFUL => ("7", Some("40862")),
+            SOCKET_STATEFUL_AUTH => ("8", Some("40863")),
+            AF_XDP_STATEFUL => ("9", Some("40864")),
+            AF_XDP_STATEFUL_AUTH => ("10", Some("40865")),
+            _ => ("7", None),
         };
         let mut args = vec!["-c", count.as_str(), "-i", "1ms", "--ssid", ssid];
         args.extend_from_slice(&tlvs);
-        if target == SOCKET_STATEFUL {
-            args.extend(["--sender-port", "40862"]);
-        }
-        if target == SOCKET_STATEFUL_AUTH {
-            args.extend(["--sender-port", "40863"]);
+        if let Some(p) = sport {
+            args.extend(["--sender-port", p]);
         }
         if auth {
             args.extend(["--stamp-key-file", key]);
@@ -385,11 +420,16 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
         check_run(path, &j, auth);
         let fu = &j["follow_up"];
         let n = |k: &str| fu[k].as_u64().unwrap();
-        if target == SOCKET_STATEFUL || target == SOCKET_STATEFUL_AUTH {
+        if sport.is_some() {
             assert_eq!(n("replies"), u64::from(COUNT), "{path}: {fu}");
             // Stateful: every Follow-Up names the previous reply; a stamp
             // where the path has one (veth gives the socket path none).
             assert_eq!(j["reflector_mode"], "stateful", "{path}");
+            if target.ends_with(":8621") || target.ends_with(":8622") {
+                // AF_XDP always has transmit completions (copy mode: the
+                // kernel's stamp when the frame is freed).
+                assert!(n("paired") > 0, "{path}: {fu}");
+            }
             assert_eq!(n("not_previous"), 0, "{path}: {fu}");
             assert_eq!(
                 n("zeroed") + n("unstamped") + n("paired"),
@@ -410,11 +450,12 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
             );
         }
         table.push(format!(
-            "{path}: Follow-Up replies {} (zeroed {}, no timestamp {}, paired {}); Follow-Up T3 - in-packet T3: {}; returned U=1: [{}]; timestamp info {}",
+            "{path}: Follow-Up replies {} (zeroed {}, no timestamp {}, paired {}, modes {}); Follow-Up T3 - in-packet T3: {}; returned U=1: [{}]; timestamp info {}",
             fu["replies"],
             fu["zeroed"],
             fu["unstamped"],
             fu["paired"],
+            fu["modes"],
             dist(&fu["followup_minus_t3"]),
             j["tlv_types"]
                 .as_array()
