@@ -34,10 +34,11 @@ bench: setup
 	$(CARGO) run --release -p ricochet-bench --bin ricochet-bench -- --targets all --sizes min,112,512,1500 --trial-secs 1 --max-trials 16
 
 ## STAMP on the socket, XDP and AF_XDP paths in the lab (root): prints the
-## distribution of (Follow-Up T3 - in-packet T3) per path.
+## distribution of (Follow-Up T3 - in-packet T3) per path (RICOCHET_STAMP_COUNT
+## packets per path, default 2000).
 stamp-followup: setup
 	$(CARGO) build --release -p ricochet-reflector -p ricochet-control -p ricochet-bench --bins
-	$(CARGO) test --release -p ricochet-bench --test lab_stamp -- --nocapture --test-threads 1
+	RICOCHET_STAMP_COUNT=$${RICOCHET_STAMP_COUNT:-2000} $(CARGO) test --release -p ricochet-bench --test lab_stamp -- --nocapture --test-threads 1
 
 clean:
 	$(CARGO) clean

@@ -39,7 +39,15 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 const KEY: &[u8; 32] = b"lab-stamp-hmac-key-0123456789abc";
-const COUNT: u32 = 200;
+/// Packets per path: 200, or `RICOCHET_STAMP_COUNT` (for a larger sample
+/// in `make stamp-followup`).
+fn count() -> u32 {
+    std::env::var("RICOCHET_STAMP_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| (1..=100_000).contains(&n))
+        .unwrap_or(200)
+}
 
 struct Daemon(Child);
 
@@ -209,8 +217,8 @@ fn ping(lab: &Lab, args: &[&str]) -> Value {
 /// failing a check, every TLV accounted for in every reply.
 fn check_run(path: &str, j: &Value, auth: bool) {
     let s = &j["summary"];
-    assert_eq!(s["sent"], COUNT, "{path}: {j}");
-    assert_eq!(s["received"], COUNT, "{path}: {}", j["anomalies"]);
+    assert_eq!(s["sent"], count(), "{path}: {j}");
+    assert_eq!(s["received"], count(), "{path}: {}", j["anomalies"]);
     assert_eq!(s["duplicates"], 0, "{path}");
     for (k, v) in j["anomalies"].as_object().unwrap() {
         assert_eq!(v, 0, "{path}: anomaly {k}");
@@ -225,7 +233,7 @@ fn check_run(path: &str, j: &Value, auth: bool) {
     );
     for t in j["tlv_types"].as_array().unwrap() {
         let n = t["recognized"].as_u64().unwrap() + t["unrecognized"].as_u64().unwrap();
-        assert_eq!(n, u64::from(COUNT), "{path}: {t}");
+        assert_eq!(n, u64::from(count()), "{path}: {t}");
     }
     for p in j["packets"].as_array().unwrap() {
         let t = |k: &str| p[k].as_u64().unwrap();
@@ -369,7 +377,7 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
     }
     let p = paths("st");
     let lab = &p.lab;
-    let count = COUNT.to_string();
+    let count_arg = count().to_string();
     let key = p.key_file.to_str().unwrap();
     let tlvs = [
         "--tlv",
@@ -407,7 +415,7 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
             AF_XDP_STATEFUL_AUTH => ("10", Some("40865")),
             _ => ("7", None),
         };
-        let mut args = vec!["-c", count.as_str(), "-i", "1ms", "--ssid", ssid];
+        let mut args = vec!["-c", count_arg.as_str(), "-i", "1ms", "--ssid", ssid];
         args.extend_from_slice(&tlvs);
         if let Some(p) = sport {
             args.extend(["--sender-port", p]);
@@ -421,7 +429,7 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
         let fu = &j["follow_up"];
         let n = |k: &str| fu[k].as_u64().unwrap();
         if sport.is_some() {
-            assert_eq!(n("replies"), u64::from(COUNT), "{path}: {fu}");
+            assert_eq!(n("replies"), u64::from(count()), "{path}: {fu}");
             // Stateful: every Follow-Up names the previous reply; a stamp
             // where the path has one (veth gives the socket path none).
             assert_eq!(j["reflector_mode"], "stateful", "{path}");
@@ -486,8 +494,11 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
         .socket_table
         .listener_counters(SOCKET.parse().unwrap())
         .unwrap();
-    assert_eq!(c.reflected, u64::from(COUNT));
-    println!("(Follow-Up T3 − in-packet T3) per path, {COUNT} packets at 1 ms, lab veth:");
+    assert_eq!(c.reflected, u64::from(count()));
+    println!(
+        "(Follow-Up T3 − in-packet T3) per path, {} packets at 1 ms, lab veth:",
+        count()
+    );
     for l in &table {
         println!("  {l}");
     }
