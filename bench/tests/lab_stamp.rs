@@ -288,6 +288,8 @@ const AF_XDP: &str = "198.18.0.2:8620";
 /// Stateful STAMP sessions on the AF_XDP path.
 const AF_XDP_STATEFUL: &str = "198.18.0.2:8621";
 const AF_XDP_STATEFUL_AUTH: &str = "198.18.0.2:8622";
+/// A stateful AF_XDP session for stamp-suite's sender (port 50862, SSID 4660).
+const AF_XDP_STATEFUL_PEER: &str = "198.18.0.2:8623";
 
 fn paths(tag: &str) -> Paths {
     let lab = Lab::up(tag);
@@ -331,6 +333,7 @@ fn paths(tag: &str) -> Paths {
             10,
             Some(KEY.to_vec()),
         ),
+        (AF_XDP_STATEFUL_PEER, "198.18.0.1:50862", 4660, None),
     ] {
         bpf.add_stamp_session(StampSessionSpec {
             sender: sender.parse().unwrap(),
@@ -557,6 +560,7 @@ fn interop_with_stamp_suite_and_twampy() {
         ),
         ("XDP", XDP, false),
         ("AF_XDP", AF_XDP, true),
+        ("AF_XDP, stateful session", AF_XDP_STATEFUL_PEER, false),
     ] {
         let (ip, port) = target.split_once(':').unwrap();
         let mut argv = s(&[
