@@ -24,6 +24,8 @@ use crate::config::{Config, DataPlaneKind};
 use crate::event_loop::{
     ConnInfo, Context, HandlerFactory, LoopSettings, Reload, Server, StopHandle,
 };
+use crate::ike_responder::{IkeResponder, ResponderSettings};
+use crate::ikev2::{Ikev2KeySource, Ikev2SaDirectory, SaFile, SaSocket, SharedSaTable};
 use crate::keys::{Keys, StaticKeys};
 use crate::logging::{self, LogHandle};
 use crate::metrics::{Metrics, MetricsServer};
@@ -51,6 +53,16 @@ pub fn main(cli: Cli) -> ExitCode {
         return fail(&e);
     }
     let warnings = warnings(&config, &keys);
+    if let Some(path) = &config.ikev2.sa_file {
+        if let Err(e) = SaFile::load(path) {
+            return fail(&e);
+        }
+    }
+    if config.ikev2.responder.enabled() {
+        if let Err(e) = load_psks(&config) {
+            return fail(&e);
+        }
+    }
     if cli.check_config {
         print!("{}", config.to_toml());
         for w in &warnings {
@@ -182,6 +194,58 @@ pub fn data_plane(config: &Config) -> Result<Box<dyn SessionTable>, String> {
     }
 }
 
+/// The RFC 7717 key source of `config`: the in-process responder's SA
+/// table (if it runs), its SA file read (it must be private and parse) and
+/// its SA socket bound; `None` without any source.
+pub fn ikev2_source(
+    config: &Config,
+    responder: Option<SharedSaTable>,
+) -> Result<Option<Ikev2KeySource>, String> {
+    let c = &config.ikev2;
+    let mut directories: Vec<Box<dyn Ikev2SaDirectory>> = Vec::new();
+    if let Some(table) = responder {
+        directories.push(Box::new(table));
+    }
+    if let Some(path) = &c.sa_file {
+        let file = SaFile::load(path)?;
+        tracing::info!(path = %path.display(), sas = file.len(), "IKEv2 SA file read");
+        directories.push(Box::new(file));
+    }
+    if let Some(path) = &c.sa_socket {
+        directories.push(Box::new(SaSocket::bind(path, SharedSaTable::new())?));
+    }
+    Ok((!directories.is_empty()).then(|| Ikev2KeySource::new(directories, c.token_key.into())))
+}
+
+/// The in-process IKEv2 responder of `config` (sockets bound, PSKs read)
+/// and the table it publishes its SAs into; `None` when not configured.
+pub fn ike_responder(config: &Config) -> Result<Option<(IkeResponder, SharedSaTable)>, String> {
+    let r = &config.ikev2.responder;
+    if !r.enabled() {
+        return Ok(None);
+    }
+    let psks = load_psks(config)?;
+    let settings = ResponderSettings {
+        addresses: r.listen.clone(),
+        port: r.port,
+        natt_port: r.natt_port,
+        identity: r.identity.clone(),
+        liveness: (r.liveness > 0).then(|| Duration::from_secs(r.liveness)),
+    };
+    let table = SharedSaTable::new();
+    let responder = IkeResponder::bind(&settings, psks, table.clone())?;
+    Ok(Some((responder, table)))
+}
+
+/// The responder's PSK file, checked like every secret file.
+fn load_psks(config: &Config) -> Result<ricochet_ike::PskStore, String> {
+    let Some(path) = &config.ikev2.responder.psk_file else {
+        return Err("ikev2.responder.psk_file is not set".to_owned());
+    };
+    crate::keys::check_secret_file(path, "ikev2.responder.psk_file")?;
+    ricochet_ike::PskStore::load(path).map_err(|e| format!("ikev2.responder.psk_file: {e}"))
+}
+
 /// Operator remarks on `config` and its keys (printed by `--check-config`,
 /// logged at start).
 pub fn warnings(config: &Config, keys: &StaticKeys) -> Vec<String> {
@@ -278,7 +342,14 @@ impl Daemon {
                 "stateful STAMP sessions installed"
             );
         }
-        let mut state = DaemonState::new(table, Keys::new(keys), session_settings(&config, timing));
+        let mut keys = Keys::new(keys);
+        let responder = ike_responder(&config)?;
+        let responder_table = responder.as_ref().map(|(_, t)| t.clone());
+        if let Some(source) = ikev2_source(&config, responder_table)? {
+            tracing::info!(source = ?source, "RFC 7717 key source ready; offering IKEv2-derived mode");
+            keys.set_ikev2(Box::new(source));
+        }
+        let mut state = DaemonState::new(table, keys, session_settings(&config, timing));
         let stale = state.remove_stale_sessions(&metrics);
         if stale > 0 {
             tracing::warn!(
@@ -295,7 +366,7 @@ impl Daemon {
             timing_override,
             start_time,
         };
-        let server = Server::bind(
+        let mut server = Server::bind(
             &config.listen,
             loop_settings(&config, timing),
             Policy::new(Rules::from_config(&config)),
@@ -305,6 +376,11 @@ impl Daemon {
             factory,
         )
         .map_err(|e| e.to_string())?;
+        if let Some((r, _)) = responder {
+            server
+                .add_service(Box::new(r))
+                .map_err(|e| format!("ikev2.responder: cannot register its sockets: {e}"))?;
+        }
         let metrics_server = if config.metrics.enabled {
             let server =
                 MetricsServer::start(config.metrics.listen, metrics.clone()).map_err(|e| {
@@ -364,12 +440,12 @@ impl Daemon {
 /// the Start-Time is the same for every connection of this instance).
 pub fn server_config(config: &Config, start_time: NtpTimestamp) -> ServerConfig {
     ServerConfig {
-        modes: Modes(config.security.offered_bits()),
+        modes: Modes(config.offered_modes()),
         count: config.security.pbkdf2_count,
         start_time,
         // A connection cannot hold more sessions than its client may.
         max_sessions: config.policy.max_sessions_per_client,
-        greeting_unused: [0; 12],
+        greeting_unused: config.ikev2.greeting_probe.unused_octets(),
         test_format: SessionFormat::default(),
     }
 }
@@ -412,7 +488,7 @@ impl HandlerFactory for DaemonFactory {
     /// file with a bad line or loose permissions) keeps the running
     /// configuration and keys.
     fn reload(&mut self, state: &mut DaemonState) -> Result<Reload, String> {
-        let new = self.cli.effective_config().map_err(|e| e.to_string())?;
+        let mut new = self.cli.effective_config().map_err(|e| e.to_string())?;
         let keys = StaticKeys::load(&new, self.cli.config.as_deref())?;
         for w in warnings(&new, &keys) {
             tracing::warn!("{w}");
@@ -424,11 +500,25 @@ impl HandlerFactory for DaemonFactory {
             (old.metrics != new.metrics, "metrics"),
             (old.data_plane != new.data_plane, "data_plane"),
             (old.stamp != new.stamp, "stamp"),
+            (old.ikev2.sa_file != new.ikev2.sa_file, "ikev2.sa_file"),
+            (
+                old.ikev2.sa_socket != new.ikev2.sa_socket,
+                "ikev2.sa_socket",
+            ),
+            (
+                old.ikev2.token_key != new.ikev2.token_key,
+                "ikev2.token_key",
+            ),
         ] {
             if changed {
                 tracing::warn!("{what} changed; it takes effect at the next restart");
             }
         }
+        // The IKEv2 sources stay as started (the socket is bound once), so
+        // the greeting keeps offering what they can answer.
+        new.ikev2.sa_file.clone_from(&old.ikev2.sa_file);
+        new.ikev2.sa_socket.clone_from(&old.ikev2.sa_socket);
+        new.ikev2.token_key = old.ikev2.token_key;
         if let Some(log) = &self.log {
             log.set(&new.log_level)?;
         }
@@ -437,6 +527,7 @@ impl HandlerFactory for DaemonFactory {
             .unwrap_or_else(|| Timing::from_config(&new));
         tracing::info!(identities = keys.len(), "keys loaded");
         state.keys_mut().set_static(keys);
+        state.keys_mut().refresh(true);
         state.set_settings(session_settings(&new, timing));
         self.server_config = server_config(&new, self.start_time);
         let reload = Reload {
@@ -448,6 +539,8 @@ impl HandlerFactory for DaemonFactory {
     }
 
     fn sweep(&mut self, ctx: &mut Context<'_, DaemonState>) {
+        // An SA file an IKE daemon rewrote is picked up here.
+        ctx.state.keys_mut().refresh(false);
         twamp::sweep(ctx);
     }
 }

@@ -171,6 +171,8 @@ pub struct Config {
     /// Stateful STAMP sessions provisioned out of band (RFC 8762 has no
     /// control protocol): `[[stamp.session]]`.
     pub stamp: StampConfig,
+    /// RFC 7717 key sources and the draft-era greeting probe.
+    pub ikev2: Ikev2Config,
 }
 
 /// STAMP (RFC 8762 / RFC 8972) sessions reflected without TWAMP-Control.
@@ -238,6 +240,147 @@ impl StampSessionConfig {
             SocketAddr::V6(_) => IpAddr::from([0u16; 8]),
         });
         SocketAddr::new(ip, self.local_port)
+    }
+}
+
+/// Whether PBKDF2 runs on an IKEv2-derived secret (RFC 7717 is silent; spec
+/// `rfc7717-ikev2-key.md` §2 A).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKeyMode {
+    /// Reading A (default): the derived secret replaces the passphrase;
+    /// K = PBKDF2-HMAC-SHA1(secret, Salt, Count, 16) as in RFC 4656 §3.1.
+    #[default]
+    Pbkdf2,
+    /// Reading B: K = the first 16 octets of the derived secret.
+    Direct,
+}
+
+impl From<TokenKeyMode> for ricochet_protocol::crypto::TokenKeyDerivation {
+    fn from(m: TokenKeyMode) -> Self {
+        match m {
+            TokenKeyMode::Pbkdf2 => ricochet_protocol::crypto::TokenKeyDerivation::Pbkdf2,
+            TokenKeyMode::Direct => ricochet_protocol::crypto::TokenKeyDerivation::Direct,
+        }
+    }
+}
+
+/// RFC 7717: where IKEv2-derived secrets come from, and how they are used.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ikev2Config {
+    /// How the token key is derived from an IKEv2-derived secret.
+    pub token_key: TokenKeyMode,
+    /// A root-only (0600) file of `SPIi SPIr PRF KEY` records an IKE daemon
+    /// keeps current; re-read when it changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sa_file: Option<PathBuf>,
+    /// A Unix stream socket (created mode 0600) an IKE daemon writes the
+    /// same records (and `delete SPIi SPIr`) to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sa_socket: Option<PathBuf>,
+    /// The draft-era greeting probe (off by default; never for production).
+    pub greeting_probe: GreetingProbe,
+    /// The in-process IKEv2 responder (off unless `listen` is given).
+    pub responder: IkeResponderConfig,
+}
+
+impl Ikev2Config {
+    /// Whether any IKEv2 SA source is configured (then the IKEv2-derived
+    /// Mode bit is offered).
+    pub fn has_source(&self) -> bool {
+        self.sa_file.is_some() || self.sa_socket.is_some() || self.responder.enabled()
+    }
+}
+
+/// Ricochet's own IKEv2 responder (the `ike` crate), whose IKE SAs key
+/// RFC 7717 TWAMP sessions: PSK authentication, childless SAs or one
+/// CHILD_SA, NAT-T.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IkeResponderConfig {
+    /// Addresses to answer IKE on (each binds `port` and `natt_port`).
+    /// Empty (default): no responder. Give real addresses, not wildcards:
+    /// the NAT detection hashes need the address the peer reached.
+    pub listen: Vec<IpAddr>,
+    /// IKE port (default 500).
+    pub port: u16,
+    /// NAT-T port (default 4500).
+    pub natt_port: u16,
+    /// Our identity (IDr), an FQDN.
+    pub identity: String,
+    /// Pre-shared keys by peer identity (`IDENTITY SECRET` per line,
+    /// `0x`-hex or literal; `*` for any peer); mode 0600.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psk_file: Option<PathBuf>,
+    /// Seconds without a message from a peer before a liveness check (0:
+    /// none). A dead peer's SA is deleted after the retransmissions.
+    pub liveness: u64,
+}
+
+impl Default for IkeResponderConfig {
+    fn default() -> Self {
+        IkeResponderConfig {
+            listen: Vec::new(),
+            port: 500,
+            natt_port: 4500,
+            identity: String::new(),
+            psk_file: None,
+            liveness: 60,
+        }
+    }
+}
+
+impl IkeResponderConfig {
+    /// Whether the responder runs.
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty()
+    }
+}
+
+/// The greeting layout proposed in the IPPM working group on the way to
+/// RFC 7717 (draft-ietf-ippm-ipsec, after IETF 87) and dropped from the RFC:
+/// the 12 Unused octets of the Server Greeting carry a 4-octet protocol type
+/// and then SPIi and SPIr. Only for testing what clients do with non-zero
+/// Unused octets (RFC 4656 §3.1 says they are ignored); standard clients
+/// are never meant to be offered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GreetingProbe {
+    /// Fill the Unused octets (default false: all zero, as RFC 7717 §5.2
+    /// keeps them).
+    pub enabled: bool,
+    /// Octets 0–3: the protocol type (default 3, the IKEv2 Protocol ID of
+    /// ESP, RFC 7296 §3.3.1).
+    pub protocol: u32,
+    /// Octets 4–7: SPIi (4 octets: the slides' 8 octets for both SPIs fit
+    /// only 32-bit IPsec SPIs).
+    pub spi_i: u32,
+    /// Octets 8–11: SPIr.
+    pub spi_r: u32,
+}
+
+impl Default for GreetingProbe {
+    fn default() -> Self {
+        GreetingProbe {
+            enabled: false,
+            protocol: 3,
+            spi_i: 0x5249_4331,
+            spi_r: 0x5249_4332,
+        }
+    }
+}
+
+impl GreetingProbe {
+    /// The 12 Unused octets of the Server Greeting.
+    pub fn unused_octets(&self) -> [u8; 12] {
+        let mut u = [0u8; 12];
+        if self.enabled {
+            u[..4].copy_from_slice(&self.protocol.to_be_bytes());
+            u[4..8].copy_from_slice(&self.spi_i.to_be_bytes());
+            u[8..].copy_from_slice(&self.spi_r.to_be_bytes());
+        }
+        u
     }
 }
 
@@ -447,6 +590,7 @@ impl Default for Config {
             rate_limit: RateLimit::default(),
             bpf: BpfConfig::default(),
             stamp: StampConfig::default(),
+            ikev2: Ikev2Config::default(),
         }
     }
 }
@@ -519,6 +663,9 @@ impl Security {
     }
 
     /// Whether any mode that needs a shared secret is offered.
+    ///
+    /// (The Modes of the Server Greeting are [`Config::offered_modes`]: these
+    /// bits plus IKEv2Derived when an IKEv2 SA source is configured.)
     pub fn needs_secret(&self) -> bool {
         self.modes
             .iter()
@@ -574,6 +721,17 @@ impl Config {
     /// Parse TOML text without validating the values.
     pub fn parse(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// The Modes field of the Server Greeting: `security.modes`, plus the
+    /// IKEv2-derived bit (RFC 7717, 0x80) when an IKEv2 SA source is
+    /// configured and a protected mode is offered.
+    pub fn offered_modes(&self) -> u32 {
+        let mut bits = self.security.offered_bits();
+        if self.ikev2.has_source() && self.security.needs_secret() {
+            bits |= ModeName::Ikev2Derived.bit();
+        }
+        bits
     }
 
     /// The effective configuration as TOML (what `--check-config` prints).
@@ -638,10 +796,18 @@ impl Config {
                 ));
             }
         }
-        if self.security.modes.contains(&ModeName::Ikev2Derived) {
+        if self.security.modes.contains(&ModeName::Ikev2Derived) && !self.ikev2.has_source() {
             w.push(
-                "security.modes offers ikev2-derived, but this build has no IKEv2 key source yet: \
-                 clients selecting it are refused with Accept 6 (RFC 7717 §5.3)"
+                "security.modes offers ikev2-derived but no IKEv2 SA source is configured \
+                 (ikev2.sa_file or ikev2.sa_socket): clients selecting it are refused with \
+                 Accept 6 (RFC 7717 §5.3)"
+                    .to_owned(),
+            );
+        }
+        if self.ikev2.greeting_probe.enabled {
+            w.push(
+                "ikev2.greeting_probe is enabled: the Server Greeting's Unused octets are not \
+                 zero (draft-era RFC 7717 layout, for client testing only)"
                     .to_owned(),
             );
         }
@@ -729,7 +895,7 @@ impl Config {
                     .to_owned(),
             );
         }
-        let ikev2 = s.modes.contains(&ModeName::Ikev2Derived);
+        let ikev2 = s.modes.contains(&ModeName::Ikev2Derived) || self.ikev2.has_source();
         if s.needs_secret() && s.key_file.is_none() && s.secrets.is_empty() && !ikev2 {
             problems.push(
                 "security.modes offers authenticated, encrypted or mixed mode but neither security.key_file \
@@ -741,6 +907,40 @@ impl Config {
             if let Some(why) = identity_problem(name) {
                 problems.push(format!("security.secrets.{name:?}: {why}"));
             }
+        }
+        let r = &self.ikev2.responder;
+        if r.enabled() {
+            if r.psk_file.is_none() {
+                problems.push(
+                    "ikev2.responder.listen is set but ikev2.responder.psk_file is not; give the PSK file"
+                        .to_owned(),
+                );
+            }
+            if r.identity.is_empty() {
+                problems.push(
+                    "ikev2.responder.identity is empty; give our IKE identity (an FQDN, e.g. twamp.example.net)"
+                        .to_owned(),
+                );
+            }
+            if r.port == r.natt_port {
+                problems.push(format!(
+                    "ikev2.responder.port and natt_port are both {}; NAT-T needs its own port (4500)",
+                    r.port
+                ));
+            }
+            if r.listen.iter().any(IpAddr::is_unspecified) {
+                problems.push(
+                    "ikev2.responder.listen has a wildcard address; list the addresses peers reach \
+                     (IKE's NAT detection hashes them)"
+                        .to_owned(),
+                );
+            }
+        }
+        if self.ikev2.sa_file.is_some() && self.ikev2.sa_file == self.ikev2.sa_socket {
+            problems.push(
+                "ikev2.sa_file and ikev2.sa_socket are the same path; give the socket its own"
+                    .to_owned(),
+            );
         }
         if ikev2 && !s.needs_secret() {
             problems.push(
@@ -1295,5 +1495,59 @@ local_address = "2001:2::2"
             msg.contains("/nonexistent/ricochet.toml") && msg.contains("--config"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn an_ikev2_source_offers_0x80_and_is_checked() {
+        let c = Config::parse(
+            "[security]\nmodes = [\"unauthenticated\", \"encrypted\"]\nkey_file = \"/k\"\n\
+             [ikev2]\nsa_file = \"/run/sas\"\ntoken_key = \"direct\"",
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.offered_modes(), 0x85);
+        assert_eq!(c.security.offered_bits(), 0x05);
+        assert_eq!(c.ikev2.token_key, TokenKeyMode::Direct);
+        assert!(
+            !c.warnings().iter().any(|w| w.contains("ikev2")),
+            "{:?}",
+            c.warnings()
+        );
+
+        // Without a source: not offered; listing it only warns (Accept 6).
+        let c = Config::parse(
+            "[security]\nmodes = [\"encrypted\", \"ikev2-derived\"]\nkey_file = \"/k\"",
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.offered_modes(), 0x84);
+        assert!(c
+            .warnings()
+            .iter()
+            .any(|w| w.contains("no IKEv2 SA source")));
+
+        // A source with only unauthenticated mode, one path for both.
+        let c = Config::parse("[ikev2]\nsa_file = \"/x\"\nsa_socket = \"/x\"").expect("parses");
+        let e = c.validate().expect_err("invalid").to_string();
+        assert!(
+            e.contains("needs authenticated") && e.contains("same path"),
+            "{e}"
+        );
+        assert!(Config::parse("[ikev2]\ntoken_key = \"raw\"").is_err());
+    }
+
+    #[test]
+    fn greeting_probe_octets() {
+        let mut p = GreetingProbe::default();
+        assert_eq!(p.unused_octets(), [0; 12], "off by default");
+        p.enabled = true;
+        assert_eq!(
+            p.unused_octets(),
+            [0, 0, 0, 3, 0x52, 0x49, 0x43, 0x31, 0x52, 0x49, 0x43, 0x32]
+        );
+        let c =
+            Config::parse("[ikev2.greeting_probe]\nenabled = true\nprotocol = 1").expect("parses");
+        assert_eq!(&c.ikev2.greeting_probe.unused_octets()[..4], &[0, 0, 0, 1]);
+        assert!(c.warnings().iter().any(|w| w.contains("greeting_probe")));
     }
 }

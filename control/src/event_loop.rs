@@ -277,6 +277,38 @@ pub trait ConnectionHandler {
     }
 }
 
+/// A companion protocol served by the same loop on its own sockets (the
+/// IKEv2 responder on UDP 500/4500): it registers its sources with tokens
+/// the loop hands out, gets their readiness events and a timer, and shares
+/// the loop's state (single-threaded: no locking). Callbacks never block;
+/// readiness is edge-triggered, so `on_ready` drains its socket (within a
+/// budget, returning `true` to be called again next turn).
+pub trait Service<S> {
+    /// Register every source with a token from `token` (call it once per
+    /// source; at most [`MAX_SERVICE_TOKENS`] per loop).
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: &mut dyn FnMut() -> io::Result<Token>,
+    ) -> io::Result<()>;
+    /// A source registered with `token` is ready. `true`: work may be left
+    /// (call again next turn).
+    fn on_ready(&mut self, token: Token, ctx: &mut Context<'_, S>) -> bool;
+    /// When [`Service::on_timer`] must run next.
+    fn deadline(&self) -> Option<Instant>;
+    /// The deadline passed.
+    fn on_timer(&mut self, ctx: &mut Context<'_, S>);
+    /// The loop is stopping.
+    fn on_stop(&mut self, ctx: &mut Context<'_, S>) {
+        let _ = ctx;
+    }
+}
+
+/// Tokens available to services (counted down from `usize::MAX`, far above
+/// any connection token).
+pub const MAX_SERVICE_TOKENS: usize = 256;
+const SERVICE_TOP: usize = usize::MAX;
+
 /// Changes a reload brings.
 #[derive(Debug, Default)]
 pub struct Reload {
@@ -684,6 +716,11 @@ pub struct Server<F: HandlerFactory> {
     ready: Vec<(usize, u64)>,
     /// Listeners that spent their accept budget with connections left.
     accept_ready: Vec<usize>,
+    /// Companion protocols, and which service each service token belongs to.
+    services: Vec<Box<dyn Service<StateOf<F>>>>,
+    service_tokens: Vec<(Token, usize)>,
+    /// Service tokens that spent their budget with work left.
+    service_ready: Vec<Token>,
 }
 
 impl<F: HandlerFactory> Server<F> {
@@ -737,7 +774,51 @@ impl<F: HandlerFactory> Server<F> {
             stopping_until: None,
             ready: Vec::new(),
             accept_ready: Vec::new(),
+            services: Vec::new(),
+            service_tokens: Vec::new(),
+            service_ready: Vec::new(),
         })
+    }
+
+    /// Serve `service` from this loop (before [`Server::run`]).
+    pub fn add_service(&mut self, mut service: Box<dyn Service<StateOf<F>>>) -> io::Result<()> {
+        let index = self.services.len();
+        let mut taken = Vec::new();
+        let used = self.service_tokens.len();
+        let mut next = || {
+            let n = used + taken.len();
+            if n >= MAX_SERVICE_TOKENS {
+                return Err(io::Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("services may register at most {MAX_SERVICE_TOKENS} sources"),
+                ));
+            }
+            let t = Token(SERVICE_TOP - n);
+            taken.push(t);
+            Ok(t)
+        };
+        service.register(self.poll.registry(), &mut next)?;
+        self.service_tokens
+            .extend(taken.into_iter().map(|t| (t, index)));
+        self.services.push(service);
+        Ok(())
+    }
+
+    fn service_of(&self, token: Token) -> Option<usize> {
+        self.service_tokens
+            .iter()
+            .find(|(t, _)| *t == token)
+            .map(|(_, i)| *i)
+    }
+
+    fn service_event(&mut self, token: Token, now: Instant) {
+        let Some(i) = self.service_of(token) else {
+            return;
+        };
+        let more = self.services[i].on_ready(token, &mut self.shared.ctx(now));
+        if more && !self.service_ready.contains(&token) {
+            self.service_ready.push(token);
+        }
     }
 
     /// Handle SIGTERM and SIGINT (graceful stop) and SIGHUP (reload) in
@@ -799,9 +880,15 @@ impl<F: HandlerFactory> Server<F> {
             for index in std::mem::take(&mut self.accept_ready) {
                 self.accept(index, now);
             }
+            for token in std::mem::take(&mut self.service_ready) {
+                self.service_event(token, now);
+            }
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
+                    Token(t) if t > SERVICE_TOP - MAX_SERVICE_TOKENS => {
+                        self.service_event(Token(t), now)
+                    }
                     SIGNALS => self.take_signals(),
                     Token(i) if i < self.listeners.len() => self.accept(i, now),
                     Token(t) if t >= CONN_BASE => self.conn_event(
@@ -831,10 +918,16 @@ impl<F: HandlerFactory> Server<F> {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.ready.is_empty() || !self.accept_ready.is_empty() {
+        if !self.ready.is_empty() || !self.accept_ready.is_empty() || !self.service_ready.is_empty()
+        {
             return Some(Duration::ZERO);
         }
         let mut next = self.next_sweep;
+        for service in &self.services {
+            if let Some(t) = service.deadline() {
+                next = next.min(t);
+            }
+        }
         if let Some(Reverse((t, _, _))) = self.timers.peek() {
             next = next.min(*t);
         }
@@ -1061,6 +1154,11 @@ impl<F: HandlerFactory> Server<F> {
     }
 
     fn run_timers(&mut self, now: Instant) {
+        for i in 0..self.services.len() {
+            if self.services[i].deadline().is_some_and(|t| t <= now) {
+                self.services[i].on_timer(&mut self.shared.ctx(now));
+            }
+        }
         if let Some(until) = self.accept_paused_until {
             if now >= until {
                 for i in 0..self.listeners.len() {
@@ -1159,6 +1257,9 @@ impl<F: HandlerFactory> Server<F> {
                 conn.hard_close(&mut self.shared, now, CloseReason::Shutdown);
             }
             self.settle(key, now);
+        }
+        for service in &mut self.services {
+            service.on_stop(&mut self.shared.ctx(now));
         }
         tracing::info!("stopped");
     }

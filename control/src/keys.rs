@@ -32,7 +32,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use ricochet_protocol::accept::Accept;
-use ricochet_protocol::crypto::{SharedSecret, KEY_ID_LEN};
+use ricochet_protocol::crypto::{SharedSecret, TokenKeyDerivation, KEY_ID_LEN};
 use ricochet_protocol::keyfile::KeyFile;
 use ricochet_protocol::modes::{Modes, Selection};
 use ricochet_protocol::server::KeyId;
@@ -46,6 +46,16 @@ pub trait KeySource: Send {
     /// Accept value of the Server-Start refusal: 1 for an unknown identity,
     /// 6 for an unknown IKEv2 SA.
     fn secret(&self, key_id: &KeyId, selection: &Selection) -> Result<SharedSecret, Accept>;
+    /// Re-read whatever may have changed under the source (every sweep;
+    /// `force` on SIGHUP). Static sources are replaced on reload instead.
+    fn refresh(&mut self, force: bool) {
+        let _ = force;
+    }
+    /// How the token key is derived from this source's secrets (PBKDF2
+    /// unless the source says otherwise; see `ikev2.token_key`).
+    fn token_key_derivation(&self) -> TokenKeyDerivation {
+        TokenKeyDerivation::Pbkdf2
+    }
 }
 
 /// Identities and secrets known in advance: the key file and the
@@ -178,6 +188,29 @@ impl Keys {
     /// selects the IKEv2-derived Mode bit (KeyID = SPIi ‖ SPIr).
     pub fn set_ikev2(&mut self, source: Box<dyn KeySource>) {
         self.ikev2 = Some(source);
+    }
+
+    /// Whether an RFC 7717 source is installed.
+    pub fn has_ikev2(&self) -> bool {
+        self.ikev2.is_some()
+    }
+
+    /// Let the IKEv2 source re-read changed files (`force`: even unchanged
+    /// ones, on SIGHUP).
+    pub fn refresh(&mut self, force: bool) {
+        if let Some(source) = &mut self.ikev2 {
+            source.refresh(force);
+        }
+    }
+
+    /// How the token key of a connection with `selection` is derived: the
+    /// IKEv2 source's choice for the IKEv2-derived Mode bit, PBKDF2
+    /// otherwise.
+    pub fn token_key_derivation(&self, selection: &Selection) -> TokenKeyDerivation {
+        match &self.ikev2 {
+            Some(source) if selection.has(Modes::IKEV2_DERIVED) => source.token_key_derivation(),
+            _ => TokenKeyDerivation::Pbkdf2,
+        }
     }
 }
 

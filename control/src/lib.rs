@@ -8,6 +8,10 @@
 //! * [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 //! * [`keys`]: the key-source seam ([`keys::KeySource`]), the `.pfs` key
 //!   file and configured secrets, the private-file checks.
+//! * [`ikev2`]: RFC 7717 key sources (IKEv2 SA directories: the SA file,
+//!   the SA socket, the in-process table) behind [`keys::KeySource`].
+//! * [`ike_responder`]: the `ike` crate's IKEv2 responder on UDP 500/4500,
+//!   a loop [`event_loop::Service`] publishing IKE SAs for RFC 7717.
 //! * [`twamp`]: the TWAMP-Control state machine per connection, its
 //!   `ServerContext`, and the session life cycle (data plane, ports,
 //!   REFWAIT, stop grace).
@@ -26,6 +30,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod event_loop;
+pub mod ike_responder;
+pub mod ikev2;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

@@ -24,6 +24,9 @@
 //! | `hmac_failures_total` | counter | `plane`: control, test |
 //! | `packets_reflected_total` | counter | `mode` (fed from the data plane) |
 //! | `packets_dropped_total` | counter | `reason` (fed from the data plane) |
+//! | `ike_sas` | gauge | — IKE SAs of the in-process IKEv2 responder |
+//! | `ike_sa_events_total` | counter | `event`: established, rekeyed, deleted, failed |
+//! | `ike_dropped_total` | counter | `reason`: malformed, unknown_sa, decrypt_failed, bad_message_id, half_open_refused |
 //!
 //! The HTTP endpoint runs on its own thread (never blocks the control loop),
 //! serves one request per connection, bounds the request to
@@ -265,6 +268,54 @@ impl ReloadResult {
     }
 }
 
+/// What happened to an IKE SA of the in-process responder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IkeEvent {
+    /// IKE_AUTH completed.
+    Established,
+    /// Replaced by a rekeyed SA.
+    Rekeyed,
+    /// Deleted (by the peer, by us, or after the peer went silent).
+    Deleted,
+    /// An exchange to set one up failed (authentication, proposal, timeout).
+    Failed,
+}
+
+impl IkeEvent {
+    /// Metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            IkeEvent::Established => "established",
+            IkeEvent::Rekeyed => "rekeyed",
+            IkeEvent::Deleted => "deleted",
+            IkeEvent::Failed => "failed",
+        }
+    }
+}
+
+/// Why the IKE responder dropped a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IkeDrop {
+    Malformed,
+    UnknownSa,
+    DecryptFailed,
+    BadMessageId,
+    HalfOpenRefused,
+}
+
+impl IkeDrop {
+    /// Metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            IkeDrop::Malformed => "malformed",
+            IkeDrop::UnknownSa => "unknown_sa",
+            IkeDrop::DecryptFailed => "decrypt_failed",
+            IkeDrop::BadMessageId => "bad_message_id",
+            IkeDrop::HalfOpenRefused => "half_open_refused",
+        }
+    }
+}
+
 /// Why a TCP connection was refused before any message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnRefusal {
@@ -292,6 +343,8 @@ impl ModeName {
 }
 
 label_value!(
+    IkeEvent,
+    IkeDrop,
     SetupFailure,
     SessionEnd,
     TableOp,
@@ -328,6 +381,16 @@ reason_label!(
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OperationLabel {
     operation: TableOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IkeEventLabel {
+    event: IkeEvent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IkeDropLabel {
+    reason: IkeDrop,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -378,6 +441,9 @@ pub struct Metrics {
     sessions_ended: Family<EndLabel, Counter>,
     data_plane_errors: Family<OperationLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    ike_sas: Gauge,
+    ike_events: Family<IkeEventLabel, Counter>,
+    ike_dropped: Family<IkeDropLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -410,6 +476,9 @@ impl Metrics {
             sessions_ended: Family::default(),
             data_plane_errors: Family::default(),
             reloads: Family::default(),
+            ike_sas: Gauge::default(),
+            ike_events: Family::default(),
+            ike_dropped: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -501,6 +570,21 @@ impl Metrics {
             "reloads",
             "Configuration and key reloads (SIGHUP), by result",
             m.reloads.clone(),
+        );
+        registry.register(
+            "ike_sas",
+            "IKE SAs the in-process IKEv2 responder holds established (RFC 7717 keys)",
+            m.ike_sas.clone(),
+        );
+        registry.register(
+            "ike_sa_events",
+            "IKE SA events of the in-process responder, by event",
+            m.ike_events.clone(),
+        );
+        registry.register(
+            "ike_dropped",
+            "IKE datagrams the responder dropped, by reason",
+            m.ike_dropped.clone(),
         );
         for mode in ModeName::ALL.into_iter().filter(|m| m.is_security()) {
             let _ = m.sessions.get_or_create(&ModeLabel { mode });
@@ -641,6 +725,27 @@ impl Metrics {
         self.packets_reflected
             .get_or_create(&ModeLabel { mode })
             .inc_by(n);
+    }
+
+    /// An IKE SA event of the responder.
+    pub fn ike_event(&self, event: IkeEvent) {
+        self.ike_events
+            .get_or_create(&IkeEventLabel { event })
+            .inc();
+    }
+
+    /// The responder's established IKE SAs.
+    pub fn set_ike_sas(&self, n: usize) {
+        self.ike_sas.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Add IKE drops (delta since the last report).
+    pub fn add_ike_dropped(&self, reason: IkeDrop, n: u64) {
+        if n > 0 {
+            self.ike_dropped
+                .get_or_create(&IkeDropLabel { reason })
+                .inc_by(n);
+        }
     }
 
     /// Add data-plane drops (delta since the last report). Authentication

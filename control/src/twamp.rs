@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ricochet_protocol::accept::Accept;
 use ricochet_protocol::control::{greeting, Command, ServerGreetingRepr, Sid};
-use ricochet_protocol::crypto::{CryptoError, SharedSecret};
+use ricochet_protocol::crypto::{CryptoError, SharedSecret, TokenKeyDerivation};
 use ricochet_protocol::modes::{Modes, Selection};
 use ricochet_protocol::server::{
     AcceptedSession, KeyId, Server, ServerConfig, ServerContext, ServerError, ServerEvent,
@@ -404,6 +404,10 @@ impl ServerContext for ConnContext<'_, '_> {
         selection: &Selection,
     ) -> Result<SharedSecret, Accept> {
         self.ctx.state.keys.secret(key_id, selection)
+    }
+
+    fn token_key_derivation(&mut self, selection: &Selection) -> TokenKeyDerivation {
+        self.ctx.state.keys.token_key_derivation(selection)
     }
 
     fn admit_mode(&mut self, identity: Option<&[u8]>, selection: &Selection) -> Result<(), Accept> {

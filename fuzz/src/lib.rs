@@ -20,6 +20,7 @@ pub mod client;
 pub mod control;
 pub mod crypto;
 pub mod keyfile;
+pub mod sa_records;
 pub mod seeds;
 pub mod stamp;
 pub mod twamp;
@@ -47,6 +48,7 @@ pub const HARNESSES: &[(&str, Harness)] = &[
     ("crypto_test_packet", crypto::test_packet),
     ("esp_open", crypto::esp_open),
     ("keyfile", keyfile::keyfile),
+    ("sa_records", sa_records::sa_records),
 ];
 
 /// The harness of target `name`.

@@ -260,6 +260,14 @@ pub fn synthetic() -> Vec<Seed> {
         "keyfile",
         b"# test keys\n\ninterop\t7477616d702d676f6c64656e2d736563726574\nbob 00FF\n".to_vec(),
     ));
+    // strongSwan 5.9.8 golden scenario a as an SA record, and a delete.
+    out.push((
+        "sa_records",
+        b"# SPIi SPIr PRF KEY\n30c8551b66ef2dcf 0a873f74e95d606b prfsha256 \
+          7ade39607d19e8cac7a1e1a356d7549c9364fae430c1c1de669aa0ffeef01b13\n\
+          1111111111111111 2222222222222222 2 0101010101010101010101010101010101010101\n"
+            .to_vec(),
+    ));
     out
 }
 

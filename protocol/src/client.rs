@@ -18,7 +18,10 @@ use crate::control::{
     ServerStartRepr, SetUpResponseRepr, Sid, StartAckRepr, StartNAckRepr, StartNSessionsRepr,
     StartSessionsRepr, StopNAckRepr, StopNSessionsRepr, StopSessionsRepr,
 };
-use crate::crypto::{self, ControlRx, ControlTx, CryptoError, SessionKeys, SharedSecret, TestKeys};
+use crate::crypto::{
+    self, ControlRx, ControlTx, CryptoError, SessionKeys, SharedSecret, TestKeys,
+    TokenKeyDerivation,
+};
 use crate::error::WireError;
 use crate::inbox::Inbox;
 use crate::modes::{self, Modes, Selection};
@@ -99,6 +102,8 @@ pub enum ClientError {
     CountTooHigh { count: u32, max: u32 },
     #[error("protected mode chosen but no Key ID or secret configured")]
     NoKey,
+    #[error("the server does not offer the IKEv2-derived mode (RFC 7717) our key needs (offered {offered})")]
+    Ikev2NotOffered { offered: Modes },
     #[error("the server refused the set-up with Accept {0:?}")]
     Refused(Accept),
     #[error("{0} is not possible in this state")]
@@ -148,6 +153,9 @@ pub struct Client {
     expect: VecDeque<Expect>,
     next_tag: u32,
     started: u32,
+    /// Set by [`Client::use_ikev2_key`]: the Key ID is SPIi ‖ SPIr and the
+    /// secret an RFC 7717 one, derived into the token key this way.
+    ikev2: Option<TokenKeyDerivation>,
     /// Between Start-Sessions and Stop-Sessions (not in ISC mode): a
     /// Stop-Sessions is due. (Requests are not refused meanwhile: the server
     /// accepts them again once REFWAIT has ended every session.)
@@ -168,8 +176,20 @@ impl Client {
             expect: VecDeque::new(),
             next_tag: 0,
             started: 0,
+            ikev2: None,
             active: false,
         }
+    }
+
+    /// Marks the configured Key ID and secret as an IKEv2-derived key
+    /// (RFC 7717): the Key ID must be SPIi ‖ SPIr of the IKE SA
+    /// (`crypto::ikev2::rfc7717_key_id`) and the secret
+    /// `prf(SK_d, "IPPM")`. The client then selects the IKEv2-derived Mode
+    /// bit with a protected security mode, refuses a server that does not
+    /// offer it ([`ClientError::Ikev2NotOffered`], answered with Mode 0), and
+    /// derives the token key as `how` says. Call before the greeting arrives.
+    pub fn use_ikev2_key(&mut self, how: TokenKeyDerivation) {
+        self.ikev2 = Some(how);
     }
 
     pub fn pending_output(&self) -> &[u8] {
@@ -261,7 +281,20 @@ impl Client {
         } else {
             self.config.allowed & Modes::UNAUTHENTICATED
         };
-        let Some(selection) = modes::choose(offered, allowed, self.config.wanted) else {
+        let (allowed, wanted) = match self.ikev2 {
+            Some(_) => {
+                if !offered.contains(Modes::IKEV2_DERIVED) {
+                    return Err(self.quit(ClientError::Ikev2NotOffered { offered }));
+                }
+                // The secret is only good for the protected modes.
+                (
+                    allowed.difference(Modes::UNAUTHENTICATED),
+                    self.config.wanted | Modes::IKEV2_DERIVED,
+                )
+            }
+            None => (allowed, self.config.wanted),
+        };
+        let Some(selection) = modes::choose(offered, allowed, wanted) else {
             return Err(self.quit(ClientError::NoCommonMode { offered }));
         };
         let setup = if selection.security.protects_control() {
@@ -274,7 +307,8 @@ impl Client {
             let (Some(key_id), Some(secret)) = (self.config.key_id, &self.config.secret) else {
                 return Err(self.quit(ClientError::NoKey));
             };
-            let token_key = crypto::token_key(secret, &g.salt, g.count)?;
+            let how = self.ikev2.unwrap_or_default();
+            let token_key = crypto::derive_token_key(secret, &g.salt, g.count, how)?;
             let token = crypto::seal_token(&token_key, &g.challenge, &self.random.session_keys);
             self.crypto = Some(Crypto {
                 rx: ControlRx::new(&self.random.session_keys, &[0; 16]),

@@ -29,6 +29,7 @@ pub mod crypto;
 pub mod client;
 mod inbox;
 pub mod keyfile;
+pub mod sa_records;
 pub mod server;
 
 pub use error::WireError;

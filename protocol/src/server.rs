@@ -30,10 +30,13 @@ use crate::control::{
     SetUpResponseRepr, Sid, StartAckRepr, StartNAckRepr, StartNSessionsRepr, StartSessionsRepr,
     StopNAckRepr, StopNSessionsRepr, StopSessionsRepr,
 };
-use crate::crypto::{self, ControlRx, ControlTx, CryptoError, SessionKeys, SharedSecret};
+use crate::crypto::{
+    self, ControlRx, ControlTx, CryptoError, SessionKeys, SharedSecret, TokenKeyDerivation,
+};
 use crate::error::WireError;
 use crate::inbox::Inbox;
 use crate::modes::{self, ModeError, Modes, SecurityMode, Selection};
+use crate::sa_records::SaId;
 use crate::time::{NtpTimestamp, TimeFormat};
 use crate::twamp_test::{ReflectOctets, SessionFormat};
 
@@ -126,6 +129,15 @@ pub trait ServerContext {
         key_id: &KeyId,
         selection: &Selection,
     ) -> Result<SharedSecret, Accept>;
+    /// How the token key is derived from the secret of `selection`: PBKDF2
+    /// (RFC 4656 §3.1) unless the context says otherwise. RFC 7717 does not
+    /// say whether PBKDF2 runs on an IKEv2-derived secret (spec
+    /// `rfc7717-ikev2-key.md` §2 A), so a context may answer
+    /// [`TokenKeyDerivation::Direct`] for the IKEv2-derived Mode bit.
+    fn token_key_derivation(&mut self, selection: &Selection) -> TokenKeyDerivation {
+        let _ = selection;
+        TokenKeyDerivation::Pbkdf2
+    }
     /// Policy on the mode (and identity, when authenticated) a client chose.
     /// In protected modes it is asked only after the token proved that the
     /// client holds the Key ID's secret.
@@ -419,7 +431,15 @@ impl Server {
             Err(e) => return self.refuse_setup(Accept::NotSupported, SetupRefusal::Mode(e)),
         };
         let protected = selection.security.protects_control();
-        let identity = protected.then(|| setup.key_id_name().to_vec());
+        // Under RFC 7717 the Key ID is SPIi ‖ SPIr, not a name: the identity
+        // is then `ikev2:SPIi_SPIr` in hex (for policy, logs and metrics).
+        let identity = protected.then(|| {
+            if selection.has(Modes::IKEV2_DERIVED) {
+                format!("ikev2:{}", SaId::from_key_id(&setup.key_id)).into_bytes()
+            } else {
+                setup.key_id_name().to_vec()
+            }
+        });
         // Policy is asked only once the identity is proven (below, after the
         // token): asking before would let a client without the secret learn
         // which identities and modes are allowed from the Accept value.
@@ -431,7 +451,9 @@ impl Server {
                 Ok(s) => (s, Ok(())),
                 Err(a) => (SharedSecret::from_slice(&self.random.salt), Err(a)),
             };
-            let token_key = crypto::token_key(&secret, &self.random.salt, self.config.count)?;
+            let how = ctx.token_key_derivation(&selection);
+            let token_key =
+                crypto::derive_token_key(&secret, &self.random.salt, self.config.count, how)?;
             let opened = crypto::open_token(&token_key, &setup.token, &self.random.challenge);
             if let Err(a) = known {
                 return self.refuse_setup(a, SetupRefusal::UnknownKey);

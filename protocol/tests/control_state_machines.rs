@@ -1076,8 +1076,21 @@ fn expected_session(spec: &Spec, r: &RequestTwSessionRepr, sid: Sid, port: u16) 
 }
 
 /// The identity the server reports for a set-up.
+/// The connection's identity as the server reports it: the KeyID's name,
+/// or `ikev2:SPIi_SPIr` under RFC 7717 (the KeyID is no name then).
 fn identity_of(spec: &Spec) -> Option<Vec<u8>> {
-    protected(spec.security).then(|| name_of(&spec.key.as_ref().unwrap().0))
+    let key_id = &spec.key.as_ref()?.0;
+    protected(spec.security).then(|| {
+        if spec.selection().has(Modes::IKEV2_DERIVED) {
+            format!(
+                "ikev2:{}",
+                ricochet_protocol::sa_records::SaId::from_key_id(key_id)
+            )
+            .into_bytes()
+        } else {
+            name_of(key_id)
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------

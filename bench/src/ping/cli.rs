@@ -7,8 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
+use ricochet_protocol::crypto::TokenKeyDerivation;
 use ricochet_protocol::modes::Modes;
 
+use super::ike::IkeOptions;
+use super::ikev2::load_ikev2_key;
 use super::keys::{load_credentials, KeyWarning};
 use super::{PingConfig, PingError};
 use crate::pace::Schedule;
@@ -26,6 +29,9 @@ Examples:
   ricochet-ping 198.51.100.7
   ricochet-ping -c 1000 -i 1ms -s 64 -D EF '[2001:db8::7]:862'
   ricochet-ping -A enc -u alice -k /etc/twamp/alice.pfs 198.51.100.7
+  ricochet-ping -A auth --ikev2-key-file /run/ricochet/ike.sas 198.51.100.7
+  ricochet-ping -A enc --ike 198.51.100.7 --ike-id probe.example.net \
+    --ike-peer-id twamp.example.net --ike-psk-file ike.psk 198.51.100.7
   ricochet-ping --sessions 4 --isc --exponential -i 10ms 198.51.100.7
   ricochet-ping -c 100000 -i 10us --json 198.51.100.7 > run.json
   ricochet-ping --raw -c 10 198.51.100.7 | awk '!/^#/ && $11 == \"ok\" {print $8}'
@@ -114,6 +120,49 @@ pub struct Args {
     #[arg(short = 'k', long = "key-file", requires = "key_id")]
     pub key_file: Option<PathBuf>,
 
+    /// RFC 7717: take the shared secret from an IKEv2 SA record file
+    /// (`SPIi SPIr PRF KEY` per line, KEY = prf(SK_d, "IPPM") in hex, as an
+    /// IKE daemon writes it for ricochet-control). The IKEv2-derived mode
+    /// (0x80) is then selected with the security mode and the KeyID is
+    /// SPIi||SPIr.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["key_id", "key_file"])]
+    pub ikev2_key_file: Option<PathBuf>,
+
+    /// Which SA of --ikev2-key-file to use (SPIi_SPIr, 16 hex digits each);
+    /// needed when the file lists several.
+    #[arg(long, value_name = "SPIi_SPIr", requires = "ikev2_key_file",
+          value_parser = super::ikev2::parse_sa_id)]
+    pub ikev2_sa: Option<ricochet_protocol::sa_records::SaId>,
+
+    /// How the token key comes from the IKEv2-derived secret (RFC 7717 does
+    /// not say): pbkdf2 (as with a passphrase; the default) or direct (its
+    /// first 16 octets). Must match the server's ikev2.token_key.
+    #[arg(long, value_enum, default_value = "pbkdf2")]
+    pub ikev2_token_key: TokenKeyArg,
+
+    /// RFC 7717 with our own IKE SA: bring up a childless IKEv2 SA with the
+    /// server's IKE responder at PEER[:PORT] (default port 500; PSK
+    /// authentication), key the TWAMP connection from it, delete it at the
+    /// end. Needs --ike-id, --ike-peer-id and --ike-psk-file.
+    #[arg(long, value_name = "PEER[:PORT]",
+          conflicts_with_all = ["key_id", "key_file", "ikev2_key_file"],
+          requires_all = ["ike_id", "ike_peer_id", "ike_psk_file"])]
+    pub ike: Option<String>,
+
+    /// Our IKE identity (IDi), an FQDN.
+    #[arg(long, value_name = "FQDN", requires = "ike")]
+    pub ike_id: Option<String>,
+
+    /// The IKE responder's identity (IDr): sent, checked, and the name its
+    /// PSK is looked up by.
+    #[arg(long, value_name = "FQDN", requires = "ike")]
+    pub ike_peer_id: Option<String>,
+
+    /// PSK file for --ike: `IDENTITY SECRET` per line (the responder's
+    /// identity, or `*`; SECRET literal or 0x-hex), mode 0600.
+    #[arg(long, value_name = "FILE", requires = "ike")]
+    pub ike_psk_file: Option<PathBuf>,
+
     /// Test sessions to run concurrently on the one control connection.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub sessions: u32,
@@ -172,6 +221,24 @@ pub struct Args {
     /// STAMP (RFC 8762/8972) instead of TWAMP: `--stamp` and its options.
     #[command(flatten, next_help_heading = "STAMP (no TWAMP-Control)")]
     pub stamp: super::stamp::StampArgs,
+}
+
+/// `--ikev2-token-key`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenKeyArg {
+    /// K = PBKDF2-HMAC-SHA1(secret, Salt, Count) (RFC 4656 §3.1).
+    Pbkdf2,
+    /// K = the first 16 octets of the secret.
+    Direct,
+}
+
+impl From<TokenKeyArg> for TokenKeyDerivation {
+    fn from(a: TokenKeyArg) -> Self {
+        match a {
+            TokenKeyArg::Pbkdf2 => TokenKeyDerivation::Pbkdf2,
+            TokenKeyArg::Direct => TokenKeyDerivation::Direct,
+        }
+    }
 }
 
 /// A security mode named on the command line.
@@ -411,14 +478,52 @@ impl Args {
         } else {
             self.modes.iter().fold(Modes::NONE, |m, a| m | a.bit())
         };
-        let (credentials, warnings) = match (&self.key_id, &self.key_file) {
+        let (credentials, mut warnings) = match (&self.key_id, &self.key_file) {
             (Some(id), Some(path)) => {
                 let (c, w) = load_credentials(path, id)?;
                 (Some(c), w)
             }
             _ => (None, Vec::new()),
         };
-        if credentials.is_none() && !allowed.contains(Modes::UNAUTHENTICATED) {
+        let ikev2 = match &self.ikev2_key_file {
+            Some(path) => {
+                let (k, w) = load_ikev2_key(path, self.ikev2_sa, self.ikev2_token_key.into())?;
+                warnings.extend(w);
+                Some(k)
+            }
+            None => None,
+        };
+        let ike = match &self.ike {
+            Some(peer) => {
+                let t = parse_target(peer).map_err(PingError::Usage)?;
+                // parse_target defaults to the TWAMP port; IKE's is 500.
+                let explicit =
+                    peer.contains("]:") || (!peer.contains('[') && peer.matches(':').count() == 1);
+                let t = Target {
+                    port: if explicit { t.port } else { 500 },
+                    ..t
+                };
+                Some(IkeOptions {
+                    peer: resolve(&t, family)?,
+                    local_id: self.ike_id.clone().unwrap_or_default(),
+                    peer_id: self.ike_peer_id.clone(),
+                    psk_file: self.ike_psk_file.clone().unwrap_or_default(),
+                    timeout: self.connect_timeout,
+                    token_key: self.ikev2_token_key.into(),
+                })
+            }
+            None => None,
+        };
+        if (ikev2.is_some() || ike.is_some()) && allowed == Modes::UNAUTHENTICATED {
+            return Err(PingError::Usage(
+                "an IKEv2-derived key (RFC 7717) needs -A auth, enc or mixed".into(),
+            ));
+        }
+        if credentials.is_none()
+            && ikev2.is_none()
+            && ike.is_none()
+            && !allowed.contains(Modes::UNAUTHENTICATED)
+        {
             return Err(PingError::KeyMissing { allowed });
         }
         let schedule = if self.exponential {
@@ -434,6 +539,8 @@ impl Args {
                 server,
                 allowed,
                 credentials,
+                ikev2,
+                ike,
                 count: self.count,
                 schedule,
                 padding: self.padding,

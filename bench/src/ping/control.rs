@@ -14,7 +14,7 @@ use rand::TryRngCore;
 use ricochet_protocol::accept::Accept;
 use ricochet_protocol::client::{Client, ClientConfig, ClientError, ClientEvent, ClientRandom};
 use ricochet_protocol::control::{Command, RequestTwSessionRepr, Sid};
-use ricochet_protocol::crypto::{SessionKeys, TestKeys};
+use ricochet_protocol::crypto::{SessionKeys, TestKeys, TokenKeyDerivation};
 use ricochet_protocol::modes::{Modes, Selection};
 use ricochet_protocol::time::NtpTimestamp;
 use zeroize::Zeroizing;
@@ -106,6 +106,12 @@ impl ControlConnection {
         })
     }
 
+    /// The configured key is IKEv2-derived (RFC 7717): select 0x80 and
+    /// derive the token key as `how` says.
+    pub fn use_ikev2_key(&mut self, how: TokenKeyDerivation) {
+        self.client.use_ikev2_key(how);
+    }
+
     /// Our end of the control connection.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
@@ -149,6 +155,7 @@ impl ControlConnection {
                 accept,
                 protected: self.have_key,
             },
+            ClientError::Ikev2NotOffered { offered } => PingError::Ikev2NotOffered { offered },
             other => PingError::Control(other),
         }
     }

@@ -13,6 +13,8 @@
 
 pub mod cli;
 pub mod control;
+pub mod ike;
+pub mod ikev2;
 pub mod keys;
 pub mod report;
 pub mod session;
@@ -57,6 +59,10 @@ pub struct PingConfig {
     pub allowed: Modes,
     /// Identity and secret for the protected modes.
     pub credentials: Option<Credentials>,
+    /// An IKEv2-derived key (RFC 7717) instead of `credentials`.
+    pub ikev2: Option<ikev2::Ikev2Key>,
+    /// Bring up an IKE SA with the server first and key from it (RFC 7717).
+    pub ike: Option<ike::IkeOptions>,
     /// Packets per session.
     pub count: u32,
     /// Send schedule.
@@ -116,8 +122,18 @@ pub enum PingError {
         have_key: bool,
     },
     #[error("the server refused the set-up: Accept {} ({}){}", u8::from(*accept), accept.description(),
-        if *protected && *accept == Accept::Failure { " — wrong secret or unknown identity?" } else { "" })]
+        if *accept == Accept::Ikev2SaNotFound {
+            " — the server knows no IKEv2 SA with our SPIs (RFC 7717 §5.3); bring the IKE SA up \
+             again or refresh the key record"
+        } else if *protected && *accept == Accept::Failure {
+            " — wrong secret or unknown identity?"
+        } else { "" })]
     SetupRefused { accept: Accept, protected: bool },
+    #[error(
+        "the server does not offer the IKEv2-derived mode (RFC 7717) an IKEv2 key needs \
+             (it offers {offered})"
+    )]
+    Ikev2NotOffered { offered: Modes },
     #[error("the server does not offer {feature} (it offers {offered})")]
     FeatureNotOffered {
         feature: &'static str,
@@ -147,6 +163,8 @@ pub enum PingError {
         #[source]
         source: io::Error,
     },
+    #[error("IKEv2: {0}")]
+    Ike(String),
     #[error("operating system random source: {0}")]
     Random(String),
 }
@@ -336,17 +354,41 @@ pub fn run(config: &PingConfig) -> Result<RunReport, PingError> {
 /// [`run`], ending the sessions early (with a report of what was sent) once
 /// `interrupt` is set, e.g. by Ctrl-C.
 pub fn run_until(config: &PingConfig, interrupt: &AtomicBool) -> Result<RunReport, PingError> {
+    let Some(opts) = &config.ike else {
+        return run_keyed(config, config.ikev2.as_ref(), interrupt);
+    };
+    let (sa, key) = ike::IkeRun::establish(opts)?;
+    let result = run_keyed(config, Some(&key), interrupt);
+    sa.close(Duration::from_secs(1));
+    result
+}
+
+/// [`run_until`] with the RFC 7717 key (if any) resolved.
+fn run_keyed(
+    config: &PingConfig,
+    ikev2: Option<&ikev2::Ikev2Key>,
+    interrupt: &AtomicBool,
+) -> Result<RunReport, PingError> {
     let mut warnings: Vec<String> = Vec::new();
     let clock = clock_state();
     let client_config = ClientConfig {
         allowed: config.allowed,
         wanted: wanted_features(config),
-        key_id: config.credentials.as_ref().map(Credentials::key_id),
-        secret: config.credentials.as_ref().map(|c| c.secret.clone()),
+        key_id: match ikev2 {
+            Some(k) => Some(k.sa.key_id()),
+            None => config.credentials.as_ref().map(Credentials::key_id),
+        },
+        secret: match ikev2 {
+            Some(k) => Some(k.secret.clone()),
+            None => config.credentials.as_ref().map(|c| c.secret.clone()),
+        },
         max_count: MAX_PBKDF2_COUNT,
         max_sessions: config.sessions.max(1),
     };
     let mut ctl = ControlConnection::connect(config.server, client_config, config.io_timeout)?;
+    if let Some(k) = ikev2 {
+        ctl.use_ikev2_key(k.token_key);
+    }
     let est = ctl.handshake()?;
     let sel = est.selection;
     for (on, bit, name) in [

@@ -35,7 +35,9 @@ pub mod token;
 
 pub use esp::{EspGcm128, EspOpened};
 pub use ikev2::{IkeSaKeys, Prf, PrfOutput, SkLengths};
-pub use secret::{token_key, SessionKeys, SharedSecret, TokenKey};
+pub use secret::{
+    derive_token_key, token_key, SessionKeys, SharedSecret, TokenKey, TokenKeyDerivation,
+};
 pub use stamp_hmac::StampHmac;
 pub use stream::{ControlRx, ControlTx};
 pub use test_keys::TestKeys;
@@ -86,6 +88,13 @@ pub enum CryptoError {
     BadEspTrailer {
         /// What is wrong with the trailer.
         why: &'static str,
+    },
+    /// A secret shorter than the 16-octet token key it should be used as
+    /// directly ([`TokenKeyDerivation::Direct`]).
+    #[error("the shared secret has {len} octets; using it directly as the token key needs 16")]
+    SecretTooShort {
+        /// Octets of the secret.
+        len: usize,
     },
     /// A PBKDF2 iteration count of 0 (RFC 8018 §5.2 requires c ≥ 1).
     #[error("PBKDF2: iteration count 0")]

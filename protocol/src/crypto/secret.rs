@@ -122,6 +122,47 @@ pub fn token_key(
     Ok(key)
 }
 
+/// How the token key K is obtained from a shared secret.
+///
+/// RFC 4656 §3.1 runs PBKDF2 on the passphrase. RFC 7717 §5.1 calls its
+/// `prf(SK_d, "IPPM")` output the "shared secret key" and never says whether
+/// PBKDF2 still runs on it (spec `rfc7717-ikev2-key.md` §2 A), so both
+/// readings are offered:
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenKeyDerivation {
+    /// Reading A (the default): the secret takes the place of the passphrase,
+    /// K = PBKDF2-HMAC-SHA1(secret, Salt, Count, 16). The Salt and Count of
+    /// the Server Greeting keep their meaning.
+    #[default]
+    Pbkdf2,
+    /// Reading B: K = the first 16 octets of the secret (an RFC 7717 secret
+    /// is at least 20 octets); Salt and Count are ignored.
+    Direct,
+}
+
+/// The token key of `secret` the way `how` says (see
+/// [`TokenKeyDerivation`]). [`TokenKeyDerivation::Direct`] needs at least 16
+/// octets of secret.
+pub fn derive_token_key(
+    secret: &SharedSecret,
+    salt: &[u8; 16],
+    count: u32,
+    how: TokenKeyDerivation,
+) -> Result<TokenKey, CryptoError> {
+    match how {
+        TokenKeyDerivation::Pbkdf2 => token_key(secret, salt, count),
+        TokenKeyDerivation::Direct => {
+            let octets = secret.expose();
+            if octets.len() < 16 {
+                return Err(CryptoError::SecretTooShort { len: octets.len() });
+            }
+            let mut key = TokenKey([0; 16]);
+            key.0.copy_from_slice(&octets[..16]);
+            Ok(key)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +180,29 @@ mod tests {
         assert!(!printed.to_lowercase().contains("ab"), "{printed}");
         assert!(!printed.contains("171"), "{printed}"); // 0xab in decimal
         assert!(printed.contains("redacted"));
+    }
+
+    #[test]
+    fn direct_token_key_is_the_secret_prefix() {
+        let secret = SharedSecret::from_slice(&core::array::from_fn::<u8, 20, _>(|i| i as u8));
+        let k = derive_token_key(&secret, &[9; 16], 1024, TokenKeyDerivation::Direct).unwrap();
+        assert_eq!(&k.expose()[..], &secret.expose()[..16]);
+        let pbkdf2 = derive_token_key(&secret, &[9; 16], 1024, TokenKeyDerivation::Pbkdf2).unwrap();
+        assert_eq!(
+            pbkdf2.expose(),
+            token_key(&secret, &[9; 16], 1024).unwrap().expose()
+        );
+        assert_ne!(pbkdf2.expose(), k.expose());
+        assert_eq!(
+            derive_token_key(
+                &SharedSecret::from_slice(&[1; 15]),
+                &[0; 16],
+                1,
+                TokenKeyDerivation::Direct
+            )
+            .unwrap_err(),
+            CryptoError::SecretTooShort { len: 15 }
+        );
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub struct StampArgs {
     /// (default 862) instead of running TWAMP-Control: no set-up, the
     /// session is configured on both ends.
     #[arg(long, conflicts_with_all = ["modes", "key_id", "key_file", "sessions", "isc",
-        "reflect_octets", "symmetrical", "dscp_ecn", "padding"])]
+        "reflect_octets", "symmetrical", "dscp_ecn", "padding", "ikev2_key_file", "ike"])]
     pub stamp: bool,
 
     /// STAMP mode: open (44-octet base packets) or auth (112 octets,

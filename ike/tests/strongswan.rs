@@ -1,0 +1,1046 @@
+//! Interop with strongSwan's charon (Debian 5.9.x) in a lab namespace pair:
+//! charon in the sender namespace (198.18.0.1), `ricochet-ike-peer` (the
+//! sans-IO endpoint on real sockets) in the reflector namespace
+//! (198.18.0.2). Both roles, childless and with a CHILD_SA, DH 19 and 31,
+//! IKE SA and CHILD_SA rekey, a wrong PSK both ways. The truth is charon:
+//! its level-4 log prints SK_d and the CHILD_SA keys, `swanctl --list-sas`
+//! its SPIs and states.
+//!
+//! Each charon gets its own mount namespace with a private /run, its own
+//! strongswan.conf and vici socket under a temporary directory; it is killed
+//! by PID when the test ends (also on failure), and the lab is deleted.
+//! Needs root (skipped otherwise) and the strongSwan packages that
+//! `scripts/setup.sh` installs.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use hmac::Mac;
+use ricochet_testkit::lab::{available, Lab, Side};
+
+const CHARON: &str = "/usr/lib/ipsec/charon";
+const PSK: &str = "lab-only-psk-0123456789abcdef";
+
+fn skip() -> bool {
+    if !available() {
+        eprintln!("skipped: needs root for network namespaces");
+        return true;
+    }
+    assert!(
+        Path::new(CHARON).exists(),
+        "{CHARON} missing: run scripts/setup.sh (installs strongswan-charon)"
+    );
+    false
+}
+
+struct Tmp(PathBuf);
+impl Tmp {
+    fn new(tag: &str) -> Tmp {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "ricochet-ike-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("run")).unwrap();
+        Tmp(d)
+    }
+}
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One charon daemon in the lab's sender namespace; killed on drop.
+struct Charon<'a> {
+    lab: &'a Lab,
+    proc: Child,
+    dir: PathBuf,
+}
+
+impl<'a> Charon<'a> {
+    fn start(lab: &'a Lab, dir: &Path, libipsec: bool, swanctl_conf: &str) -> Charon<'a> {
+        // kernel-libipsec must come before kernel-netlink to own the IPsec
+        // backend (this kernel has no ESP); routes are not needed.
+        let plugins = format!(
+            "random nonce openssl aes sha1 sha2 hmac gcm curve25519 kdf pem pkcs1 pubkey x509 {}kernel-netlink socket-default vici updown",
+            if libipsec { "kernel-libipsec " } else { "" }
+        );
+        let d = dir.display();
+        let conf = format!(
+            "charon {{\n  load_modular = no\n  load = {plugins}\n  install_virtual_ip = no\n  install_routes = no\n  retransmit_tries = 3\n  plugins {{\n    vici {{ socket = unix://{d}/charon.vici }}\n    kernel-libipsec {{ allow_peer_ts = yes }}\n  }}\n  filelog {{\n    lab {{\n      path = {d}/charon.log\n      default = 1\n      ike = 4\n      chd = 4\n      cfg = 1\n      knl = 1\n      flush_line = yes\n    }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.join("strongswan.conf"), conf).unwrap();
+        std::fs::write(dir.join("swanctl.conf"), swanctl_conf).unwrap();
+        if libipsec {
+            // The tunnel's inner address on charon's side.
+            let out = lab.run(
+                Side::Sender,
+                "ip",
+                &["addr", "add", "198.19.0.1/32", "dev", "lo"],
+            );
+            assert!(out.status.success());
+        }
+        let log = std::fs::File::create(dir.join("charon.out")).unwrap();
+        let proc = lab
+            .command(Side::Sender, "unshare")
+            .args([
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &format!("mount --bind {d}/run /run && exec {CHARON}"),
+            ])
+            .env("STRONGSWAN_CONF", dir.join("strongswan.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("nsenter runs");
+        let mut c = Charon {
+            lab,
+            proc,
+            dir: dir.to_owned(),
+        };
+        let sock = dir.join("charon.vici");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            let exited = c.proc.try_wait().ok().flatten().is_some();
+            assert!(
+                Instant::now() < deadline && !exited,
+                "charon did not open its vici socket: {}",
+                std::fs::read_to_string(dir.join("charon.out")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = c.swanctl(&["--load-all", "--file", &format!("{d}/swanctl.conf")]);
+        assert!(out.status.success(), "swanctl --load-all: {}", text(&out));
+        c
+    }
+
+    fn swanctl(&self, args: &[&str]) -> Output {
+        let uri = format!("unix://{}/charon.vici", self.dir.display());
+        self.lab
+            .command(Side::Sender, "swanctl")
+            .args(args)
+            .args(["--uri", &uri])
+            .stdin(Stdio::null())
+            .output()
+            .expect("swanctl runs")
+    }
+
+    fn list_sas(&self) -> String {
+        text(&self.swanctl(&["--list-sas"]))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("charon.log")).unwrap_or_default()
+    }
+
+    /// Every value charon logged under `label` (a `%B` hex dump), in order.
+    fn logged(&self, label: &str) -> Vec<String> {
+        let log = self.log();
+        let mut out = Vec::new();
+        let mut lines = log.lines();
+        while let Some(l) = lines.next() {
+            let Some(rest) = l.split_once(&format!("{label} => ")) else {
+                continue;
+            };
+            let n: usize = rest.1.split(' ').next().unwrap().parse().unwrap();
+            let mut hex = String::new();
+            while hex.len() < 2 * n {
+                let Some(d) = lines.next() else { break };
+                let Some((_, dump)) = d.split_once(": ") else {
+                    break;
+                };
+                for tok in dump.split(' ').filter(|t| !t.is_empty()).take(16) {
+                    if hex.len() < 2 * n {
+                        hex.push_str(&tok.to_ascii_lowercase());
+                    }
+                }
+            }
+            out.push(hex);
+        }
+        out
+    }
+}
+
+impl Drop for Charon<'_> {
+    fn drop(&mut self) {
+        // By PID: the spawned process is charon itself (nsenter, unshare and
+        // sh all exec).
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `ricochet-ike-peer` in the reflector namespace; killed on drop.
+struct Peer {
+    proc: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Peer {
+    fn start(lab: &Lab, dir: &Path, secret: &str, args: &[&str]) -> Peer {
+        let psk = dir.join("psk");
+        std::fs::write(&psk, format!("s.ike.test {secret}\n")).unwrap();
+        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut proc = lab
+            .command(Side::Reflector, env!("CARGO_BIN_EXE_ricochet-ike-peer"))
+            .args(if args.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "198.18.0.2"][..]
+            })
+            .args(["--id", "r.ike.test", "--psk-file"])
+            .arg(&psk)
+            .args(["--insecure-print-keys", "--run-ms", "20000"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nsenter runs");
+        let (tx, rx) = channel();
+        let out = proc.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = Peer {
+            proc,
+            lines: rx,
+            seen: Vec::new(),
+        };
+        p.expect("ready");
+        p
+    }
+
+    /// Waits (bounded) for a line starting with `prefix`.
+    fn expect(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.starts_with(prefix) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no `{prefix}` line from the peer; saw {:#?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
+/// `key=value` of an output line.
+fn field<'l>(line: &'l str, key: &str) -> &'l str {
+    line.split(' ')
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+fn ippm(sk_d_hex: &str) -> String {
+    let mut m =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(&hex::decode(sk_d_hex).unwrap()).unwrap();
+    m.update(b"IPPM");
+    hex::encode(m.finalize().into_bytes())
+}
+
+fn swanctl_conf(proposal: &str, child: bool, charon_initiates: bool, secret: &str) -> String {
+    swanctl_conf_esp(
+        proposal,
+        child.then_some("aes128gcm16"),
+        charon_initiates,
+        secret,
+    )
+}
+
+fn swanctl_conf_esp(
+    proposal: &str,
+    esp: Option<&str>,
+    charon_initiates: bool,
+    secret: &str,
+) -> String {
+    let child = esp.is_some();
+    let children = match esp {
+        Some(esp) => format!("    children {{\n      t {{\n        local_ts = 198.19.0.1/32\n        remote_ts = 198.19.0.2/32\n        esp_proposals = {esp}\n        rekey_time = 0\n      }}\n    }}\n"),
+        None => String::new(),
+    };
+    let childless = if !child && charon_initiates {
+        "    childless = force\n"
+    } else {
+        ""
+    };
+    format!(
+        "connections {{\n  c {{\n    version = 2\n    local_addrs = 198.18.0.1\n    remote_addrs = 198.18.0.2\n    proposals = {proposal}\n    rekey_time = 0\n    dpd_delay = 0\n    mobike = no\n{childless}    local {{\n      auth = psk\n      id = s.ike.test\n    }}\n    remote {{\n      auth = psk\n      id = r.ike.test\n    }}\n{children}  }}\n}}\nsecrets {{\n  ike-1 {{\n    id-1 = s.ike.test\n    id-2 = r.ike.test\n    secret = \"{secret}\"\n  }}\n}}\n"
+    )
+}
+
+/// The IKE SA line of `swanctl --list-sas`: (SPIi, SPIr).
+fn charon_spis(list: &str) -> Vec<(String, String)> {
+    list.lines()
+        .filter(|l| l.contains("ESTABLISHED, IKEv2"))
+        .map(|l| {
+            let mut it = l.split_whitespace().skip(4);
+            let i = it
+                .next()
+                .unwrap()
+                .trim_end_matches("_i*")
+                .trim_end_matches("_i");
+            let r = it
+                .next()
+                .unwrap()
+                .trim_end_matches("_r*")
+                .trim_end_matches("_r");
+            (i.to_owned(), r.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn charon_initiates_childless_ecp256_then_rekeys_and_deletes() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("k1");
+    let tmp = Tmp::new("k1");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        false,
+        &swanctl_conf("aes128gcm16-prfsha256-ecp256", false, true, PSK),
+    );
+    let mut peer = Peer::start(&lab, &tmp.0, PSK, &[]);
+    let out = charon.swanctl(&["--initiate", "--ike", "c", "--timeout", "10"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let est = peer.expect("established");
+    assert_eq!(field(&est, "child"), "false");
+    let keys = peer.expect("keys");
+    let sk_d = field(&keys, "sk_d");
+    assert_eq!(charon.logged("Sk_d secret"), vec![sk_d.to_owned()]);
+    assert_eq!(field(&keys, "ippm"), ippm(sk_d));
+    assert_eq!(
+        charon_spis(&charon.list_sas()),
+        vec![(
+            field(&est, "spi_i").to_owned(),
+            field(&est, "spi_r").to_owned()
+        )]
+    );
+    // Charon rekeys the IKE SA: new SPIs and SK_d on both sides.
+    let out = charon.swanctl(&["--rekey", "--ike", "c"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rk = peer.expect("rekeyed");
+    assert_eq!(field(&rk, "we_initiated"), "false");
+    let keys2 = peer.expect("keys");
+    let logged = charon.logged("Sk_d secret");
+    assert_eq!(logged.len(), 2);
+    assert_eq!(logged[1], field(&keys2, "sk_d"));
+    assert_ne!(logged[0], logged[1]);
+    peer.expect("deleted");
+    // The rekeyed SA is in use: charon's Delete on it is decrypted and answered.
+    assert_eq!(
+        charon_spis(&charon.list_sas()),
+        vec![(
+            field(&rk, "spi_i").to_owned(),
+            field(&rk, "spi_r").to_owned()
+        )]
+    );
+    let out = charon.swanctl(&["--terminate", "--ike", "c", "--timeout", "10"]);
+    assert!(
+        text(&out).contains("terminate completed successfully"),
+        "{}",
+        text(&out)
+    );
+    let del = peer.expect("deleted");
+    assert_eq!(field(&del, "spi_i"), field(&rk, "spi_i"));
+    assert_eq!(field(&del, "reason"), "Peer");
+}
+
+#[test]
+fn charon_initiates_with_child_x25519_and_we_rekey_the_child() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("k2");
+    let tmp = Tmp::new("k2");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        true,
+        &swanctl_conf("aes128gcm16-prfsha256-x25519", true, true, PSK),
+    );
+    let mut peer = Peer::start(&lab, &tmp.0, PSK, &["--rekey-child-ms", "300"]);
+    let out = charon.swanctl(&["--initiate", "--child", "t", "--timeout", "10"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let est = peer.expect("established");
+    assert_eq!(field(&est, "child"), "true");
+    let keys = peer.expect("keys");
+    assert_eq!(
+        charon.logged("Sk_d secret"),
+        vec![field(&keys, "sk_d").to_owned()]
+    );
+    let child = peer.expect("child ");
+    // libipsec fakes NAT: ESP and IKE run UDP-encapsulated on 4500.
+    assert_eq!(field(&child, "udp_encap"), "true");
+    assert!(field(&est, "peer").ends_with(":4500"));
+    let ck = peer.expect("childkeys");
+    assert_eq!(
+        charon.logged("encryption initiator key")[0],
+        field(&ck, "sk_ei")
+    );
+    assert_eq!(
+        charon.logged("encryption responder key")[0],
+        field(&ck, "sk_er")
+    );
+    let list = charon.list_sas();
+    // Charon is the CHILD_SA initiator: its inbound SPI is spi_i.
+    assert!(
+        list.contains(&format!("in  {}", field(&child, "spi_i"))),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!("out {}", field(&child, "spi_r"))),
+        "{list}"
+    );
+    // Our CHILD_SA rekey: new keys equal charon's, the old child is deleted.
+    let child2 = peer.expect("child ");
+    let ck2 = peer.expect("childkeys");
+    let del = peer.expect("child_deleted");
+    assert_eq!(field(&del, "spi_i"), field(&child, "spi_i"));
+    // The rekeying side (we) is the new CHILD_SA's initiator (RFC 7296
+    // §2.17): charon's "initiator key" is now our sk_ei.
+    assert_eq!(
+        charon.logged("encryption initiator key")[1],
+        field(&ck2, "sk_ei")
+    );
+    assert_eq!(
+        charon.logged("encryption responder key")[1],
+        field(&ck2, "sk_er")
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = charon.list_sas();
+        if list.contains(&format!("in  {}", field(&child2, "spi_r")))
+            && !list.contains(&format!("in  {}", field(&child, "spi_i")))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "charon did not switch children: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn we_initiate_childless_ecp256_rekey_liveness_delete() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("k3");
+    let tmp = Tmp::new("k3");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        false,
+        &swanctl_conf("aes128gcm16-prfsha256-ecp256", false, false, PSK),
+    );
+    let mut peer = Peer::start(
+        &lab,
+        &tmp.0,
+        PSK,
+        &[
+            "--initiate",
+            "198.18.0.1",
+            "--peer-id",
+            "s.ike.test",
+            "--dh",
+            "19",
+            "--rekey-ike-ms",
+            "300",
+            "--liveness-ms",
+            "300",
+            "--delete-ms",
+            "300",
+            "--exit-when-idle",
+        ],
+    );
+    let est = peer.expect("established");
+    let keys = peer.expect("keys");
+    assert_eq!(charon.logged("Sk_d secret")[0], field(&keys, "sk_d"));
+    assert_eq!(field(&keys, "ippm"), ippm(field(&keys, "sk_d")));
+    let rk = peer.expect("rekeyed");
+    assert_eq!(field(&rk, "old_spi_i"), field(&est, "spi_i"));
+    assert_eq!(field(&rk, "we_initiated"), "true");
+    let keys2 = peer.expect("keys");
+    assert_eq!(charon.logged("Sk_d secret")[1], field(&keys2, "sk_d"));
+    let gone = peer.expect("deleted");
+    assert_eq!(field(&gone, "reason"), "Rekeyed");
+    assert_eq!(field(&gone, "spi_i"), field(&est, "spi_i"));
+    let alive = peer.expect("alive");
+    assert_eq!(
+        field(&alive, "spi_i"),
+        field(&rk, "spi_i"),
+        "{:#?}\n{}",
+        peer.seen,
+        charon
+            .log()
+            .lines()
+            .filter(|l| l.contains("ENC]") || l.contains("collision") || l.contains("IKE] IKE_SA"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let del = peer.expect("deleted");
+    assert_eq!(field(&del, "reason"), "Local");
+    peer.expect("idle");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !charon_spis(&charon.list_sas()).is_empty() {
+        assert!(Instant::now() < deadline, "charon kept the SA");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = charon.log();
+    assert!(log.contains("rekeyed between"), "charon saw the rekey");
+    assert!(
+        log.contains("parsed INFORMATIONAL request"),
+        "liveness reached charon"
+    );
+}
+
+#[test]
+fn we_initiate_with_child_x25519() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("k4");
+    let tmp = Tmp::new("k4");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        true,
+        &swanctl_conf("aes128gcm16-prfsha256-x25519", true, false, PSK),
+    );
+    let mut peer = Peer::start(
+        &lab,
+        &tmp.0,
+        PSK,
+        &[
+            "--initiate",
+            "198.18.0.1",
+            "--peer-id",
+            "s.ike.test",
+            "--dh",
+            "31",
+            "--child",
+            "198.19.0.2,198.19.0.1",
+            "--delete-ms",
+            "3000",
+            "--exit-when-idle",
+        ],
+    );
+    let est = peer.expect("established");
+    assert_eq!(field(&est, "child"), "true");
+    // charon (libipsec) faked its NAT-D hash: we floated to 4500.
+    assert!(field(&est, "peer").ends_with(":4500"), "{est}");
+    let keys = peer.expect("keys");
+    assert_eq!(charon.logged("Sk_d secret")[0], field(&keys, "sk_d"));
+    let child = peer.expect("child ");
+    assert_eq!(field(&child, "udp_encap"), "true");
+    let ck = peer.expect("childkeys");
+    assert_eq!(
+        charon.logged("encryption initiator key")[0],
+        field(&ck, "sk_ei")
+    );
+    assert_eq!(
+        charon.logged("encryption responder key")[0],
+        field(&ck, "sk_er")
+    );
+    let list = charon.list_sas();
+    assert!(list.contains("INSTALLED, TUNNEL-in-UDP"), "{list}");
+    assert!(
+        list.contains(&format!("in  {}", field(&child, "spi_r"))),
+        "{list}"
+    );
+    // Real ESP from charon opens with our inbound keys: a ping into
+    // libipsec's TUN device leaves as ESP-in-UDP under our SPI (spi_i: we
+    // are the CHILD_SA initiator), carrying an inner IPv4 packet.
+    let out = lab.run(
+        Side::Sender,
+        "ip",
+        &[
+            "route",
+            "add",
+            "198.19.0.2/32",
+            "dev",
+            "ipsec0",
+            "src",
+            "198.19.0.1",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = lab.run(
+        Side::Sender,
+        "ping",
+        &["-c1", "-W1", "-s", "16", "198.19.0.2"],
+    );
+    assert!(!out.status.success(), "nobody answers the inner ping");
+    let esp = peer.expect("esp");
+    assert_eq!(field(&esp, "spi"), field(&child, "spi_i"), "{esp}");
+    assert_eq!(field(&esp, "seq"), "1");
+    assert_eq!(field(&esp, "next_header"), "4");
+    // 20 (IPv4) + 8 (ICMP) + 16 octets of data.
+    assert_eq!(field(&esp, "payload_len"), "44");
+    peer.expect("child_deleted");
+    let del = peer.expect("deleted");
+    assert_eq!(field(&del, "reason"), "Local");
+}
+
+#[test]
+fn wrong_psk_fails_cleanly_in_both_directions() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("k5");
+    let tmp = Tmp::new("k5");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        false,
+        &swanctl_conf("aes128gcm16-prfsha256-ecp256", false, true, PSK),
+    );
+    // Charon initiates, we hold another secret: we refuse its AUTH.
+    {
+        let mut peer = Peer::start(&lab, &tmp.0, "not-the-psk", &[]);
+        let out = charon.swanctl(&["--initiate", "--ike", "c", "--timeout", "10"]);
+        assert!(!out.status.success(), "{}", text(&out));
+        let del = peer.expect("deleted");
+        assert_eq!(field(&del, "reason"), "AuthenticationFailed");
+        assert!(charon
+            .log()
+            .contains("received AUTHENTICATION_FAILED notify error"));
+        assert!(charon_spis(&charon.list_sas()).is_empty());
+        assert!(!peer.seen.iter().any(|l| l.starts_with("established")));
+    }
+    // We initiate with the wrong secret: charon refuses ours.
+    let mut peer = Peer::start(
+        &lab,
+        &tmp.0,
+        "not-the-psk",
+        &[
+            "--initiate",
+            "198.18.0.1",
+            "--peer-id",
+            "s.ike.test",
+            "--exit-when-idle",
+        ],
+    );
+    let del = peer.expect("deleted");
+    assert_eq!(field(&del, "reason"), "AuthenticationFailed");
+    peer.expect("idle");
+    assert!(
+        charon.log().contains("pre-shared key failed") || charon.log().contains("MAC mismatch")
+    );
+    assert!(charon_spis(&charon.list_sas()).is_empty());
+}
+
+#[test]
+fn invalid_ke_payload_both_ways() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("k6");
+    let tmp = Tmp::new("k6");
+    // Charon offers X25519 and ECP-256 and sends an X25519 KE; we only take
+    // ECP-256: we answer INVALID_KE_PAYLOAD(19) and charon retries.
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        false,
+        &swanctl_conf("aes128gcm16-prfsha256-x25519-ecp256", false, true, PSK),
+    );
+    {
+        let mut peer = Peer::start(&lab, &tmp.0, PSK, &["--dh", "19"]);
+        let out = charon.swanctl(&["--initiate", "--ike", "c", "--timeout", "10"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let keys = peer.expect("keys");
+        assert_eq!(charon.logged("Sk_d secret")[0], field(&keys, "sk_d"));
+        let log = charon.log();
+        assert!(
+            log.contains("parsed IKE_SA_INIT response 0 [ N(INVAL_KE) ]"),
+            "{log}"
+        );
+        assert!(
+            log.contains("peer didn't accept DH group CURVE_25519, it requested ECP_256"),
+            "{log}"
+        );
+        let out = charon.swanctl(&["--terminate", "--ike", "c", "--timeout", "10"]);
+        assert!(out.status.success(), "{}", text(&out));
+        peer.expect("deleted");
+    }
+    // We send ECP-256 first (default order 19, 31, 14); a charon that only
+    // takes X25519 asks for group 31 and we retry.
+    let tmp2 = Tmp::new("k6b");
+    drop(charon);
+    let charon = Charon::start(
+        &lab,
+        &tmp2.0,
+        false,
+        &swanctl_conf("aes128gcm16-prfsha256-x25519", false, false, PSK),
+    );
+    let mut peer = Peer::start(
+        &lab,
+        &tmp2.0,
+        PSK,
+        &["--initiate", "198.18.0.1", "--peer-id", "s.ike.test"],
+    );
+    let keys = peer.expect("keys");
+    assert_eq!(charon.logged("Sk_d secret")[0], field(&keys, "sk_d"));
+    let log = charon.log();
+    assert!(log.contains("requesting CURVE_25519"), "{log}");
+    assert!(charon.list_sas().contains("CURVE_25519"));
+}
+
+#[test]
+fn modp2048_with_aes_cbc_hmac_sha256_both_roles() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("k7");
+    let tmp = Tmp::new("k7");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        true,
+        &swanctl_conf_esp("aes256-sha256-modp2048", Some("aes128-sha256"), true, PSK),
+    );
+    {
+        let mut peer = Peer::start(&lab, &tmp.0, PSK, &["--dh", "14"]);
+        let out = charon.swanctl(&["--initiate", "--child", "t", "--timeout", "10"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let keys = peer.expect("keys");
+        assert_eq!(charon.logged("Sk_d secret")[0], field(&keys, "sk_d"));
+        let ck = peer.expect("childkeys");
+        assert_eq!(
+            charon.logged("encryption initiator key")[0],
+            field(&ck, "sk_ei")
+        );
+        assert_eq!(
+            charon.logged("integrity initiator key")[0],
+            field(&ck, "sk_ai")
+        );
+        assert_eq!(
+            charon.logged("encryption responder key")[0],
+            field(&ck, "sk_er")
+        );
+        assert_eq!(
+            charon.logged("integrity responder key")[0],
+            field(&ck, "sk_ar")
+        );
+        assert_eq!(field(&ck, "sk_ai").len(), 64);
+        let list = charon.list_sas();
+        assert!(
+            list.contains("AES_CBC-256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048"),
+            "{list}"
+        );
+        let out = charon.swanctl(&["--terminate", "--ike", "c", "--timeout", "10"]);
+        assert!(out.status.success(), "{}", text(&out));
+        peer.expect("deleted");
+    }
+    let mut peer = Peer::start(
+        &lab,
+        &tmp.0,
+        PSK,
+        &[
+            "--initiate",
+            "198.18.0.1",
+            "--peer-id",
+            "s.ike.test",
+            "--dh",
+            "14",
+            "--rekey-ike-ms",
+            "200",
+            "--delete-ms",
+            "200",
+            "--exit-when-idle",
+        ],
+    );
+    let keys = peer.expect("keys");
+    assert_eq!(charon.logged("Sk_d secret")[1], field(&keys, "sk_d"));
+    peer.expect("rekeyed");
+    let keys2 = peer.expect("keys");
+    assert_eq!(charon.logged("Sk_d secret")[2], field(&keys2, "sk_d"));
+    // The old SA's Delete (after the rekey) and ours of the new one may
+    // complete in either order.
+    let mut reasons = vec![
+        field(&peer.expect("deleted"), "reason").to_owned(),
+        field(&peer.expect("deleted"), "reason").to_owned(),
+    ];
+    reasons.sort();
+    assert_eq!(reasons, ["Local", "Rekeyed"]);
+}
+
+#[test]
+fn child_sa_rekey_with_pfs_both_ways() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("k8");
+    let tmp = Tmp::new("k8");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        true,
+        &swanctl_conf_esp(
+            "aes128gcm16-prfsha256-x25519",
+            Some("aes128gcm16-x25519"),
+            true,
+            PSK,
+        ),
+    );
+    let mut peer = Peer::start(
+        &lab,
+        &tmp.0,
+        PSK,
+        &["--dh", "31", "--child-pfs", "--rekey-child-ms", "300"],
+    );
+    let out = charon.swanctl(&["--initiate", "--child", "t", "--timeout", "10"]);
+    assert!(out.status.success(), "{}", text(&out));
+    peer.expect("child ");
+    // Our PFS rekey (we are its initiator).
+    let c2 = peer.expect("child ");
+    let k2 = peer.expect("childkeys");
+    peer.expect("child_deleted");
+    assert_eq!(
+        charon.logged("encryption initiator key")[1],
+        field(&k2, "sk_ei")
+    );
+    assert_eq!(
+        charon.logged("encryption responder key")[1],
+        field(&k2, "sk_er")
+    );
+    let log = charon.log();
+    assert!(
+        log.contains("parsed CREATE_CHILD_SA request 0 [ N(REKEY_SA) SA No KE TSi TSr ]"),
+        "our rekey carried a KE"
+    );
+    // Charon's PFS rekey of the new child (charon initiates it).
+    let out = charon.swanctl(&["--rekey", "--child", "t"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let c3 = peer.expect("child ");
+    let k3 = peer.expect("childkeys");
+    assert_ne!(field(&c3, "spi_i"), field(&c2, "spi_i"));
+    assert_eq!(
+        charon.logged("encryption initiator key")[2],
+        field(&k3, "sk_ei")
+    );
+    assert_eq!(
+        charon.logged("encryption responder key")[2],
+        field(&k3, "sk_er")
+    );
+    let del = peer.expect("child_deleted");
+    assert_eq!(field(&del, "spi_i"), field(&c2, "spi_i"));
+    let log = charon.log();
+    assert!(
+        log.contains("generating CREATE_CHILD_SA request 2 [ N(REKEY_SA) SA No KE TSi TSr ]"),
+        "charon's rekey carried a KE: {}",
+        log.lines()
+            .filter(|l| l.contains("CREATE_CHILD_SA"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        log.contains("parsed CREATE_CHILD_SA response 2 [ SA No KE TSi TSr ]"),
+        "and our answer too"
+    );
+}
+
+#[test]
+fn ipv6_both_roles_childless() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("k9");
+    let tmp = Tmp::new("k9");
+    let conf = swanctl_conf("aes128gcm16-prfsha256-x25519", false, true, PSK)
+        .replace("198.18.0.1", "2001:2::1")
+        .replace("198.18.0.2", "2001:2::2");
+    let charon = Charon::start(&lab, &tmp.0, false, &conf);
+    {
+        let mut peer = Peer::start(&lab, &tmp.0, PSK, &["--listen", "2001:2::2"]);
+        let out = charon.swanctl(&["--initiate", "--ike", "c", "--timeout", "10"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let est = peer.expect("established");
+        assert_eq!(field(&est, "peer"), "[2001:2::1]:500");
+        let keys = peer.expect("keys");
+        assert_eq!(charon.logged("Sk_d secret")[0], field(&keys, "sk_d"));
+        let out = charon.swanctl(&["--terminate", "--ike", "c", "--timeout", "10"]);
+        assert!(out.status.success(), "{}", text(&out));
+        peer.expect("deleted");
+    }
+    let mut peer = Peer::start(
+        &lab,
+        &tmp.0,
+        PSK,
+        &[
+            "--listen",
+            "2001:2::2",
+            "--initiate",
+            "2001:2::1",
+            "--peer-id",
+            "s.ike.test",
+            "--dh",
+            "31",
+            "--delete-ms",
+            "200",
+            "--exit-when-idle",
+        ],
+    );
+    let keys = peer.expect("keys");
+    assert_eq!(charon.logged("Sk_d secret")[1], field(&keys, "sk_d"));
+    let del = peer.expect("deleted");
+    assert_eq!(field(&del, "reason"), "Local");
+}
+
+#[test]
+fn simultaneous_ike_sa_rekey_with_charon_converges() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("ka");
+    let tmp = Tmp::new("ka");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        false,
+        &swanctl_conf("aes128gcm16-prfsha256-ecp256", false, true, PSK),
+    );
+    // Our datagrams leave 1 s late. Charon's rekey request (sent once its
+    // SA is up, 1 s after ours) meets our rekey started 600 ms after ours
+    // and still unanswered; ours reaches charon 600 ms after that start,
+    // while charon's own request waits for our (late) answer: they cross
+    // as long as swanctl needs less than 600 ms to send its request.
+    let mut peer = Peer::start(
+        &lab,
+        &tmp.0,
+        PSK,
+        &[
+            "--delay-ms",
+            "1000",
+            "--rekey-ike-ms",
+            "600",
+            "--liveness-ms",
+            "1500",
+        ],
+    );
+    let out = charon.swanctl(&["--initiate", "--ike", "c", "--timeout", "10"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = charon.swanctl(&["--rekey", "--ike", "c"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rk = peer.expect("rekeyed");
+    let keys = peer.expect("keys");
+    // The old SA goes, the survivor answers a liveness check.
+    let gone = peer.expect("deleted");
+    assert_eq!(field(&gone, "reason"), "Rekeyed");
+    let alive = peer.expect("alive");
+    assert_eq!(
+        field(&alive, "spi_i"),
+        field(&rk, "spi_i"),
+        "{:#?}\n{}",
+        peer.seen,
+        charon
+            .log()
+            .lines()
+            .filter(|l| l.contains("ENC]") || l.contains("collision") || l.contains("IKE] IKE_SA"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        peer.seen
+            .iter()
+            .filter(|l| l.starts_with("rekeyed"))
+            .count(),
+        1,
+        "{:#?}",
+        peer.seen
+    );
+    let log = charon.log();
+    assert!(log.contains("collision"), "charon saw the collision");
+    // Charon keeps exactly the SA we kept, with the same SK_d.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sas = charon_spis(&charon.list_sas());
+        if sas
+            == vec![(
+                field(&rk, "spi_i").to_owned(),
+                field(&rk, "spi_r").to_owned(),
+            )]
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "charon kept {sas:?}, we kept {rk}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = keys;
+}
+
+#[test]
+fn prf_sha384_and_aes256_gcm_with_charon() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::up("kb");
+    let tmp = Tmp::new("kb");
+    let charon = Charon::start(
+        &lab,
+        &tmp.0,
+        false,
+        &swanctl_conf("aes256gcm16-prfsha384-ecp256", false, true, PSK),
+    );
+    let mut peer = Peer::start(&lab, &tmp.0, PSK, &[]);
+    let out = charon.swanctl(&["--initiate", "--ike", "c", "--timeout", "10"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let est = peer.expect("established");
+    assert_eq!(field(&est, "prf"), "HmacSha384");
+    let keys = peer.expect("keys");
+    let sk_d = field(&keys, "sk_d");
+    assert_eq!(sk_d.len(), 96, "48-octet SK_d");
+    assert_eq!(charon.logged("Sk_d secret"), vec![sk_d.to_owned()]);
+    let mut m = hmac::Hmac::<sha2::Sha384>::new_from_slice(&hex::decode(sk_d).unwrap()).unwrap();
+    m.update(b"IPPM");
+    assert_eq!(field(&keys, "ippm"), hex::encode(m.finalize().into_bytes()));
+    assert!(charon
+        .list_sas()
+        .contains("AES_GCM_16-256/PRF_HMAC_SHA2_384/ECP_256"));
+}
