@@ -39,12 +39,13 @@
 use core::net::SocketAddr;
 use std::time::Instant;
 
-use ricochet_protocol::crypto::{StampHmac, HMAC_LEN};
+use ricochet_protocol::crypto::StampHmac;
 use ricochet_protocol::stamp::tlv::{tlv_type, FLAG_I};
 use ricochet_protocol::stamp::tlvs::{
-    fill_location, reflect_class_of_service, AccessReport, ClassOfService, CosDecision,
-    DirectMeasurement, FollowUpRepr, FollowUpTelemetry, LocationContext, MicroSessionId,
-    ReturnPathRepr, SyncSource, TimestampInfo, TimestampInfoRepr, TimestampMethod,
+    fill_location, reflect_class_of_service, seal_hmac_tlv, verify_hmac_tlv, AccessReport,
+    ClassOfService, CosDecision, DirectMeasurement, FollowUpRepr, FollowUpTelemetry,
+    LocationContext, MicroSessionId, ReturnPathRepr, SyncSource, TimestampInfo, TimestampInfoRepr,
+    TimestampMethod,
 };
 use ricochet_protocol::stamp::{
     self, process_tlvs_in_place, ReflectorMode, StampFormat, StampLayout, TlvEntry, TlvHandler,
@@ -313,49 +314,17 @@ pub(crate) enum TlvIntegrity {
     Failed,
 }
 
-/// Checks the HMAC TLV of the TLV area `area` of a request whose Sequence
-/// Number octets are `seq`: it must follow every TLV it protects (only
-/// Extra Padding may come after it), and cover the Sequence Number and the
-/// preceding TLVs as received (RFC 8972 §4.8). `required`: authenticated
-/// mode, where TLVs other than Extra Padding need it.
+/// Checks the HMAC TLV of a request's TLV area (position rule, coverage:
+/// RFC 8972 §4.8, [`verify_hmac_tlv`]).
 pub(crate) fn tlv_integrity(
     hmac: &StampHmac,
     seq: &[u8],
     area: &[u8],
     required: bool,
 ) -> TlvIntegrity {
-    let mut it = TlvIter::new(area);
-    let mut hmac_at = None;
-    let mut protected = false;
-    let mut misplaced = false;
-    loop {
-        let pos = it.position();
-        let Some(Ok(tlv)) = it.next() else {
-            // The end, or broken framing (flagged M by the framing pass).
-            break;
-        };
-        match tlv.tlv_type() {
-            tlv_type::EXTRA_PADDING => {}
-            tlv_type::HMAC if hmac_at.is_none() => hmac_at = Some(pos),
-            _ => {
-                protected = true;
-                misplaced |= hmac_at.is_some();
-            }
-        }
-    }
-    match hmac_at {
-        None if protected && required => TlvIntegrity::Failed,
-        None => TlvIntegrity::Verified { hmac_at: None },
-        Some(_) if misplaced => TlvIntegrity::Failed,
-        Some(at) => {
-            let v = at + TLV_HEADER_LEN;
-            match area.get(v..v + HMAC_LEN) {
-                Some(tag) if hmac.verify(&[seq, &area[..at]], tag).is_ok() => {
-                    TlvIntegrity::Verified { hmac_at: Some(at) }
-                }
-                _ => TlvIntegrity::Failed,
-            }
-        }
+    match verify_hmac_tlv(hmac, seq, area, required) {
+        Ok(hmac_at) => TlvIntegrity::Verified { hmac_at },
+        Err(_) => TlvIntegrity::Failed,
     }
 }
 
@@ -449,12 +418,9 @@ pub(crate) fn build_stamp_reply(
     }
     if let (Some(h), Some(at)) = (job.hmac, hmac_at) {
         // A fresh HMAC over the reply's Sequence Number and the TLVs as
-        // reflected (stamp.md §4, type 8).
-        let tag = h.compute(&[&head[..SEQ_LEN], &tlvs[..at]]);
-        let v = at + TLV_HEADER_LEN;
-        if let Some(field) = tlvs.get_mut(v..v + HMAC_LEN) {
-            field.copy_from_slice(&tag);
-        }
+        // reflected (stamp.md §4, type 8). The TLV is there: the reply has
+        // the request's length.
+        let _ = seal_hmac_tlv(h, &head[..SEQ_LEN], tlvs, at);
     }
     stamp::set_t3(head, fmt, t3.to_timestamp(offset, tf).to_bytes())?;
     if fmt.layout == StampLayout::Authenticated {

@@ -387,7 +387,7 @@ fn stamp_sessions_become_secured_entries_with_stamp_keys() {
     if skip() {
         return;
     }
-    let (p, _r, mut t) = setup();
+    let (p, r, mut t) = setup();
     let stamp = |ssid: u16, key: Option<Vec<u8>>| StampSessionSpec {
         sender: peer(PORT_PEER),
         local: us(),
@@ -441,4 +441,22 @@ fn stamp_sessions_become_secured_entries_with_stamp_keys() {
         .is_none());
     assert!(p.maps().read_keys(e.config.slot).unwrap().is_none());
     assert!(t.remove_stamp_session(&s.id()).is_err());
+
+    // A restarted control plane installs its configured session again over
+    // what the earlier run left in the maps.
+    t.add_stamp_session(s.clone()).unwrap();
+    drop(t);
+    let mut t2 = BpfSessionTable::open(p.pin_dir(), &r.0).unwrap();
+    t2.add_stamp_session(s.clone()).unwrap();
+    let e2 = p
+        .maps()
+        .session(&SessionKey::new(us(), peer(PORT_PEER)).unwrap())
+        .unwrap()
+        .expect("replaced entry");
+    let k2 = p.maps().read_keys(e2.config.slot).unwrap().expect("keys");
+    assert!(matches!(
+        k2.keys,
+        KeyMaterial::StampSession { ssid: 0x1234, .. }
+    ));
+    assert_eq!(k2.generation, e2.config.generation);
 }

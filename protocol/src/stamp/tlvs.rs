@@ -1000,6 +1000,93 @@ fn shift(e: TlvError, by: usize) -> TlvError {
 }
 
 // ---------------------------------------------------------------------------
+// HMAC TLV (RFC 8972 §4.8)
+
+/// Why the HMAC TLV of a TLV area cannot be trusted (RFC 8972 §4.8: the
+/// reflector then sets I on every TLV; a sender discards the TLVs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
+pub enum HmacTlvError {
+    /// A TLV other than Extra Padding follows the HMAC TLV.
+    #[error("the HMAC TLV at offset {at} is followed by a protected TLV")]
+    Misplaced {
+        /// Offset of the HMAC TLV in the area.
+        at: usize,
+    },
+    /// Authenticated mode, TLVs other than Extra Padding, no HMAC TLV.
+    #[error("TLVs other than Extra Padding without an HMAC TLV")]
+    Missing,
+    /// The HMAC does not verify.
+    #[error("the HMAC TLV does not verify")]
+    Mismatch,
+}
+
+/// Where the HMAC TLV of `area` is, checking the position rule: it must
+/// follow every TLV it protects (only Extra Padding may come after it).
+/// `required`: authenticated mode, where any TLV other than Extra Padding
+/// needs it. A broken chain ends the walk (the framing pass flags M).
+/// `Ok(None)`: no HMAC TLV and none needed.
+pub fn hmac_tlv_position(area: &[u8], required: bool) -> Result<Option<usize>, HmacTlvError> {
+    let mut it = TlvIter::new(area);
+    let mut at = None;
+    let mut protected = false;
+    loop {
+        let pos = it.position();
+        let Some(Ok(t)) = it.next() else { break };
+        match t.tlv_type() {
+            tlv_type::EXTRA_PADDING => {}
+            tlv_type::HMAC if at.is_none() => at = Some(pos),
+            _ => {
+                protected = true;
+                if let Some(at) = at {
+                    return Err(HmacTlvError::Misplaced { at });
+                }
+            }
+        }
+    }
+    match at {
+        None if protected && required => Err(HmacTlvError::Missing),
+        other => Ok(other),
+    }
+}
+
+/// Checks the HMAC TLV of `area` (the TLVs after a base packet whose
+/// Sequence Number octets are `seq`): position ([`hmac_tlv_position`]) and
+/// HMAC-SHA-256-128 over `seq` ‖ the preceding TLVs as on the wire, flags
+/// included (RFC 8972 §4.8). Returns its offset (`None`: no HMAC TLV, none
+/// needed).
+pub fn verify_hmac_tlv(
+    hmac: &crate::crypto::StampHmac,
+    seq: &[u8],
+    area: &[u8],
+    required: bool,
+) -> Result<Option<usize>, HmacTlvError> {
+    let Some(at) = hmac_tlv_position(area, required)? else {
+        return Ok(None);
+    };
+    let v = at + tlv::field::HEADER_LEN;
+    match area.get(v..v + crate::crypto::HMAC_LEN) {
+        Some(tag) if hmac.verify(&[seq, &area[..at]], tag).is_ok() => Ok(Some(at)),
+        _ => Err(HmacTlvError::Mismatch),
+    }
+}
+
+/// Writes a fresh HMAC TLV value at `at` of `area`: HMAC-SHA-256-128 over
+/// `seq` ‖ the TLVs before it (a reflector that rewrote TLVs, or a sender).
+pub fn seal_hmac_tlv(
+    hmac: &crate::crypto::StampHmac,
+    seq: &[u8],
+    area: &mut [u8],
+    at: usize,
+) -> Result<(), HmacTlvError> {
+    let v = at + tlv::field::HEADER_LEN;
+    let tag = hmac.compute(&[seq, area.get(..at).ok_or(HmacTlvError::Mismatch)?]);
+    area.get_mut(v..v + crate::crypto::HMAC_LEN)
+        .ok_or(HmacTlvError::Mismatch)?
+        .copy_from_slice(&tag);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 // Any registered TLV
 
 /// One STAMP TLV, decoded by type (values borrowed from the packet).

@@ -637,6 +637,21 @@ impl SessionTable for BpfSessionTable {
                 format!("{id}: the BPF data plane holds one session per sender and local address"),
             ));
         }
+        // STAMP sessions are configuration, installed again when the control
+        // plane restarts: an entry an earlier run left for this 4-tuple
+        // (with its keys slot) is replaced.
+        if let Some(old) = self.maps.session(&key).map_err(dp)? {
+            let slot = old.config.slot;
+            if old.config.mode == Mode::Secured && !self.slots.used.contains(&slot) {
+                if let Ok(Some(k)) = self.maps.read_keys(slot) {
+                    if matches!(k.keys, KeyMaterial::StampSession { .. }) {
+                        let _ = self.maps.clear_keys(slot);
+                    }
+                }
+            }
+            self.maps.remove_session(&key).map_err(dp)?;
+            tracing::info!(%id, "replaced the STAMP session an earlier run left in the maps");
+        }
         let hmac_key = match &spec.key {
             None => None,
             Some(k) if k.len() <= 32 => {
@@ -688,7 +703,6 @@ impl SessionTable for BpfSessionTable {
             return Err(dp(e));
         }
         cfg.slot = slot;
-        // A session left in the maps by an earlier run is replaced.
         if let Err(e) = self.maps.insert_session(&key, &cfg) {
             self.release_slot(slot);
             return Err(dp(e));
