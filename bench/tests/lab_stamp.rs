@@ -434,7 +434,7 @@ fn stamp_on_the_socket_xdp_and_af_xdp_paths_with_tlvs() {
         if sport.is_some() {
             assert_eq!(n("replies"), u64::from(count()), "{path}: {fu}");
             // Stateful: every Follow-Up names the previous reply; a stamp
-            // where the path has one (veth gives the socket path none).
+            // where the path delivered it before the next request came.
             assert_eq!(j["reflector_mode"], "stateful", "{path}");
             if target.ends_with(":8621") || target.ends_with(":8622") {
                 // AF_XDP always has transmit completions (copy mode: the

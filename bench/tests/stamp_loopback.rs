@@ -599,12 +599,18 @@ fn stateful_socket_session_with_every_tlv() {
     for ty in &r.tlv_types {
         assert_eq!((ty.recognized, ty.unrecognized), (20, 0), "{ty:?}");
     }
-    // Follow-Up: the first reply has no predecessor, the second names
-    // Sequence Number 0 (all zero again); then the previous number each time.
-    // Loopback gives the socket path no transmit stamps: Timestamp 0.
+    // Follow-Up: the first reply has no predecessor (zero); every later one
+    // names the previous reply, with its SO_TIMESTAMPING transmit stamp when
+    // the kernel delivered it in time (else Timestamp 0). A stamp is never
+    // earlier than the T3 written into that reply.
     let f = r.follow_up.as_ref().unwrap();
-    assert_eq!((f.replies, f.zeroed, f.unstamped, f.paired), (20, 2, 18, 0));
-    assert_eq!(f.not_previous, 0);
+    assert_eq!(f.replies, 20);
+    assert!(f.zeroed >= 1, "{f:?}");
+    assert_eq!(f.zeroed + f.unstamped + f.paired + f.unpaired, 20, "{f:?}");
+    assert_eq!((f.not_previous, f.unpaired), (0, 0), "{f:?}");
+    if f.paired > 0 {
+        assert!(f.followup_minus_t3.min_ns >= 0, "{f:?}");
+    }
     // Timestamp Information: one source for In and Out, from the registries.
     assert_eq!(r.timestamp_info.len(), 1, "{:?}", r.timestamp_info);
     let ti = &r.timestamp_info[0];
