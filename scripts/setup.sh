@@ -15,12 +15,13 @@ check_only=0
 # Tests and lab: iproute2 (netns, veth), tcpdump/tshark (captures), ethtool
 # (offload settings on veth), bpftool (inspecting pinned maps), util-linux (nsenter).
 # IKEv2 interop: strongSwan's charon and swanctl (the ike crate's tests run one
-# charon per lab namespace; kernel-libipsec comes with libcharon-extra-plugins).
+# charon per lab namespace; kernel-libipsec comes with libcharon-extra-plugins),
+# nftables for the NAT those tests put in front of one side.
 APT_PACKAGES=(
   clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config make gcc libc6-dev linux-libc-dev
   iproute2 iputils-ping tcpdump tshark ethtool bpftool util-linux procps jq fonts-dejavu-core
   strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins
-  libstrongswan-standard-plugins
+  libstrongswan-standard-plugins nftables
 )
 
 missing=()

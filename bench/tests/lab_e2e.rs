@@ -339,13 +339,19 @@ fn start_reflector(lab: &Lab, side: Side, pins: &Path, extra: &[&str]) -> Daemon
     let child = lab.spawn(side, &bin, &args);
     let mut d = Daemon { child };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !pins.join("sessions").exists() {
+    // Pinned maps exist before the program is attached: wait for both
+    // (packets sent in between would go unreflected on a loaded machine).
+    let attached = || {
+        let out = lab.run(side, "ip", &["-d", "link", "show", "dev", &iface]);
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    };
+    while !pins.join("sessions").exists() || !attached() {
         if let Some(status) = d.child.try_wait().unwrap() {
             panic!("ricochet-reflector exited with {status}");
         }
         assert!(
             Instant::now() < deadline,
-            "ricochet-reflector never pinned its maps"
+            "ricochet-reflector never pinned its maps and attached"
         );
         std::thread::sleep(Duration::from_millis(50)); // polling bpffs, bounded
     }

@@ -319,9 +319,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Bind the listeners and the metrics endpoint, and clear the data plane
-    /// of sessions left by an earlier run (their control connections are
-    /// gone).
+    /// Bind the listeners and the metrics endpoint, and take over the
+    /// sessions an earlier run left in the data plane (their control
+    /// connections are gone): a data plane that outlives us (pinned maps)
+    /// keeps reflecting them until REFWAIT passes without test packets; an
+    /// in-process one cannot hold any, and anything it holds is removed.
     pub fn start(options: DaemonOptions) -> Result<Daemon, String> {
         let DaemonOptions {
             cli,
@@ -357,6 +359,19 @@ impl Daemon {
                 "removed data-plane sessions left by an earlier run"
             );
         }
+        // A data plane that outlives us (pinned maps) still reflects the
+        // sessions of an earlier run (zero loss across a restart): adopt
+        // them; each ends after REFWAIT without test packets.
+        let mut ports = PortAllocator::new(config.test_ports);
+        let adopted = state.adopt_sessions(&mut ports, std::time::Instant::now());
+        if adopted > 0 {
+            tracing::warn!(
+                sessions = adopted,
+                refwait = ?timing.refwait,
+                "adopted data-plane sessions left by an earlier run; each ends after \
+                 REFWAIT without test packets"
+            );
+        }
         let start_time = ntp_now();
         let factory = DaemonFactory {
             server_config: server_config(&config, start_time),
@@ -370,7 +385,7 @@ impl Daemon {
             &config.listen,
             loop_settings(&config, timing),
             Policy::new(Rules::from_config(&config)),
-            PortAllocator::new(config.test_ports),
+            ports,
             metrics.clone(),
             state,
             factory,

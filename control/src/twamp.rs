@@ -66,6 +66,19 @@ pub struct DaemonState {
     keys: Keys,
     settings: SessionSettings,
     sessions: HashMap<Sid, Session>,
+    /// Sessions an earlier run left in a data plane that outlives us.
+    adopted: HashMap<Sid, Adopted>,
+}
+
+/// A session found in the data plane at start: its control connection died
+/// with the previous process, so it is reflected until REFWAIT passes
+/// without a test packet (RFC 5357 §3.1), then removed.
+#[derive(Debug, Clone, Copy)]
+struct Adopted {
+    /// Its reflector port, held in the allocator (None: outside our range).
+    port: Option<u16>,
+    /// When this process adopted it.
+    since: Instant,
 }
 
 /// What the daemon knows of one session.
@@ -103,6 +116,7 @@ impl DaemonState {
             keys,
             settings,
             sessions: HashMap::new(),
+            adopted: HashMap::new(),
         }
     }
 
@@ -128,8 +142,12 @@ impl DaemonState {
     }
 
     /// Remove every session the data plane holds: at start, none of them has
-    /// a control connection any more (the data plane may outlive us).
+    /// a control connection any more. A data plane that outlives us keeps
+    /// them instead: they are adopted ([`DaemonState::adopt_sessions`]).
     pub fn remove_stale_sessions(&mut self, metrics: &Metrics) -> usize {
+        if self.table.outlives_process() {
+            return 0;
+        }
         let stale = self.table.sessions();
         for sid in &stale {
             if let Err(e) = self.table.remove(sid) {
@@ -138,6 +156,55 @@ impl DaemonState {
             }
         }
         stale.len()
+    }
+
+    /// Take over every session the data plane holds at start, if it
+    /// outlives us (the pinned BPF maps; otherwise nothing is adopted): each
+    /// keeps being reflected, its port stays taken, and [`sweep`] removes it
+    /// once it has seen no test packet for REFWAIT. Returns how many were
+    /// adopted.
+    pub fn adopt_sessions(&mut self, ports: &mut PortAllocator, now: Instant) -> usize {
+        if !self.table.outlives_process() {
+            return 0;
+        }
+        for sid in self.table.sessions() {
+            let port = self
+                .table
+                .reflector_addr(&sid)
+                .map(|a| a.port())
+                .filter(|p| ports.range().contains(*p))
+                .and_then(|p| match ports.allocate(p) {
+                    Some(got) if got == p => Some(p),
+                    Some(other) => {
+                        // Two sessions on one port: keep the first, the
+                        // data plane tells them apart by sender.
+                        ports.release(other);
+                        None
+                    }
+                    None => None,
+                });
+            tracing::info!(%sid, ?port, "adopted a data-plane session of an earlier run");
+            self.adopted.insert(sid, Adopted { port, since: now });
+        }
+        self.adopted.len()
+    }
+
+    /// Sessions adopted at start and not expired yet.
+    pub fn adopted_count(&self) -> usize {
+        self.adopted.len()
+    }
+
+    /// Whether adopted session `sid` is over: gone from the data plane, or
+    /// no test packet for REFWAIT (counted from adoption if none came).
+    fn adopted_expired(&self, sid: &Sid, a: &Adopted, now: Instant) -> bool {
+        let refwait = self.settings.refwait;
+        match self.table.activity(sid) {
+            None => true,
+            Some(act) => match act.idle {
+                Some(idle) => idle >= refwait,
+                None => now.saturating_duration_since(a.since) >= refwait,
+            },
+        }
     }
 
     /// Whether the started session `sid` has seen no test packet for REFWAIT.
@@ -279,6 +346,7 @@ fn stop(ctx: &mut Context<'_, DaemonState>, sid: &Sid, end: SessionEnd) {
 /// them: stopped sessions whose grace has passed are removed and released.
 pub fn sweep(ctx: &mut Context<'_, DaemonState>) {
     report_activity(ctx);
+    sweep_adopted(ctx);
     let now = ctx.now;
     let due: Vec<(Sid, SessionEnd)> = ctx
         .state
@@ -293,6 +361,35 @@ pub fn sweep(ctx: &mut Context<'_, DaemonState>) {
         // The data plane removes a stopped session itself after its grace;
         // make sure of it before the port is handed out again.
         end_now(ctx, &sid, end);
+    }
+}
+
+/// Removes adopted sessions that saw no test packet for REFWAIT (or that
+/// the data plane dropped by itself) and releases their ports.
+fn sweep_adopted(ctx: &mut Context<'_, DaemonState>) {
+    let now = ctx.now;
+    let due: Vec<Sid> = ctx
+        .state
+        .adopted
+        .iter()
+        .filter(|(sid, a)| ctx.state.adopted_expired(sid, a, now))
+        .map(|(sid, _)| *sid)
+        .collect();
+    for sid in due {
+        match ctx.state.table.remove(&sid) {
+            Ok(()) | Err(TableError::NoSuchSession(_)) => {}
+            Err(e) => {
+                ctx.metrics.data_plane_error(TableOp::Remove);
+                tracing::warn!(%sid, error = %e, "data plane cannot remove an adopted session");
+                continue;
+            }
+        }
+        if let Some(a) = ctx.state.adopted.remove(&sid) {
+            if let Some(p) = a.port {
+                ctx.ports.release(p);
+            }
+        }
+        tracing::info!(%sid, "adopted session ended: no test packet for REFWAIT");
     }
 }
 
@@ -733,6 +830,16 @@ impl ConnectionHandler for TwampHandler {
     /// (RFC 5357 §3.8 spirit: a session ends Timeout after it is stopped).
     fn on_close(&mut self, ctx: &mut Context<'_, DaemonState>, reason: CloseReason) {
         let id = self.info.id;
+        if reason == CloseReason::Shutdown && ctx.state.table.outlives_process() {
+            // The data plane outlives us: its sessions keep being reflected
+            // and the next run adopts them (expiring them by REFWAIT).
+            // Stopping them here would cut running tests short.
+            tracing::info!(
+                conn = id,
+                "shutdown: leaving this connection's sessions to the next run"
+            );
+            return;
+        }
         let held: Vec<Sid> = ctx
             .state
             .sessions
@@ -779,6 +886,10 @@ mod tests {
     struct Mem {
         sessions: HashMap<Sid, bool>,
         fail_next_add: bool,
+        /// Pinned-map behaviour: sessions outlive the process.
+        outlives: bool,
+        addrs: HashMap<Sid, SocketAddr>,
+        idle: HashMap<Sid, Duration>,
     }
 
     #[derive(Clone, Default)]
@@ -825,10 +936,17 @@ mod tests {
                 .ok_or(TableError::NoSuchSession(*sid))
         }
         fn activity(&self, sid: &Sid) -> Option<SessionActivity> {
-            self.mem()
-                .sessions
-                .get(sid)
-                .map(|_| SessionActivity::default())
+            let m = self.mem();
+            m.sessions.get(sid).map(|_| SessionActivity {
+                idle: m.idle.get(sid).copied(),
+                ..SessionActivity::default()
+            })
+        }
+        fn outlives_process(&self) -> bool {
+            self.mem().outlives
+        }
+        fn reflector_addr(&self, sid: &Sid) -> Option<SocketAddr> {
+            self.mem().addrs.get(sid).copied()
         }
         fn sessions(&self) -> Vec<Sid> {
             self.mem().sessions.keys().copied().collect()
@@ -1045,6 +1163,68 @@ mod tests {
                 prop_assert!(text.contains(&gauge), "{}", text);
             }
         }
+    }
+
+    /// A restarted control plane adopts what a pinned data plane still
+    /// holds: the ports stay taken, a session with test packets stays, one
+    /// without any for REFWAIT is removed and its port released.
+    #[test]
+    fn adopted_sessions_end_by_the_refwait_rule() {
+        let table = MemTable::default();
+        let (a, b, outside) = (Sid([1; 16]), Sid([2; 16]), Sid([3; 16]));
+        {
+            let mut m = table.mem();
+            m.outlives = true;
+            for (sid, port) in [(a, 40000u16), (b, 40001), (outside, 50000)] {
+                m.sessions.insert(sid, true);
+                m.addrs.insert(sid, (Ipv4Addr::LOCALHOST, port).into());
+            }
+        }
+        let rules = Rules {
+            allow: vec![],
+            deny: vec![],
+            max_connections: 10,
+            max_connections_per_client: 10,
+            max_sessions: 4,
+            max_sessions_per_client: 4,
+            ipv6_client_prefix: 64,
+            identities: Default::default(),
+        };
+        let mut w = World {
+            policy: Policy::new(rules),
+            ports: PortAllocator::new(PortRange::new(40000, 40002).expect("range")),
+            metrics: Metrics::new(),
+            state: DaemonState::new(
+                Box::new(table.clone()),
+                Keys::default(),
+                SessionSettings {
+                    refwait: REFWAIT,
+                    rate_limit: RateLimit::default(),
+                },
+            ),
+            now: Instant::now(),
+        };
+        let now = w.now;
+        assert_eq!(w.state.adopt_sessions(&mut w.ports, now), 3);
+        assert!(w.ports.is_allocated(40000) && w.ports.is_allocated(40001));
+        assert_eq!(w.ports.in_use(), 2, "50000 is outside the range");
+        // Half of REFWAIT: nothing ends.
+        w.now += REFWAIT / 2;
+        sweep(&mut w.ctx());
+        assert_eq!(w.state.adopted_count(), 3);
+        // `a` keeps receiving test packets; the others saw none since adoption.
+        table.mem().idle.insert(a, Duration::ZERO);
+        w.now += REFWAIT / 2;
+        sweep(&mut w.ctx());
+        assert_eq!(w.state.adopted_count(), 1);
+        assert_eq!(table.sessions(), vec![a]);
+        assert!(w.ports.is_allocated(40000) && !w.ports.is_allocated(40001));
+        // Then `a` goes quiet for REFWAIT.
+        table.mem().idle.insert(a, REFWAIT);
+        sweep(&mut w.ctx());
+        assert_eq!(w.state.adopted_count(), 0);
+        assert!(table.sessions().is_empty());
+        assert_eq!(w.ports.in_use(), 0);
     }
 
     #[test]

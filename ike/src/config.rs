@@ -183,13 +183,23 @@ pub struct Config {
     /// Most half-open responder SAs (IKE_SA_INIT answered, IKE_AUTH not yet
     /// done); beyond it new IKE_SA_INIT requests are dropped.
     pub half_open_limit: usize,
+    /// Most IKE SAs of every state together; beyond it new IKE_SA_INIT
+    /// requests are dropped (authenticated peers cannot grow the table
+    /// without bound either).
+    pub max_sas: usize,
     /// From this many half-open SAs on, IKE_SA_INIT requests must carry a
     /// valid COOKIE (RFC 7296 §2.6).
     pub cookie_threshold: usize,
+    /// The cookie secret is replaced when it is this old (checked when a
+    /// cookie is demanded); cookies made with the previous one still pass.
+    pub cookie_secret_lifetime: Duration,
     /// A half-open SA is forgotten after this long.
     pub half_open_timeout: Duration,
     /// UDP port for NAT-T (RFC 3948), normally 4500.
     pub natt_port: u16,
+    /// Behind a NAT, send a NAT-keepalive this often (RFC 3948 §4: 20 s);
+    /// `None`: never.
+    pub natt_keepalive: Option<Duration>,
     /// Send an empty INFORMATIONAL after this long without a message from the
     /// peer (`None`: only when asked with `Endpoint::check_liveness`).
     pub liveness_interval: Option<std::time::Duration>,
@@ -205,6 +215,20 @@ pub struct Config {
     /// Rekey each CHILD_SA this long after it was installed (same jitter);
     /// a CHILD_SA the peer rekeys first is left to the peer.
     pub child_rekey_after: Option<Duration>,
+    /// What a peer may ask for as CHILD_SA traffic selectors when we
+    /// respond: its proposals are narrowed to these (RFC 7296 §2.9), and
+    /// refused with TS_UNACCEPTABLE when nothing is left. `None` accepts what
+    /// the initiator proposes.
+    pub child_policy: Option<ChildPolicy>,
+}
+
+/// Traffic selectors a responder allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildPolicy {
+    /// The peer's side (TSi of a CHILD_SA the peer initiates).
+    pub remote: Vec<crate::wire::TrafficSelector>,
+    /// Our side (TSr).
+    pub local: Vec<crate::wire::TrafficSelector>,
 }
 
 impl Config {
@@ -225,13 +249,17 @@ impl Config {
             retransmit_timeout: Duration::from_millis(500),
             retransmit_tries: 6,
             half_open_limit: 1024,
+            max_sas: 16384,
             cookie_threshold: 64,
+            cookie_secret_lifetime: Duration::from_secs(300),
             half_open_timeout: Duration::from_secs(30),
             natt_port: 4500,
+            natt_keepalive: Some(Duration::from_secs(20)),
             liveness_interval: None,
             child_pfs: false,
             ike_rekey_after: None,
             child_rekey_after: None,
+            child_policy: None,
         }
     }
 }

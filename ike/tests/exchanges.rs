@@ -1201,3 +1201,322 @@ fn every_prf_gives_matching_keys_and_the_rfc7717_secret_of_its_hash() {
         assert_eq!(*ia.ippm_key(), expect, "{suite:?}");
     }
 }
+
+#[test]
+fn ike_sa_init_response_to_a_minimal_request_stays_small() {
+    // A minimal request: one proposal, X25519 KE, a 16-octet nonce, no NAT-D.
+    use ricochet_ike::wire::FLAG_I;
+    let kex = DhGroup::Curve25519.generate(&mut SeqRng::new(5));
+    let payloads = vec![
+        Payload::Sa(vec![IkeSuite::GCM128_SHA256_X25519.proposal(1, &[])]),
+        Payload::Ke {
+            group: 31,
+            data: kex.public().to_vec(),
+        },
+        Payload::Nonce(vec![7; 16]),
+    ];
+    let mut body = Vec::new();
+    let first = wire::emit_chain(&payloads, &mut body);
+    let h = HeaderRepr {
+        spi_i: [9; 8],
+        spi_r: [0; 8],
+        next_payload: first,
+        exchange_type: exchange::IKE_SA_INIT,
+        flags: FLAG_I,
+        message_id: 0,
+        length: (HEADER_LEN + body.len()) as u32,
+    };
+    let mut req = vec![0u8; HEADER_LEN];
+    h.emit(&mut req);
+    req.extend_from_slice(&body);
+    let mut rng = SeqRng::new(6);
+    let mut b = Endpoint::new(
+        Config::new(Identification::fqdn("b.ike.test")),
+        psk("a.ike.test", b"x"),
+        &mut rng,
+    );
+    b.handle_datagram(Instant::now(), &mut rng, addr(B), addr(A), &req);
+    let resp = b.poll_transmit().unwrap();
+    let (_, pl) = clear_payloads(&resp.data);
+    assert!(pl
+        .iter()
+        .any(|x| matches!(x, Payload::Nonce(n) if n.len() == 16)));
+    assert!(!pl.iter().any(|x| matches!(x, Payload::Notify(n)
+        if n.ntype == notify::NAT_DETECTION_SOURCE_IP)));
+    // Only CHILDLESS_IKEV2_SUPPORTED (8 octets) more than the request.
+    assert_eq!(resp.data.len(), req.len() + 8);
+}
+
+#[test]
+fn responder_narrows_traffic_selectors_to_its_policy() {
+    use ricochet_ike::ChildPolicy;
+    let net = |a: &str, b: &str| TrafficSelector {
+        ip_proto: 0,
+        start_port: 0,
+        end_port: 0xffff,
+        start_addr: a.parse().unwrap(),
+        end_addr: b.parse().unwrap(),
+    };
+    let mut cb = Config::new(Identification::fqdn("b.ike.test"));
+    cb.child_policy = Some(ChildPolicy {
+        remote: vec![net("198.19.77.0", "198.19.77.127")],
+        local: vec![TrafficSelector {
+            ip_proto: 17,
+            start_port: 862,
+            end_port: 862,
+            ..TrafficSelector::host("198.19.77.2".parse().unwrap())
+        }],
+    });
+    let mut p = Pair::new(
+        Config::new(Identification::fqdn("a.ike.test")),
+        cb.clone(),
+        b"s",
+        b"s",
+    );
+    // A asks for whole /24s both ways: B narrows to its policy.
+    p.initiate(Some(ChildParams {
+        ts_i: vec![net("198.19.77.0", "198.19.77.255")],
+        ts_r: vec![net("198.19.77.0", "198.19.77.255")],
+        mode: ChildMode::Tunnel,
+    }));
+    p.pump();
+    let (ea, eb) = p.events();
+    let (ca, cb_keys) = (
+        established(&ea).child.unwrap(),
+        established(&eb).child.unwrap(),
+    );
+    assert_eq!(ca.ts_i, vec![net("198.19.77.0", "198.19.77.127")]);
+    assert_eq!(ca.ts_r.len(), 1);
+    assert_eq!(
+        (
+            ca.ts_r[0].ip_proto,
+            ca.ts_r[0].start_port,
+            ca.ts_r[0].end_port
+        ),
+        (17, 862, 862)
+    );
+    assert_eq!(ca.ts_r[0].start_addr, ca.ts_r[0].end_addr);
+    assert_eq!(
+        (ca.ts_i.clone(), ca.ts_r.clone()),
+        (cb_keys.ts_i, cb_keys.ts_r)
+    );
+    // Outside the policy entirely: TS_UNACCEPTABLE, the IKE SA stays childless.
+    let mut p = Pair::new(
+        Config::new(Identification::fqdn("a.ike.test")),
+        cb,
+        b"s",
+        b"s",
+    );
+    p.initiate(Some(ChildParams {
+        ts_i: vec![TrafficSelector::host("198.18.99.1".parse().unwrap())],
+        ts_r: vec![TrafficSelector::host("198.19.77.2".parse().unwrap())],
+        mode: ChildMode::Tunnel,
+    }));
+    p.pump();
+    let (ea, eb) = p.events();
+    assert!(established(&ea).child.is_none());
+    assert!(established(&eb).child.is_none());
+    assert!(!ea
+        .iter()
+        .any(|e| matches!(e, Event::ChildSaInstalled { .. })));
+}
+
+#[test]
+fn cookie_secret_rotates_and_the_previous_one_still_counts() {
+    let mut cb = Config::new(Identification::fqdn("b.ike.test"));
+    cb.cookie_threshold = 0; // always demand a cookie
+    cb.cookie_secret_lifetime = Duration::from_secs(10);
+    let mut rb = SeqRng::new(2);
+    let mut b = Endpoint::new(cb, psk("a.ike.test", b"s"), &mut rb);
+    // An initiator at `src` asks at `at`; returns B's cookie version and the
+    // initiator's second request (with the cookie), not yet delivered.
+    let ask = |b: &mut Endpoint, rb: &mut SeqRng, src: &str, seed: u64, at: Instant| {
+        let mut r = SeqRng::new(seed);
+        let mut x = Endpoint::new(
+            Config::new(Identification::fqdn("a.ike.test")),
+            psk("b.ike.test", b"s"),
+            &mut r,
+        );
+        x.initiate(
+            at,
+            &mut r,
+            InitiateParams {
+                local: addr(src),
+                peer: addr(B),
+                peer_id: None,
+                child: None,
+            },
+        )
+        .unwrap();
+        let t = x.poll_transmit().unwrap();
+        b.handle_datagram(at, rb, t.remote, t.local, &t.data);
+        let c = b.poll_transmit().unwrap();
+        let (_, pl) = clear_payloads(&c.data);
+        let Payload::Notify(n) = &pl[0] else {
+            panic!("{pl:?}")
+        };
+        assert_eq!(n.ntype, notify::COOKIE);
+        x.handle_datagram(at, &mut r, c.remote, c.local, &c.data);
+        (n.data[0], x.poll_transmit().unwrap())
+    };
+    let t0 = Instant::now();
+    let (v, from_a) = ask(&mut b, &mut rb, "198.18.0.1:500", 10, t0);
+    assert_eq!(v, 0);
+    let (v, from_y) = ask(&mut b, &mut rb, "198.18.0.3:500", 11, t0);
+    assert_eq!(v, 0);
+    // The secret rotates when a cookie is demanded 11 s later...
+    let (v, _) = ask(
+        &mut b,
+        &mut rb,
+        "198.18.0.9:500",
+        12,
+        t0 + Duration::from_secs(11),
+    );
+    assert_eq!(v, 1);
+    // ...and A's version-0 cookie still passes.
+    let t1 = t0 + Duration::from_secs(12);
+    b.handle_datagram(t1, &mut rb, from_a.remote, from_a.local, &from_a.data);
+    let (_, pl) = clear_payloads(&b.poll_transmit().unwrap().data);
+    assert!(
+        pl.iter().any(|x| matches!(x, Payload::Ke { .. })),
+        "accepted: {pl:?}"
+    );
+    // After a second rotation Y's version-0 cookie no longer does.
+    let (v, _) = ask(
+        &mut b,
+        &mut rb,
+        "198.18.0.9:500",
+        13,
+        t0 + Duration::from_secs(25),
+    );
+    assert_eq!(v, 2);
+    b.handle_datagram(t1, &mut rb, from_y.remote, from_y.local, &from_y.data);
+    let (_, pl) = clear_payloads(&b.poll_transmit().unwrap().data);
+    assert!(
+        matches!(&pl[..], [Payload::Notify(n)] if n.ntype == notify::COOKIE && n.data[0] == 2),
+        "{pl:?}"
+    );
+}
+
+#[test]
+fn the_sa_table_is_bounded_for_authenticated_peers_too() {
+    let mut cb = Config::new(Identification::fqdn("b.ike.test"));
+    cb.max_sas = 3;
+    let mut p = Pair::new(
+        Config::new(Identification::fqdn("a.ike.test")),
+        cb,
+        b"s",
+        b"s",
+    );
+    for _ in 0..5 {
+        p.initiate(None);
+        p.pump();
+    }
+    assert_eq!(p.b.established().len(), 3);
+    assert_eq!(p.b.stats().half_open_refused, 2);
+    let (ea, _) = p.events();
+    assert_eq!(
+        ea.iter()
+            .filter(|e| matches!(e, Event::IkeSaEstablished(_)))
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn a_later_major_version_gets_invalid_major_version_and_ikev1_silence() {
+    let mut rng = SeqRng::new(3);
+    let mut b = Endpoint::new(
+        Config::new(Identification::fqdn("b.ike.test")),
+        psk("a.ike.test", b"x"),
+        &mut rng,
+    );
+    let mut a = Endpoint::new(
+        Config::new(Identification::fqdn("a.ike.test")),
+        psk("b.ike.test", b"x"),
+        &mut rng,
+    );
+    a.initiate(
+        Instant::now(),
+        &mut rng,
+        InitiateParams {
+            local: addr(A),
+            peer: addr(B),
+            peer_id: None,
+            child: None,
+        },
+    )
+    .unwrap();
+    let mut req = a.poll_transmit().unwrap().data;
+    req[17] = 0x30; // IKEv3.0
+    b.handle_datagram(Instant::now(), &mut rng, addr(B), addr(A), &req);
+    let r = b.poll_transmit().expect("an answer");
+    assert_eq!(r.data[17], 0x20, "our version in the header");
+    let (h, pl) = clear_payloads(&r.data);
+    assert_eq!(h.spi_i, req[..8]);
+    assert!(matches!(&pl[..], [Payload::Notify(n)] if n.ntype == notify::INVALID_MAJOR_VERSION));
+    assert_eq!(b.half_open(), 0);
+    req[17] = 0x10; // IKEv1: not ours to answer
+    b.handle_datagram(Instant::now(), &mut rng, addr(B), addr(A), &req);
+    assert!(b.poll_transmit().is_none());
+}
+
+#[test]
+fn behind_a_nat_we_float_to_4500_and_send_keepalives() {
+    // A sits behind a port-translating NAT: B sees A's port 500 as 1500 and
+    // 4500 as 14500. Only A (behind it) sends NAT-keepalives.
+    let mut p = Pair::default();
+    let nat_out = |a: SocketAddr| {
+        let mut a = a;
+        a.set_port(if a.port() == 500 { 1500 } else { 14500 });
+        a
+    };
+    let nat_in = |a: SocketAddr| {
+        let mut a = a;
+        a.set_port(if a.port() == 1500 { 500 } else { 4500 });
+        a
+    };
+    p.initiate(Some(child_params()));
+    let mut keepalives = 0;
+    let run = |p: &mut Pair, keepalives: &mut usize| {
+        for _ in 0..50 {
+            let mut moved = false;
+            while let Some(t) = p.a.poll_transmit() {
+                moved = true;
+                if t.data == [0xff] {
+                    assert_eq!(t.local.port(), 4500);
+                    *keepalives += 1;
+                }
+                p.b.handle_datagram(p.now, &mut p.rb, t.remote, nat_out(t.local), &t.data);
+            }
+            while let Some(t) = p.b.poll_transmit() {
+                moved = true;
+                assert_ne!(t.data, [0xff], "B is not behind a NAT");
+                p.a.handle_datagram(p.now, &mut p.ra, nat_in(t.remote), t.remote, &t.data);
+            }
+            if !moved {
+                return;
+            }
+        }
+    };
+    run(&mut p, &mut keepalives);
+    let (ea, eb) = p.events();
+    let (ia, ib) = (established(&ea), established(&eb));
+    assert_eq!(ia.peer.port(), 4500, "A floated");
+    assert_eq!(
+        ib.peer,
+        addr("198.18.0.1:14500"),
+        "B answers the NAT's port"
+    );
+    assert!(ia.child.unwrap().udp_encap && ib.child.unwrap().udp_encap);
+    assert_eq!(keepalives, 0);
+    // 20 s later A's keepalive goes out (on the NAT-T port); B stays silent.
+    let due = p.a.poll_timeout().unwrap();
+    assert_eq!(due, p.now + Duration::from_secs(20));
+    p.now = due;
+    p.a.handle_timeout(p.now, &mut p.ra);
+    p.b.handle_timeout(p.now, &mut p.rb);
+    run(&mut p, &mut keepalives);
+    assert_eq!(keepalives, 1);
+    assert!(p.b.poll_timeout().is_none(), "no keepalive timer on B");
+}

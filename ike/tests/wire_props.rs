@@ -136,8 +136,57 @@ proptest! {
     }
 
     #[test]
+    fn ts_intersection_lies_in_both(a in ts(), b in ts()) {
+        match a.intersect(&b) {
+            Some(x) => {
+                prop_assert!(a.contains(&x) && b.contains(&x));
+                prop_assert_eq!(b.intersect(&a), Some(x));
+            }
+            None => {
+                // Then no single address/port/protocol lies in both: the
+                // start corner of one is outside the other when they share
+                // a family and overlap on every axis.
+                let same_family = a.start_addr.is_ipv4() == b.start_addr.is_ipv4();
+                let ports = a.start_port.max(b.start_port) <= a.end_port.min(b.end_port);
+                let protos = a.ip_proto == 0 || b.ip_proto == 0 || a.ip_proto == b.ip_proto;
+                let addrs = a.start_addr.max(b.start_addr) <= a.end_addr.min(b.end_addr);
+                prop_assert!(!(same_family && ports && protos && addrs));
+            }
+        }
+    }
+
+    #[test]
     fn arbitrary_octets_never_panic(first in any::<u8>(), data in bytes(400)) {
         let _ = wire::parse_chain(first, &data);
         let _ = Header::new_checked(&data[..]);
     }
+}
+
+#[test]
+fn unknown_payloads_are_kept_unless_critical_and_fragments_refused() {
+    // Nonce (40) followed by an unknown type 200 with 3 body octets.
+    let chain = |critical: u8| {
+        let mut c = vec![200, 0, 0, 20];
+        c.extend_from_slice(&[7; 16]);
+        c.extend_from_slice(&[0, critical, 0, 7, 1, 2, 3]);
+        c
+    };
+    let ok = wire::parse_chain(40, &chain(0)).unwrap();
+    assert_eq!(
+        ok[1],
+        Payload::Other {
+            ptype: 200,
+            body: vec![1, 2, 3]
+        }
+    );
+    assert_eq!(
+        wire::parse_chain(40, &chain(0x80)),
+        Err(wire::WireError::UnsupportedCritical(200))
+    );
+    // An Encrypted Fragment payload (RFC 7383) is refused as such.
+    let skf = [0u8, 0, 0, 8, 0, 1, 0, 1];
+    assert_eq!(
+        wire::parse_chain(wire::ptype::SKF, &skf),
+        Err(wire::WireError::Fragmented)
+    );
 }

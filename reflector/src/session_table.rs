@@ -161,6 +161,10 @@ pub struct DropBreakdown {
     pub wrong_source: u64,
     /// Too short or too long for the session's format.
     pub malformed: u64,
+    /// STAMP requests that asked for no reply (RFC 9503 §4.1.1 Return
+    /// Path Control Code 0): received and processed, deliberately not
+    /// answered.
+    pub no_reply: u64,
 }
 
 /// Counters and liveness of one session, for REFWAIT and metrics.
@@ -202,6 +206,18 @@ pub trait SessionTable: Send {
     fn activity(&self, sid: &Sid) -> Option<SessionActivity>;
     /// Every session the data plane holds (reconciliation after a restart).
     fn sessions(&self) -> Vec<Sid>;
+    /// Whether the sessions outlive this process (the pinned BPF maps): a
+    /// control plane that stops then leaves them in place for its successor
+    /// instead of stopping them. `false` for an in-process data plane.
+    fn outlives_process(&self) -> bool {
+        false
+    }
+    /// Our address and port of session `sid` (for a restarted control plane
+    /// to take the ports of the sessions it adopts); `None` when unknown.
+    fn reflector_addr(&self, sid: &Sid) -> Option<SocketAddr> {
+        let _ = sid;
+        None
+    }
     /// Adds a stateless listener.
     fn add_listener(&mut self, spec: ListenerSpec) -> Result<(), TableError>;
     fn remove_listener(&mut self, local: SocketAddr) -> Result<(), TableError>;

@@ -255,6 +255,29 @@ fn stop_keeps_reflecting_until_the_grace_is_over() {
     assert!(t.sessions().is_empty());
 }
 
+/// A session stopped by the previous control plane is over for the next
+/// one once its grace has passed (no activity), even before a sweep.
+#[test]
+fn a_stopped_session_has_no_activity_after_its_grace() {
+    if skip() {
+        return;
+    }
+    let (p, r, mut t) = setup();
+    t.add(spec(SID, PORT_PEER, SecurityMode::Unauthenticated))
+        .unwrap();
+    t.start(&Sid(SID)).unwrap();
+    t.stop(&Sid(SID), Duration::from_secs(2)).unwrap();
+    drop(t);
+    let t2 = BpfSessionTable::open(p.pin_dir(), &r.0).unwrap();
+    assert!(t2.activity(&Sid(SID)).is_some(), "within its grace");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while t2.activity(&Sid(SID)).is_some() {
+        assert!(std::time::Instant::now() < deadline, "grace never ended");
+        std::thread::sleep(Duration::from_millis(20)); // polling a deadline, bounded
+    }
+    assert_eq!(t2.sessions(), vec![Sid(SID)], "not swept yet");
+}
+
 #[test]
 fn a_restarted_control_plane_lists_and_removes_pinned_sessions() {
     if skip() {
@@ -276,6 +299,10 @@ fn a_restarted_control_plane_lists_and_removes_pinned_sessions() {
     let mut want = vec![Sid(SID), Sid(sid_b)];
     want.sort_by_key(|s| s.0);
     assert_eq!(t2.sessions(), want);
+    // What a restarted control plane needs to adopt them.
+    assert!(t2.outlives_process());
+    assert_eq!(t2.reflector_addr(&Sid(SID)), Some(us()));
+    assert_eq!(t2.reflector_addr(&Sid([9; 16])), None);
     assert!(t2.orphans().unwrap().is_empty());
     assert_eq!(t2.activity(&Sid(SID)).unwrap().reflected, 0);
 
@@ -395,8 +422,10 @@ fn stamp_sessions_become_secured_entries_with_stamp_keys() {
         key: key.map(zeroize::Zeroizing::new),
         timestamp_format: TimeFormat::Ptp,
         dscp: Some(10),
-        cos_policy: CosPolicy::ALLOW_ALL,
-        micro_session_id: None,
+        // DSCP 10 and 46 (EF) only, and member link 9: the pollers must
+        // get both (issue 8: the AF_XDP path ignored them).
+        cos_policy: CosPolicy((1 << 10) | (1 << 46)),
+        micro_session_id: Some(9),
         rate_limit_pps: 0,
         rate_burst: 0,
     };
@@ -408,6 +437,10 @@ fn stamp_sessions_become_secured_entries_with_stamp_keys() {
         .unwrap()
         .expect("sessions entry");
     assert_eq!(e.config.mode, Mode::Secured);
+    assert!(
+        e.config.flags.contains(EntryFlags::XSK_REFUSED),
+        "refused packets reach the poller to be counted (R_RxC)"
+    );
     let k = p.maps().read_keys(e.config.slot).unwrap().expect("keys");
     assert_eq!(k.sender, Some(peer(PORT_PEER)));
     assert!(k.flags.contains(EntryFlags::PTP));
@@ -417,9 +450,13 @@ fn stamp_sessions_become_secured_entries_with_stamp_keys() {
         KeyMaterial::StampSession {
             ssid: 0x1234,
             key: Some(key),
+            cos_allowed_dscp,
+            micro_session_id,
         } => {
             assert_eq!(&key[..20], &[0xab; 20]);
             assert_eq!(&key[20..], &[0; 12], "zero-padded: the same HMAC");
+            assert_eq!(*cos_allowed_dscp, (1 << 10) | (1 << 46));
+            assert_eq!(*micro_session_id, Some(9));
         }
         other => panic!("wrong key material {other:?}"),
     }

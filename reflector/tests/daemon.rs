@@ -228,6 +228,10 @@ fn fails_with_a_clear_message_and_nonzero_exit() {
             "--queues must be at least 1",
         ),
         (&["--iface", "lo", "--cores", "x"][..], "--cores"),
+        (
+            &["--iface", "lo", "--generic", "--hw-rx-timestamps"][..],
+            "needs native XDP",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_ricochet-reflector"))
             .args(args)
@@ -252,6 +256,7 @@ fn fails_with_a_clear_message_and_nonzero_exit() {
         "--busy-poll",
         "--generic",
         "--keep-attached",
+        "--hw-rx-timestamps",
         "Examples:",
     ] {
         assert!(text.contains(opt), "--help lacks {opt}");

@@ -12,8 +12,8 @@ use std::thread;
 use std::time::Duration;
 
 use ricochet_reflector::socket::{
-    BatchConfig, BatchSocket, ReflectorConfig, ReflectorHandle, ReplyTos, RxBatch, RxPacket,
-    SocketKey, SocketOptions, SocketReflector, Stats, TxBatch, TxMeta,
+    BatchConfig, BatchSocket, Reflect, ReflectorConfig, ReflectorHandle, ReplyTos, RxBatch,
+    RxPacket, SocketKey, SocketOptions, SocketReflector, Stats, TxBatch, TxMeta,
 };
 use socket_support::{plain_recv, plain_socket, recv_until, PATIENCE};
 
@@ -274,4 +274,74 @@ fn poll_once_serves_sockets_added_on_the_loop_thread() {
     assert_eq!(r.remove_socket(5).map(|s| s.reflected), Some(1));
     assert_eq!(r.socket_count(), 0);
     assert!(r.remove_socket(5).is_none());
+}
+
+/// Counts the batch hooks around `reflect` calls (echoing every packet).
+#[derive(Default)]
+struct Batches {
+    open: Option<SocketKey>,
+    begins: usize,
+    ends: usize,
+    reflected: usize,
+    outside: usize,
+}
+
+impl Reflect for Batches {
+    fn begin_batch(&mut self, key: SocketKey) {
+        assert!(self.open.is_none(), "batches do not nest");
+        self.open = Some(key);
+        self.begins += 1;
+    }
+    fn end_batch(&mut self) {
+        assert!(self.open.take().is_some(), "end without begin");
+        self.ends += 1;
+    }
+    fn reflect(&mut self, key: SocketKey, rx: &RxPacket<'_>, tx: &mut [u8]) -> Option<usize> {
+        if self.open != Some(key) {
+            self.outside += 1;
+        }
+        self.reflected += 1;
+        tx[..rx.payload.len()].copy_from_slice(rx.payload);
+        Some(rx.payload.len())
+    }
+}
+
+/// Every packet is handled inside a begin/end pair for its socket, and a
+/// burst takes one pair per received batch (the socket table takes its
+/// registry lock once per pair, not per packet).
+#[test]
+fn every_packet_is_reflected_inside_one_batch_per_receive() {
+    const N: usize = 100;
+    let mut r = SocketReflector::new(&ReflectorConfig::default()).unwrap();
+    let sock = bind("127.0.0.1:0");
+    let target = sock.local_addr();
+    let peer = plain_socket("127.0.0.1:0".parse().unwrap(), 64, 0);
+    for i in 0..N {
+        peer.send_to(&[i as u8], target).unwrap();
+    }
+    r.add_socket(9, sock, ReplyTos::Socket).unwrap();
+    let mut h = Batches::default();
+    let deadline = std::time::Instant::now() + WAIT;
+    while h.reflected < N {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} reflected",
+            h.reflected
+        );
+        assert!(r
+            .poll_once(&mut h, Some(Duration::from_millis(50)))
+            .unwrap());
+    }
+    for i in 0..N {
+        assert_eq!(plain_recv(&peer), (vec![i as u8], target));
+    }
+    assert_eq!(h.outside, 0, "reflect outside a batch");
+    assert!(h.open.is_none());
+    assert_eq!(h.begins, h.ends);
+    let batch = BatchConfig::default().batch;
+    assert!(
+        h.begins <= N.div_ceil(batch) + 1,
+        "{} batches for {N} packets of {batch}",
+        h.begins
+    );
 }

@@ -27,6 +27,15 @@ pub const SENDER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const REFLECTOR_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const SENDER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
 pub const REFLECTOR_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+/// Addresses for 802.1Q-tagged test frames (VLAN 100 in the tests): a second
+/// subnet of the benchmarking ranges, 198.18.1.0/24 and 2001:2:0:1::/64. The
+/// lab kernel has no 802.1Q support (`CONFIG_VLAN_8021Q` unset), so no VLAN
+/// sub-interface carries them: tests build tagged frames themselves and send
+/// them on the veth through a packet socket.
+pub const SENDER_VLAN_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+pub const REFLECTOR_VLAN_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+pub const SENDER_VLAN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1);
+pub const REFLECTOR_VLAN_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 2);
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab.sh")
@@ -97,6 +106,52 @@ impl Lab {
             (Side::Reflector, false) => REFLECTOR_V4.into(),
             (Side::Sender, true) => SENDER_V6.into(),
             (Side::Reflector, true) => REFLECTOR_V6.into(),
+        }
+    }
+
+    /// The path of a side's namespace, for `setns(2)` (enter it from a
+    /// thread to open sockets there: a socket stays in the namespace it was
+    /// created in).
+    pub fn netns_path(&self, side: Side) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.netns(side)))
+    }
+
+    /// Runs `f` on a new thread inside a side's network namespace and
+    /// returns its result (sockets it creates belong to that namespace).
+    pub fn in_netns<T: Send + 'static>(
+        &self,
+        side: Side,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let path = self.netns_path(side);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a valid namespace fd; it changes only the
+            // network namespace of this (fresh, single-purpose) thread.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "setns {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    }
+
+    /// A side's address for 802.1Q-tagged test frames (198.18.1.0/24,
+    /// 2001:2:0:1::/64; see [`SENDER_VLAN_V4`]).
+    pub fn vlan_addr(side: Side, v6: bool) -> IpAddr {
+        match (side, v6) {
+            (Side::Sender, false) => SENDER_VLAN_V4.into(),
+            (Side::Reflector, false) => REFLECTOR_VLAN_V4.into(),
+            (Side::Sender, true) => SENDER_VLAN_V6.into(),
+            (Side::Reflector, true) => REFLECTOR_VLAN_V6.into(),
         }
     }
 

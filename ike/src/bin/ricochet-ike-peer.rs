@@ -131,6 +131,8 @@ fn run(args: &Args) -> Result<(), String> {
     }
     config.esp_suites = vec![EspSuite::GCM128, EspSuite::CBC128_SHA256];
     config.child_pfs = args.child_pfs;
+    // Every argument is checked before any socket is bound.
+    let child = args.child.as_deref().map(parse_child).transpose()?;
     let natt = config.natt_port;
     let mut rng = OsRng;
     let mut ep = Endpoint::new(config, Box::new(PskAuthenticator { store }), &mut rng);
@@ -148,7 +150,6 @@ fn run(args: &Args) -> Result<(), String> {
     let start = Instant::now();
     let deadline = start + Duration::from_millis(args.run_ms);
     if let Some(peer) = args.initiate {
-        let child = args.child.as_deref().map(parse_child).transpose()?;
         ep.initiate(
             start,
             &mut rng,

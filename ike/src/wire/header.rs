@@ -56,6 +56,13 @@ impl<T: AsRef<[u8]>> Header<T> {
         Ok(h)
     }
 
+    /// Wraps a buffer already known to hold at least [`HEADER_LEN`] octets
+    /// without the Length and version checks (to answer a wrong version).
+    /// Accessors panic on a shorter buffer; check the length first.
+    pub fn new_unchecked(buf: T) -> Self {
+        Header { buf }
+    }
+
     fn b(&self) -> &[u8] {
         self.buf.as_ref()
     }

@@ -234,6 +234,51 @@ impl TrafficSelector {
     }
 }
 
+impl TrafficSelector {
+    /// The selector both `self` and `other` cover, if any (same address
+    /// family, overlapping ports and addresses, compatible protocol).
+    pub fn intersect(&self, other: &TrafficSelector) -> Option<TrafficSelector> {
+        let ip_proto = match (self.ip_proto, other.ip_proto) {
+            (0, p) | (p, 0) => p,
+            (a, b) if a == b => a,
+            _ => return None,
+        };
+        let start_port = self.start_port.max(other.start_port);
+        let end_port = self.end_port.min(other.end_port);
+        if start_port > end_port {
+            return None;
+        }
+        let start_addr = max_ip(&self.start_addr, &other.start_addr)?;
+        let end_addr = min_ip(&self.end_addr, &other.end_addr)?;
+        if !ip_le(&start_addr, &end_addr) {
+            return None;
+        }
+        Some(TrafficSelector {
+            ip_proto,
+            start_port,
+            end_port,
+            start_addr,
+            end_addr,
+        })
+    }
+}
+
+fn max_ip(a: &IpAddr, b: &IpAddr) -> Option<IpAddr> {
+    match (a, b) {
+        (IpAddr::V4(x), IpAddr::V4(y)) => Some(IpAddr::V4(*x.max(y))),
+        (IpAddr::V6(x), IpAddr::V6(y)) => Some(IpAddr::V6(*x.max(y))),
+        _ => None,
+    }
+}
+
+fn min_ip(a: &IpAddr, b: &IpAddr) -> Option<IpAddr> {
+    match (a, b) {
+        (IpAddr::V4(x), IpAddr::V4(y)) => Some(IpAddr::V4(*x.min(y))),
+        (IpAddr::V6(x), IpAddr::V6(y)) => Some(IpAddr::V6(*x.min(y))),
+        _ => None,
+    }
+}
+
 fn ip_le(a: &IpAddr, b: &IpAddr) -> bool {
     match (a, b) {
         (IpAddr::V4(a), IpAddr::V4(b)) => a <= b,
@@ -267,6 +312,20 @@ impl Identification {
         Identification {
             id_type: idtype::FQDN,
             data: name.as_bytes().to_vec(),
+        }
+    }
+
+    /// An ID_IPV4_ADDR or ID_IPV6_ADDR identity.
+    pub fn address(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(a) => Identification {
+                id_type: idtype::IPV4_ADDR,
+                data: a.octets().to_vec(),
+            },
+            IpAddr::V6(a) => Identification {
+                id_type: idtype::IPV6_ADDR,
+                data: a.octets().to_vec(),
+            },
         }
     }
 

@@ -34,6 +34,11 @@ use crate::engine::same_endpoint;
 use crate::stamp_engine::PacketAddrs;
 use std::net::SocketAddr;
 
+/// Copy-mode `sendto` calls per step at most (a 2048-entry ring is 64
+/// kernel TX batches; more frames than that are never outstanding at once
+/// in one step).
+const MAX_TX_KICKS: usize = 64;
+
 /// What the poller does with each frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PollerMode {
@@ -386,14 +391,34 @@ impl Worker {
     }
 
     fn kick_tx(&mut self) {
-        // Copy mode transmits only inside sendto: kick whenever frames
-        // wait; zero-copy only when the driver asks.
-        if !self.sock.zero_copy() || self.sock.tx_needs_wakeup() {
-            self.stats.tx_kicks.add(1);
-            if let Err(e) = self.sock.kick_tx() {
-                self.stats.kick_errors.add(1);
-                tracing::debug!(error = %e, "AF_XDP TX kick failed");
+        // Zero-copy: only when the driver asks.
+        if self.sock.zero_copy() {
+            if self.sock.tx_needs_wakeup() {
+                self.kick_tx_once();
             }
+            return;
+        }
+        // Copy mode transmits only inside sendto, and each call takes at
+        // most the kernel's TX batch (32 descriptors, net/xdp/xsk.c): kick
+        // until the ring is drained or a kick makes no progress, else the
+        // ring fills up and replies are dropped as TxRingFull (bounded:
+        // one call per 32 frames of the ring at most).
+        let mut left = self.sock.tx_outstanding();
+        for _ in 0..MAX_TX_KICKS {
+            self.kick_tx_once();
+            let now = self.sock.tx_outstanding();
+            if now == 0 || now >= left {
+                break;
+            }
+            left = now;
+        }
+    }
+
+    fn kick_tx_once(&mut self) {
+        self.stats.tx_kicks.add(1);
+        if let Err(e) = self.sock.kick_tx() {
+            self.stats.kick_errors.add(1);
+            tracing::debug!(error = %e, "AF_XDP TX kick failed");
         }
     }
 
@@ -607,6 +632,7 @@ impl Worker {
             cache,
             scratch,
             md_len,
+            stats,
             ..
         } = self;
         let cache = cache.as_mut().ok_or(DropReason::BadKeys)?;
@@ -616,6 +642,10 @@ impl Worker {
         let ts_source = meta.ts_source().map_err(|_| DropReason::BadMetadata)?;
         let room = &mut chunk[off..];
         let p = frame::parse(&room[..len]).map_err(|_| DropReason::Malformed)?;
+        match ts_source {
+            crate::bpf::TsSource::Nic => stats.t2_nic.add(1),
+            crate::bpf::TsSource::KernelTai => stats.t2_kernel_tai.add(1),
+        }
         if p.payload_off != usize::from(meta.payload_off) {
             return Err(DropReason::Malformed);
         }
@@ -624,6 +654,12 @@ impl Worker {
             if !same_endpoint(sender, SocketAddr::new(p.src, p.sport)) {
                 return Err(DropReason::WrongSource);
             }
+        }
+        if meta.refused() {
+            // Refused by the XDP token bucket: counted by the session
+            // (R_RxC), never answered.
+            slot.count_refused(&room[p.payload_off..p.payload_off + p.payload_len]);
+            return Err(DropReason::Refused);
         }
         // The engine reads the request and writes the reply: the request
         // is copied out of the frame the reply is built in.

@@ -61,11 +61,14 @@ pub enum DropReason {
     /// Refused by the session engine (not started, expired, rate limited:
     /// states the XDP program normally filters first).
     Refused,
+    /// A STAMP request asked for no reply (RFC 9503 §4.1.1 Return Path
+    /// Control Code 0): processed and counted, not answered.
+    NoReplyRequested,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     /// All reasons in index order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::BadMetadata,
@@ -79,6 +82,7 @@ impl DropReason {
         DropReason::NoRoom,
         DropReason::TxRingFull,
         DropReason::Refused,
+        DropReason::NoReplyRequested,
     ];
 
     /// A stable name for metrics.
@@ -95,6 +99,7 @@ impl DropReason {
             DropReason::NoRoom => "no_room",
             DropReason::TxRingFull => "tx_ring_full",
             DropReason::Refused => "refused",
+            DropReason::NoReplyRequested => "no_reply_requested",
         }
     }
 }
@@ -259,6 +264,10 @@ pub struct PollerStats {
     pub zero_copy: Counter,
     /// The core the thread is pinned to + 1 (0: not pinned).
     pub pinned_core: Counter,
+    /// Frames whose T2 came from the NIC (`rc_xdp_meta.ts_source`).
+    pub t2_nic: Counter,
+    /// Frames whose T2 came from the kernel TAI clock at XDP entry.
+    pub t2_kernel_tai: Counter,
     /// 0 disabled, 1 unsupported, 2 pending, 3 not delivered, 4 delivered.
     tx_ts_state: Counter,
     /// Why TX metadata is unsupported (set once at start).
@@ -328,6 +337,8 @@ impl PollerStats {
             kernel_invalid_descs: self.kernel_invalid_descs.get(),
             zero_copy: self.zero_copy.get() == 1,
             pinned_core: self.pinned_core.get().checked_sub(1).map(|c| c as usize),
+            t2_nic: self.t2_nic.get(),
+            t2_kernel_tai: self.t2_kernel_tai.get(),
         }
     }
 }
@@ -375,6 +386,10 @@ pub struct StatsSnapshot {
     pub zero_copy: bool,
     /// Pinned core.
     pub pinned_core: Option<usize>,
+    /// Frames stamped (T2) by the NIC.
+    pub t2_nic: u64,
+    /// Frames stamped (T2) by the kernel TAI clock.
+    pub t2_kernel_tai: u64,
 }
 
 impl StatsSnapshot {

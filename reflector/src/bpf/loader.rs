@@ -4,6 +4,7 @@ use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use libbpf_rs::query::{ProgInfoIter, ProgInfoQueryOptions};
 use libbpf_rs::{MapCore, MapHandle, Object, ObjectBuilder, ProgramInput, Xdp, XdpFlags};
 
 use super::maps::{Maps, PINNED_MAPS};
@@ -251,6 +252,83 @@ impl XdpProgram {
             fd,
             attached: true,
         })
+    }
+
+    /// Attaches to `ifindex` in native mode like [`XdpProgram::attach`];
+    /// when an XDP program is already attached there and it uses this
+    /// program's pinned `sessions` map (an earlier instance left it with
+    /// `--keep-attached`), replaces it atomically (`XDP_FLAGS_REPLACE`): the
+    /// interface is never without the program, so nothing the old one
+    /// reflected is lost. Any other program is left alone (an error).
+    /// Returns the attachment and the replaced program's id.
+    pub fn attach_or_adopt(
+        &self,
+        ifindex: u32,
+        mode: AttachMode,
+    ) -> Result<(Attachment, Option<u32>), BpfError> {
+        let first = match self.attach(ifindex, mode) {
+            Ok(a) => return Ok((a, None)),
+            Err(e) => e,
+        };
+        if mode == AttachMode::Generic {
+            return Err(first);
+        }
+        let idx = i32::try_from(ifindex).map_err(|_| BpfError::NoInterface(ifindex.to_string()))?;
+        let prog = self.program()?;
+        let old_id = match Xdp::new(prog.as_fd()).query_id(idx, XdpFlags::DRV_MODE) {
+            Ok(id) if id != 0 => id,
+            _ => return Err(first),
+        };
+        let ours = self
+            .maps
+            .sessions
+            .info()
+            .map_err(err("read the sessions map id"))?
+            .info
+            .id;
+        let old =
+            ProgInfoIter::with_query_opts(ProgInfoQueryOptions::default().include_map_ids(true))
+                .find(|p| p.id == old_id);
+        match old {
+            Some(p) if p.map_ids.contains(&ours) => {}
+            other => {
+                let name =
+                    other.map_or_else(|| "?".to_owned(), |p| p.name.to_string_lossy().into_owned());
+                return Err(BpfError::Busy(format!(
+                    "XDP program {name} (id {old_id}) is attached to ifindex {ifindex} and does not \
+                     use the maps pinned in {}; detach it first (ip link set dev IF xdp off)",
+                    self.pin_dir.display()
+                )));
+            }
+        }
+        let old_fd = libbpf_rs::Program::fd_from_id(old_id)
+            .map_err(err(format!("open XDP program id {old_id}")))?;
+        let fd = prog
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| BpfError::Io {
+                what: "duplicate program fd".into(),
+                source,
+            })?;
+        Xdp::new(fd.as_fd())
+            .replace(idx, old_fd.as_fd())
+            .map_err(err(format!(
+                "replace XDP program id {old_id} on ifindex {ifindex}"
+            )))?;
+        tracing::info!(
+            ifindex,
+            old_id,
+            "replaced the XDP program an earlier instance left attached"
+        );
+        Ok((
+            Attachment {
+                ifindex: idx,
+                flags: XdpFlags::DRV_MODE.bits(),
+                fd,
+                attached: true,
+            },
+            Some(old_id),
+        ))
     }
 
     /// Runs the program once on `frame` with BPF_PROG_TEST_RUN (not

@@ -71,6 +71,9 @@ pub enum BpfError {
     /// An update of an entry that does not exist.
     #[error("no such entry in map {0}")]
     NotFound(String),
+    /// Another XDP program holds the interface.
+    #[error("{0}")]
+    Busy(String),
     /// No interface of that name or index.
     #[error("no network interface {0:?}")]
     NoInterface(String),

@@ -488,8 +488,12 @@ impl SessionTable for BpfSessionTable {
 
     fn activity(&self, sid: &Sid) -> Option<SessionActivity> {
         let rec = self.sessions.get(sid)?;
-        if rec.state == State::Installed {
-            return Some(SessionActivity::default());
+        match rec.state {
+            State::Installed => return Some(SessionActivity::default()),
+            // Past its grace the session is over, even before a sweep
+            // deletes the entry (a restarted control plane then removes it).
+            State::Stopping(deadline) if deadline <= now_ms() => return None,
+            _ => {}
         }
         let entry = match self.maps.session(&rec.key) {
             Ok(Some(e)) => e,
@@ -530,6 +534,16 @@ impl SessionTable for BpfSessionTable {
         let mut v: Vec<Sid> = self.sessions.keys().copied().collect();
         v.sort_by_key(|s| s.0);
         v
+    }
+
+    /// The maps are pinned: sessions keep being reflected while no control
+    /// plane runs, and a restarted one adopts them from the registry.
+    fn outlives_process(&self) -> bool {
+        true
+    }
+
+    fn reflector_addr(&self, sid: &Sid) -> Option<SocketAddr> {
+        self.sessions.get(sid).map(|r| r.key.local)
     }
 
     fn add_listener(&mut self, spec: ListenerSpec) -> Result<(), TableError> {
@@ -667,7 +681,9 @@ impl SessionTable for BpfSessionTable {
             }
         };
         let generation = self.generation();
-        let mut flags = EntryFlags::default();
+        // Packets the XDP token bucket refuses still reach the poller to be
+        // counted (Direct Measurement R_RxC, RFC 8972 §4.5), not answered.
+        let mut flags = EntryFlags::XSK_REFUSED;
         if spec.timestamp_format == TimeFormat::Ptp {
             flags = flags | EntryFlags::PTP;
         }
@@ -691,6 +707,8 @@ impl SessionTable for BpfSessionTable {
             keys: KeyMaterial::StampSession {
                 ssid: spec.ssid,
                 key: hmac_key,
+                cos_allowed_dscp: spec.cos_policy.0,
+                micro_session_id: spec.micro_session_id,
             },
             flags,
             dscp: cfg.dscp,

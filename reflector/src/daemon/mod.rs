@@ -10,7 +10,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use ricochet_protocol::time::TimeFormat;
 
-use crate::afxdp::{parse_core_list, Poller, PollerConfig, PollerShared, WaitMode};
+use crate::afxdp::{
+    parse_core_list, DropReason, Poller, PollerConfig, PollerShared, StatsSnapshot, WaitMode,
+};
 use crate::bpf::{self, AttachMode, LoadOptions, Maps, XdpProgram, DEFAULT_PIN_DIR};
 use crate::clock::{ClockCell, ClockState};
 
@@ -35,9 +37,12 @@ pub enum DataPath {
 ///   ricochet-reflector --iface eth0
 ///   ricochet-reflector --iface eth0 --queues 4 --cores 2-5 --busy-poll
 ///   ricochet-reflector --iface veth0 --generic --pin-dir /sys/fs/bpf/lab
+///   ricochet-reflector --iface eth0 --hw-rx-timestamps --keep-attached
 ///
 /// SIGTERM or SIGINT detaches the program (unless --keep-attached) and
-/// prints the counters. The maps stay pinned, so sessions survive a restart.
+/// prints the XDP counters and the pollers' (`name value` lines). The maps
+/// stay pinned, so sessions survive a restart; a program left attached by
+/// an earlier instance on the same pins is replaced without a gap.
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 pub struct Cli {
@@ -62,30 +67,39 @@ pub struct Cli {
     /// Attach in generic (skb) mode: SLOW, for testing only.
     #[arg(long)]
     pub generic: bool,
-    /// Leave the program attached on exit.
+    /// Leave the program attached on exit: XDP sessions keep being
+    /// reflected while no reflector runs, and the next instance on the same
+    /// --pin-dir replaces the program atomically.
     #[arg(long)]
     pub keep_attached: bool,
     /// Do not start AF_XDP pollers under `--path xdp` (no secured sessions).
     #[arg(long)]
     pub no_pollers: bool,
+    /// Take T2 from the NIC's receive timestamp: loads the program bound to
+    /// the device (BPF_F_XDP_DEV_BOUND_ONLY) so it may call
+    /// bpf_xdp_metadata_rx_timestamp; packets the driver gives no stamp for
+    /// fall back to the kernel TAI clock. Native mode only. The pollers
+    /// count which source each T2 came from (printed on exit).
+    #[arg(long)]
+    pub hw_rx_timestamps: bool,
 }
 
 /// The clock map value from the host clock state: TAI offset and the NTP
 /// Error Estimate (the program sets Z for PTP sessions itself).
-pub fn clock_map_value(st: &ClockState) -> bpf::ClockState {
+pub fn clock_map_value(st: &ClockState, nic_rx: bool) -> bpf::ClockState {
     bpf::ClockState {
         tai_offset: st.tai_offset_s,
         error_estimate: st.error_estimate(TimeFormat::Ntp).to_bits(),
-        flags: 0,
+        flags: if nic_rx { bpf::ClockState::NIC_RX } else { 0 },
         updated_ns: crate::clock::now_tai_ns(),
     }
 }
 
-fn refresh_clock(maps: &Maps, cell: &ClockCell) {
+fn refresh_clock(maps: &Maps, cell: &ClockCell, nic_rx: bool) {
     match ClockState::read() {
         Ok(st) => {
             cell.store(&st);
-            if let Err(e) = maps.write_clock(&clock_map_value(&st)) {
+            if let Err(e) = maps.write_clock(&clock_map_value(&st, nic_rx)) {
                 tracing::warn!(error = %e, "writing the clock map failed");
             }
         }
@@ -126,6 +140,14 @@ fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
 }
 
 /// Runs the daemon until SIGTERM/SIGINT.
+///
+/// SIGTERM and SIGINT are blocked in the calling thread (and the threads it
+/// spawns) and taken with `sigtimedwait`; a process-directed signal is only
+/// guaranteed to reach it if no other thread of the process leaves them
+/// unblocked. Call it from `main` before any other thread exists (as the
+/// binary does), not from a multi-threaded host such as a test harness:
+/// there a SIGTERM sent to the process lands on another thread and its
+/// default action kills the whole process. Tests run the binary instead.
 pub fn run(cli: &Cli) -> Result<(), String> {
     if cli.path == DataPath::Socket {
         return Err(
@@ -156,15 +178,23 @@ pub fn run(cli: &Cli) -> Result<(), String> {
             c
         }
     };
+    if cli.hw_rx_timestamps && cli.generic {
+        return Err(
+            "--hw-rx-timestamps needs native XDP (a device-bound program); \
+                    drop --generic"
+                .into(),
+        );
+    }
+    let nic_rx = cli.hw_rx_timestamps;
     let sigs = block_signals()?;
 
     let prog = XdpProgram::load(&LoadOptions {
         pin_dir: cli.pin_dir.clone(),
-        bind_ifindex: None,
+        bind_ifindex: nic_rx.then_some(ifindex),
     })
     .map_err(|e| e.to_string())?;
     let cell = Arc::new(ClockCell::default());
-    refresh_clock(prog.maps(), &cell);
+    refresh_clock(prog.maps(), &cell, nic_rx);
 
     let mode = if cli.generic {
         tracing::warn!("--generic: attaching in GENERIC (skb) XDP mode, for testing only");
@@ -176,10 +206,12 @@ pub fn run(cli: &Cli) -> Result<(), String> {
     } else {
         AttachMode::Native
     };
-    let attachment = prog
-        .attach(ifindex, mode)
+    // A program an earlier instance left attached (--keep-attached) on
+    // these pins is replaced atomically: no packet goes unreflected.
+    let (attachment, replaced) = prog
+        .attach_or_adopt(ifindex, mode)
         .map_err(|e| format!("{e} (use --generic on devices without native XDP)"))?;
-    tracing::info!(iface, ifindex, pin_dir = %cli.pin_dir.display(), "XDP program attached");
+    tracing::info!(iface, ifindex, pin_dir = %cli.pin_dir.display(), ?replaced, "XDP program attached");
 
     let mut pollers = Vec::new();
     if cli.path == DataPath::Afxdp || !cli.no_pollers {
@@ -205,12 +237,20 @@ pub fn run(cli: &Cli) -> Result<(), String> {
         }
     }
     eprintln!(
-        "ricochet-reflector: attached to {iface} ({} mode), maps pinned in {}, {} poller(s)",
+        "ricochet-reflector: attached to {iface} ({} mode{}{}), maps pinned in {}, {} poller(s)",
         if attachment.is_generic() {
             "generic"
         } else {
             "native"
         },
+        if nic_rx {
+            ", device-bound: T2 from NIC RX timestamps, kernel TAI where the driver gives none"
+        } else {
+            ""
+        },
+        replaced.map_or_else(String::new, |id| format!(
+            ", replacing program id {id} left attached"
+        )),
         cli.pin_dir.display(),
         pollers.len()
     );
@@ -219,10 +259,10 @@ pub fn run(cli: &Cli) -> Result<(), String> {
         if let Some(s) = wait_signal(&sigs, Duration::from_secs(1)) {
             break s;
         }
-        refresh_clock(prog.maps(), &cell);
+        refresh_clock(prog.maps(), &cell, nic_rx);
     };
     tracing::info!(signal = sig, "shutting down");
-    stop_pollers(pollers);
+    let poller_stats = stop_pollers(pollers);
     let mut result = Ok(());
     if cli.keep_attached {
         std::mem::forget(attachment);
@@ -237,18 +277,46 @@ pub fn run(cli: &Cli) -> Result<(), String> {
             for (name, v) in c.iter() {
                 let _ = writeln!(out, "{name} {v}");
             }
+            for (q, s) in &poller_stats {
+                for (name, v) in poller_lines(s) {
+                    let _ = writeln!(out, "poller_q{q}_{name} {v}");
+                }
+            }
         }
         Err(e) => eprintln!("ricochet-reflector: reading counters: {e}"),
     }
     result
 }
 
-fn stop_pollers(pollers: Vec<Poller>) {
+/// Stops the pollers; the statistics of those that stopped cleanly.
+fn stop_pollers(pollers: Vec<Poller>) -> Vec<(u32, StatsSnapshot)> {
+    let mut out = Vec::new();
     for p in pollers {
         let q = p.queue();
         match p.stop() {
-            Ok(s) => eprintln!("poller queue {q}: {s:?}"),
+            Ok(s) => {
+                eprintln!("poller queue {q}: {s:?}");
+                out.push((q, s));
+            }
             Err(e) => eprintln!("poller queue {q} failed: {e}"),
         }
     }
+    out
+}
+
+/// The counters of a poller as `name value` pairs (printed on exit as
+/// `poller_q<Q>_<name> <value>`, next to the XDP counters).
+pub fn poller_lines(s: &StatsSnapshot) -> Vec<(String, u64)> {
+    let mut v = vec![
+        ("rx_packets".to_owned(), s.rx_packets),
+        ("tx_packets".to_owned(), s.tx_packets),
+        ("tx_completed".to_owned(), s.tx_completed),
+        ("dropped".to_owned(), s.dropped_total()),
+        ("t2_nic".to_owned(), s.t2_nic),
+        ("t2_kernel_tai".to_owned(), s.t2_kernel_tai),
+    ];
+    for r in DropReason::ALL {
+        v.push((format!("drop_{}", r.name()), s.dropped(r)));
+    }
+    v
 }

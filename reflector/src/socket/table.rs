@@ -19,13 +19,17 @@
 //!   ([`ClockState::read`]) into a [`ClockCell`] and the handler's copy, from
 //!   which every reply's Error Estimate and TAI offset come.
 //!
-//! The registry is one mutex, taken once per packet by the loop and briefly
-//! by control operations; it is never held while waiting for the loop.
+//! The registry is one mutex, taken once per received batch by the loop
+//! ([`Reflect::begin_batch`] to [`Reflect::end_batch`]: the packets of a
+//! batch share one lock, no per-packet lock) and briefly by control
+//! operations; it is never held while waiting for the loop.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::{ArcMutexGuard, Mutex, MutexGuard, RawMutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -179,24 +183,30 @@ impl Registry {
 }
 
 struct Shared {
-    registry: Mutex<Registry>,
+    registry: Arc<Mutex<Registry>>,
     clock: ClockCell,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Registry> {
-        // No code holding the lock panics; if some did, the registry is
-        // still consistent (each update is a single map operation).
-        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+        self.registry.lock()
     }
 }
 
 /// The loop's per-packet handler.
 struct TableHandler {
     shared: Arc<Shared>,
+    /// The registry, held from `begin_batch` to `end_batch`.
+    batch: Option<ArcMutexGuard<RawMutex, Registry>>,
     clock: ClockState,
     /// The TOS the last reply asked for (Class of Service TLV).
     reply_tos: Option<u8>,
+    /// Number of the current pass over a received batch (first or second,
+    /// `Reflect::defer`), from 1: a stateful STAMP session answered in this
+    /// pass (its engine carries the number) has its next packet wait for
+    /// the second pass, so that its Follow-Up Telemetry carries this
+    /// reply's transmit stamp.
+    pass: u64,
 }
 
 impl Reflect for TableHandler {
@@ -205,7 +215,15 @@ impl Reflect for TableHandler {
     }
 
     fn tx_stamp(&mut self, key: SocketKey, payload: &[u8], dst: IpAddr, stamp: Stamp) {
-        let mut reg = self.shared.lock();
+        // Called outside a batch; lock unless one is open.
+        let mut own;
+        let reg: &mut Registry = match self.batch.as_deref_mut() {
+            Some(r) => r,
+            None => {
+                own = self.shared.lock();
+                &mut own
+            }
+        };
         if let Some(Entry::Stamp { sessions, .. }) = reg.entries.get_mut(&key) {
             // The reply names its session: sent to the sender, with its SSID
             // and our Sequence Number.
@@ -232,7 +250,15 @@ impl Reflect for TableHandler {
             ttl: rx.ttl.unwrap_or(255),
             tos: rx.tos.unwrap_or(0),
         };
-        let mut reg = self.shared.lock();
+        // Outside a batch (a caller that does not open one) lock here.
+        let mut own;
+        let reg: &mut Registry = match self.batch.as_deref_mut() {
+            Some(r) => r,
+            None => {
+                own = self.shared.lock();
+                &mut own
+            }
+        };
         // A socket without entry is being removed: drop.
         match reg.entries.get_mut(&key)? {
             Entry::Session { engine, .. } => {
@@ -267,9 +293,36 @@ impl Reflect for TableHandler {
                     .reflect_at(rx.payload, meta, addrs, rx.rx_stamp, &self.clock, now, tx)
                     .ok()?;
                 self.reply_tos = engine.reply_dscp().map(|d| tos_from_dscp(d, 0));
+                engine.set_pass_mark(self.pass);
                 Some(n)
             }
         }
+    }
+
+    fn defer(&mut self, key: SocketKey, rx: &RxPacket<'_>) -> bool {
+        let Some(reg) = self.batch.as_deref() else {
+            return false;
+        };
+        match reg.entries.get(&key) {
+            Some(Entry::Stamp { sessions, .. }) => sessions
+                .iter()
+                .find(|e| e.matches(rx.src, rx.payload))
+                .is_some_and(|e| e.pass_mark() == self.pass),
+            _ => false,
+        }
+    }
+
+    fn begin_second_pass(&mut self) {
+        self.pass += 1;
+    }
+
+    fn begin_batch(&mut self, _key: SocketKey) {
+        self.pass += 1;
+        self.batch = Some(Mutex::lock_arc(&self.shared.registry));
+    }
+
+    fn end_batch(&mut self) {
+        self.batch = None;
     }
 }
 
@@ -371,7 +424,7 @@ impl SocketSessionTable {
         let reflector = SocketReflector::new(&cfg.reflector)?;
         let clock = read_clock();
         let shared = Arc::new(Shared {
-            registry: Mutex::new(Registry::default()),
+            registry: Arc::new(Mutex::new(Registry::default())),
             clock: ClockCell::new(&clock),
         });
         let now = Instant::now();
@@ -385,8 +438,10 @@ impl SocketSessionTable {
             reflector,
             handler: TableHandler {
                 shared,
+                batch: None,
                 clock,
                 reply_tos: None,
+                pass: 1,
             },
             housekeeping: cfg.housekeeping.max(Duration::from_millis(1)),
             clock_refresh: cfg.clock_refresh,
