@@ -131,6 +131,31 @@ struct {
 	__type(value, struct rc_keys);
 } keys SEC(".maps");
 
+/* ESP: inbound SA lookup (the program reads it), per-SA poller state
+ * (keys; never read here) and per-SA counters shared with the pollers
+ * through an mmap (never touched here). ricochet.h documents each. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, RC_MAX_ESP_SAS);
+	__type(key, struct rc_esp_sa_key);
+	__type(value, struct rc_esp_sa);
+} esp_sas SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RC_MAX_ESP_SAS);
+	__type(key, __u32);
+	__type(value, struct rc_esp_keys);
+} esp_keys SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, RC_MAX_ESP_SAS);
+	__type(key, __u32);
+	__type(value, struct rc_esp_state);
+} esp_state SEC(".maps");
+
 struct rc_scratch {
 	__u8 b[RC_SCRATCH_SIZE];
 };
@@ -329,6 +354,7 @@ struct pkt {
 
 enum parse_result {
 	PARSE_OK = 0,
+	PARSE_ESP,           /* IP protocol 50: l4_off/udp_len are the ESP packet's */
 	PARSE_NOT_UDP,       /* not for us */
 	PARSE_MALFORMED,     /* truncated / invalid / fragment */
 	PARSE_NOT_UNICAST,   /* multicast / broadcast / unspecified */
@@ -397,8 +423,9 @@ static __always_inline int parse_ipv4(struct xdp_md *ctx, void *data,
 
 	if (tot < hlen || pk->l3_off + tot > (__u32)(data_end - data))
 		return PARSE_MALFORMED;
-	if (iph->protocol != IPPROTO_UDP)
+	if (iph->protocol != IPPROTO_UDP && iph->protocol != IPPROTO_ESP)
 		return PARSE_NOT_UDP;
+	int esp = iph->protocol == IPPROTO_ESP;
 	/* Header checksum over IHL words. The header is copied to the stack
 	 * first: a variable-length walk over packet memory is hard to prove
 	 * in bounds, a copy of 20..60 octets is not. */
@@ -427,7 +454,7 @@ static __always_inline int parse_ipv4(struct xdp_md *ctx, void *data,
 	pk->opt_len = hlen - sizeof(*iph);
 	/* UDP must fit the IP datagram */
 	pk->udp_len = tot - hlen; /* upper bound, refined by parse_udp */
-	return PARSE_OK;
+	return esp ? PARSE_ESP : PARSE_OK;
 }
 
 /* IPv6 with hop-by-hop, routing (Segments Left 0 only) and destination
@@ -468,7 +495,7 @@ static __always_inline int parse_ipv6(void *data, void *data_end,
 		if (off > RC_MAX_L4_OFF)
 			return PARSE_MALFORMED;
 	}
-	if (nh != IPPROTO_UDP)
+	if (nh != IPPROTO_UDP && nh != IPPROTO_ESP)
 		return PARSE_NOT_UDP;
 	__u32 ext_len = off - (pk->l3_off + sizeof(*ip6));
 
@@ -485,7 +512,7 @@ static __always_inline int parse_ipv6(void *data, void *data_end,
 	pk->l4_off = off;
 	pk->opt_len = ext_len;
 	pk->udp_len = plen - ext_len; /* upper bound, refined by parse_udp */
-	return PARSE_OK;
+	return nh == IPPROTO_ESP ? PARSE_ESP : PARSE_OK;
 }
 
 /* Verifies the UDP header and checksum of the received datagram. */
@@ -846,6 +873,109 @@ err:
 	return XDP_DROP;
 }
 
+/* ---- ESP: known inbound SAs to the AF_XDP poller ------------------------ */
+
+/* Smallest ESP packet worth a lookup: SPI, SN, an 8-octet IV, the 2-octet
+ * trailer (4-aligned: 4) and a 16-octet ICV. */
+#define RC_ESP_MIN_LEN (8 + 8 + 4 + 16)
+
+/* T2 from the NIC when the device-bound variant may ask for it. */
+static __always_inline void rx_stamp(struct xdp_md *ctx, const int hwts,
+				     __u64 *t2, __u8 *ts_source)
+{
+	__u32 zero = 0;
+	struct rc_clock *clk = bpf_map_lookup_elem(&clock, &zero);
+
+	if (hwts && clk && (clk->flags & RC_CLOCK_NIC_RX) &&
+	    bpf_ksym_exists(bpf_xdp_metadata_rx_timestamp)) {
+		__u64 nic = 0;
+
+		if (bpf_xdp_metadata_rx_timestamp(ctx, &nic) == 0 && nic) {
+			*t2 = nic;
+			*ts_source = RC_TS_NIC;
+		}
+	}
+}
+
+/* The ESP packet at esp_off (esp_len octets; raw IP protocol 50 when
+ * `udp` is 0, else the payload of UDP port 4500). A known inbound SA is
+ * redirected to the queue's AF_XDP socket with its slot in the metadata;
+ * everything else is passed untouched (IKE behind the non-ESP marker, NAT
+ * keepalives, unknown SPIs: the stack's, RFC 3948 §2.2). No decryption
+ * or replay check here: the pollers do both (keys never enter the
+ * kernel path). */
+static __always_inline int esp_in(struct xdp_md *ctx, const struct pkt *pk,
+				  __u32 esp_off, __u32 esp_len, int udp,
+				  const int hwts, __u64 t2)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	if (esp_off > RC_MAX_L4_OFF + 8) {
+		count(RC_CNT_PASS_MALFORMED);
+		return XDP_PASS;
+	}
+	__u8 *p = data + esp_off;
+
+	/* RFC 3948 §2.2: a 1-octet 0xff payload is a NAT keepalive; §2.2 /
+	 * RFC 7296 §3: a zero first word is the non-ESP marker (IKE). */
+	if (udp && (esp_len < 4 || (void *)(p + 4) > data_end ||
+		    (p[0] | p[1] | p[2] | p[3]) == 0)) {
+		count(RC_CNT_ESP_IKE);
+		return XDP_PASS;
+	}
+	if (esp_len < RC_ESP_MIN_LEN || (void *)(p + 8) > data_end) {
+		count(RC_CNT_ESP_UNKNOWN_SPI);
+		return XDP_PASS;
+	}
+	struct rc_esp_sa_key k = {};
+
+	__builtin_memcpy(&k.spi, p, 4);
+	k.family = pk->family;
+	__builtin_memcpy(k.local_addr, pk->daddr, 16);
+	struct rc_esp_sa *sa = bpf_map_lookup_elem(&esp_sas, &k);
+
+	if (!sa || !(sa->flags & (udp ? RC_ESP_F_UDP : RC_ESP_F_RAW))) {
+		count(RC_CNT_ESP_UNKNOWN_SPI);
+		return XDP_PASS;
+	}
+	__sync_fetch_and_add(&sa->rx_packets, 1);
+
+	__u8 ts_source = RC_TS_KERNEL_TAI;
+
+	rx_stamp(ctx, hwts, &t2, &ts_source);
+	__u32 slot = sa->slot, generation = sa->generation;
+
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct rc_xdp_meta))) {
+		count(RC_CNT_ERROR);
+		return XDP_PASS;
+	}
+	data = (void *)(long)ctx->data;
+	struct rc_xdp_meta *meta = (void *)(long)ctx->data_meta;
+
+	if ((void *)(meta + 1) > data) {
+		count(RC_CNT_ERROR);
+		return XDP_PASS;
+	}
+	meta->rx_ts_ns = t2;
+	meta->slot = slot;
+	meta->generation = generation;
+	meta->payload_off = esp_off;
+	meta->ts_source = ts_source;
+	meta->origin = RC_ORIGIN_ESP;
+	meta->magic = RC_META_MAGIC;
+
+	int act = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+
+	if (act == XDP_REDIRECT) {
+		__sync_fetch_and_add(&sa->redirected, 1);
+		count(RC_CNT_ESP_REDIRECTED);
+	} else {
+		count(RC_CNT_REDIRECT_NO_XSK);
+	}
+	return act;
+}
+
 /* ---- entry point --------------------------------------------------------- */
 
 /* The program body; `hwts` is a compile-time constant selecting the
@@ -871,8 +1001,13 @@ static __always_inline int ricochet(struct xdp_md *ctx, const int hwts)
 		else
 			r = PARSE_NOT_UDP;
 	}
+	if (r == PARSE_ESP)
+		return esp_in(ctx, &pk, pk.l4_off, pk.udp_len, 0, hwts, t2);
 	if (r == PARSE_OK)
 		r = parse_udp(ctx, &pk);
+	if (r == PARSE_OK && pk.dport == bpf_htons(RC_ESP_UDP_PORT))
+		return esp_in(ctx, &pk, pk.l4_off + sizeof(struct udphdr),
+			      pk.udp_len - sizeof(struct udphdr), 1, hwts, t2);
 	if (r != PARSE_OK) {
 		count(r == PARSE_NOT_UDP	 ? RC_CNT_PASS_NOT_UDP
 		      : r == PARSE_NOT_UNICAST ? RC_CNT_PASS_NOT_UNICAST
@@ -918,6 +1053,12 @@ static __always_inline int ricochet(struct xdp_md *ctx, const int hwts)
 	}
 	__sync_fetch_and_add(&e->stats.rx_packets, 1);
 	__sync_fetch_and_add(&e->stats.rx_bytes, len_in);
+	/* Its traffic must arrive inside ESP (RFC 4301 §5.2: discard what
+	 * matches a PROTECT policy in clear). */
+	if (e->flags & RC_F_ESP_ONLY) {
+		count(RC_CNT_DROP_NOT_ESP);
+		return XDP_DROP;
+	}
 
 	__u32 zero = 0;
 	struct rc_clock *clk = bpf_map_lookup_elem(&clock, &zero);

@@ -87,6 +87,10 @@ enum rc_flags {
 	 * entries only; not valid on RC_MODE_SECURED ones (the pollers check
 	 * the SSID of secured STAMP sessions at their layout's offset). */
 	RC_F_CHECK_SSID = 1 << 6,
+	/* The entry's test traffic is carried in an ESP SA (RFC 4301
+	 * PROTECT): the same packets arriving in clear are dropped
+	 * (RC_CNT_DROP_NOT_ESP), never reflected. */
+	RC_F_ESP_ONLY = 1 << 7,
 	/* Secured entries: a packet the token bucket refuses still goes to
 	 * the AF_XDP socket, marked RC_ORIGIN_F_REFUSED, only so that the
 	 * poller counts it (STAMP Direct Measurement R_RxC counts every
@@ -175,7 +179,12 @@ enum rc_counter {
 	RC_CNT_DROP_RATE_LIMITED = 8, /* token bucket empty */
 	RC_CNT_DROP_SSID = 9,         /* STAMP SSID mismatch */
 	RC_CNT_ERROR = 10,            /* helper failure (no tailroom, ...): passed */
-	RC_CNT_MAX = 11,
+	RC_CNT_ESP_REDIRECTED = 11,   /* ESP of a known inbound SA to AF_XDP */
+	RC_CNT_ESP_UNKNOWN_SPI = 12,  /* ESP (raw or in UDP 4500), unknown SPI: passed */
+	RC_CNT_ESP_IKE = 13,          /* UDP 4500 with the non-ESP marker (IKE) or
+				       * a NAT keepalive: passed to the stack */
+	RC_CNT_DROP_NOT_ESP = 14,     /* clear packet of an ESP-only entry: dropped */
+	RC_CNT_MAX = 15,
 };
 
 /* ---- metadata in front of frames redirected to AF_XDP ------------------ */
@@ -190,6 +199,10 @@ enum rc_ts_source {
 enum rc_origin {
 	RC_ORIGIN_SESSION = 1,
 	RC_ORIGIN_LISTENER = 2,
+	/* ESP of a known inbound SA (raw IP protocol 50 or ESP-in-UDP, RFC
+	 * 3948): slot/generation are the `esp_sas` value's (an `esp_keys`
+	 * index), payload_off is the offset of the ESP header (the SPI). */
+	RC_ORIGIN_ESP = 3,
 };
 
 /* Flag bit in rc_xdp_meta.origin: refused by the token bucket, handed over
@@ -221,8 +234,12 @@ enum rc_key_mode {
 	RC_KEYS_STAMP_SESSION = 4,      /* unauthenticated */
 	RC_KEYS_STAMP_SESSION_AUTH = 5, /* key[0..32] = HMAC-SHA-256 */
 	/* Stateless unauthenticated STAMP listener: its TLV-bearing packets
-	 * (RC_F_TLV_TO_XSK), whose TLVs need user-space processing. */
+	 * (RC_F_TLV_TO_XSK), whose TLVs need user-space processing, or its
+	 * packets carried inside an ESP SA. */
 	RC_KEYS_STAMP_OPEN = 6,
+	/* Unauthenticated TWAMP session carried inside an ESP SA (ESP protects
+	 * it): reflected by a poller after decryption. No key. */
+	RC_KEYS_TWAMP_OPEN = 7,
 };
 
 /* Octets of rc_keys.key: the per-SID Test AES key (16) then the Test HMAC
@@ -264,11 +281,141 @@ struct rc_keys {
 	__u8 key[RC_KEY_LEN];
 };
 
+/* ---- ESP: inbound SAs (RFC 4303) handled by the AF_XDP pollers -------- */
+
+/* The IKE NAT-T port (RFC 3948): UDP-encapsulated ESP, and IKE behind the
+ * 4-octet zero non-ESP marker. */
+#define RC_ESP_UDP_PORT 4500
+
+/* Key of the `esp_sas` hash map: an inbound SA as the receiver identifies
+ * it (RFC 4303 §2.1: SPI, and the destination address). */
+struct rc_esp_sa_key {
+	__be32 spi;          /* network byte order, as on the wire */
+	__u8 family;         /* RC_FAMILY_* of the outer header */
+	__u8 _pad[3];
+	__u8 local_addr[16]; /* outer destination address */
+};
+
+/* rc_esp_sa.flags: which encapsulations the SA accepts. */
+enum rc_esp_sa_flags {
+	RC_ESP_F_RAW = 1 << 0, /* IP protocol 50 */
+	RC_ESP_F_UDP = 1 << 1, /* ESP in UDP, destination port 4500 */
+};
+
+/* Value of `esp_sas`. Two entries may point at SAs of the same session
+ * during a rekey (old and new inbound SPI both valid). */
+struct rc_esp_sa {
+	__u32 slot;          /* index into esp_keys / esp_state */
+	__u32 generation;    /* == esp_keys[slot].generation */
+	__u16 flags;         /* enum rc_esp_sa_flags */
+	__u16 _pad0;
+	__u32 _pad1;
+	__u64 rx_packets;    /* matched (atomic adds) */
+	__u64 redirected;    /* handed to an AF_XDP socket */
+};
+
+/* esp_keys.alg */
+enum rc_esp_alg {
+	RC_ESP_ALG_NONE = 0,            /* slot unused */
+	RC_ESP_ALG_AES_GCM_16 = 1,      /* RFC 4106, ICV 16; key_len 16 or 32 */
+	RC_ESP_ALG_AES_CBC_SHA256 = 2,  /* RFC 3602 + RFC 4868 HMAC-SHA-256-128 */
+};
+
+/* esp_keys.flags */
+enum rc_esp_key_flags {
+	RC_ESP_K_ESN = 1 << 0,     /* 64-bit Extended Sequence Numbers */
+	RC_ESP_K_TUNNEL = 1 << 1,  /* tunnel mode (inner IP header); else transport */
+	RC_ESP_K_UDP = 1 << 2,     /* replies ESP-in-UDP (RFC 3948); else raw ESP */
+};
+
+/* Octets of each direction's key block: the cipher key (16 or 32) at 0,
+ * then at 32 the 4-octet GCM salt or the 32-octet HMAC-SHA-256 key. */
+#define RC_ESP_KEY_LEN 64
+
+/* Value of the `esp_keys` array (per ESP SA slot), read only by the AF_XDP
+ * pollers (cached per worker by generation, like `keys`); the XDP program
+ * never reads it. Written by the control plane before the `esp_sas` entry
+ * that points at it; zeroed (alg NONE) when the SA is removed. */
+struct rc_esp_keys {
+	__u32 generation;
+	/* New for every new SA in the slot: pollers rebuild the SA state
+	 * (replay window) when it changes. */
+	__u32 instance;
+	__u32 spi_in;        /* host order */
+	__u32 spi_out;       /* host order: the outbound SA's SPI */
+	__u8 alg;            /* enum rc_esp_alg (both directions) */
+	__u8 key_len;        /* cipher key octets: 16 or 32 */
+	__u8 flags;          /* enum rc_esp_key_flags */
+	__u8 _pad0;
+	__u32 replay_window; /* packets; 0 = anti-replay off (receiver's choice) */
+	/* The inner TWAMP/STAMP session: its `keys` slot and generation
+	 * (the pollers reflect the decrypted packet with that slot's state). */
+	__u32 inner_slot;
+	__u32 inner_generation;
+	/* esp_state index whose tx_seq numbers the replies: the outbound SA.
+	 * The control plane points every SA of a session at the newest
+	 * outbound SA (rekey: the outbound switches at once). */
+	__u32 tx_state;
+	__u32 _pad1;
+	/* Hard lifetimes (RFC 4301 §4.4.2.1): 0 = none. Packets and octets
+	 * count both directions of this SA; expires_ns is CLOCK_TAI. The
+	 * pollers raise rekey_needed at 90 % of the packet and octet limits
+	 * and from rekey_ns on. */
+	__u64 life_packets;
+	__u64 life_bytes;
+	__u64 expires_ns;
+	/* CLOCK_TAI ns from which the pollers raise RC_ESP_REKEY_TIME (90 %
+	 * of the time lifetime); 0 = none. */
+	__u64 rekey_ns;
+	/* Traffic selectors of the inner packets (RFC 4301 §4.4.1): the
+	 * reflector's test address/port and the sender's; port 0 = any. */
+	__u8 sel_local[16];
+	__u8 sel_remote[16];
+	__be16 sel_local_port;
+	__be16 sel_remote_port;
+	__u8 sel_family;     /* RC_FAMILY_* of the inner packets */
+	__u8 _pad2[3];
+	__u8 key_in[RC_ESP_KEY_LEN];
+	__u8 key_out[RC_ESP_KEY_LEN];
+};
+
+/* rc_esp_state.rekey_needed bits (why). */
+enum rc_esp_rekey {
+	RC_ESP_REKEY_SEQ = 1 << 0,     /* sequence numbers near their end */
+	RC_ESP_REKEY_PACKETS = 1 << 1, /* 90 % of life_packets */
+	RC_ESP_REKEY_BYTES = 1 << 2,   /* 90 % of life_bytes */
+	RC_ESP_REKEY_TIME = 1 << 3,    /* 90 % of the time to expires_ns */
+	RC_ESP_REKEY_EXPIRED = 1 << 4, /* a hard limit passed: SA unusable */
+};
+
+/* Value of the `esp_state` array (BPF_F_MMAPABLE): per-SA counters and
+ * the outbound sequence counter, updated by every poller with atomic
+ * operations on the shared mapping (no syscall, no lock). Zeroed by the
+ * control plane when it installs a new SA in the slot. Survives a
+ * restart of the reflector, so sequence numbers (and so GCM IVs) are never
+ * reused under one key. */
+struct rc_esp_state {
+	__u64 tx_seq;        /* last outbound sequence number used */
+	__u64 rx_packets;    /* authenticated and accepted */
+	__u64 rx_bytes;      /* their ESP octets */
+	__u64 tx_packets;    /* replies sealed with this SA (tx_state) */
+	__u64 tx_bytes;
+	__u64 replay_drops;  /* refused by the anti-replay window */
+	__u64 icv_failures;  /* ICV did not verify (or bad trailer) */
+	__u64 seq_exhausted; /* replies not sent: outbound numbers used up */
+	__u64 selector_drops;/* inner packet outside the traffic selectors */
+	__u64 expired_drops; /* past a hard lifetime */
+	__u64 rekey_needed;  /* enum rc_esp_rekey bits, set by the pollers */
+	__u64 _reserved;
+};
+
 /* Map capacities. */
 #define RC_MAX_SESSIONS 65536
 #define RC_MAX_LISTENERS 1024
 #define RC_MAX_QUEUES 256
 /* Slots: every session and listener may have one. */
 #define RC_MAX_SLOTS (RC_MAX_SESSIONS + RC_MAX_LISTENERS)
+/* ESP SAs (inbound; each carries its outbound half). */
+#define RC_MAX_ESP_SAS 4096
 
 #endif /* RICOCHET_H */

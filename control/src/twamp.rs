@@ -255,9 +255,11 @@ pub fn go_away_greeting(count: u32) -> [u8; greeting::LEN] {
 pub fn table_accept(error: &TableError) -> Accept {
     match error {
         TableError::Address(..) => Accept::TemporaryResourceLimitation,
-        TableError::Exists(_) | TableError::NoSuchSession(_) | TableError::DataPlane(_) => {
-            Accept::InternalError
-        }
+        TableError::Exists(_)
+        | TableError::NoSuchSession(_)
+        | TableError::DataPlane(_)
+        | TableError::Unsupported(_)
+        | TableError::EspSa { .. } => Accept::InternalError,
     }
 }
 

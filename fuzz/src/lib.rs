@@ -47,6 +47,7 @@ pub const HARNESSES: &[(&str, Harness)] = &[
     ("control_client", client::client),
     ("crypto_test_packet", crypto::test_packet),
     ("esp_open", crypto::esp_open),
+    ("esp_sa", crypto::esp_sa),
     ("keyfile", keyfile::keyfile),
     ("sa_records", sa_records::sa_records),
 ];

@@ -6,11 +6,11 @@
 //! and the pinned BPF maps (XDP and AF_XDP paths, shared between processes).
 //! The control plane never talks to a data-plane thread directly.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ricochet_protocol::control::Sid;
-use ricochet_protocol::crypto::SessionKeys;
+use ricochet_protocol::crypto::{EspKeys, SessionKeys};
 use ricochet_protocol::modes::SecurityMode;
 use ricochet_protocol::twamp_test::SessionFormat;
 use thiserror::Error;
@@ -189,6 +189,111 @@ pub enum TableError {
     Address(SocketAddr, String),
     #[error("the data plane refused: {0}")]
     DataPlane(String),
+    /// The data plane cannot do this at all (e.g. ESP on the socket path:
+    /// this host's kernel has no ESP).
+    #[error("not supported by this data plane: {0}")]
+    Unsupported(String),
+    /// An ESP SA that is invalid or conflicts with an installed one.
+    #[error("ESP SA {spi:08x}: {why}")]
+    EspSa { spi: u32, why: String },
+}
+
+/// ESP mode of an SA (RFC 4301 §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EspMode {
+    /// The payload is the test packet's UDP datagram; the outer IP header
+    /// is the real one (TTL and DSCP as sent).
+    Transport,
+    /// The payload is the whole inner IP packet (for TWAMP the inner TTL
+    /// and DSCP are what is reported, esp.md §1 rule 6).
+    Tunnel,
+}
+
+/// The test traffic an ESP SA carries (its traffic selectors are that
+/// session's endpoints: the TWAMP/STAMP test ports only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EspInner {
+    /// A TWAMP session added (and started) through [`SessionTable::add`].
+    Session(Sid),
+    /// A STAMP / TWAMP-Light listener added through
+    /// [`SessionTable::add_listener`] (any sender port).
+    Listener(SocketAddr),
+}
+
+/// Hard lifetimes of an SA (RFC 4301 §4.4.2.1); 0 / `None` = none. The
+/// data plane raises "rekey needed" at 90 % of any of them and stops using
+/// the SA when one is reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EspLifetime {
+    pub packets: u64,
+    pub bytes: u64,
+    pub time: Option<Duration>,
+}
+
+/// One CHILD_SA pair as the data plane needs it: the inbound SA (our SPI,
+/// the peer's keys for what it sends) and the outbound SA (the peer's SPI,
+/// our sending keys), e.g. from an IKEv2 `ChildSaInstalled` event.
+#[derive(Clone)]
+pub struct EspSaSpec {
+    /// The SPI we chose (the peer sends with it). 1..=255 are reserved.
+    pub inbound_spi: u32,
+    /// The SPI the peer chose (our replies carry it).
+    pub outbound_spi: u32,
+    /// Keys of the inbound SA (the peer's sending keys).
+    pub inbound_keys: EspKeys,
+    /// Keys of the outbound SA (same transform).
+    pub outbound_keys: EspKeys,
+    /// Extended (64-bit) Sequence Numbers negotiated.
+    pub esn: bool,
+    /// Anti-replay window in packets: 0 (off, receiver's choice) or
+    /// 64..=4096.
+    pub replay_window: u32,
+    pub lifetime: EspLifetime,
+    pub mode: EspMode,
+    /// ESP in UDP port 4500 (RFC 3948); else raw IP protocol 50.
+    pub udp_encap: bool,
+    /// Our outer address (the inbound SA's destination).
+    pub local: IpAddr,
+    /// The test traffic it carries.
+    pub inner: EspInner,
+}
+
+impl std::fmt::Debug for EspSaSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EspSaSpec")
+            .field("inbound_spi", &format_args!("{:08x}", self.inbound_spi))
+            .field("outbound_spi", &format_args!("{:08x}", self.outbound_spi))
+            .field("transform", &self.inbound_keys.name())
+            .field("esn", &self.esn)
+            .field("replay_window", &self.replay_window)
+            .field("mode", &self.mode)
+            .field("udp_encap", &self.udp_encap)
+            .field("local", &self.local)
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters of one inbound SA (and of the outbound half its replies use).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EspSaActivity {
+    /// ESP packets of this SPI the XDP program handed to the pollers.
+    pub redirected: u64,
+    /// Authenticated and accepted.
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Replies sealed with this SA's outbound half.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub replay_drops: u64,
+    pub icv_failures: u64,
+    pub seq_exhausted: u64,
+    pub selector_drops: u64,
+    pub expired_drops: u64,
+    /// Why the SA should be rekeyed (`EspState::REKEY_*` bits; 0 = not).
+    pub rekey_needed: u64,
+    /// Last outbound sequence number used.
+    pub tx_seq: u64,
 }
 
 /// The control plane's handle on a data plane.
@@ -237,6 +342,28 @@ pub trait SessionTable: Send {
     }
     /// Counters and idle time of a stateful STAMP session.
     fn stamp_activity(&self, _id: &StampSessionId) -> Option<SessionActivity> {
+        None
+    }
+    /// Installs an ESP SA pair carrying the test packets of `spec.inner`.
+    /// While an older SA of the same inner session is installed both
+    /// inbound SPIs are accepted, and every reply switches at once to this
+    /// SA's outbound half (rekey without loss: add the new SA, then remove
+    /// the old one).
+    fn add_esp_sa(&mut self, spec: EspSaSpec) -> Result<(), TableError> {
+        Err(TableError::Unsupported(format!(
+            "ESP SA {:08x}: this data plane has no ESP (use the XDP/AF_XDP path)",
+            spec.inbound_spi
+        )))
+    }
+    /// Removes the SA whose inbound SPI is `inbound_spi` (Delete, expiry,
+    /// the old half of a rekey).
+    fn remove_esp_sa(&mut self, inbound_spi: u32) -> Result<(), TableError> {
+        Err(TableError::Unsupported(format!(
+            "ESP SA {inbound_spi:08x}: this data plane has no ESP"
+        )))
+    }
+    /// Counters of an installed SA.
+    fn esp_sa_activity(&self, _inbound_spi: u32) -> Option<EspSaActivity> {
         None
     }
 }

@@ -14,6 +14,8 @@
 //! | [`stamp_hmac`] | STAMP HMAC-SHA-256-128 | RFC 8762 §4.1.1/§4.2.1, RFC 8972 §4.8 |
 //! | [`ikev2`] | IKEv2 prf, prf+, SKEYSEED, SK_*, Child SA KEYMAT, RFC 7717 secret | RFC 7296 §2.13–2.18, RFC 7717 §5.1 |
 //! | [`esp`] | ESP AES-GCM-128 seal/open of one packet | RFC 4303 §2, RFC 4106 |
+//! | [`esp_sa`] | ESP with AES-GCM-128/256 or AES-CBC + HMAC-SHA-256-128, ESN, counter IVs | RFC 4303, RFC 4106, RFC 3602, RFC 4868 |
+//! | [`esp_replay`] | ESP anti-replay window with ESN inference | RFC 4303 §3.4.3, App. A |
 //!
 //! Key material lives in types that zeroize on drop and never print their
 //! content through `Debug`. The AES key schedules are zeroized on drop too
@@ -25,6 +27,8 @@
 //! key schedules and keyed HMAC states are built once per session.
 
 pub mod esp;
+pub mod esp_replay;
+pub mod esp_sa;
 pub mod ikev2;
 pub mod secret;
 pub mod stamp_hmac;
@@ -34,6 +38,8 @@ pub mod test_packet;
 pub mod token;
 
 pub use esp::{EspGcm128, EspOpened};
+pub use esp_replay::{ReplayError, ReplayWindow};
+pub use esp_sa::{EspCipher, EspKeys, EspOpenedSa};
 pub use ikev2::{IkeSaKeys, Prf, PrfOutput, SkLengths};
 pub use secret::{
     derive_token_key, token_key, SessionKeys, SharedSecret, TokenKey, TokenKeyDerivation,
@@ -89,6 +95,10 @@ pub enum CryptoError {
         /// What is wrong with the trailer.
         why: &'static str,
     },
+    /// The SA's sender counter reached its end (2^32 − 1 without ESN,
+    /// RFC 4303 §3.3.3): the SA must be rekeyed, never wrapped.
+    #[error("ESP: sequence number space exhausted, rekey the SA")]
+    EspSequenceExhausted,
     /// A secret shorter than the 16-octet token key it should be used as
     /// directly ([`TokenKeyDerivation::Direct`]).
     #[error("the shared secret has {len} octets; using it directly as the token key needs 16")]

@@ -12,6 +12,8 @@
 //!   TX metadata (`XDP_UMEM_TX_METADATA_LEN`) when the kernel has it;
 //! * [`frame`]: Ethernet/VLAN/IPv4/IPv6/UDP parsing and the in-place reply;
 //! * [`poller`]: the thread, batches, key cache, TX timestamps, echo mode;
+//! * `esp`: ESP SAs (decrypt, anti-replay, reflect the inner packet, seal
+//!   with the outbound SA, outer headers) for frames of known inbound SPIs;
 //! * [`stats`]: per-poller counters, latency histograms, and the per-slot
 //!   last-TX-timestamp table shared by the pollers.
 //!
@@ -25,6 +27,7 @@
 //! conflicting libbpf-sys versions, lack TX metadata, or are copyleft.
 
 mod cache;
+mod esp;
 pub mod frame;
 pub mod poller;
 pub mod ring;

@@ -22,13 +22,14 @@ use std::time::{Duration, Instant};
 use ricochet_protocol::twamp_test::RxMeta;
 
 use super::cache::KeyCache;
+use super::esp::{self, EspCache, EspCtx};
 use super::frame;
 use super::secured::t2_stamp;
 use super::socket::{TxMetadataSupport, XskConfig, XskSocket};
 use super::stats::{DropReason, PollerStats, StatsSnapshot, TxStampTable, TxTimestamping};
 use super::umem::Frame;
 use super::XskError;
-use crate::bpf::{KeysReader, Maps, XdpMeta};
+use crate::bpf::{EspKeysReader, EspStateShared, KeysReader, Maps, Origin, XdpMeta};
 use crate::clock::{now_tai_ns, ClockCell, ClockState, StampSource};
 use crate::engine::same_endpoint;
 use crate::stamp_engine::PacketAddrs;
@@ -167,9 +168,12 @@ impl Poller {
             )));
         }
         let sock = XskSocket::open(&cfg.xsk)?;
-        let keys = match cfg.mode {
-            PollerMode::Reflect => Some(maps.keys_reader()?),
-            PollerMode::Echo => None,
+        let (keys, esp) = match cfg.mode {
+            PollerMode::Reflect => (
+                Some(maps.keys_reader()?),
+                Some((maps.esp_keys_reader()?, maps.esp_state_shared()?)),
+            ),
+            PollerMode::Echo => (None, None),
         };
         maps.set_xsk(cfg.xsk.queue, std::os::fd::AsFd::as_fd(&sock))?;
         let stats = Arc::new(PollerStats::default());
@@ -194,6 +198,7 @@ impl Poller {
         let worker = Worker::new(
             sock,
             keys,
+            esp,
             &cfg,
             Arc::clone(&stats),
             Arc::clone(&stop),
@@ -273,6 +278,8 @@ struct Inflight {
 struct Worker {
     sock: XskSocket,
     cache: Option<KeyCache<KeysReader>>,
+    /// ESP SAs and the shared per-SA counters (reflect mode).
+    esp: Option<(EspCache<EspKeysReader>, EspStateShared)>,
     stats: Arc<PollerStats>,
     stop: Arc<AtomicBool>,
     shared: PollerShared,
@@ -297,6 +304,7 @@ impl Worker {
     fn new(
         sock: XskSocket,
         keys: Option<KeysReader>,
+        esp: Option<(EspKeysReader, EspStateShared)>,
         cfg: &PollerConfig,
         stats: Arc<PollerStats>,
         stop: Arc<AtomicBool>,
@@ -308,6 +316,7 @@ impl Worker {
         let ts_state = stats.tx_timestamping();
         Worker {
             cache: keys.map(KeyCache::new),
+            esp: esp.map(|(r, s)| (EspCache::new(r), s)),
             stats,
             stop,
             shared: shared.clone(),
@@ -630,6 +639,7 @@ impl Worker {
         let Worker {
             sock,
             cache,
+            esp,
             scratch,
             md_len,
             stats,
@@ -640,6 +650,41 @@ impl Worker {
         let chunk = sock.umem_mut().chunk_mut(f);
         let meta = XdpMeta::parse(&chunk[..off]).map_err(|_| DropReason::BadMetadata)?;
         let ts_source = meta.ts_source().map_err(|_| DropReason::BadMetadata)?;
+        if meta.origin == Origin::Esp as u8 {
+            let (sas, counters) = esp.as_mut().ok_or(DropReason::BadKeys)?;
+            let sa = sas.lookup(meta.slot, meta.generation, now)?;
+            let mut cx = EspCtx {
+                keys: cache,
+                counters: &*counters,
+                stats,
+                scratch: &mut scratch[..],
+                clock,
+                batch: batch_start,
+                now_ns: now,
+                tai_now: now_tai_ns,
+            };
+            let room = &mut chunk[off..];
+            let r = esp::reflect(
+                room,
+                len,
+                usize::from(meta.payload_off),
+                t2_stamp(meta.rx_ts_ns, ts_source),
+                sa,
+                &mut cx,
+            )?;
+            let start = off + r.start;
+            request_tx_timestamp(chunk, start, *md_len).map_err(|()| DropReason::NoRoom)?;
+            return Ok((
+                start,
+                r.len,
+                Inflight {
+                    active: true,
+                    t3_ns: r.reflected.t3_tai_ns,
+                    slot: r.inner_slot,
+                    seq: r.reflected.seq,
+                },
+            ));
+        }
         let room = &mut chunk[off..];
         let p = frame::parse(&room[..len]).map_err(|_| DropReason::Malformed)?;
         match ts_source {

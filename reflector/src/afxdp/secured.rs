@@ -99,8 +99,10 @@ impl SecuredSlot {
             .then_some(k.dscp & 0x3f);
         let twamp = |security| -> Result<SessionFormat, String> {
             let symmetrical_size = k.flags.contains(EntryFlags::SYMMETRICAL);
+            let open = security == TestSecurity::Unauthenticated;
             let auth_symmetrical_mbz = match (symmetrical_size, k.sender_mbz) {
                 (false, _) | (true, 64) => AuthSymmetricalMbz::Octets64,
+                (true, _) if open => AuthSymmetricalMbz::Octets64, // unused
                 (true, 56) => AuthSymmetricalMbz::Octets56,
                 (true, n) => {
                     return Err(format!(
@@ -122,16 +124,20 @@ impl SecuredSlot {
                 ..SessionFormat::new(security)
             })
         };
-        let session = |security, keys| -> Result<Engine, String> {
-            let mut e = SessionEngine::new(twamp(security)?, Some(keys), dscp.unwrap_or(0), 0, 0)
+        let session = |security, keys: Option<&_>| -> Result<Engine, String> {
+            let mut e = SessionEngine::new(twamp(security)?, keys, dscp.unwrap_or(0), 0, 0)
                 .map_err(|e| e.to_string())?;
             e.set_t3_source(t3_now);
             e.start();
             Ok(Engine::Twamp(e))
         };
         let engine = match &k.keys {
-            KeyMaterial::TwampAuthenticated(keys) => session(TestSecurity::Authenticated, keys)?,
-            KeyMaterial::TwampEncrypted(keys) => session(TestSecurity::Encrypted, keys)?,
+            KeyMaterial::TwampAuthenticated(keys) => {
+                session(TestSecurity::Authenticated, Some(keys))?
+            }
+            KeyMaterial::TwampEncrypted(keys) => session(TestSecurity::Encrypted, Some(keys))?,
+            // The inner session of an ESP SA: ESP protects the packets.
+            KeyMaterial::TwampOpen => session(TestSecurity::Unauthenticated, None)?,
             KeyMaterial::StampAuthenticated(key) => {
                 let mut e = ListenerEngine::new(
                     &ListenerKind::StampAuthenticated { key: key.clone() },

@@ -64,11 +64,25 @@ pub enum DropReason {
     /// A STAMP request asked for no reply (RFC 9503 §4.1.1 Return Path
     /// Control Code 0): processed and counted, not answered.
     NoReplyRequested,
+    /// ESP: refused by the anti-replay window (RFC 4303 §3.4.3).
+    EspReplay,
+    /// ESP: ICV verification (or the trailer check) failed.
+    EspIcv,
+    /// ESP: the inner packet is outside the SA's traffic selectors, or not
+    /// a UDP datagram of the inner session.
+    EspSelector,
+    /// ESP: the SA is past a hard lifetime.
+    EspExpired,
+    /// ESP: the outbound SA has no sequence number left (rekey needed).
+    EspSeqExhausted,
+    /// ESP: a dummy packet (Next Header 59, RFC 4303 §2.6), dropped as
+    /// the RFC says.
+    EspDummy,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 18;
     /// All reasons in index order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::BadMetadata,
@@ -83,6 +97,12 @@ impl DropReason {
         DropReason::TxRingFull,
         DropReason::Refused,
         DropReason::NoReplyRequested,
+        DropReason::EspReplay,
+        DropReason::EspIcv,
+        DropReason::EspSelector,
+        DropReason::EspExpired,
+        DropReason::EspSeqExhausted,
+        DropReason::EspDummy,
     ];
 
     /// A stable name for metrics.
@@ -100,6 +120,12 @@ impl DropReason {
             DropReason::TxRingFull => "tx_ring_full",
             DropReason::Refused => "refused",
             DropReason::NoReplyRequested => "no_reply_requested",
+            DropReason::EspReplay => "esp_replay",
+            DropReason::EspIcv => "esp_icv",
+            DropReason::EspSelector => "esp_selector",
+            DropReason::EspExpired => "esp_expired",
+            DropReason::EspSeqExhausted => "esp_seq_exhausted",
+            DropReason::EspDummy => "esp_dummy",
         }
     }
 }
@@ -252,6 +278,13 @@ pub struct PollerStats {
     pub t3_to_tx: Histogram,
     /// T3 → completion seen by the poller, ns (always measured).
     pub t3_to_completion: Histogram,
+    /// ESP: T2 → inbound packet authenticated and decrypted, ns (the
+    /// receive-side IPsec cost seen by the measurement).
+    pub esp_t2_to_open: Histogram,
+    /// ESP: T3 → reply sealed (encrypted, ICV appended), ns (the
+    /// send-side cost: T3 is inside the encrypted payload, so it is taken
+    /// before encryption and this is what encryption adds after it).
+    pub esp_t3_to_sealed: Histogram,
     /// Kernel counters (`XDP_STATISTICS`), refreshed about once a second.
     pub kernel_rx_dropped: Counter,
     /// `XDP_STATISTICS.rx_ring_full`.
@@ -331,6 +364,8 @@ impl PollerStats {
                 .then(|| self.last_t3_to_tx_ns.get() as i64),
             t3_to_tx: self.t3_to_tx.summary(),
             t3_to_completion: self.t3_to_completion.summary(),
+            esp_t2_to_open: self.esp_t2_to_open.summary(),
+            esp_t3_to_sealed: self.esp_t3_to_sealed.summary(),
             kernel_rx_dropped: self.kernel_rx_dropped.get(),
             kernel_rx_ring_full: self.kernel_rx_ring_full.get(),
             kernel_fill_empty: self.kernel_fill_empty.get(),
@@ -374,6 +409,10 @@ pub struct StatsSnapshot {
     pub t3_to_tx: LatencySummary,
     /// T3 → completion percentiles.
     pub t3_to_completion: LatencySummary,
+    /// ESP: T2 → decrypted percentiles.
+    pub esp_t2_to_open: LatencySummary,
+    /// ESP: T3 → sealed percentiles.
+    pub esp_t3_to_sealed: LatencySummary,
     /// Kernel: dropped.
     pub kernel_rx_dropped: u64,
     /// Kernel: RX ring full.

@@ -35,7 +35,7 @@ impl Family {
     }
 }
 
-fn addr_bytes(addr: &IpAddr) -> [u8; 16] {
+pub(crate) fn addr_bytes(addr: &IpAddr) -> [u8; 16] {
     let mut out = [0u8; 16];
     match addr {
         IpAddr::V4(a) => out[..4].copy_from_slice(&a.octets()),
@@ -44,7 +44,7 @@ fn addr_bytes(addr: &IpAddr) -> [u8; 16] {
     out
 }
 
-fn addr_from(family: Family, b: &[u8; 16]) -> IpAddr {
+pub(crate) fn addr_from(family: Family, b: &[u8; 16]) -> IpAddr {
     match family {
         Family::V4 => IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])),
         Family::V6 => IpAddr::V6(Ipv6Addr::from(*b)),
@@ -181,6 +181,9 @@ pub enum Origin {
     Session = 1,
     /// `listeners` (stateless).
     Listener = 2,
+    /// ESP of a known inbound SA (`esp_sas`): the slot is an `esp_keys`
+    /// index and `payload_off` the offset of the ESP header.
+    Esp = 3,
 }
 
 /// Why [`XdpMeta::parse`] rejected the octets in front of a frame.
@@ -251,6 +254,7 @@ impl XdpMeta {
         match self.origin & !ORIGIN_F_REFUSED {
             1 => Ok(Origin::Session),
             2 => Ok(Origin::Listener),
+            3 => Ok(Origin::Esp),
             value => Err(MetaError::BadField {
                 field: "origin",
                 value,
@@ -291,11 +295,19 @@ pub enum Counter {
     DropSsid = 9,
     /// Helper failure (no tailroom, ...).
     Error = 10,
+    /// ESP of a known inbound SA redirected to an AF_XDP socket.
+    EspRedirected = 11,
+    /// ESP (raw or in UDP 4500) with an unknown SPI: passed.
+    EspUnknownSpi = 12,
+    /// UDP 4500 carrying IKE (non-ESP marker) or a NAT keepalive: passed.
+    EspIke = 13,
+    /// Clear packet of an entry whose traffic must come in ESP: dropped.
+    DropNotEsp = 14,
 }
 
 impl Counter {
     /// Number of counters (`RC_CNT_MAX`).
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 15;
     /// All counters in index order.
     pub const ALL: [Counter; Counter::COUNT] = [
         Counter::PassNotUdp,
@@ -309,6 +321,10 @@ impl Counter {
         Counter::DropRateLimited,
         Counter::DropSsid,
         Counter::Error,
+        Counter::EspRedirected,
+        Counter::EspUnknownSpi,
+        Counter::EspIke,
+        Counter::DropNotEsp,
     ];
 
     /// A stable name for metrics.
@@ -325,6 +341,10 @@ impl Counter {
             Counter::DropRateLimited => "drop_rate_limited",
             Counter::DropSsid => "drop_ssid",
             Counter::Error => "error",
+            Counter::EspRedirected => "esp_redirected",
+            Counter::EspUnknownSpi => "esp_pass_unknown_spi",
+            Counter::EspIke => "esp_pass_ike",
+            Counter::DropNotEsp => "drop_not_esp",
         }
     }
 }
@@ -394,6 +414,9 @@ pub enum KeyMaterial {
     TwampEncrypted(ricochet_protocol::crypto::SessionKeys),
     /// Authenticated STAMP (RFC 8762 §4.1.1): the HMAC-SHA-256 key.
     StampAuthenticated(zeroize::Zeroizing<[u8; 32]>),
+    /// Unauthenticated TWAMP carried inside an ESP SA (the pollers reflect
+    /// it after decryption; ESP protects it). No key.
+    TwampOpen,
     /// A stateful STAMP session (RFC 8762 §4.3) reflected by the pollers:
     /// its SSID (RFC 8972 §3) and, authenticated, its HMAC-SHA-256 key (a
     /// shorter key zero-padded to 32 octets: the same HMAC, RFC 2104 §2).
@@ -411,7 +434,8 @@ pub enum KeyMaterial {
         micro_session_id: Option<u16>,
     },
     /// A stateless unauthenticated STAMP listener's TLV-bearing packets
-    /// ([`EntryFlags::TLV_TO_XSK`]): no key, the TLVs need user space.
+    /// ([`EntryFlags::TLV_TO_XSK`]), or its packets carried inside an ESP
+    /// SA: no key.
     StampOpen,
 }
 
@@ -428,12 +452,15 @@ impl KeyMaterial {
     pub const STAMP_SESSION_AUTH: u8 = 5;
     /// `RC_KEYS_STAMP_OPEN`.
     pub const STAMP_OPEN: u8 = 6;
+    /// `RC_KEYS_TWAMP_OPEN`.
+    pub const TWAMP_OPEN: u8 = 7;
 
     fn mode(&self) -> u8 {
         match self {
             KeyMaterial::TwampAuthenticated(_) => Self::TWAMP_AUTH,
             KeyMaterial::TwampEncrypted(_) => Self::TWAMP_ENC,
             KeyMaterial::StampAuthenticated(_) => Self::STAMP_AUTH,
+            KeyMaterial::TwampOpen => Self::TWAMP_OPEN,
             KeyMaterial::StampSession { key: None, .. } => Self::STAMP_SESSION,
             KeyMaterial::StampSession { key: Some(_), .. } => Self::STAMP_SESSION_AUTH,
             KeyMaterial::StampOpen => Self::STAMP_OPEN,
@@ -447,6 +474,7 @@ impl std::fmt::Debug for KeyMaterial {
             KeyMaterial::TwampAuthenticated(_) => "TwampAuthenticated(<redacted>)",
             KeyMaterial::TwampEncrypted(_) => "TwampEncrypted(<redacted>)",
             KeyMaterial::StampAuthenticated(_) => "StampAuthenticated(<redacted>)",
+            KeyMaterial::TwampOpen => "TwampOpen",
             KeyMaterial::StampSession { key: None, .. } => "StampSession",
             KeyMaterial::StampSession { key: Some(_), .. } => "StampSession(<redacted>)",
             KeyMaterial::StampOpen => "StampOpen",
@@ -550,7 +578,7 @@ impl SlotKeys {
                     b[k + STAMP_MICRO_FLAG_AT] = 1;
                 }
             }
-            KeyMaterial::StampOpen => {}
+            KeyMaterial::TwampOpen | KeyMaterial::StampOpen => {}
         }
         b
     }
@@ -573,6 +601,7 @@ impl SlotKeys {
                 key.copy_from_slice(&b[k..k + 32]);
                 KeyMaterial::StampAuthenticated(key)
             }
+            KeyMaterial::TWAMP_OPEN => KeyMaterial::TwampOpen,
             m @ (KeyMaterial::STAMP_SESSION | KeyMaterial::STAMP_SESSION_AUTH) => {
                 let key = (m == KeyMaterial::STAMP_SESSION_AUTH).then(|| {
                     let mut key = zeroize::Zeroizing::new([0u8; 32]);
@@ -616,18 +645,18 @@ impl SlotKeys {
     }
 }
 
-fn ne_u16(b: &[u8], off: usize) -> u16 {
+pub(crate) fn ne_u16(b: &[u8], off: usize) -> u16 {
     u16::from_ne_bytes([b[off], b[off + 1]])
 }
-fn ne_u32(b: &[u8], off: usize) -> u32 {
+pub(crate) fn ne_u32(b: &[u8], off: usize) -> u32 {
     u32::from_ne_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
-fn ne_u64(b: &[u8], off: usize) -> u64 {
+pub(crate) fn ne_u64(b: &[u8], off: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[off..off + 8]);
     u64::from_ne_bytes(a)
 }
-fn put(b: &mut [u8], off: usize, v: &[u8]) {
+pub(crate) fn put(b: &mut [u8], off: usize, v: &[u8]) {
     b[off..off + v.len()].copy_from_slice(v);
 }
 
@@ -805,6 +834,8 @@ impl EntryFlags {
     pub const TLV_TO_XSK: EntryFlags = EntryFlags(1 << 5);
     /// STAMP (RFC 8972 §3): drop packets whose SSID differs.
     pub const CHECK_SSID: EntryFlags = EntryFlags(1 << 6);
+    /// The traffic is carried in an ESP SA: clear packets are dropped.
+    pub const ESP_ONLY: EntryFlags = EntryFlags(1 << 7);
     /// Secured entries: a packet the token bucket refuses still goes to
     /// the poller, marked ([`XdpMeta::refused`]), to be counted only (STAMP
     /// Direct Measurement R_RxC, RFC 8972 §4.5); never answered.
@@ -1067,7 +1098,7 @@ impl ClockState {
     }
 }
 
-fn check_len(what: &'static str, b: &[u8], want: usize) -> Result<(), BpfError> {
+pub(crate) fn check_len(what: &'static str, b: &[u8], want: usize) -> Result<(), BpfError> {
     if b.len() != want {
         return Err(BpfError::BadMapData(format!(
             "{what}: {} octets, expected {want}",
@@ -1195,6 +1226,65 @@ mod tests {
                 sender_port,
                 ssid,
                 key
+            ]
+        );
+        check!(
+            "rc_esp_sa_key",
+            super::super::esp_abi::RawEspSaKey,
+            [spi, family, _pad, local_addr]
+        );
+        check!(
+            "rc_esp_sa",
+            super::super::esp_abi::RawEspSa,
+            [slot, generation, flags, _pad0, _pad1, rx_packets, redirected]
+        );
+        check!(
+            "rc_esp_keys",
+            super::super::esp_abi::RawEspKeys,
+            [
+                generation,
+                instance,
+                spi_in,
+                spi_out,
+                alg,
+                key_len,
+                flags,
+                _pad0,
+                replay_window,
+                inner_slot,
+                inner_generation,
+                tx_state,
+                _pad1,
+                life_packets,
+                life_bytes,
+                expires_ns,
+                rekey_ns,
+                sel_local,
+                sel_remote,
+                sel_local_port,
+                sel_remote_port,
+                sel_family,
+                _pad2,
+                key_in,
+                key_out
+            ]
+        );
+        check!(
+            "rc_esp_state",
+            super::super::esp_abi::EspState,
+            [
+                tx_seq,
+                rx_packets,
+                rx_bytes,
+                tx_packets,
+                tx_bytes,
+                replay_drops,
+                icv_failures,
+                seq_exhausted,
+                selector_drops,
+                expired_drops,
+                rekey_needed,
+                _reserved
             ]
         );
         check!(

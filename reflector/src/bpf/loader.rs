@@ -169,6 +169,9 @@ impl XdpProgram {
             counters: handle("counters")?,
             xsks: handle("xsks")?,
             keys: handle("keys")?,
+            esp_sas: handle("esp_sas")?,
+            esp_keys: handle("esp_keys")?,
+            esp_state: handle("esp_state")?,
         };
         Ok(XdpProgram {
             obj,

@@ -11,10 +11,22 @@ use super::abi::{
     ClockState, Counter, Entry, EntryConfig, ListenerKey, RawEntry, RawKeys, SessionKey, SlotKeys,
     MAX_SLOTS,
 };
+use super::esp_abi::{EspSaKey, EspSlotKeys, EspState, RawEspKeys, RawEspSa, MAX_ESP_SAS};
+use super::esp_shared::EspStateShared;
 use super::BpfError;
 
 /// Names of the maps that are pinned (file names under the pin directory).
-pub const PINNED_MAPS: [&str; 6] = ["sessions", "listeners", "clock", "counters", "xsks", "keys"];
+pub const PINNED_MAPS: [&str; 9] = [
+    "sessions",
+    "listeners",
+    "clock",
+    "counters",
+    "xsks",
+    "keys",
+    "esp_sas",
+    "esp_keys",
+    "esp_state",
+];
 
 /// Handles on the shared maps.
 #[derive(Debug)]
@@ -25,6 +37,9 @@ pub struct Maps {
     pub(crate) counters: MapHandle,
     pub(crate) xsks: MapHandle,
     pub(crate) keys: MapHandle,
+    pub(crate) esp_sas: MapHandle,
+    pub(crate) esp_keys: MapHandle,
+    pub(crate) esp_state: MapHandle,
 }
 
 fn ctx(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
@@ -46,6 +61,9 @@ impl Maps {
             counters: open("counters")?,
             xsks: open("xsks")?,
             keys: open("keys")?,
+            esp_sas: open("esp_sas")?,
+            esp_keys: open("esp_keys")?,
+            esp_state: open("esp_state")?,
         })
     }
 
@@ -191,6 +209,136 @@ impl Maps {
             map: MapHandle::try_from(&self.keys).map_err(ctx("duplicate keys map fd"))?,
         })
     }
+}
+
+impl Maps {
+    /// Adds or replaces the inbound SA `key` → `value` (`esp_sas`). Write
+    /// `esp_keys[value.slot]` (same generation) first.
+    pub fn write_esp_sa(&self, key: &EspSaKey, value: &RawEspSa) -> Result<(), BpfError> {
+        self.esp_sas
+            .update(&key.to_bytes(), &value.to_bytes(), MapFlags::ANY)
+            .map_err(ctx(format!("write esp_sas SPI {:08x}", key.spi)))
+    }
+
+    /// Reads an inbound SA entry (with the XDP program's counters).
+    pub fn esp_sa(&self, key: &EspSaKey) -> Result<Option<RawEspSa>, BpfError> {
+        self.esp_sas
+            .lookup(&key.to_bytes(), MapFlags::ANY)
+            .map_err(ctx("read esp_sas"))?
+            .map(|v| RawEspSa::from_bytes(&v))
+            .transpose()
+    }
+
+    /// Every inbound SA in `esp_sas`.
+    pub fn esp_sa_entries(&self) -> Result<Vec<(EspSaKey, RawEspSa)>, BpfError> {
+        let mut out = Vec::new();
+        for k in self.esp_sas.keys() {
+            let key = EspSaKey::from_bytes(&k)?;
+            if let Some(v) = self.esp_sa(&key)? {
+                out.push((key, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes an inbound SA; `Ok(false)` if it was not there.
+    pub fn remove_esp_sa(&self, key: &EspSaKey) -> Result<bool, BpfError> {
+        remove(&self.esp_sas, "esp_sas", &key.to_bytes())
+    }
+
+    /// Writes the pollers' state of ESP slot `slot`; the encoded copy is
+    /// zeroized after the write.
+    pub fn write_esp_keys(&self, slot: u32, keys: &EspSlotKeys) -> Result<(), BpfError> {
+        check_esp_slot(slot)?;
+        self.esp_keys
+            .update(&slot.to_ne_bytes(), &keys.to_bytes()?, MapFlags::ANY)
+            .map_err(ctx(format!("write esp_keys of slot {slot}")))
+    }
+
+    /// Frees ESP slot `slot` (zeros: alg NONE).
+    pub fn clear_esp_keys(&self, slot: u32) -> Result<(), BpfError> {
+        check_esp_slot(slot)?;
+        self.esp_keys
+            .update(
+                &slot.to_ne_bytes(),
+                &[0u8; std::mem::size_of::<RawEspKeys>()],
+                MapFlags::ANY,
+            )
+            .map_err(ctx(format!("clear esp_keys of slot {slot}")))
+    }
+
+    /// Reads ESP slot `slot`; `Ok(None)` when unused.
+    pub fn read_esp_keys(&self, slot: u32) -> Result<Option<EspSlotKeys>, BpfError> {
+        read_esp_keys(&self.esp_keys, slot)
+    }
+
+    /// Zeroes the counters and the outbound sequence counter of ESP slot
+    /// `slot` (a new SA in the slot).
+    pub fn reset_esp_state(&self, slot: u32) -> Result<(), BpfError> {
+        check_esp_slot(slot)?;
+        self.esp_state
+            .update(&slot.to_ne_bytes(), &[0u8; EspState::LEN], MapFlags::ANY)
+            .map_err(ctx(format!("reset esp_state of slot {slot}")))
+    }
+
+    /// Reads the counters of ESP slot `slot`.
+    pub fn esp_state(&self, slot: u32) -> Result<EspState, BpfError> {
+        check_esp_slot(slot)?;
+        let v = self
+            .esp_state
+            .lookup(&slot.to_ne_bytes(), MapFlags::ANY)
+            .map_err(ctx("read esp_state"))?
+            .ok_or_else(|| BpfError::BadMapData(format!("esp_state {slot} missing")))?;
+        EspState::from_bytes(&v)
+    }
+
+    /// A handle on `esp_keys` for a poller thread (its own descriptor).
+    pub fn esp_keys_reader(&self) -> Result<EspKeysReader, BpfError> {
+        Ok(EspKeysReader {
+            map: MapHandle::try_from(&self.esp_keys).map_err(ctx("duplicate esp_keys fd"))?,
+        })
+    }
+
+    /// The `esp_state` array mapped into this process (shared by the
+    /// pollers; atomic updates, no syscalls).
+    pub fn esp_state_shared(&self) -> Result<EspStateShared, BpfError> {
+        EspStateShared::map(&self.esp_state)
+    }
+}
+
+/// Read access to `esp_keys` for one AF_XDP poller.
+#[derive(Debug)]
+pub struct EspKeysReader {
+    map: MapHandle,
+}
+
+impl EspKeysReader {
+    /// The state of ESP slot `slot`; `Ok(None)` when unused.
+    pub fn read(&self, slot: u32) -> Result<Option<EspSlotKeys>, BpfError> {
+        read_esp_keys(&self.map, slot)
+    }
+}
+
+fn check_esp_slot(slot: u32) -> Result<(), BpfError> {
+    if slot >= MAX_ESP_SAS {
+        return Err(BpfError::BadMapData(format!(
+            "ESP slot {slot} out of range (max {})",
+            MAX_ESP_SAS - 1
+        )));
+    }
+    Ok(())
+}
+
+fn read_esp_keys(map: &MapHandle, slot: u32) -> Result<Option<EspSlotKeys>, BpfError> {
+    check_esp_slot(slot)?;
+    let mut raw = zeroize::Zeroizing::new([0u8; std::mem::size_of::<RawEspKeys>()]);
+    let found = map
+        .lookup_into(&slot.to_ne_bytes(), &mut raw[..], MapFlags::ANY)
+        .map_err(ctx(format!("read esp_keys of slot {slot}")))?;
+    if !found {
+        return Ok(None);
+    }
+    EspSlotKeys::from_bytes(&raw[..])
 }
 
 /// Read access to the `keys` map for one AF_XDP poller: one `bpf(2)` lookup

@@ -5,7 +5,8 @@
 //! STAMP (RFC 8762 §4.3) test packets itself with XDP_TX, hands
 //! authenticated/encrypted ones to AF_XDP sockets with [`abi::XdpMeta`] in
 //! front of the frame, and passes everything else untouched. The pinned
-//! maps (`sessions`, `listeners`, `clock`, `counters`, `xsks`, `keys`) are the only
+//! maps (`sessions`, `listeners`, `clock`, `counters`, `xsks`, `keys`, and for
+//! ESP `esp_sas`, `esp_keys`, `esp_state`) are the only
 //! contract with the control plane: [`Maps::open_pinned`] gives a separate
 //! process the same typed access as [`XdpProgram::maps`].
 //!
@@ -19,6 +20,8 @@
 //! ```
 
 pub mod abi;
+pub mod esp_abi;
+mod esp_shared;
 mod loader;
 mod maps;
 pub mod table;
@@ -27,10 +30,12 @@ pub use abi::{
     ClockState, Counter, Entry, EntryConfig, EntryFlags, EntryStats, Family, KeyMaterial,
     ListenerKey, MetaError, Mode, Origin, SessionKey, SlotKeys, TsSource, XdpMeta, MAX_SLOTS,
 };
+pub use esp_abi::{EspSaKey, EspSelectors, EspSlotKeys, EspState, MAX_ESP_SAS};
+pub use esp_shared::EspStateShared;
 pub use loader::{
     ifindex, AttachMode, Attachment, LoadOptions, TestRun, XdpAction, XdpProgram, DEFAULT_PIN_DIR,
 };
-pub use maps::{Counters, KeysReader, Maps, PINNED_MAPS};
+pub use maps::{Counters, EspKeysReader, KeysReader, Maps, PINNED_MAPS};
 pub use table::BpfSessionTable;
 
 /// The compiled XDP object (clang-19, BTF included), embedded at build time.

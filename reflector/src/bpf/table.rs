@@ -41,9 +41,11 @@ use super::abi::{
 };
 use super::{BpfError, Maps};
 use crate::session_table::{
-    DropBreakdown, ListenerKind, ListenerSpec, SessionActivity, SessionSpec, SessionTable,
-    StampSessionId, StampSessionSpec, TableError,
+    DropBreakdown, EspSaActivity, EspSaSpec, ListenerKind, ListenerSpec, SessionActivity,
+    SessionSpec, SessionTable, StampSessionId, StampSessionSpec, TableError,
 };
+
+mod esp;
 
 fn dp(e: BpfError) -> TableError {
     TableError::DataPlane(e.to_string())
@@ -68,6 +70,12 @@ struct Record {
     state: State,
     /// The spec, until the session is started (then it is in the maps).
     pending: Option<SessionSpec>,
+    /// The spec as started (for an ESP SA that carries the session; not
+    /// in the registry, so absent after a control-plane restart).
+    spec: Option<SessionSpec>,
+    /// The `keys` slot and generation of the session as the inner session
+    /// of ESP SAs, when it has no slot of its own (unauthenticated).
+    esp_inner: Option<(u32, u32)>,
 }
 
 /// Lowest-free allocator of `keys` slots (`0..MAX_SLOTS`).
@@ -78,6 +86,9 @@ struct Slots {
 
 impl Slots {
     fn take(&mut self) -> Option<u32> {
+        self.take_below(MAX_SLOTS)
+    }
+    fn take_below(&mut self, limit: u32) -> Option<u32> {
         let mut want = 0u32;
         for &u in &self.used {
             if u != want {
@@ -85,7 +96,7 @@ impl Slots {
             }
             want += 1;
         }
-        (want < MAX_SLOTS && self.used.insert(want)).then_some(want)
+        (want < limit && self.used.insert(want)).then_some(want)
     }
     fn free(&mut self, slot: u32) {
         self.used.remove(&slot);
@@ -108,6 +119,17 @@ pub struct BpfSessionTable {
     /// Last observed `rx_packets` of each session and when it changed, for
     /// idle times of sessions without a rate limit.
     seen: Mutex<HashMap<Sid, (u64, Instant)>>,
+    /// ESP SAs by inbound SPI.
+    esp: HashMap<u32, esp::EspRecord>,
+    /// `esp_keys` / `esp_state` slots.
+    esp_slots: Slots,
+    /// Listeners' reply DSCP (for their ESP inner slot).
+    listener_dscp: HashMap<SocketAddr, Option<u8>>,
+    /// `keys` slot and generation of a listener as an ESP inner session
+    /// (unauthenticated listeners have no slot of their own).
+    listener_inner: HashMap<SocketAddr, (u32, u32)>,
+    /// Order in which SAs were added (the newest outbound wins).
+    esp_added: u64,
 }
 
 impl std::fmt::Debug for BpfSessionTable {
@@ -156,6 +178,13 @@ fn parse_line(line: &str) -> Option<(Sid, Record)> {
         "-" => State::Started,
         s => State::Stopping(s.parse().ok()?),
     };
+    let esp_inner = match f.next() {
+        None => None,
+        Some(x) => {
+            let (s, g) = x.split_once(':')?;
+            Some((s.parse().ok().filter(|s| *s < MAX_SLOTS)?, g.parse().ok()?))
+        }
+    };
     let key = SessionKey::new(local, remote).ok()?;
     Some((
         sid,
@@ -164,6 +193,8 @@ fn parse_line(line: &str) -> Option<(Sid, Record)> {
             slot,
             state,
             pending: None,
+            spec: None,
+            esp_inner,
         },
     ))
 }
@@ -206,6 +237,11 @@ impl BpfSessionTable {
             slots: Slots::default(),
             next_gen: u32::try_from(now_ms() / 1000 % u64::from(u32::MAX)).unwrap_or(1) | 1,
             seen: Mutex::new(HashMap::new()),
+            esp: HashMap::new(),
+            esp_slots: Slots::default(),
+            listener_dscp: HashMap::new(),
+            listener_inner: HashMap::new(),
+            esp_added: 0,
         };
         let text = match fs::read_to_string(registry) {
             Ok(t) => t,
@@ -231,8 +267,12 @@ impl BpfSessionTable {
             if let Some(s) = rec.slot {
                 t.slots.used.insert(s);
             }
+            if let Some((s, _)) = rec.esp_inner {
+                t.slots.used.insert(s);
+            }
             t.sessions.insert(sid, rec);
         }
+        t.esp_reload()?;
         t.save()?;
         t.sweep();
         Ok(t)
@@ -291,8 +331,12 @@ impl BpfSessionTable {
                 State::Stopping(d) => d.to_string(),
             };
             let slot = r.slot.map_or("-".to_owned(), |s| s.to_string());
+            // optional sixth field: the ESP inner slot:generation
+            let esp = r
+                .esp_inner
+                .map_or(String::new(), |(s, g)| format!(" {s}:{g}"));
             text.push_str(&format!(
-                "{} {} {} {slot} {deadline}\n",
+                "{} {} {} {slot} {deadline}{esp}\n",
                 hex(sid),
                 r.key.local,
                 r.key.remote
@@ -417,6 +461,8 @@ impl SessionTable for BpfSessionTable {
                 slot: None,
                 state: State::Installed,
                 pending: Some(spec),
+                spec: None,
+                esp_inner: None,
             },
         );
         Ok(())
@@ -436,6 +482,7 @@ impl SessionTable for BpfSessionTable {
                 if let Some(r) = self.sessions.get_mut(sid) {
                     r.slot = slot;
                     r.state = State::Started;
+                    r.spec = Some(spec);
                 }
                 self.save()
             }
@@ -481,6 +528,9 @@ impl SessionTable for BpfSessionTable {
             }
         }
         if let Some(slot) = rec.slot {
+            self.release_slot(slot);
+        }
+        if let Some((slot, _)) = rec.esp_inner {
             self.release_slot(slot);
         }
         self.save()
@@ -626,6 +676,7 @@ impl SessionTable for BpfSessionTable {
             return Err(TableError::Address(spec.local, e.to_string()));
         }
         self.listeners.insert(spec.local, (key, slot));
+        self.listener_dscp.insert(spec.local, spec.dscp);
         Ok(())
     }
 
@@ -765,7 +816,23 @@ impl SessionTable for BpfSessionTable {
         if let Some(s) = slot {
             self.release_slot(s);
         }
+        self.listener_dscp.remove(&local);
+        if let Some((s, _)) = self.listener_inner.remove(&local) {
+            self.release_slot(s);
+        }
         Ok(())
+    }
+
+    fn add_esp_sa(&mut self, spec: EspSaSpec) -> Result<(), TableError> {
+        self.esp_add(spec)
+    }
+
+    fn remove_esp_sa(&mut self, inbound_spi: u32) -> Result<(), TableError> {
+        self.esp_remove(inbound_spi)
+    }
+
+    fn esp_sa_activity(&self, inbound_spi: u32) -> Option<EspSaActivity> {
+        self.esp_activity(inbound_spi)
     }
 }
 
@@ -793,6 +860,10 @@ mod tests {
         assert_eq!(r.slot, Some(7));
         assert_eq!(r.state, State::Started);
         assert_eq!(r.key.remote, "198.18.0.2:6000".parse().unwrap());
+        assert_eq!(r.esp_inner, None);
+        let (_, r) = parse_line(&format!("{line} 9:77")).expect("with the ESP field");
+        assert_eq!(r.esp_inner, Some((9, 77)));
+        assert!(parse_line(&format!("{line} 9")).is_none());
         for bad in [
             "",
             "zz 198.18.0.1:5000 198.18.0.2:6000 - -",

@@ -773,4 +773,18 @@ impl SessionTable for SocketSessionTable {
         };
         self.unregister(key)
     }
+
+    fn add_esp_sa(&mut self, spec: crate::session_table::EspSaSpec) -> Result<(), TableError> {
+        Err(TableError::Unsupported(format!(
+            "ESP SA {:08x}: the socket path relies on the kernel for IPsec and this \
+             kernel has no ESP; run the XDP/AF_XDP data plane (data_plane = \"bpf\")",
+            spec.inbound_spi
+        )))
+    }
+
+    fn remove_esp_sa(&mut self, inbound_spi: u32) -> Result<(), TableError> {
+        Err(TableError::Unsupported(format!(
+            "ESP SA {inbound_spi:08x}: the socket path has no ESP"
+        )))
+    }
 }
