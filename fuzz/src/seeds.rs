@@ -16,7 +16,9 @@ use ricochet_protocol::twamp_test::{
     ReflectOctets, ReflectorLayout, RxMeta, SessionFormat, TestSecurity,
 };
 
-use ricochet_protocol::crypto::{EspGcm128, PacketRole, SessionKeys, TestKeys, TestProtection};
+use ricochet_protocol::crypto::{
+    EspCipher, EspGcm128, EspKeys, PacketRole, SessionKeys, TestKeys, TestProtection,
+};
 use ricochet_protocol::modes::Modes;
 
 use crate::{control, error_estimate, stamp, twamp};
@@ -301,14 +303,38 @@ pub fn test_packet_seeds(keys: Option<&TestKeys>, mode: TestProtection, wire: &[
     out
 }
 
-/// Seeds of the [`crate::crypto::esp_open`] harness from one ESP packet (the
-/// payload of a UDP-encapsulated ESP datagram, RFC 3948) and the CHILD_SA
-/// key and salt of its direction: the packet as on the wire (the harness's
-/// fixed SA does not open it), and, when the real SA opens it, its payload
-/// sealed again under the harness's SA with the same SPI, sequence number,
-/// IV and Next Header, so that the harness's `open` succeeds on it.
-pub fn esp_open_seeds(sa: Option<&EspGcm128>, wire: &[u8]) -> Vec<Seed> {
-    let mut out = vec![("esp_open", wire.to_vec())];
+/// The transform octet of the [`crate::crypto::esp_sa`] seeds re-sealed
+/// from the captures: AES-GCM-128 (low bits 0), no ESN (bit 7 clear); the
+/// harness's KEYMAT is this octet 20 times.
+pub const ESP_SA_SEED_SEL: u8 = 0x04;
+
+/// The replay-window part of an [`crate::crypto::esp_sa`] input for a
+/// packet with sequence number `seq`: window 64, then the numbers `seq`,
+/// `seq` again (a replay), `seq + 64` (slides the window past it) and `seq`
+/// (now too old).
+fn esp_sa_window(seq: u32) -> Vec<u8> {
+    let mut v = 64u16.to_be_bytes().to_vec();
+    for n in [seq, seq, seq.wrapping_add(64), seq] {
+        v.extend_from_slice(&n.to_be_bytes());
+    }
+    v
+}
+
+/// Seeds of the ESP harnesses ([`crate::crypto::esp_open`],
+/// [`crate::crypto::esp_sa`]) from one ESP packet (the payload of a
+/// UDP-encapsulated ESP datagram, RFC 3948) and the CHILD_SA of its
+/// direction: the packet as on the wire (the harnesses' SAs do not open
+/// it), and, when the real SA opens it, its payload sealed again under each
+/// harness's SA with the same SPI, sequence number and Next Header (and for
+/// `esp_open` the same IV), so that the harnesses' `open` succeeds on it.
+pub fn esp_seeds(sa: Option<&EspGcm128>, wire: &[u8]) -> Vec<Seed> {
+    let wire_seq = wire
+        .get(4..8)
+        .map_or(1, |s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]));
+    let mut raw_sa = vec![0u8];
+    raw_sa.extend(esp_sa_window(wire_seq));
+    raw_sa.extend_from_slice(wire);
+    let mut out = vec![("esp_open", wire.to_vec()), ("esp_sa", raw_sa)];
     let Some(sa) = sa else {
         return out;
     };
@@ -317,7 +343,9 @@ pub fn esp_open_seeds(sa: Option<&EspGcm128>, wire: &[u8]) -> Vec<Seed> {
         return out;
     };
     let payload = &plain[opened.payload.clone()];
-    let iv: [u8; 8] = wire[8..16].try_into().expect("opened: header present");
+    let Some(iv) = wire.get(8..16).and_then(|iv| <[u8; 8]>::try_from(iv).ok()) else {
+        return out;
+    };
     let harness = EspGcm128::new(&crate::crypto::ESP_OPEN_KEY, &crate::crypto::ESP_OPEN_SALT);
     let mut sealed = vec![0u8; EspGcm128::sealed_len(payload.len())];
     sealed[16..16 + payload.len()].copy_from_slice(payload);
@@ -331,6 +359,26 @@ pub fn esp_open_seeds(sa: Option<&EspGcm128>, wire: &[u8]) -> Vec<Seed> {
     ) {
         sealed.truncate(n);
         out.push(("esp_open", sealed));
+    }
+    let keys = EspKeys::gcm_from_keymat(&[ESP_SA_SEED_SEL; 20]);
+    if let Ok(c) = keys.and_then(|k| EspCipher::new(&k)) {
+        let po = c.payload_offset();
+        let mut sealed = vec![0u8; c.sealed_len(payload.len())];
+        sealed[po..po + payload.len()].copy_from_slice(payload);
+        if let Ok(n) = c.seal(
+            opened.spi,
+            u64::from(opened.seq),
+            false,
+            opened.next_header,
+            payload.len(),
+            &mut sealed,
+        ) {
+            sealed.truncate(n);
+            let mut v = vec![ESP_SA_SEED_SEL];
+            v.extend(esp_sa_window(opened.seq));
+            v.extend_from_slice(&sealed);
+            out.push(("esp_sa", v));
+        }
     }
     out
 }
@@ -520,7 +568,7 @@ pub fn capture_child_sas(pcap: &std::path::Path) -> Vec<(u32, EspGcm128)> {
         .collect()
 }
 
-/// The [`esp_open_seeds`] of a strongSwan capture: every UDP/4500 datagram
+/// The [`esp_seeds`] of a strongSwan capture: every UDP/4500 datagram
 /// that is ESP (it starts with a non-zero SPI, not the non-ESP marker, RFC
 /// 3948 §2.2, and is not a one-octet NAT-keepalive).
 #[cfg(feature = "captures")]
@@ -539,7 +587,7 @@ pub fn esp_capture_seeds(pcap: &std::path::Path) -> Vec<Seed> {
             continue;
         }
         let sa = sas.iter().find(|(s, _)| *s == spi).map(|(_, sa)| sa);
-        out.extend(esp_open_seeds(sa, &d.payload));
+        out.extend(esp_seeds(sa, &d.payload));
     }
     out
 }

@@ -132,14 +132,14 @@ fn test_packet_seeds_verify_under_the_harness_keys() {
     assert_eq!(total, 60);
 }
 
-/// The re-sealed strongSwan ESP packets open under the `esp_open` harness's
-/// SA to exactly the inner packets the JSON decoded (strongSwan's own
+/// The re-sealed strongSwan ESP packets open under the `esp_open` and
+/// `esp_sa` harnesses' SAs to exactly the inner packets the JSON decoded (strongSwan's own
 /// plaintext), in capture order, with the SPI, sequence number and Next
 /// Header of the frame; the packets as captured do not open under it.
 #[test]
-fn esp_open_seeds_open_under_the_harness_sa_to_strongswans_plaintext() {
+fn esp_seeds_open_under_the_harness_sas_to_strongswans_plaintext() {
     use ricochet_fuzz::crypto::{ESP_OPEN_KEY, ESP_OPEN_SALT};
-    use ricochet_protocol::crypto::EspGcm128;
+    use ricochet_protocol::crypto::{EspCipher, EspGcm128, EspKeys};
 
     let name = "ikev2-b-child-esp-aesgcm128-x25519";
     let json: serde_json::Value = serde_json::from_str(
@@ -172,6 +172,28 @@ fn esp_open_seeds_open_under_the_harness_sa_to_strongswans_plaintext() {
         let mut p = input.clone();
         match sa.open(&mut p) {
             Ok(o) => opened.push((o.spi, o.seq, o.next_header, p[o.payload].to_vec())),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(opened, expected);
+    assert_eq!(refused, 6, "the wire packets, under the wrong SA");
+
+    // esp_sa: transform octet, window (2), four sequence numbers (16), packet.
+    let mut opened = Vec::new();
+    let mut refused = 0;
+    for (capture, (target, input)) in ricochet_fuzz::seeds::capture_seeds() {
+        if capture != name || target != "esp_sa" {
+            continue;
+        }
+        let sel = input[0];
+        assert_eq!(sel & 0x83, 0, "AES-GCM-128 without ESN, as the capture");
+        let c = EspCipher::new(&EspKeys::gcm_from_keymat(&[sel; 20]).unwrap()).unwrap();
+        let mut p = input[19..].to_vec();
+        match c.open(&mut p, None) {
+            Ok(o) => {
+                assert_eq!(&input[3..7], &(o.seq as u32).to_be_bytes(), "window seeded");
+                opened.push((o.spi, o.seq as u32, o.next_header, p[o.payload].to_vec()))
+            }
             Err(_) => refused += 1,
         }
     }
