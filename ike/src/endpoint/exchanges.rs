@@ -208,9 +208,7 @@ impl Endpoint {
                     peer: sa.peer,
                     reason,
                 });
-                if !sa.initiator {
-                    self.init_index.remove(&(sa.peer, sa.spi_i));
-                }
+                self.forget_init(sa);
             } else {
                 self.sa_gone(sa, reason);
             }

@@ -112,6 +112,10 @@ pub struct Stats {
     pub cookies_sent: u64,
     pub half_open_refused: u64,
     pub retransmissions: u64,
+    /// Stateless error replies (COOKIE, INVALID_KE_PAYLOAD, …) not sent
+    /// because they would have been larger than the unauthenticated
+    /// request (no amplification towards a spoofed source).
+    pub replies_suppressed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +189,9 @@ struct IkeSa {
     ni: Vec<u8>,
     nr: Vec<u8>,
     ke: Option<KeyExchange>,
+    /// Responder: the address the IKE_SA_INIT came from, i.e. the key of
+    /// this SA's `init_index` entry (`peer` may float to NAT-T later).
+    init_from: Option<SocketAddr>,
     /// The IKE_SA_INIT request and response as sent (signed octets).
     init_req: Vec<u8>,
     init_resp: Vec<u8>,
@@ -425,7 +432,7 @@ impl Endpoint {
                 }
             }
             if sa.state == State::HalfOpen && now >= sa.created + self.config.half_open_timeout {
-                self.init_index.remove(&(sa.peer, sa.spi_i));
+                self.forget_init(&sa);
                 continue;
             }
             // A rekeyed SA whose Delete never came (a peer that rekeys and
@@ -442,7 +449,7 @@ impl Endpoint {
                     peer: sa.peer,
                     reason: DeleteReason::Rekeyed,
                 });
-                self.init_index.remove(&(sa.peer, sa.spi_i));
+                self.forget_init(&sa);
                 continue;
             }
             if let Some(o) = sa.outstanding.as_mut() {
@@ -543,10 +550,19 @@ impl Endpoint {
             .push_back(wrap(sa.local, sa.peer, ike, self.config.natt_port));
     }
 
-    fn sa_gone(&mut self, sa: &IkeSa, reason: DeleteReason) {
-        if !sa.initiator {
-            self.init_index.remove(&(sa.peer, sa.spi_i));
+    /// Drops the responder's IKE_SA_INIT retransmission index entry of `sa`
+    /// (keyed by where the IKE_SA_INIT came from, not by the current peer
+    /// address: after a NAT-T float those differ and the entry would leak).
+    fn forget_init(&mut self, sa: &IkeSa) {
+        if let Some(from) = sa.init_from {
+            if self.init_index.get(&(from, sa.spi_i)) == Some(&sa.spi_r) {
+                self.init_index.remove(&(from, sa.spi_i));
+            }
         }
+    }
+
+    fn sa_gone(&mut self, sa: &IkeSa, reason: DeleteReason) {
+        self.forget_init(sa);
         if sa.silent {
             return;
         }
@@ -564,9 +580,6 @@ impl Endpoint {
             peer: sa.peer,
             reason,
         });
-        if !sa.initiator {
-            self.init_index.remove(&(sa.peer, sa.spi_i));
-        }
     }
 
     /// Builds an encrypted message of `sa`.
@@ -667,6 +680,7 @@ impl Endpoint {
             ni,
             nr: Vec::new(),
             ke: Some(ke),
+            init_from: None,
             init_req: Vec::new(),
             init_resp: Vec::new(),
             cookie: None,
@@ -986,7 +1000,14 @@ impl Endpoint {
                 // in the header (RFC 7296 §2.5), keep no state.
                 let h = HeaderRepr::parse(&Header::new_unchecked(ike));
                 if h.exchange_type == exchange::IKE_SA_INIT && !h.is_response() {
-                    self.stateless_reply(local, remote, &h, notify::INVALID_MAJOR_VERSION, &[]);
+                    self.stateless_reply(
+                        local,
+                        remote,
+                        &h,
+                        ike.len(),
+                        notify::INVALID_MAJOR_VERSION,
+                        &[],
+                    );
                 }
                 self.stats.malformed += 1;
                 return;
@@ -1069,6 +1090,119 @@ mod tests {
                 return;
             }
         }
+    }
+
+    /// A peer whose IKE_AUTH arrives from another port than its IKE_SA_INIT
+    /// (NAT-T float, or a NAT rebinding) and fails: the half-open SA goes,
+    /// and so must its IKE_SA_INIT retransmission index entry (it used to be
+    /// removed under the floated address and leaked, one entry per attempt,
+    /// for any unauthenticated peer that can do the DH).
+    #[test]
+    fn failed_auth_after_a_port_change_leaves_no_init_index_entry() {
+        let mut rng = SeqRng::new(5);
+        let now = Instant::now();
+        let mut wrong = PskStore::new();
+        wrong.insert("b.test", b"not the secret");
+        let mut a = Endpoint::new(
+            Config::new(Identification::fqdn("a.test")),
+            Box::new(PskAuthenticator { store: wrong }),
+            &mut rng,
+        );
+        let mut b = ep("b.test", "a.test", &mut rng);
+        let a_500: SocketAddr = "198.18.0.1:500".parse().unwrap();
+        let a_float: SocketAddr = "198.18.0.1:4501".parse().unwrap();
+        let b_500: SocketAddr = "198.18.0.2:500".parse().unwrap();
+        for round in 0..3u8 {
+            a.initiate(
+                now,
+                &mut rng,
+                InitiateParams {
+                    local: a_500,
+                    peer: b_500,
+                    peer_id: Some(Identification::fqdn("b.test")),
+                    child: None,
+                },
+            )
+            .unwrap();
+            let init = a.poll_transmit().expect("IKE_SA_INIT");
+            b.handle_datagram(now, &mut rng, b_500, a_500, &init.data);
+            assert_eq!(b.init_index.len(), 1, "round {round}");
+            let resp = b.poll_transmit().expect("IKE_SA_INIT response");
+            a.handle_datagram(now, &mut rng, a_500, b_500, &resp.data);
+            let auth = a.poll_transmit().expect("IKE_AUTH");
+            // Same host, another source port.
+            b.handle_datagram(now, &mut rng, b_500, a_float, &auth.data);
+            let refusal = b.poll_transmit().expect("AUTHENTICATION_FAILED");
+            assert_eq!(refusal.remote, a_float);
+            assert!(b.sas.is_empty(), "round {round}");
+            assert!(
+                b.init_index.is_empty(),
+                "round {round}: {} stale entries",
+                b.init_index.len()
+            );
+            a.handle_datagram(now, &mut rng, a_500, b_500, &refusal.data);
+            while a.poll_transmit().is_some() {}
+        }
+    }
+
+    /// Stateless error replies to an unauthenticated IKE_SA_INIT are never
+    /// larger than the request: a 28-octet header-only request (INVALID_SYNTAX
+    /// would be 36) and a later-major-version header (INVALID_MAJOR_VERSION,
+    /// 36) get silence; a real request with an unsupported KE group still
+    /// gets its (smaller) INVALID_KE_PAYLOAD.
+    #[test]
+    fn stateless_replies_never_amplify() {
+        let mut rng = SeqRng::new(9);
+        let now = Instant::now();
+        let mut b = ep("b.test", "a.test", &mut rng);
+        let a_500: SocketAddr = "198.18.0.1:500".parse().unwrap();
+        let b_500: SocketAddr = "198.18.0.2:500".parse().unwrap();
+        for version in [0x20u8, 0x30] {
+            let mut m = vec![0u8; HEADER_LEN];
+            HeaderRepr {
+                spi_i: [7; 8],
+                spi_r: [0; 8],
+                next_payload: 0,
+                exchange_type: exchange::IKE_SA_INIT,
+                flags: FLAG_I,
+                message_id: 0,
+                length: HEADER_LEN as u32,
+            }
+            .emit(&mut m);
+            m[17] = version;
+            b.handle_datagram(now, &mut rng, b_500, a_500, &m);
+            assert_eq!(b.poll_transmit(), None, "version {version:#x}");
+        }
+        assert_eq!(b.stats().replies_suppressed, 2);
+        // A genuine IKE_SA_INIT in group 31 to a responder that only takes 19.
+        let mut cfg = Config::new(Identification::fqdn("b.test"));
+        cfg.ike_suites.retain(|s| s.dh == DhGroup::Ecp256);
+        let mut s = PskStore::new();
+        s.insert("a.test", b"secret");
+        let mut b19 = Endpoint::new(cfg, Box::new(PskAuthenticator { store: s }), &mut rng);
+        let mut cfg = Config::new(Identification::fqdn("a.test"));
+        cfg.ike_suites.retain(|s| s.dh == DhGroup::Curve25519);
+        let mut s = PskStore::new();
+        s.insert("b.test", b"secret");
+        let mut a = Endpoint::new(cfg, Box::new(PskAuthenticator { store: s }), &mut rng);
+        a.initiate(
+            now,
+            &mut rng,
+            InitiateParams {
+                local: a_500,
+                peer: b_500,
+                peer_id: None,
+                child: None,
+            },
+        )
+        .unwrap();
+        let init = a.poll_transmit().unwrap();
+        b19.handle_datagram(now, &mut rng, b_500, a_500, &init.data);
+        let r = b19
+            .poll_transmit()
+            .expect("NO_PROPOSAL_CHOSEN or INVALID_KE");
+        assert!(r.data.len() <= init.data.len());
+        assert_eq!(b19.stats().replies_suppressed, 0);
     }
 
     /// An authentic INFORMATIONAL request carrying an unknown payload with
