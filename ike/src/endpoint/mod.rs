@@ -340,6 +340,15 @@ impl Endpoint {
             .collect()
     }
 
+    /// How many IKE SAs [`Endpoint::established`] would list, without
+    /// copying any (cheap enough for a metrics gauge on every loop turn).
+    pub fn established_count(&self) -> usize {
+        self.sas
+            .values()
+            .filter(|s| s.state == State::Established && !s.silent && s.keys.is_some())
+            .count()
+    }
+
     /// The established IKE SA with these SPIs (RFC 7717 KeyID lookup).
     pub fn find(&self, spi_i: &[u8; 8], spi_r: &[u8; 8]) -> Option<IkeSaInfo> {
         self.sas
@@ -1203,6 +1212,54 @@ mod tests {
             .expect("NO_PROPOSAL_CHOSEN or INVALID_KE");
         assert!(r.data.len() <= init.data.len());
         assert_eq!(b19.stats().replies_suppressed, 0);
+    }
+
+    /// An IKE SA rekey adds an SA until the old one is deleted: with the SA
+    /// table at `max_sas` the responder refuses it (NO_ADDITIONAL_SAS) and
+    /// both sides keep the old SA; with room it goes through.
+    #[test]
+    fn ike_rekey_is_refused_when_the_sa_table_is_full() {
+        let mut rng = SeqRng::new(11);
+        let now = Instant::now();
+        let mut a = ep("a.test", "b.test", &mut rng);
+        let mut b = ep("b.test", "a.test", &mut rng);
+        a.initiate(
+            now,
+            &mut rng,
+            InitiateParams {
+                local: "198.18.0.1:500".parse().unwrap(),
+                peer: "198.18.0.2:500".parse().unwrap(),
+                peer_id: None,
+                child: None,
+            },
+        )
+        .unwrap();
+        pump(&mut a, &mut b, &mut rng, now);
+        assert_eq!(a.established_count(), 1);
+        assert_eq!(b.established_count(), b.established().len());
+        let info = a.established().pop().unwrap();
+        while a.poll_event().is_some() {}
+        while b.poll_event().is_some() {}
+        b.config.max_sas = 1;
+        a.rekey_ike_sa(now, &mut rng, info.spi_i, info.spi_r)
+            .unwrap();
+        pump(&mut a, &mut b, &mut rng, now);
+        let rekeyed = |e: &Event| matches!(e, Event::IkeSaRekeyed { .. });
+        let ev: Vec<Event> = std::iter::from_fn(|| a.poll_event())
+            .chain(std::iter::from_fn(|| b.poll_event()))
+            .collect();
+        assert!(!ev.iter().any(rekeyed), "{ev:?}");
+        assert_eq!(b.sas.len(), 1);
+        assert!(a.find(&info.spi_i, &info.spi_r).is_some(), "old SA kept");
+        assert!(b.find(&info.spi_i, &info.spi_r).is_some(), "old SA kept");
+        // With room again, the same rekey succeeds.
+        b.config.max_sas = 2;
+        a.rekey_ike_sa(now, &mut rng, info.spi_i, info.spi_r)
+            .unwrap();
+        pump(&mut a, &mut b, &mut rng, now);
+        assert!(std::iter::from_fn(|| b.poll_event()).any(|e| rekeyed(&e)));
+        assert!(b.find(&info.spi_i, &info.spi_r).is_none(), "old SA gone");
+        assert_eq!(b.established_count(), 1);
     }
 
     /// An authentic INFORMATIONAL request carrying an unknown payload with
