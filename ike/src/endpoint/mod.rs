@@ -1028,7 +1028,13 @@ impl Endpoint {
         };
         let hdr = HeaderRepr::parse(&h);
         if hdr.exchange_type == exchange::IKE_SA_INIT && !hdr.is_response() {
-            if hdr.spi_r == [0; 8] && hdr.message_id == 0 && hdr.is_initiator() {
+            // SPIi MUST NOT be zero (RFC 7296 §3.1): an SA keyed by it
+            // would collide with the "unknown SPIr" of every other request.
+            if hdr.spi_i != [0; 8]
+                && hdr.spi_r == [0; 8]
+                && hdr.message_id == 0
+                && hdr.is_initiator()
+            {
                 self.responder_init(now, rng, local, remote, ike, &hdr);
             } else {
                 self.stats.malformed += 1;
@@ -1212,6 +1218,41 @@ mod tests {
             .expect("NO_PROPOSAL_CHOSEN or INVALID_KE");
         assert!(r.data.len() <= init.data.len());
         assert_eq!(b19.stats().replies_suppressed, 0);
+    }
+
+    /// An IKE_SA_INIT request whose SPIi is zero (RFC 7296 §3.1: MUST NOT
+    /// be) creates nothing and gets no answer; the same request with its
+    /// SPIi gets the normal response.
+    #[test]
+    fn ike_sa_init_with_a_zero_spi_i_is_dropped() {
+        let mut rng = SeqRng::new(13);
+        let now = Instant::now();
+        let mut a = ep("a.test", "b.test", &mut rng);
+        let mut b = ep("b.test", "a.test", &mut rng);
+        let (a_500, b_500): (SocketAddr, SocketAddr) = (
+            "198.18.0.1:500".parse().unwrap(),
+            "198.18.0.2:500".parse().unwrap(),
+        );
+        a.initiate(
+            now,
+            &mut rng,
+            InitiateParams {
+                local: a_500,
+                peer: b_500,
+                peer_id: None,
+                child: None,
+            },
+        )
+        .unwrap();
+        let init = a.poll_transmit().unwrap().data;
+        let mut zero = init.clone();
+        zero[..8].fill(0);
+        b.handle_datagram(now, &mut rng, b_500, a_500, &zero);
+        assert_eq!(b.poll_transmit(), None);
+        assert!(b.sas.is_empty() && b.init_index.is_empty());
+        b.handle_datagram(now, &mut rng, b_500, a_500, &init);
+        assert!(b.poll_transmit().is_some());
+        assert_eq!(b.half_open(), 1);
     }
 
     /// An IKE SA rekey adds an SA until the old one is deleted: with the SA
