@@ -30,8 +30,14 @@ fuzz: setup
 
 ## The standard benchmark comparison in the namespace lab (under 10 minutes):
 ## writes bench/results/<timestamp>/ (report.json, table.md, PNG plots).
+## ricochet-reflector is built first: the xdp and afxdp targets run it.
+## perfSONAR twampd (not part of this repository) is measured when
+## RICOCHET_TWAMPD names it or it is on PATH; by default a build under
+## ../peers/install is used if there is one (docs/interop-perfsonar.md).
+bench: export RICOCHET_TWAMPD ?= $(wildcard $(CURDIR)/../peers/install/bin/twampd)
 bench: setup
-	$(CARGO) run --release -p ricochet-bench --bin ricochet-bench -- --targets all --sizes min,112,512,1500 --trial-secs 1 --max-trials 16
+	$(CARGO) build --release -p ricochet-reflector --bin ricochet-reflector
+	$(CARGO) run --release -p ricochet-bench --bin ricochet-bench -- --targets all --sizes min,112,512,1500 --trial-secs 1 --max-trials 12
 
 clean:
 	$(CARGO) clean

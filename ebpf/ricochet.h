@@ -204,6 +204,13 @@ enum rc_key_mode {
 	RC_KEYS_TWAMP_AUTH = 1, /* RFC 5357 mode 2: key = AES-128 ‖ HMAC-SHA1 */
 	RC_KEYS_TWAMP_ENC = 2,  /* RFC 5357 mode 4: key = AES-128 ‖ HMAC-SHA1 */
 	RC_KEYS_STAMP_AUTH = 3, /* RFC 8762 §4.1.1: key[0..32] = HMAC-SHA-256 */
+	/* Stateful STAMP session (RFC 8762 §4.3, RFC 8972 §3) reflected in user
+	 * space (TLVs, Follow-Up from TX completions): SSID in rc_keys.ssid. */
+	RC_KEYS_STAMP_SESSION = 4,      /* unauthenticated */
+	RC_KEYS_STAMP_SESSION_AUTH = 5, /* key[0..32] = HMAC-SHA-256 */
+	/* Stateless unauthenticated STAMP listener: its TLV-bearing packets
+	 * (RC_F_TLV_TO_XSK), whose TLVs need user-space processing. */
+	RC_KEYS_STAMP_OPEN = 6,
 };
 
 /* Octets of rc_keys.key: the per-SID Test AES key (16) then the Test HMAC
@@ -238,7 +245,7 @@ struct rc_keys {
 	 * not reflected), network byte order. */
 	__u8 sender_addr[16];
 	__be16 sender_port;
-	__u16 _pad;
+	__u16 ssid;           /* RFC 8972 SSID (host order), STAMP sessions */
 	__u8 key[RC_KEY_LEN];
 };
 

@@ -500,6 +500,30 @@ int bench_count(struct xdp_md *ctx)
 			st->short_pkts += 1;
 		}
 	}
+	/* Does the reply carry what a reflector must fill in? Its own
+	 * sequence number (the highest seen tells how far it counted) and
+	 * nonzero T2 and T3 (RFC 5357 §4.2.1, RFC 8762 §4.3). */
+	if (cfg->rseq_off != BENCH_NONE) {
+		if (bpf_xdp_load_bytes(ctx, payload + cfg->rseq_off, b, 4) == 0) {
+			__u64 top = (__u64)get_be32(b) + 1;
+
+			if (top > st->rseq_top)
+				st->rseq_top = top;
+		} else {
+			st->short_pkts += 1;
+		}
+	}
+	if (cfg->t2_off != BENCH_NONE && cfg->t3_off != BENCH_NONE) {
+		if (load8(ctx, payload + cfg->t2_off, b) == 0 &&
+		    load8(ctx, payload + cfg->t3_off, b2) == 0) {
+			__u64 v2, v3;
+
+			__builtin_memcpy(&v2, b, 8);
+			__builtin_memcpy(&v3, b2, 8);
+			if (v2 == 0 || v3 == 0)
+				st->zero_ts += 1;
+		}
+	}
 	return XDP_DROP;
 pass:
 	st->passed += 1;

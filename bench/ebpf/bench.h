@@ -82,7 +82,8 @@ struct bench_cnt_cfg {
 	__u8 measure;      /* BENCH_M_* */
 	__u8 t1_ptp;       /* format of T1 in the reply */
 	__s32 tai_offset;  /* TAI - UTC, seconds (NTP timestamps) */
-	__u32 pad;
+	__u16 rseq_off;    /* reflector's own sequence number, or NONE */
+	__u16 pad;
 };
 
 /* Per-CPU counter statistics (`cnt_stats[0]`). */
@@ -96,6 +97,8 @@ struct bench_cnt_stats {
 	__u64 last_seq;    /* previous sender seq + 1 (0: none yet) */
 	__u64 negative;    /* residence samples with T3 < T2 */
 	__u64 passed;      /* frames that are not the flow's, passed */
+	__u64 rseq_top;    /* highest reflector sequence number seen + 1 */
+	__u64 zero_ts;     /* replies whose T2 or T3 is all zeros */
 };
 
 struct bench_hist {

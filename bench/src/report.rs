@@ -110,6 +110,28 @@ pub struct Measured {
     pub rtt_cdf: Vec<(f64, f64)>,
     /// Every trial.
     pub trials: Vec<TrialPoint>,
+    /// Highest reflector sequence number read in the replies + 1, over
+    /// every trial (0: not readable: echoes, encrypted block 0).
+    pub reflector_seq_top: u64,
+    /// Replies with an all-zero T2 or T3, over every trial.
+    pub zero_timestamps: u64,
+}
+
+/// One of the goals evaluated on this run, at one packet size.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Goal {
+    /// What is asked, e.g. `xdp / ceiling >= 0.9`.
+    pub goal: String,
+    /// The size (as the results name it) and its IP length.
+    pub size: String,
+    pub ip_len: usize,
+    /// The figure: a ratio, or nanoseconds for latency goals.
+    pub value: Option<f64>,
+    /// `Some(true)`: met; `Some(false)`: missed; `None`: could not be
+    /// evaluated (a side was not measured), see `detail`.
+    pub met: Option<bool>,
+    /// The figures behind it, or why it could not be evaluated.
+    pub detail: String,
 }
 
 /// One target at one packet size.
@@ -137,7 +159,21 @@ pub struct TargetResult {
 pub struct Report {
     pub meta: Meta,
     pub results: Vec<TargetResult>,
+    /// The goals, from [`Report::fill_goals`].
+    pub goals: Vec<Goal>,
 }
+
+/// Ratio goals: (target, its ceiling, least share).
+pub const RATIO_GOALS: [(&str, &str, f64); 4] = [
+    ("xdp", "ceiling", 0.9),
+    ("afxdp-auth", "afxdp-echo", 0.8),
+    ("afxdp-enc", "afxdp-echo", 0.8),
+    ("socket", "socket-echo", 0.8),
+];
+/// Ricochet's XDP path against an external reflector (perfSONAR twampd).
+pub const EXTERNAL_FACTOR: f64 = 100.0;
+/// Reflector residence p99 on the XDP path, ns.
+pub const XDP_RESIDENCE_P99_NS: i64 = 1_000;
 
 impl Report {
     /// Fills `share_of_ceiling` of every measured result whose ceiling was
@@ -162,6 +198,177 @@ impl Report {
                     .map(|(_, _, pps)| m.throughput_pps / pps);
             }
         }
+    }
+
+    fn measured(&self, target: &str, ip_len: usize) -> Option<&Measured> {
+        self.results
+            .iter()
+            .find(|r| r.target == target && r.ip_len == ip_len)
+            .and_then(|r| r.measured.as_ref())
+    }
+
+    /// Evaluates the goals (call after [`Report::fill_shares`]): each ratio
+    /// of [`RATIO_GOALS`], the XDP path's replies carrying the reflector's
+    /// sequence number and nonzero T2/T3, XDP against the external
+    /// reflector, and the XDP residence p99, at every size the target was
+    /// run at.
+    pub fn fill_goals(&mut self) {
+        let mut goals = Vec::new();
+        // One evaluation per target and IP length (sizes below a mode's
+        // minimum resolve to the same length).
+        let mut runs: Vec<(String, String, usize)> = Vec::new();
+        for r in &self.results {
+            if !runs
+                .iter()
+                .any(|(t, _, l)| *t == r.target && *l == r.ip_len)
+            {
+                runs.push((r.target.clone(), r.size.clone(), r.ip_len));
+            }
+        }
+        let mpps = |m: &Measured| format!("{:.3} Mpps", m.throughput_pps / 1e6);
+        for (target, size, ip_len) in &runs {
+            let (size, ip_len) = (size.clone(), *ip_len);
+            let mine = self.measured(target, ip_len);
+            if let Some(&(_, ceiling, least)) = RATIO_GOALS.iter().find(|g| g.0 == target) {
+                let theirs = self.measured(ceiling, ip_len);
+                let (value, met, detail) = match (mine, theirs) {
+                    (Some(a), Some(b)) if b.throughput_pps > 0.0 => {
+                        let v = a.throughput_pps / b.throughput_pps;
+                        (
+                            Some(v),
+                            Some(v >= least),
+                            format!("{} / {}", mpps(a), mpps(b)),
+                        )
+                    }
+                    (None, _) => (None, None, format!("{target} not measured")),
+                    (Some(_), Some(_)) => (
+                        None,
+                        None,
+                        format!("{ceiling} lost packets at every rate tried"),
+                    ),
+                    _ => (None, None, format!("{ceiling} not measured at this size")),
+                };
+                goals.push(Goal {
+                    goal: format!("{target} / {ceiling} >= {least}"),
+                    size: size.clone(),
+                    ip_len,
+                    value,
+                    met,
+                    detail,
+                });
+            }
+            if target != "xdp" {
+                continue;
+            }
+            let Some(m) = mine else {
+                continue;
+            };
+            let received: u64 = m.trials.iter().map(|t| t.received).sum();
+            let filled = m.reflector_seq_top > 0 && m.zero_timestamps == 0 && m.residence.is_some();
+            goals.push(Goal {
+                goal: "xdp replies carry the reflector's sequence number and nonzero T2, T3".into(),
+                size: size.clone(),
+                ip_len,
+                value: None,
+                met: Some(filled),
+                detail: format!(
+                    "{received} replies, reflector sequence numbers up to {}, {} with a zero T2 or T3, {} residence samples",
+                    m.reflector_seq_top.saturating_sub(1),
+                    m.zero_timestamps,
+                    m.residence.as_ref().map_or(0, |d| d.count)
+                ),
+            });
+            goals.push(match &m.residence {
+                Some(d) => Goal {
+                    goal: format!("xdp residence p99 < {XDP_RESIDENCE_P99_NS} ns"),
+                    size: size.clone(),
+                    ip_len,
+                    value: Some(d.p99_ns as f64),
+                    met: Some(d.p99_ns < XDP_RESIDENCE_P99_NS),
+                    detail: format!(
+                        "p50 {} ns, p99 {} ns, max {} ns",
+                        d.p50_ns, d.p99_ns, d.max_ns
+                    ),
+                },
+                None => Goal {
+                    goal: format!("xdp residence p99 < {XDP_RESIDENCE_P99_NS} ns"),
+                    size: size.clone(),
+                    ip_len,
+                    value: None,
+                    met: None,
+                    detail: "no residence samples".into(),
+                },
+            });
+            // perfSONAR twampd if it ran, else any external reflector.
+            let at = |name: &str| {
+                self.results
+                    .iter()
+                    .find(|r| r.target == name && r.ip_len == ip_len)
+            };
+            let ext = match (at("twampd"), at("external")) {
+                (Some(t), _) if t.measured.is_some() => Some(t),
+                (_, Some(e)) if e.measured.is_some() => Some(e),
+                (t, e) => t.or(e),
+            };
+            let ext_name = ext.map_or("external", |r| r.target.as_str());
+            let (value, met, detail) = match ext.and_then(|r| r.measured.as_ref()) {
+                Some(e) if e.throughput_pps > 0.0 => {
+                    let v = m.throughput_pps / e.throughput_pps;
+                    (
+                        Some(v),
+                        Some(v >= EXTERNAL_FACTOR),
+                        format!("{} / {}", mpps(m), mpps(e)),
+                    )
+                }
+                Some(e) => (
+                    None,
+                    None,
+                    format!(
+                        "external reflector lost packets even at the lowest rate ({})",
+                        mpps(e)
+                    ),
+                ),
+                None => (
+                    None,
+                    None,
+                    ext.and_then(|r| r.note.clone())
+                        .unwrap_or_else(|| "external reflector not run at this size".into()),
+                ),
+            };
+            goals.push(Goal {
+                goal: format!("xdp / {ext_name} >= {EXTERNAL_FACTOR}"),
+                size,
+                ip_len,
+                value,
+                met,
+                detail,
+            });
+        }
+        self.goals = goals;
+    }
+
+    /// The goals as a Markdown table.
+    pub fn goals_table(&self) -> String {
+        let mut s = String::new();
+        s.push_str("| goal | size (IP) | figure | met | detail |\n|---|---:|---:|---|---|\n");
+        for g in &self.goals {
+            let fig = match g.value {
+                None => "–".to_string(),
+                Some(v) if g.goal.contains("residence") => fmt_ns(v as i64),
+                Some(v) => format!("{v:.2}"),
+            };
+            let met = match g.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "n/a",
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} ({}) | {} | {} | {} |",
+                g.goal, g.size, g.ip_len, fig, met, g.detail
+            );
+        }
+        s
     }
 
     /// The Markdown table.
@@ -237,9 +444,10 @@ impl Report {
         std::fs::write(
             &md,
             format!(
-                "# ricochet-bench\n\n`{}`\n\n{}",
+                "# ricochet-bench\n\n`{}`\n\n{}\n## Goals\n\n{}",
                 self.meta.command,
-                self.table()
+                self.table(),
+                self.goals_table()
             ),
         )?;
         files.push(md);
@@ -572,6 +780,8 @@ mod tests {
                     loss_ratio: 0.0,
                     passed: true,
                 }],
+                reflector_seq_top: 0,
+                zero_timestamps: 0,
             }),
         }
     }
@@ -604,6 +814,7 @@ mod tests {
                 result("socket", Some("missing"), 1500, 1_500_000.0),
                 skipped,
             ],
+            goals: vec![],
         }
     }
 
@@ -639,6 +850,69 @@ mod tests {
         assert!(lines[7].contains("skipped: not wired yet: loader"));
         assert_eq!(fmt_ns(950), "950 ns");
         assert_eq!(fmt_ns(25_000_000), "25.0 ms");
+    }
+
+    #[test]
+    fn goals_are_ratios_at_the_same_size_and_say_what_is_missing() {
+        let mut xdp = result("xdp", Some("ceiling"), 112, 3_700_000.0);
+        {
+            let m = xdp.measured.as_mut().unwrap();
+            m.residence = Some(dist(400));
+            m.reflector_seq_top = 101;
+        }
+        let mut xdp512 = result("xdp", Some("ceiling"), 512, 1_000_000.0);
+        {
+            let m = xdp512.measured.as_mut().unwrap();
+            m.residence = Some(dist(700)); // p99 = 1400 ns
+            m.zero_timestamps = 3;
+        }
+        let mut r = report();
+        r.results = vec![
+            result("ceiling", None, 112, 4_000_000.0),
+            result("ceiling", None, 512, 2_000_000.0),
+            xdp,
+            xdp512,
+            result("socket", Some("socket-echo"), 112, 900_000.0),
+            result("socket-echo", None, 112, 1_000_000.0),
+            result("external", None, 112, 10_000.0),
+        ];
+        r.fill_shares();
+        r.fill_goals();
+        let find = |goal: &str, ip_len: usize| {
+            r.goals
+                .iter()
+                .find(|g| g.goal.starts_with(goal) && g.ip_len == ip_len)
+                .unwrap_or_else(|| panic!("goal {goal} at {ip_len}: {:#?}", r.goals))
+        };
+        let g = find("xdp / ceiling", 112);
+        assert_eq!((g.value, g.met), (Some(0.925), Some(true)));
+        let g = find("xdp / ceiling", 512);
+        assert_eq!((g.value, g.met), (Some(0.5), Some(false)));
+        let g = find("xdp replies", 112);
+        assert_eq!(g.met, Some(true), "{}", g.detail);
+        let g = find("xdp replies", 512);
+        assert_eq!(g.met, Some(false), "no reflector numbers, zero stamps");
+        assert!(g.detail.contains("3 with a zero T2 or T3"), "{}", g.detail);
+        let g = find("xdp residence", 112);
+        assert_eq!((g.value, g.met), (Some(800.0), Some(true)));
+        let g = find("xdp residence", 512);
+        assert_eq!(g.met, Some(false));
+        let g = find("xdp / external", 112);
+        assert_eq!((g.value, g.met), (Some(370.0), Some(true)));
+        let g = find("xdp / external", 512);
+        assert_eq!((g.value, g.met), (None, None), "external not run at 512");
+        let g = find("socket / socket-echo", 112);
+        assert_eq!((g.value, g.met), (Some(0.9), Some(true)));
+        assert!(r.goals.iter().all(|g| !g.goal.starts_with("afxdp")));
+        let t = r.goals_table();
+        assert!(
+            t.contains("| xdp / ceiling >= 0.9 | 512 (512) | 0.50 | **no** |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| xdp residence p99 < 1000 ns | 112 (112) | 800 ns | yes |"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -226,6 +226,28 @@ fn counter_counts_measures_and_drops_only_the_flow() {
     arp[12] = 0x08;
     arp[13] = 0x06;
     assert_eq!(s.programs().run_once(PROG_COUNT, &arp).unwrap().0, XDP_PASS);
+    // The reflector's own sequence number (octet 0): the highest seen + 1;
+    // both replies so far carried 0 and nonzero T2/T3.
+    let st = s.cnt_stats().unwrap();
+    assert_eq!((st.rseq_top, st.zero_ts), (1, 0));
+    let mut r = reply_frame(&f, ntp(1, 0), ntp(1, 5), 9);
+    r[42..46].copy_from_slice(&41u32.to_be_bytes()); // the counter ignores checksums
+    assert_eq!(s.programs().run_once(PROG_COUNT, &r).unwrap().0, XDP_DROP);
+    let r = reply_frame(&f, ntp(1, 0), ntp(1, 5), 10);
+    assert_eq!(s.programs().run_once(PROG_COUNT, &r).unwrap().0, XDP_DROP);
+    assert_eq!(s.cnt_stats().unwrap().rseq_top, 42, "highest, not latest");
+    // A zero T2 or T3: a reflector that did not fill it in.
+    let r = reply_frame(&f, [0; 8], ntp(1, 5), 11);
+    assert_eq!(s.programs().run_once(PROG_COUNT, &r).unwrap().0, XDP_DROP);
+    let r = reply_frame(&f, ntp(1, 0), [0; 8], 12);
+    assert_eq!(s.programs().run_once(PROG_COUNT, &r).unwrap().0, XDP_DROP);
+    assert_eq!(s.cnt_stats().unwrap().zero_ts, 2);
+    // Configuring the counter starts the new flow's statistics from zero.
+    s.configure_counter(&cfg).unwrap();
+    assert_eq!(
+        s.cnt_stats().unwrap(),
+        ricochet_bench::gen::abi::CntStats::default()
+    );
     // A reply too short for the configured fields is counted as short.
     let mut cfg2 = cfg;
     cfg2.t2_off = 600;

@@ -1,8 +1,9 @@
 //! Smoke run of the benchmark in a real lab: the ceiling and the bare
 //! socket echo each get a short search (two trials of 0.7 s) and the test
 //! checks that packets were generated, reflected and counted, with no
-//! timing assertion (the machine is shared). Also checks that targets that
-//! are not wired are reported as skipped, not failed.
+//! timing assertion (the machine is shared). Also checks that a target that
+//! cannot run here (no external command) is reported as skipped, not failed.
+//! Ricochet's own paths: `bench_smoke_ricochet.rs`.
 //!
 //! Needs root (CI runs as root); `RICOCHET_SKIP_BPF_TESTS=1` skips.
 
@@ -13,6 +14,7 @@ use ricochet_bench::gen::netns;
 use ricochet_bench::gen::run::{self, SenderSide, Settings, Size};
 use ricochet_bench::gen::target::{self, External, LabEnv, Target};
 use ricochet_bench::gen::trial::LiveConfig;
+use ricochet_bench::gen::twampd::Twampd;
 use ricochet_bench::report::{Progress, Status};
 use ricochet_bench::search::SearchConfig;
 use ricochet_testkit::lab::{Lab, Side};
@@ -53,6 +55,7 @@ fn ceiling_and_socket_echo_reflect_and_are_counted() {
         reflector_addr: Lab::addr(Side::Reflector, false),
         reflector_core: refl_core,
         port: 862,
+        sender_port: 40000,
         mode: ProbeMode::Twamp,
     };
     let side = SenderSide::new(&env, gen_core).expect("sender side in the lab");
@@ -62,7 +65,7 @@ fn ceiling_and_socket_echo_reflect_and_are_counted() {
         mode: ProbeMode::Twamp,
         startup: Duration::from_millis(10),
     };
-    let mut targets: Vec<Box<dyn Target>> = ["ceiling", "socket-echo", "xdp", "external"]
+    let mut targets: Vec<Box<dyn Target>> = ["ceiling", "socket-echo", "external", "twampd"]
         .iter()
         .map(|n| target::by_name(n, &external).unwrap())
         .collect();
@@ -81,7 +84,6 @@ fn ceiling_and_socket_echo_reflect_and_are_counted() {
             drain: Duration::from_millis(50),
             ..LiveConfig::default()
         },
-        src_port: 40000,
         warmup: Duration::from_millis(200),
         warmup_pps: 5_000.0,
     };
@@ -106,8 +108,22 @@ fn ceiling_and_socket_echo_reflect_and_are_counted() {
     let ceiling = results[0].measured.as_ref().unwrap();
     assert!(ceiling.trials.iter().any(|t| t.received > 0));
     assert_eq!(results[2].status, Status::Skipped);
-    assert!(results[2].note.as_deref().unwrap().contains("not wired"));
-    assert_eq!(results[3].status, Status::Skipped);
+    assert!(results[2].note.as_deref().unwrap().contains("--external"));
+    // perfSONAR twampd (RICOCHET_TWAMPD or PATH): a session negotiated over
+    // TWAMP-Control, its reflections counted with T2/T3 filled in; skipped
+    // (with the reason) where it is not installed.
+    let tw = &results[3];
+    if Twampd::locate(None).path.is_some() {
+        assert_eq!(tw.status, Status::Measured, "twampd: {:?}", tw.note);
+        let m = tw.measured.as_ref().unwrap();
+        let received: u64 = m.trials.iter().map(|t| t.received).sum();
+        assert!(received > 0, "twampd reflected");
+        assert!(m.reflector_seq_top > 0 && m.zero_timestamps == 0);
+    } else {
+        assert_eq!(tw.status, Status::Skipped);
+        assert!(tw.note.as_deref().unwrap().contains("twampd"));
+        eprintln!("twampd not installed: its smoke run was skipped");
+    }
     drop(side);
     drop(lab);
 }

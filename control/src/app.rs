@@ -48,6 +48,10 @@ pub fn main(cli: Cli) -> ExitCode {
         Ok(k) => k,
         Err(e) => return fail(&e),
     };
+    // The STAMP key files are checked here too, so --check-config catches them.
+    if let Err(e) = stamp_session_specs(&config) {
+        return fail(&e);
+    }
     let warnings = warnings(&config, &keys);
     if let Some(path) = &config.ikev2.sa_file {
         if let Err(e) = SaFile::load(path) {
@@ -97,6 +101,61 @@ pub fn main(cli: Cli) -> ExitCode {
             fail(&e)
         }
     }
+}
+
+/// The `[[stamp.session]]` entries as the data plane's specs (key files
+/// read and checked).
+pub fn stamp_session_specs(
+    config: &Config,
+) -> Result<Vec<ricochet_reflector::session_table::StampSessionSpec>, String> {
+    use crate::config::StampTimestampFormat;
+    use ricochet_protocol::time::TimeFormat;
+    use ricochet_reflector::stamp_engine::CosPolicy;
+    config
+        .stamp
+        .session
+        .iter()
+        .map(|s| {
+            let key = match &s.key_file {
+                Some(p) => Some(crate::keys::read_stamp_key(p)?),
+                None => None,
+            };
+            Ok(ricochet_reflector::session_table::StampSessionSpec {
+                sender: s.sender,
+                local: s.local(),
+                ssid: s.ssid,
+                key,
+                timestamp_format: match s.timestamp_format {
+                    StampTimestampFormat::Ntp => TimeFormat::Ntp,
+                    StampTimestampFormat::Ptp => TimeFormat::Ptp,
+                },
+                dscp: s.dscp,
+                cos_policy: match &s.cos_allowed_dscp {
+                    None => CosPolicy::ALLOW_ALL,
+                    Some(list) => CosPolicy(
+                        list.iter()
+                            .filter(|d| **d < 64)
+                            .fold(0, |acc, d| acc | (1u64 << d)),
+                    ),
+                },
+                micro_session_id: s.micro_session_id,
+                rate_limit_pps: config.rate_limit.pps,
+                rate_burst: config.rate_limit.burst,
+            })
+        })
+        .collect()
+}
+
+/// Installs every `[[stamp.session]]` in the data plane; returns how many.
+fn install_stamp_sessions(config: &Config, table: &mut dyn SessionTable) -> Result<usize, String> {
+    let specs = stamp_session_specs(config)?;
+    for spec in &specs {
+        let id = spec.id();
+        table.add_stamp_session(spec.clone()).map_err(|e| {
+            format!("cannot install {id}: {e}; check stamp.session and the data plane")
+        })?;
+    }
+    Ok(specs.len())
 }
 
 /// The data plane selected by `data_plane` in the configuration.
@@ -277,6 +336,14 @@ impl Daemon {
         let metrics = Arc::new(Metrics::new());
         let timing_override = timing;
         let timing = timing_override.unwrap_or_else(|| Timing::from_config(&config));
+        let mut table = table;
+        let stamp_sessions = install_stamp_sessions(&config, table.as_mut())?;
+        if stamp_sessions > 0 {
+            tracing::info!(
+                sessions = stamp_sessions,
+                "stateful STAMP sessions installed"
+            );
+        }
         let mut keys = Keys::new(keys);
         let responder = ike_responder(&config)?;
         let responder_table = responder.as_ref().map(|(_, t)| t.clone());
@@ -447,6 +514,7 @@ impl HandlerFactory for DaemonFactory {
             (old.test_ports != new.test_ports, "test_ports"),
             (old.metrics != new.metrics, "metrics"),
             (old.data_plane != new.data_plane, "data_plane"),
+            (old.stamp != new.stamp, "stamp"),
             (old.ikev2.sa_file != new.ikev2.sa_file, "ikev2.sa_file"),
             (
                 old.ikev2.sa_socket != new.ikev2.sa_socket,

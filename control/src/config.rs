@@ -168,8 +168,79 @@ pub struct Config {
     pub rate_limit: RateLimit,
     /// Where the BPF data plane's pinned maps are (`data_plane = "bpf"`).
     pub bpf: BpfConfig,
+    /// Stateful STAMP sessions provisioned out of band (RFC 8762 has no
+    /// control protocol): `[[stamp.session]]`.
+    pub stamp: StampConfig,
     /// RFC 7717 key sources and the draft-era greeting probe.
     pub ikev2: Ikev2Config,
+}
+
+/// STAMP (RFC 8762 / RFC 8972) sessions reflected without TWAMP-Control.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StampConfig {
+    /// One entry per stateful session.
+    pub session: Vec<StampSessionConfig>,
+}
+
+/// The T2/T3 format of a STAMP session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StampTimestampFormat {
+    /// NTP 64-bit (the default every sender must support, RFC 8762 §4.2.1).
+    #[default]
+    Ntp,
+    /// PTPv2 truncated: seconds since the PTP epoch in TAI, Z bit set.
+    Ptp,
+}
+
+/// One stateful STAMP session (`[[stamp.session]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StampSessionConfig {
+    /// The Session-Sender's address and port: only its packets are
+    /// reflected, and only to it.
+    pub sender: SocketAddr,
+    /// Our UDP port (862 is the STAMP default). Several sessions may share
+    /// a port; they are told apart by sender and SSID.
+    pub local_port: u16,
+    /// Our address to bind (default: the wildcard of the sender's family).
+    #[serde(default)]
+    pub local_address: Option<IpAddr>,
+    /// The session's SSID (RFC 8972 §3; non-zero). Packets with another
+    /// SSID are discarded.
+    pub ssid: u16,
+    /// A file holding the HMAC-SHA-256 key in hex (one line; owner root or
+    /// us, chmod 600): authenticated mode. Absent: unauthenticated.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// `"ntp"` (default) or `"ptp"`.
+    #[serde(default)]
+    pub timestamp_format: StampTimestampFormat,
+    /// DSCP of replies without a Class of Service TLV; absent: the
+    /// received DSCP is copied.
+    #[serde(default)]
+    pub dscp: Option<u8>,
+    /// DSCPs a Class of Service TLV may ask for (RFC 8972 §4.4 local
+    /// policy); absent: every DSCP. A refused one: the reply keeps the
+    /// received DSCP and says RP = 1.
+    #[serde(default)]
+    pub cos_allowed_dscp: Option<Vec<u8>>,
+    /// RFC 9534 Reflector Micro-session ID (the member link); absent: the
+    /// Micro-session ID TLV is returned unrecognized.
+    #[serde(default)]
+    pub micro_session_id: Option<u16>,
+}
+
+impl StampSessionConfig {
+    /// The address to bind.
+    pub fn local(&self) -> SocketAddr {
+        let ip = self.local_address.unwrap_or(match self.sender {
+            SocketAddr::V4(_) => IpAddr::from([0u8; 4]),
+            SocketAddr::V6(_) => IpAddr::from([0u16; 8]),
+        });
+        SocketAddr::new(ip, self.local_port)
+    }
 }
 
 /// Whether PBKDF2 runs on an IKEv2-derived secret (RFC 7717 is silent; spec
@@ -518,6 +589,7 @@ impl Default for Config {
             data_plane: DataPlaneKind::default(),
             rate_limit: RateLimit::default(),
             bpf: BpfConfig::default(),
+            stamp: StampConfig::default(),
             ikev2: Ikev2Config::default(),
         }
     }
@@ -676,6 +748,7 @@ impl Config {
         self.validate_security(&mut problems);
         self.validate_identities(&mut problems);
         self.validate_policy(&mut problems);
+        self.validate_stamp(&mut problems);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             problems.push(format!(
                 "log_level {:?} is not a valid filter ({e}); use error, warn, info, debug or trace",
@@ -977,6 +1050,51 @@ fn identity_problem(name: &str) -> Option<String> {
 }
 
 /// Whether two TCP listen addresses would collide on bind.
+impl Config {
+    fn validate_stamp(&self, problems: &mut Vec<String>) {
+        let mut seen = BTreeSet::new();
+        for (i, s) in self.stamp.session.iter().enumerate() {
+            let at = format!("stamp.session[{i}] (sender {}, SSID {})", s.sender, s.ssid);
+            if s.ssid == 0 {
+                problems.push(format!(
+                    "{at}: SSID 0 is reserved (RFC 8972 §3); give a non-zero ssid"
+                ));
+            }
+            if s.local_port == 0 {
+                problems.push(format!("{at}: local_port 0; STAMP uses 862"));
+            }
+            if s.sender.port() == 0 || s.sender.ip().is_unspecified() {
+                problems.push(format!(
+                    "{at}: sender must be one address and port, not a wildcard"
+                ));
+            }
+            if self.test_ports.contains(s.local_port) {
+                problems.push(format!(
+                    "{at}: local_port {} lies in test_ports {}; choose a port outside it",
+                    s.local_port, self.test_ports
+                ));
+            }
+            if let Some(a) = s.local_address {
+                if a.is_ipv4() != s.sender.is_ipv4() {
+                    problems.push(format!(
+                        "{at}: local_address {a} and the sender are of different families"
+                    ));
+                }
+            }
+            for d in s.dscp.iter().chain(s.cos_allowed_dscp.iter().flatten()) {
+                if *d > 63 {
+                    problems.push(format!("{at}: DSCP {d} is out of range 0..=63"));
+                }
+            }
+            if !seen.insert((s.local_port, s.sender, s.ssid)) {
+                problems.push(format!(
+                    "{at}: another session has the same local_port, sender and SSID"
+                ));
+            }
+        }
+    }
+}
+
 fn overlaps(a: SocketAddr, b: SocketAddr, v6only: bool) -> bool {
     if a.port() != b.port() {
         return false;
@@ -1214,6 +1332,71 @@ listen = "127.0.0.1:19862"
     }
 
     #[test]
+    fn stamp_sessions_parse_and_are_validated() {
+        let c = Config::parse(
+            r#"
+[[stamp.session]]
+sender = "198.18.0.1:50862"
+local_port = 862
+ssid = 4660
+timestamp_format = "ptp"
+cos_allowed_dscp = [0, 46]
+micro_session_id = 9
+
+[[stamp.session]]
+sender = "[2001:2::1]:50862"
+local_port = 862
+ssid = 7
+key_file = "/etc/ricochet/stamp.key"
+"#,
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        let s = &c.stamp.session;
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].timestamp_format, StampTimestampFormat::Ptp);
+        assert_eq!(s[0].local(), "0.0.0.0:862".parse().unwrap());
+        assert_eq!(s[1].local(), "[::]:862".parse().unwrap());
+        assert_eq!(s[1].timestamp_format, StampTimestampFormat::Ntp);
+        // The effective configuration round-trips.
+        assert_eq!(Config::parse(&c.to_toml()).expect("reparses"), c);
+
+        let bad = Config::parse(
+            r#"
+test_ports = "18760-18799"
+[[stamp.session]]
+sender = "198.18.0.1:1"
+local_port = 18770
+ssid = 0
+dscp = 64
+[[stamp.session]]
+sender = "198.18.0.1:1"
+local_port = 18770
+ssid = 0
+local_address = "2001:2::2"
+"#,
+        )
+        .expect("parses");
+        let Err(ConfigError::Invalid(p)) = bad.validate() else {
+            panic!("invalid STAMP sessions accepted");
+        };
+        let text = p.join("\n");
+        for needle in [
+            "SSID 0 is reserved",
+            "lies in test_ports",
+            "DSCP 64 is out of range",
+            "same local_port, sender and SSID",
+            "different families",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        assert!(Config::parse(
+            "[[stamp.session]]\nsender = \"198.18.0.1:1\"\nlocal_port = 1\nssid = 1\ntypo = 1\n"
+        )
+        .is_err());
+    }
+
+    #[test]
     fn warnings_point_at_suspicious_limits() {
         let c = Config::parse(
             "test_ports = \"5000-5009\"\n[policy]\nmax_sessions = 50\n[metrics]\nlisten = \"0.0.0.0:9862\"",
@@ -1292,6 +1475,11 @@ listen = "127.0.0.1:19862"
         let mut defaults = c.clone();
         defaults.security = Security::default();
         defaults.identities.clear();
+        // The example STAMP session, with every default spelled out.
+        assert_eq!(c.stamp.session.len(), 1);
+        assert_eq!(c.stamp.session[0].ssid, 4660);
+        assert_eq!(c.stamp.session[0].local(), "0.0.0.0:862".parse().unwrap());
+        defaults.stamp = StampConfig::default();
         assert_eq!(
             defaults,
             Config::default(),

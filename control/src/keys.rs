@@ -246,6 +246,31 @@ pub fn decode_hex_secret(hex: &str) -> Result<SharedSecret, String> {
     }
 }
 
+/// Read a STAMP HMAC-SHA-256 key (`stamp.session.key_file`): one line of
+/// hex, at least 16 octets, after [`check_secret_file`]. The key is never
+/// echoed in errors.
+pub fn read_stamp_key(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    let what = "stamp.session.key_file";
+    check_secret_file(path, what)?;
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "{what} {}: cannot read it: {e}; let the daemon's user read it",
+            path.display()
+        )
+    })?);
+    let hex = text.trim();
+    let secret = decode_hex_secret(hex).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let key = zeroize::Zeroizing::new(secret.expose().to_vec());
+    if key.len() < 16 {
+        return Err(format!(
+            "{what} {}: the key has {} octets; give at least 16 (32 recommended for HMAC-SHA-256)",
+            path.display(),
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
 /// Read and parse a perfSONAR key file after [`check_secret_file`]. Bad
 /// lines are reported with their numbers.
 pub fn read_key_file(path: &Path) -> Result<KeyFile, String> {

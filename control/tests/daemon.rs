@@ -237,3 +237,99 @@ fn serves_a_greeting_with_the_socket_data_plane_and_stops_on_sigterm() {
     let status = child.wait().expect("wait");
     assert!(status.success(), "{status:?}");
 }
+
+/// `[[stamp.session]]` with a key file: a loose key file is refused with the
+/// chmod hint (also by --check-config); a private one lets the daemon
+/// reflect authenticated STAMP with its own Sequence Number from 0, the
+/// SSID checked, both HMACs verifiable, and a packet of another SSID
+/// discarded.
+#[test]
+fn a_configured_stamp_session_reflects_authenticated_stamp() {
+    use ricochet_protocol::crypto::StampHmac;
+    use std::net::UdpSocket;
+    let dir = temp_dir("stamp");
+    let key = [0x5au8; 32];
+    let key_file = dir.join("stamp.key");
+    write_mode(&key_file, &format!("{}\n", hex::encode(key)), 0o644);
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("sender socket");
+    sender
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let stamp_port = UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("port")
+        .port();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = dir.join("control.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"{listen}\"]\ndata_plane = \"socket\"\n[metrics]\nenabled = false\n\
+             [[stamp.session]]\nsender = \"{}\"\nlocal_port = {stamp_port}\n\
+             local_address = \"127.0.0.1\"\nssid = 77\nkey_file = \"{}\"\n",
+            sender.local_addr().unwrap(),
+            key_file.display()
+        ),
+    )
+    .expect("write config");
+    let c = config.to_str().expect("utf-8");
+    let (status, _, stderr) = run(&["--check-config", "--config", c]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("chmod 600 {}", key_file.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("5a5a5a5a"), "the key is never printed");
+    write_mode(&key_file, &format!("{}\n", hex::encode(key)), 0o600);
+    let (status, stdout, stderr) = run(&["--check-config", "--config", c]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("[[stamp.session]]"), "{stdout}");
+
+    let mut child = Command::new(BIN)
+        .args(["--config", c, "--log-level", "warn"])
+        .spawn()
+        .expect("spawn daemon");
+    let h = StampHmac::new(&key);
+    let packet = |seq: u32, ssid: u16| {
+        let mut p = vec![0u8; 112];
+        p[0..4].copy_from_slice(&seq.to_be_bytes());
+        p[24..26].copy_from_slice(&[0, 1]);
+        p[26..28].copy_from_slice(&ssid.to_be_bytes());
+        h.seal_packet(&mut p).unwrap();
+        p
+    };
+    let to = format!("127.0.0.1:{stamp_port}");
+    // The daemon binds the port at start: poll for the first reply for at
+    // most 10 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 2048];
+    let first = loop {
+        sender.send_to(&packet(500, 77), &to).expect("send");
+        if let Ok((n, _)) = sender.recv_from(&mut buf) {
+            break buf[..n].to_vec();
+        }
+        assert!(std::time::Instant::now() < deadline, "no STAMP reply");
+        assert!(child.try_wait().expect("wait").is_none(), "daemon exited");
+    };
+    assert_eq!(first.len(), 112);
+    h.verify_packet(&first).expect("reply HMAC");
+    assert_eq!(&first[26..28], &[0, 77], "SSID copied");
+    assert_eq!(&first[48..52], &500u32.to_be_bytes());
+    let first_seq = u32::from_be_bytes(first[0..4].try_into().unwrap());
+    sender.send_to(&packet(501, 77), &to).expect("send");
+    let (n, _) = sender.recv_from(&mut buf).expect("second reply");
+    assert_eq!(
+        u32::from_be_bytes(buf[0..4].try_into().unwrap()),
+        first_seq + 1,
+        "own counter"
+    );
+    assert_eq!(n, 112);
+    // Another SSID: discarded.
+    sender.send_to(&packet(502, 78), &to).expect("send");
+    assert!(sender.recv_from(&mut buf).is_err(), "SSID 78 reflected");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}

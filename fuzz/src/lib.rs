@@ -42,6 +42,7 @@ pub const HARNESSES: &[(&str, Harness)] = &[
     ("stamp_tlv_iter", stamp::tlv_iter),
     ("stamp_tlv_process", stamp::tlv_process),
     ("stamp_tlv_writer", stamp::tlv_writer),
+    ("stamp_tlv_typed", stamp::tlv_typed),
     ("control_messages", control::messages),
     ("control_server", control::server),
     ("control_client", client::client),

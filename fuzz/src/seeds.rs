@@ -203,7 +203,10 @@ fn tlv_seeds(tlvs: &[u8]) -> Vec<Seed> {
         writer.extend_from_slice(&[0, t.flags(), t.tlv_type(), t.length() as u8]);
         writer.extend_from_slice(t.value());
     }
+    let mut typed = vec![0b110u8, 0xb8];
+    typed.extend_from_slice(tlvs);
     vec![
+        ("stamp_tlv_typed", typed),
         ("stamp_tlv_iter", iter),
         ("stamp_tlv_process", process),
         ("stamp_tlv_writer", writer),

@@ -832,3 +832,116 @@ mod tests {
         assert_eq!(m.area, [FLAG_M, 1, 0]);
     }
 }
+
+/// The typed TLV layer (RFC 8972 §4.2–§4.8, RFC 9503, RFC 9534) and the
+/// conformance checker over arbitrary TLV areas: input = 1 octet of
+/// configuration (bit 0: IPv6 addresses, bit 1: a source MAC is known,
+/// bit 2: CoS policy permits DSCP1), 1 octet of received TOS, then the
+/// area. Every TLV is decoded with [`StampTlv::parse`] (never panics), the
+/// reflector's fill functions run on the value in place; invariants: the
+/// area keeps its length, a Location fill writes the ports and leaves
+/// every octet outside the value alone, CoS writes DSCP2/ECN from the
+/// received TOS, Follow-Up and Direct Measurement round-trip their Reprs.
+pub fn tlv_typed(data: &[u8]) {
+    use ricochet_protocol::stamp::tlvs::{
+        fill_location, parse_location_subs, reflect_class_of_service, ClassOfService, FollowUpRepr,
+        FollowUpTelemetry, LocationContext, LocationSub, ReturnPathRepr, StampTlv,
+    };
+    use ricochet_protocol::stamp::validate::{
+        validate_pair, validate_reflector, validate_sender, Expectations, Observed, Profile,
+    };
+
+    let mut input = Input::new(data);
+    let cfg = input.u8();
+    let tos = input.u8();
+    let area_in = &data[data.len().min(2)..];
+    let mut area = area_in.to_vec();
+    let (src, dst): (core::net::SocketAddr, core::net::SocketAddr) = if bit(cfg, 0) {
+        (
+            "[2001:2::1]:40000".parse().unwrap(),
+            "[2001:2::2]:862".parse().unwrap(),
+        )
+    } else {
+        (
+            "198.18.0.1:40000".parse().unwrap(),
+            "198.18.0.2:862".parse().unwrap(),
+        )
+    };
+    let ctx = LocationContext {
+        source: src,
+        destination: dst,
+        source_mac: bit(cfg, 1).then_some([2, 0, 0, 0, 0, 1]),
+    };
+    let mut pos = 0;
+    while let Some(Ok(t)) = TlvIter::framing_only(&area[pos..]).next() {
+        let (ty, total) = (t.tlv_type(), t.total_len());
+        let vstart = pos + 4;
+        let vend = pos + total;
+        let _ = StampTlv::parse(ty, &area[vstart..vend]);
+        let _ = ReturnPathRepr::parse(&area[vstart..vend]);
+        let before = area.clone();
+        match ty {
+            2 => {
+                let r = fill_location(&mut area[vstart..vend], &ctx);
+                if vend - vstart >= 4 {
+                    assert_eq!(be16(&area, vstart), 862);
+                    assert_eq!(be16(&area, vstart + 2), 40000);
+                    let mut subs = [LocationSub::SourceMacRequest; 4];
+                    if r.is_ok() {
+                        assert!(parse_location_subs(&area[vstart..vend], &mut subs).is_ok());
+                    }
+                } else {
+                    assert!(r.is_err());
+                }
+            }
+            4 => {
+                if let Ok(mut c) = ClassOfService::new_checked(&mut area[vstart..vend]) {
+                    let d = reflect_class_of_service(&mut c, tos, |_| bit(cfg, 2));
+                    let c = ClassOfService::new_checked(&area[vstart..vend]).unwrap();
+                    assert_eq!(c.dscp2(), tos >> 2);
+                    assert_eq!(c.ecn(), tos & 3);
+                    assert_eq!(c.rp(), u8::from(!d.honoured));
+                    assert_eq!(c.dscp1(), before[vstart] >> 2);
+                }
+            }
+            7 => {
+                if let Ok(f) = FollowUpTelemetry::new_checked(&area[vstart..vend]) {
+                    let r = FollowUpRepr::parse(&f);
+                    let mut b = r.to_bytes();
+                    b[13..16].copy_from_slice(&area[vstart + 13..vend]);
+                    assert_eq!(&b[..], &area[vstart..vend]);
+                }
+            }
+            _ => {}
+        }
+        assert_eq!(&area[..vstart], &before[..vstart]);
+        assert_eq!(&area[vend..], &before[vend..]);
+        pos = vend;
+    }
+    assert_eq!(area.len(), area_in.len());
+    // The checker over the area as a request and as a reply.
+    let mut req = vec![0u8; 44];
+    req.extend_from_slice(area_in);
+    let mut rep = vec![0u8; 44];
+    rep.extend_from_slice(&area);
+    let exp = Expectations {
+        profile: Profile::Stamp,
+        layout: StampLayout::Unauthenticated,
+        reflector_mode: Some(ReflectorMode::Stateless),
+        tai_offset: ricochet_protocol::time::TaiOffset(37),
+        hmac: None,
+    };
+    fn o(p: &[u8], tos: u8, s: core::net::SocketAddr, d: core::net::SocketAddr) -> Observed<'_> {
+        Observed {
+            payload: p,
+            ttl: 64,
+            tos,
+            src: s,
+            dst: d,
+            capture_utc_ns: None,
+        }
+    }
+    let _ = validate_sender(&o(&req, tos, src, dst), &exp);
+    let _ = validate_reflector(&o(&rep, tos, dst, src), &exp);
+    let _ = validate_pair(&o(&req, tos, src, dst), &o(&rep, tos, dst, src), &exp);
+}

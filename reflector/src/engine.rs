@@ -45,15 +45,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ricochet_protocol::crypto::{
-    PacketRole, SessionKeys, StampHmac, TestKeys, TestProtection, HMAC_LEN,
-};
+use ricochet_protocol::crypto::{PacketRole, SessionKeys, StampHmac, TestKeys, TestProtection};
 use ricochet_protocol::modes::SecurityMode;
-use ricochet_protocol::stamp::tlv::{tlv_type, FLAG_I};
-use ricochet_protocol::stamp::{
-    self, process_tlvs_in_place, ReflectorMode, StampFormat, StampLayout, TlvEntry, TlvHandler,
-    TlvIter, TlvVerdict,
-};
+use ricochet_protocol::stamp::StampLayout;
 use ricochet_protocol::time::TimeFormat;
 use ricochet_protocol::twamp_test::{
     reflect_twamp, reflect_twamp_light, set_t3, ReflectError, ReflectParams, ReflectorPacket,
@@ -66,6 +60,9 @@ pub use ricochet_protocol::twamp_test::RxMeta;
 use crate::clock::{ClockState, Stamp};
 use crate::session_table::{
     DropBreakdown, ListenerKind, ListenerSpec, SessionActivity, SessionSpec,
+};
+use crate::stamp_engine::{
+    build_stamp_reply, listener_env, stateless_format, PacketAddrs, StampJob,
 };
 
 /// The largest reply a session may build (a UDP payload); the output buffer
@@ -190,7 +187,7 @@ impl DropCounts {
         self.0.iter().sum()
     }
 
-    fn count(&mut self, reason: DropReason) {
+    pub(crate) fn count(&mut self, reason: DropReason) {
         let c = &mut self.0[reason.index()];
         *c = c.saturating_add(1);
     }
@@ -659,6 +656,7 @@ pub struct ListenerEngine {
     bucket: TokenBucket,
     counters: EngineCounters,
     last_reflected: Option<Instant>,
+    last_reply_dscp: Option<u8>,
     t3: T3Source,
 }
 
@@ -682,8 +680,16 @@ impl ListenerEngine {
             bucket: TokenBucket::new(rate_pps, burst),
             counters: EngineCounters::default(),
             last_reflected: None,
+            last_reply_dscp: None,
             t3: Stamp::now,
         }
+    }
+
+    /// The DSCP a Class of Service TLV asked for and the policy permitted
+    /// (or the received DSCP when refused) for the last reply; `None` when
+    /// it carried none (the path's default applies).
+    pub fn reply_dscp(&self) -> Option<u8> {
+        self.last_reply_dscp
     }
 
     /// The engine of a listener spec (checks its DSCP).
@@ -727,6 +733,8 @@ impl ListenerEngine {
     }
 
     /// [`Self::reflect`] at monotonic time `now`. Every outcome is counted.
+    /// The packet's addresses are unknown: a Location or Destination Node
+    /// Address TLV is returned with U = 1.
     pub fn reflect_at(
         &mut self,
         rx: &[u8],
@@ -736,7 +744,23 @@ impl ListenerEngine {
         now: Instant,
         out: &mut [u8],
     ) -> Result<usize, DropReason> {
-        match self.build(rx, meta, t2, clock, now, out) {
+        self.reflect_from(rx, meta, None, t2, clock, now, out)
+    }
+
+    /// [`Self::reflect_at`] with the packet's addresses (Location,
+    /// Destination Node Address and Return Path TLVs).
+    #[allow(clippy::too_many_arguments)]
+    pub fn reflect_from(
+        &mut self,
+        rx: &[u8],
+        meta: RxMeta,
+        addrs: Option<PacketAddrs>,
+        t2: Stamp,
+        clock: &ClockState,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Result<usize, DropReason> {
+        match self.build(rx, meta, addrs, t2, clock, now, out) {
             Ok(n) => {
                 self.bucket.take();
                 self.counters.reflected = self.counters.reflected.saturating_add(1);
@@ -750,173 +774,60 @@ impl ListenerEngine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn build(
         &mut self,
         rx: &[u8],
         meta: RxMeta,
+        addrs: Option<PacketAddrs>,
         t2: Stamp,
         clock: &ClockState,
         now: Instant,
         out: &mut [u8],
     ) -> Result<usize, DropReason> {
+        self.last_reply_dscp = None;
         if !self.bucket.ready(now) {
             return Err(DropReason::RateLimited);
         }
-        let offset = clock.tai_offset();
-        let tf = TimeFormat::Ntp;
-        let params = ReflectParams {
+        let layout = if self.hmac.is_some() {
+            StampLayout::Authenticated
+        } else {
+            StampLayout::Unauthenticated
+        };
+        if self.hmac.is_none() && rx.len() < STAMP_UNAUTH_BASE {
+            let offset = clock.tai_offset();
+            let tf = TimeFormat::Ntp;
+            let params = ReflectParams {
+                seq: 0,
+                t2: t2.to_timestamp(offset, tf).to_bytes(),
+                error_estimate: clock.error_estimate(tf),
+                max_len: rx.len(),
+            };
+            let fmt = SessionFormat::default();
+            let n = reflect_twamp_light(&fmt, rx, &meta, &params, out)?;
+            set_t3(
+                &mut out[..n],
+                &fmt,
+                (self.t3)().to_timestamp(offset, tf).to_bytes(),
+            )?;
+            return Ok(n);
+        }
+        // Listener-wide Direct Measurement counters: this packet and this
+        // reply included.
+        let n = u32::try_from(self.counters.reflected)
+            .unwrap_or(u32::MAX)
+            .wrapping_add(1);
+        let job = StampJob {
+            fmt: stateless_format(layout),
             seq: 0,
-            t2: t2.to_timestamp(offset, tf).to_bytes(),
-            error_estimate: clock.error_estimate(tf),
+            hmac: self.hmac.as_ref(),
+            env: listener_env(clock, &meta, &t2, addrs, (n, n), self.hmac.is_some()),
+            t3: self.t3,
             max_len: rx.len(),
         };
-        let t3 = || (self.t3)().to_timestamp(offset, tf).to_bytes();
-        let Some(hmac) = &self.hmac else {
-            if rx.len() < STAMP_UNAUTH_BASE {
-                let fmt = SessionFormat::default();
-                let n = reflect_twamp_light(&fmt, rx, &meta, &params, out)?;
-                set_t3(&mut out[..n], &fmt, t3())?;
-                return Ok(n);
-            }
-            let fmt = stamp_format(StampLayout::Unauthenticated);
-            let n = stamp::reflect_stamp(&fmt, rx, &meta, &params, out)?;
-            let reply = &mut out[..n];
-            process_tlvs_in_place(
-                &mut reply[fmt.base_len()..],
-                &mut ListenerTlvs { hmac: false },
-            );
-            stamp::set_t3(reply, &fmt, t3())?;
-            return Ok(n);
-        };
-        let fmt = stamp_format(StampLayout::Authenticated);
-        let base = fmt.base_len();
-        if rx.len() < base {
-            return Err(DropReason::TooShort);
-        }
-        hmac.verify_packet(rx).map_err(|_| DropReason::BadHmac)?;
-        let integrity = tlv_integrity(hmac, &rx[..SEQ_LEN], &rx[base..]);
-        let n = stamp::reflect_stamp(&fmt, rx, &meta, &params, out)?;
-        let (head, tlvs) = out[..n].split_at_mut(base);
-        match integrity {
-            TlvIntegrity::Failed => flag_integrity_failure(tlvs),
-            TlvIntegrity::Verified { hmac_at } => {
-                process_tlvs_in_place(tlvs, &mut ListenerTlvs { hmac: true });
-                if let Some(at) = hmac_at {
-                    // A fresh HMAC over the reply's Sequence Number and the
-                    // TLVs as reflected (stamp.md §4, type 8).
-                    let tag = hmac.compute(&[&head[..SEQ_LEN], &tlvs[..at]]);
-                    let v = at + TLV_HEADER_LEN;
-                    // The reply has the request's length: the TLV is there.
-                    if let Some(field) = tlvs.get_mut(v..v + HMAC_LEN) {
-                        field.copy_from_slice(&tag);
-                    }
-                }
-            }
-        }
-        stamp::set_t3(head, &fmt, t3())?;
-        hmac.seal_packet(head)
-            .map_err(|_| DropReason::BufferTooSmall)?;
-        Ok(n)
-    }
-}
-
-const SEQ_LEN: usize = 4;
-const TLV_HEADER_LEN: usize = 4;
-
-fn stamp_format(layout: StampLayout) -> StampFormat {
-    StampFormat {
-        layout,
-        mode: ReflectorMode::Stateless,
-        timestamp_format: TimeFormat::Ntp,
-    }
-}
-
-/// The TLV types a stateless listener implements (RFC 8972 §4): Extra
-/// Padding (nothing to do), Follow-Up Telemetry (a stateless reflector zeroes
-/// its Sequence Number and Timestamp, RFC 8972 §4.7) and, when it holds a
-/// key, HMAC (verified and recomputed by the caller). Every other type is
-/// returned with U = 1.
-struct ListenerTlvs {
-    hmac: bool,
-}
-
-impl TlvHandler for ListenerTlvs {
-    fn recognises(&self, t: u8) -> bool {
-        t == tlv_type::EXTRA_PADDING
-            || t == tlv_type::FOLLOW_UP_TELEMETRY
-            || (self.hmac && t == tlv_type::HMAC)
-    }
-
-    fn process(&mut self, entry: &TlvEntry, value: &mut [u8]) -> TlvVerdict {
-        if entry.tlv_type == tlv_type::FOLLOW_UP_TELEMETRY {
-            // Sequence Number (4) and Follow-Up Timestamp (8).
-            match value.get_mut(..12) {
-                Some(v) => v.fill(0),
-                None => return TlvVerdict::Malformed,
-            }
-        }
-        TlvVerdict::Processed
-    }
-}
-
-/// The outcome of checking the HMAC TLV of an authenticated request.
-enum TlvIntegrity {
-    /// No TLV needing protection, or an HMAC TLV that verified (at this
-    /// offset of the TLV area).
-    Verified { hmac_at: Option<usize> },
-    /// The HMAC TLV failed, is misplaced, or is missing although other TLVs
-    /// than Extra Padding are present (stamp.md §4, type 8).
-    Failed,
-}
-
-/// Checks the HMAC TLV of the TLV area `area` of an authenticated request
-/// whose Sequence Number octets are `seq`: it must follow every TLV it
-/// protects (only Extra Padding may come after it), and cover the Sequence
-/// Number and the preceding TLVs as received (RFC 8972 §4.8).
-fn tlv_integrity(hmac: &StampHmac, seq: &[u8], area: &[u8]) -> TlvIntegrity {
-    let mut it = TlvIter::new(area);
-    let mut hmac_at = None;
-    let mut protected = false;
-    let mut misplaced = false;
-    loop {
-        let pos = it.position();
-        let Some(Ok(tlv)) = it.next() else {
-            // The end, or broken framing (flagged M by the framing pass).
-            break;
-        };
-        match tlv.tlv_type() {
-            tlv_type::EXTRA_PADDING => {}
-            tlv_type::HMAC if hmac_at.is_none() => hmac_at = Some(pos),
-            _ => {
-                protected = true;
-                misplaced |= hmac_at.is_some();
-            }
-        }
-    }
-    match hmac_at {
-        None if protected => TlvIntegrity::Failed,
-        None => TlvIntegrity::Verified { hmac_at: None },
-        Some(_) if misplaced => TlvIntegrity::Failed,
-        Some(at) => {
-            let v = at + TLV_HEADER_LEN;
-            match area.get(v..v + HMAC_LEN) {
-                Some(tag) if hmac.verify(&[seq, &area[..at]], tag).is_ok() => {
-                    TlvIntegrity::Verified { hmac_at: Some(at) }
-                }
-                _ => TlvIntegrity::Failed,
-            }
-        }
-    }
-}
-
-/// Sets I = 1 on every TLV of a reply area (RFC 8972 §4.8: the HMAC TLV
-/// failed; no further processing).
-fn flag_integrity_failure(area: &mut [u8]) {
-    let mut pos = 0;
-    while let Some(Ok(tlv)) = TlvIter::new(area.get(pos..).unwrap_or(&[])).next() {
-        let total = tlv.total_len();
-        area[pos] |= FLAG_I;
-        pos += total;
+        let b = build_stamp_reply(&job, rx, meta, t2, clock, out)?;
+        self.last_reply_dscp = b.out.cos.map(|c| c.reply_dscp);
+        Ok(b.len)
     }
 }
 

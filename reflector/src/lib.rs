@@ -8,3 +8,4 @@ pub mod daemon;
 pub mod engine;
 pub mod session_table;
 pub mod socket;
+pub mod stamp_engine;

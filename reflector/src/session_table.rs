@@ -74,6 +74,78 @@ pub struct ListenerSpec {
     pub rate_burst: u32,
 }
 
+/// A provisioned stateful STAMP session (RFC 8762 §4.3 stateful mode; STAMP
+/// has no control protocol: sessions come from configuration). Keyed by
+/// the SSID (RFC 8972 §3) and the 4-tuple: the sender's address and port,
+/// and our address and port.
+#[derive(Clone)]
+pub struct StampSessionSpec {
+    /// The Session-Sender: packets must come from here; replies go here.
+    pub sender: SocketAddr,
+    /// Address (unspecified = any) and UDP port we reflect on.
+    pub local: SocketAddr,
+    /// The session's SSID; packets carrying another are discarded.
+    pub ssid: u16,
+    /// HMAC-SHA-256 key: authenticated mode (112-octet base packets);
+    /// `None`: unauthenticated.
+    pub key: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// T2/T3 format: NTP (default) or PTP (TAI seconds since the PTP epoch).
+    pub timestamp_format: ricochet_protocol::time::TimeFormat,
+    /// DSCP for replies without a Class of Service TLV; `None` copies the
+    /// received DSCP.
+    pub dscp: Option<u8>,
+    /// Which DSCPs a Class of Service TLV may ask for.
+    pub cos_policy: crate::stamp_engine::CosPolicy,
+    /// RFC 9534 Reflector Micro-session ID (member link); `None`: the TLV
+    /// is returned with U = 1.
+    pub micro_session_id: Option<u16>,
+    pub rate_limit_pps: u32,
+    pub rate_burst: u32,
+}
+
+impl StampSessionSpec {
+    /// The key the table knows the session by.
+    pub fn id(&self) -> StampSessionId {
+        StampSessionId {
+            local_port: self.local.port(),
+            sender: self.sender,
+            ssid: self.ssid,
+        }
+    }
+}
+
+impl std::fmt::Debug for StampSessionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StampSessionSpec")
+            .field("sender", &self.sender)
+            .field("local", &self.local)
+            .field("ssid", &self.ssid)
+            .field("key", &self.key.as_ref().map(|_| "<secret>"))
+            .field("timestamp_format", &self.timestamp_format)
+            .field("dscp", &self.dscp)
+            .field("micro_session_id", &self.micro_session_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a stateful STAMP session is named: our port, the sender, the SSID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StampSessionId {
+    pub local_port: u16,
+    pub sender: SocketAddr,
+    pub ssid: u16,
+}
+
+impl std::fmt::Display for StampSessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "STAMP port {} from {} SSID {}",
+            self.local_port, self.sender, self.ssid
+        )
+    }
+}
+
 /// Test packets of one session dropped, by reason (totals since it was added).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DropBreakdown {
@@ -145,4 +217,22 @@ pub trait SessionTable: Send {
     /// Adds a stateless listener.
     fn add_listener(&mut self, spec: ListenerSpec) -> Result<(), TableError>;
     fn remove_listener(&mut self, local: SocketAddr) -> Result<(), TableError>;
+    /// Adds a stateful STAMP session. Data planes that do not carry them
+    /// refuse.
+    fn add_stamp_session(&mut self, spec: StampSessionSpec) -> Result<(), TableError> {
+        Err(TableError::DataPlane(format!(
+            "{}: this data plane has no stateful STAMP sessions",
+            spec.id()
+        )))
+    }
+    /// Removes a stateful STAMP session.
+    fn remove_stamp_session(&mut self, id: &StampSessionId) -> Result<(), TableError> {
+        Err(TableError::DataPlane(format!(
+            "{id}: no such STAMP session"
+        )))
+    }
+    /// Counters and idle time of a stateful STAMP session.
+    fn stamp_activity(&self, _id: &StampSessionId) -> Option<SessionActivity> {
+        None
+    }
 }

@@ -544,6 +544,200 @@ fn poller_reflects_secured_sessions_and_counts_drops() {
 
 /// The bare echo mode sends every frame back with addresses and ports
 /// swapped and the payload untouched.
+/// A stateful STAMP session on the AF_XDP path: own Sequence Number from
+/// 0, the SSID checked, and Follow-Up Telemetry carrying exactly the
+/// transmit-completion stamp the poller recorded for the previous reply
+/// (copy mode: the kernel's CLOCK_TAI reading when it freed the frame,
+/// mode 2) — or, if the kernel delivers none, Timestamp 0 and mode 0.
+/// Prints the distribution of (Follow-Up T3 − in-packet T3).
+#[test]
+fn stateful_stamp_session_follow_up_from_tx_completions() {
+    use ricochet_protocol::time::{TaiOffset, TimeFormat};
+    use ricochet_reflector::clock::{Stamp, StampSource, TimeScale};
+    if skip() {
+        return;
+    }
+    let rig = Rig::up("axst");
+    let _peer = rig.peer_xdp();
+    rig.in_reflector(|sender_ns, iface| {
+        let sock = sender_socket(&sender_ns, false, 40011);
+        let prog = load();
+        let m = prog.maps();
+        let sender = sender_addr(false, 40011);
+        let keys = slot_keys(1, KeyMaterial::StampSession { ssid: 7, key: None }, sender);
+        m.write_keys(1, &keys).unwrap();
+        let key = SessionKey::new(reflector(false), sender).unwrap();
+        m.insert_session(&key, &secured_entry(1, 1)).unwrap();
+        let idx = ifindex(&iface).unwrap();
+        let _att = prog
+            .attach(idx, AttachMode::Native)
+            .expect("native XDP on veth");
+        let shared = shared();
+        let clock = shared.clock.load();
+        let poller = Poller::spawn(PollerConfig::new(idx, 0), m, &shared).expect("poller");
+
+        let probe = |seq: u32, ssid: u16| {
+            let mut b = vec![0u8; 44 + 20];
+            b[0..4].copy_from_slice(&seq.to_be_bytes());
+            b[4..12].copy_from_slice(&t1_now());
+            b[12..14].copy_from_slice(&0x0001u16.to_be_bytes());
+            b[14..16].copy_from_slice(&ssid.to_be_bytes());
+            b[44..48].copy_from_slice(&[0x80, 7, 0, 16]);
+            b
+        };
+        let offset = TaiOffset(clock.tai_offset_s);
+        let mut diffs = Vec::new();
+        // (seq, in-packet T3 UTC ns, its completion as the poller recorded it)
+        let mut previous: Option<(u32, u64, Option<u64>)> = None;
+        let n = 20u32;
+        for i in 0..n {
+            let (reply, _, _) =
+                exchange(&sock, reflector(false), &probe(1000 + i, 7)).expect("STAMP reply");
+            assert_eq!(reply.len(), 64, "symmetric");
+            let r = StampReply::new_checked(&reply[..], StampLayout::Unauthenticated).unwrap();
+            assert_eq!(r.sequence_number(), i, "own counter from 0");
+            assert_eq!(r.sender_sequence_number(), 1000 + i);
+            assert_eq!(r.ssid(), 7);
+            assert_eq!(reply[44], 0, "Follow-Up recognised");
+            let fu = &reply[48..64];
+            match previous {
+                None => assert!(fu.iter().all(|&b| b == 0), "first reply: nothing before it"),
+                Some((pseq, pt3, ptx)) => {
+                    assert_eq!(&fu[0..4], &pseq.to_be_bytes(), "previous reply's seq");
+                    match ptx {
+                        Some(tx_ns) => {
+                            let want = Stamp {
+                                ns: tx_ns,
+                                scale: TimeScale::Tai,
+                                source: StampSource::KernelSoftware,
+                            }
+                            .to_timestamp(offset, TimeFormat::Ntp)
+                            .to_bytes();
+                            assert_eq!(&fu[4..12], &want, "the recorded completion stamp");
+                            assert_eq!(fu[12], 2, "copy mode: software local");
+                            let fu_ns = ntp_ns(fu[4..12].try_into().unwrap());
+                            diffs.push(fu_ns as i64 - pt3 as i64);
+                        }
+                        None => {
+                            assert!(
+                                fu[4..13].iter().all(|&b| b == 0),
+                                "no stamp: zero, mode 0; table {:?}, Follow-Up {fu:02x?}",
+                                shared.tx_stamps.last(1)
+                            );
+                        }
+                    }
+                }
+            }
+            // Let the completion of this reply arrive before the next probe.
+            wait_for(&poller, "completion", |s| s.tx_completed == s.tx_packets);
+            let tx = shared
+                .tx_stamps
+                .last(1)
+                .filter(|l| l.seq == i)
+                .map(|l| l.tx_ns);
+            previous = Some((i, ntp_ns(r.timestamp()), tx));
+        }
+        // Another SSID is not this session.
+        assert_silent(&sock, reflector(false), &probe(1, 8));
+        let s = poller.stop().unwrap();
+        diffs.sort_unstable();
+        eprintln!(
+            "AF_XDP copy mode, veth: TX timestamps {:?}; Follow-Up T3 - in-packet T3 over {} \
+             replies: min {:?} p50 {:?} max {:?} ns",
+            s.tx_timestamping,
+            diffs.len(),
+            diffs.first(),
+            diffs.get(diffs.len() / 2),
+            diffs.last()
+        );
+        match &s.tx_timestamping {
+            TxTimestamping::Delivered => {
+                assert_eq!(diffs.len() as u32, n - 1, "every Follow-Up stamped");
+                assert!(
+                    diffs.iter().all(|d| *d > 0),
+                    "a completion comes after the in-packet T3: {diffs:?}"
+                );
+            }
+            _ => assert!(diffs.is_empty()),
+        }
+    });
+}
+
+/// An unauthenticated STAMP listener installed by `BpfSessionTable`: a
+/// plain 44-octet probe is reflected by the XDP program, a TLV-bearing one
+/// goes to the poller, which processes its TLVs (RFC 8972 §4): unknown type
+/// U = 1, Class of Service DSCP2/ECN from the received packet and DSCP1 on
+/// the reply, Timestamp Information filled.
+#[test]
+fn listener_tlvs_are_processed_by_the_poller() {
+    use ricochet_reflector::bpf::BpfSessionTable;
+    use ricochet_reflector::session_table::{ListenerKind, ListenerSpec, SessionTable};
+    if skip() {
+        return;
+    }
+    let rig = Rig::up("axtl");
+    let _peer = rig.peer_xdp();
+    rig.in_reflector(|sender_ns, iface| {
+        let sock = sender_socket(&sender_ns, false, 40021);
+        let prog = load();
+        let registry = std::env::temp_dir().join(format!("axtl-{}.sessions", std::process::id()));
+        let mut table = BpfSessionTable::open(prog.pin_dir(), &registry).unwrap();
+        table
+            .add_listener(ListenerSpec {
+                local: reflector(false),
+                kind: ListenerKind::Unauthenticated,
+                dscp: None,
+                rate_limit_pps: 0,
+                rate_burst: 0,
+            })
+            .unwrap();
+        let m = prog.maps();
+        let idx = ifindex(&iface).unwrap();
+        let _att = prog
+            .attach(idx, AttachMode::Native)
+            .expect("native XDP on veth");
+        let shared = shared();
+        let poller = Poller::spawn(PollerConfig::new(idx, 0), m, &shared).expect("poller");
+        let m = prog.maps();
+        let base = |seq: u32| {
+            let mut b = vec![0u8; 44];
+            b[0..4].copy_from_slice(&seq.to_be_bytes());
+            b[4..12].copy_from_slice(&t1_now());
+            b[12..14].copy_from_slice(&[0, 1]);
+            b
+        };
+        // Plain: the XDP program answers.
+        let before = m.counters().unwrap().get(Counter::Reflected);
+        let (reply, _, _) = exchange(&sock, reflector(false), &base(1)).expect("plain reply");
+        assert_eq!(reply.len(), 44);
+        assert_eq!(m.counters().unwrap().get(Counter::Reflected), before + 1);
+        // TLVs: the poller answers.
+        let mut probe = base(2);
+        probe.extend_from_slice(&[0x80, 4, 0, 4, 46 << 2, 0, 0, 0]); // CoS
+        probe.extend_from_slice(&[0x80, 3, 0, 4, 0, 0, 0, 0]); // Timestamp Information
+        probe.extend_from_slice(&[0x80, 200, 0, 4, 1, 2, 3, 4]); // unknown
+        let (reply, _, _) = exchange(&sock, reflector(false), &probe).expect("TLV reply");
+        assert_eq!(reply.len(), probe.len());
+        assert_eq!(&reply[0..4], &2u32.to_be_bytes(), "stateless: copied");
+        assert_eq!(
+            &reply[44..52],
+            &[0, 4, 0, 4, 46 << 2, 0, 0, 0],
+            "CoS, received DSCP 0"
+        );
+        assert_eq!(&reply[52..56], &[0, 3, 0, 4]);
+        // T2 from the kernel's TAI clock at XDP entry (software, 2), T3 a
+        // user-space reading (3).
+        assert_eq!(reply[57], 2);
+        assert_eq!(reply[59], 3);
+        assert_ne!(reply[56], 0, "a sync source");
+        assert_eq!(&reply[60..68], &[0x80, 200, 0, 4, 1, 2, 3, 4], "unknown: U");
+        let s = wait_for(&poller, "poller reply", |s| s.tx_packets >= 1);
+        assert_eq!(s.tx_packets, 1, "only the TLV probe went to the poller");
+        poller.stop().unwrap();
+        let _ = std::fs::remove_file(&registry);
+    });
+}
+
 #[test]
 fn echo_mode_echoes() {
     if skip() {

@@ -400,3 +400,90 @@ fn listeners_reflect_until_removed_and_secured_ones_get_a_slot() {
     t.remove_listener(any).unwrap();
     assert!(p.maps().read_keys(0).unwrap().is_none());
 }
+
+/// A stateful STAMP session: a secured `sessions` entry for the 4-tuple
+/// whose keys slot names a STAMP session with its SSID, PTP flag, DSCP and
+/// (zero-padded) HMAC key; the XDP program redirects its packets instead of
+/// reflecting them; removal clears entry and slot; a key longer than the
+/// slot and a second session on the same 4-tuple are refused.
+#[test]
+fn stamp_sessions_become_secured_entries_with_stamp_keys() {
+    use ricochet_protocol::time::TimeFormat;
+    use ricochet_reflector::session_table::StampSessionSpec;
+    use ricochet_reflector::stamp_engine::CosPolicy;
+    if skip() {
+        return;
+    }
+    let (p, r, mut t) = setup();
+    let stamp = |ssid: u16, key: Option<Vec<u8>>| StampSessionSpec {
+        sender: peer(PORT_PEER),
+        local: us(),
+        ssid,
+        key: key.map(zeroize::Zeroizing::new),
+        timestamp_format: TimeFormat::Ptp,
+        dscp: Some(10),
+        cos_policy: CosPolicy::ALLOW_ALL,
+        micro_session_id: None,
+        rate_limit_pps: 0,
+        rate_burst: 0,
+    };
+    let s = stamp(0x1234, Some(vec![0xab; 20]));
+    t.add_stamp_session(s.clone()).unwrap();
+    let e = p
+        .maps()
+        .session(&SessionKey::new(us(), peer(PORT_PEER)).unwrap())
+        .unwrap()
+        .expect("sessions entry");
+    assert_eq!(e.config.mode, Mode::Secured);
+    let k = p.maps().read_keys(e.config.slot).unwrap().expect("keys");
+    assert_eq!(k.sender, Some(peer(PORT_PEER)));
+    assert!(k.flags.contains(EntryFlags::PTP));
+    assert!(k.flags.contains(EntryFlags::SET_DSCP));
+    assert_eq!(k.dscp, 10);
+    match &k.keys {
+        KeyMaterial::StampSession {
+            ssid: 0x1234,
+            key: Some(key),
+        } => {
+            assert_eq!(&key[..20], &[0xab; 20]);
+            assert_eq!(&key[20..], &[0; 12], "zero-padded: the same HMAC");
+        }
+        other => panic!("wrong key material {other:?}"),
+    }
+    assert_eq!(t.stamp_activity(&s.id()).unwrap().reflected, 0);
+    // Same 4-tuple, other SSID: the map holds one entry per 4-tuple.
+    assert!(t.add_stamp_session(stamp(7, None)).is_err());
+    assert!(t.add_stamp_session(s.clone()).is_err(), "twice");
+    let mut long = stamp(9, Some(vec![1; 33]));
+    long.sender = peer(PORT_PEER + 1);
+    assert!(matches!(
+        t.add_stamp_session(long),
+        Err(TableError::DataPlane(_))
+    ));
+    t.remove_stamp_session(&s.id()).unwrap();
+    assert!(p
+        .maps()
+        .session(&SessionKey::new(us(), peer(PORT_PEER)).unwrap())
+        .unwrap()
+        .is_none());
+    assert!(p.maps().read_keys(e.config.slot).unwrap().is_none());
+    assert!(t.remove_stamp_session(&s.id()).is_err());
+
+    // A restarted control plane installs its configured session again over
+    // what the earlier run left in the maps.
+    t.add_stamp_session(s.clone()).unwrap();
+    drop(t);
+    let mut t2 = BpfSessionTable::open(p.pin_dir(), &r.0).unwrap();
+    t2.add_stamp_session(s.clone()).unwrap();
+    let e2 = p
+        .maps()
+        .session(&SessionKey::new(us(), peer(PORT_PEER)).unwrap())
+        .unwrap()
+        .expect("replaced entry");
+    let k2 = p.maps().read_keys(e2.config.slot).unwrap().expect("keys");
+    assert!(matches!(
+        k2.keys,
+        KeyMaterial::StampSession { ssid: 0x1234, .. }
+    ));
+    assert_eq!(k2.generation, e2.config.generation);
+}

@@ -123,14 +123,25 @@ fn stamp_suite_tlvs_flags() {
         }
     }
     // Unauthenticated with an HMAC TLV: no key here, so HMAC is unknown
-    // (U = 1) like CoS and Timestamp Information.
+    // (U = 1); CoS and Timestamp Information are filled (U = 0).
     for (req, ttl, _) in exchanges("stamp-open-tlvs-hmac-tlv") {
         let reply = reflect(&mut l, &req, ttl).unwrap();
         check_open_stamp(&req, ttl, &reply);
-        for at in [44, 52, 60] {
-            assert_eq!(reply[at], U);
-        }
-        assert_eq!(&reply[64..80], &req[64..80]);
+        assert_eq!(reply[44..48], [0, 4, 0, 4], "CoS processed");
+        // DSCP1 10 kept, DSCP2/ECN = the received TOS 0, RP 0
+        // (RFC 8972 §4.4: 001010 000000 00 00).
+        assert_eq!(reply[48..52], [0x28, 0, 0, 0]);
+        assert_eq!(l.reply_dscp(), Some(10), "the reply uses DSCP1");
+        assert_eq!(
+            reply[52..56],
+            [0, 3, 0, 4],
+            "Timestamp Information processed"
+        );
+        // Unsynchronized clock: free-running (5); T2 and T3 both user-space
+        // clock readings: control plane (3). Never the sender's 01 02.
+        assert_eq!(reply[56..60], [5, 3, 5, 3]);
+        assert_eq!(reply[60], U, "HMAC TLV without a key: unknown");
+        assert_eq!(&reply[61..80], &req[61..80]);
     }
 }
 
@@ -226,14 +237,23 @@ fn stamp_suite_authenticated_requests() {
 fn authenticated_hmac_tlv_is_verified_and_recomputed() {
     let h = StampHmac::new(GOLDEN_KEY);
     let mut l = auth_listener(GOLDEN_KEY);
+    let mut n = 0u32;
     for (req, ttl, _) in exchanges("stamp-auth-tlvs") {
         let reply = reflect(&mut l, &req, ttl).unwrap();
         check_auth_stamp(&req, ttl, &reply, GOLDEN_KEY);
-        // CoS, Timestamp Information, Direct Measurement: not implemented
-        // here (U = 1); HMAC at 144: recognised (U = 0), no I anywhere.
+        // CoS, Timestamp Information, Direct Measurement processed
+        // (U = 0); HMAC at 144 recognised, no I anywhere.
         for at in [112, 120, 128] {
-            assert_eq!(reply[at], U, "TLV at {at}");
+            assert_eq!(reply[at], 0, "TLV at {at}");
         }
+        assert_eq!(reply[116..120], [0x28, 0, 0, 0], "CoS: DSCP1 10, DSCP2 0");
+        assert_eq!(reply[124..128], [5, 3, 5, 3], "Timestamp Information");
+        // Direct Measurement: S_TxC copied, R_RxC / R_TxC = this listener's
+        // in-profile packets and replies, this one included.
+        n += 1;
+        assert_eq!(reply[132..136], req[132..136]);
+        assert_eq!(reply[136..140], n.to_be_bytes());
+        assert_eq!(reply[140..144], n.to_be_bytes());
         assert_eq!(reply[144], 0);
         // The fresh HMAC covers the reply's Sequence Number and the TLVs
         // as reflected (flags included), RFC 8972 §4.8.

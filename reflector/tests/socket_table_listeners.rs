@@ -75,7 +75,7 @@ fn unauthenticated_listener_copies_the_received_dscp() {
     );
     // DSCP 10, ECN ECT(1): the reply carries DSCP 10 with ECN Not-ECT.
     let mut peer = Peer::bind("127.0.0.1:0", SEND_TTL, 0x29);
-    let reqs = requests("stamp-open-tlvs-rfc8972");
+    let reqs = requests("stamp-open-tlvs-extra-padding");
     for req in &reqs {
         peer.send(local, req);
         let r = peer.recv();
@@ -83,6 +83,23 @@ fn unauthenticated_listener_copies_the_received_dscp() {
         assert_eq!(r.tos, Some(0x28));
         assert_eq!(r.ttl, Some(255));
         check_open(req, &r.payload);
+    }
+    // A Class of Service TLV asks for DSCP1 (stamp-suite's octet 0xba
+    // reads DSCP1 = 46 in the RFC 8972 layout): the reply carries it, and
+    // DSCP2/ECN report what arrived (10, ECT(1)), RFC 8972 §4.4.
+    let cos = requests("stamp-open-tlvs-rfc8972");
+    for req in &cos {
+        peer.send(local, req);
+        let r = peer.recv();
+        assert_eq!(r.tos, Some(46 << 2), "DSCP1 applied");
+        assert_eq!(r.payload[48] >> 2, 46, "DSCP1 kept");
+        assert_eq!(
+            ((r.payload[48] & 3) << 4) | (r.payload[49] >> 4),
+            10,
+            "DSCP2"
+        );
+        assert_eq!((r.payload[49] >> 2) & 3, 1, "ECN");
+        assert_eq!(r.payload.len(), req.len());
     }
     // A TWAMP Light probe: 41 → 41.
     for req in requests("stamp-xcheck-twampy-sender-to-stamp-suite-reflector") {
@@ -97,7 +114,7 @@ fn unauthenticated_listener_copies_the_received_dscp() {
     peer.expect_silence("amplifying reply");
     let c = table.listener_counters(local).unwrap();
     assert_eq!(c.dropped.get(DropReason::TooLong), 1);
-    assert_eq!(c.reflected, reqs.len() as u64 + 10);
+    assert_eq!(c.reflected, (reqs.len() + cos.len()) as u64 + 10);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use ricochet_bench::gen::netns;
 use ricochet_bench::gen::run::{self, SenderSide, Settings, Size};
 use ricochet_bench::gen::target::{self, External, LabEnv, TARGET_NAMES};
 use ricochet_bench::gen::trial::LiveConfig;
+use ricochet_bench::gen::twampd::Twampd;
 use ricochet_bench::report::{Meta, Progress, Report};
 use ricochet_bench::search::SearchConfig;
 use ricochet_testkit::lab::{Lab, Side};
@@ -20,8 +21,11 @@ use ricochet_testkit::lab::{Lab, Side};
 /// replies are counted and timed by an XDP program there (no socket stack).
 ///
 /// Targets: ceiling (minimal XDP swap + XDP_TX), xdp, afxdp-auth, afxdp-enc,
-/// afxdp-echo, socket, socket-echo (bare recvmmsg/sendmmsg), external (any
-/// reflector, --external CMD). Targets not wired yet are listed as skipped.
+/// afxdp-echo, socket, socket-echo (bare recvmmsg/sendmmsg), twampd (perfSONAR,
+/// a session negotiated over TWAMP-Control; --twampd PATH), external (any
+/// TWAMP Light/STAMP reflector, --external CMD). Targets that cannot run here
+/// are listed as skipped with the reason. The xdp and afxdp targets run the
+/// ricochet-reflector binary built next to this one.
 ///
 /// Sizes are IP packet lengths in octets; `min` is the smallest symmetric
 /// test packet of the mode (69 octets for TWAMP over IPv4). Needs root.
@@ -31,6 +35,7 @@ use ricochet_testkit::lab::{Lab, Side};
 ///   ricochet-bench --targets ceiling,socket-echo --sizes min,1500 --trial-secs 1
 ///   ricochet-bench --loss 0.1% --out /tmp/bench
 ///   ricochet-bench --targets external --external 'twamp-light-reflector -p 862'
+///   ricochet-bench --targets xdp,twampd --twampd /opt/owamp/bin/twampd --sizes min
 ///   ricochet-bench --lab rcl --mode stamp            # an existing scripts/lab.sh lab
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
@@ -59,6 +64,10 @@ struct Cli {
     /// Report directory [default: bench/results/<timestamp>].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// perfSONAR twampd binary for the `twampd` target [default:
+    /// $RICOCHET_TWAMPD, else twampd on PATH; skipped when absent].
+    #[arg(long, value_name = "PATH")]
+    twampd: Option<PathBuf>,
     /// External reflector command, run with `sh -c` in the reflector namespace.
     #[arg(long)]
     external: Option<String>,
@@ -72,9 +81,13 @@ struct Cli {
     /// twamp-enc, stamp, stamp-auth.
     #[arg(long, default_value = "twamp")]
     mode: String,
-    /// UDP port the targets listen on.
+    /// UDP port the targets listen on (Ricochet's XDP path also has a
+    /// STAMP listener on PORT + 1).
     #[arg(long, default_value_t = 862)]
     port: u16,
+    /// The generator's UDP source port (the sessions' Sender Port).
+    #[arg(long, default_value_t = 40000)]
+    sender_port: u16,
     /// CPU of the generator (and of the counter's NAPI thread).
     #[arg(long, default_value_t = 0)]
     gen_core: usize,
@@ -173,6 +186,10 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
     let mut targets = names
         .iter()
         .map(|n| {
+            if *n == "twampd" {
+                let t: Box<dyn target::Target> = Box::new(Twampd::locate(cli.twampd.clone()));
+                return Ok(t);
+            }
             target::by_name(n, &external)
                 .ok_or_else(|| format!("unknown target {n} (known: {})", TARGET_NAMES.join(", ")))
         })
@@ -221,6 +238,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
             reflector_addr: Lab::addr(Side::Reflector, cli.ipv6),
             reflector_core,
             port: cli.port,
+            sender_port: cli.sender_port,
             mode,
         };
         (name, env)
@@ -248,7 +266,6 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
         sizes,
         search: search.clone(),
         live: live.clone(),
-        src_port: 40000,
         warmup: Duration::from_millis(300),
         warmup_pps: 10_000.0,
     };
@@ -261,6 +278,15 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
             .join(timestamp(started))
     });
 
+    // Ctrl-C / SIGTERM: finish the trial under way, skip the rest, tear
+    // down (daemons, XDP programs, the private lab) and write the report;
+    // a second Ctrl-C exits at once.
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let flag = std::sync::Arc::clone(&run::INTERRUPTED);
+        signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())
+            .and_then(|_| signal_hook::flag::register(sig, flag))
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
     let side = SenderSide::new(&env, gen_core)?;
     let progress = Progress::new((targets.len() * settings.sizes.len()) as u64);
     let results = run::run(&env, &side, &mut targets, &settings, &progress);
@@ -282,12 +308,15 @@ fn real_main(cli: Cli) -> Result<ExitCode, String> {
             notes,
         },
         results,
+        goals: Vec::new(),
     };
     report.fill_shares();
+    report.fill_goals();
     let (files, warnings) = report
         .write(&out)
         .map_err(|e| format!("writing {}: {e}", out.display()))?;
     println!("{}", report.table());
+    println!("{}", report.goals_table());
     for n in &report.meta.notes {
         println!("note: {n}");
     }

@@ -234,7 +234,9 @@ pub struct CntCfg {
     pub t1_ptp: u8,
     /// TAI − UTC in seconds.
     pub tai_offset: i32,
-    pub pad: u32,
+    /// Payload offset of the reflector's own sequence number, or [`NONE`].
+    pub rseq_off: u16,
+    pub pad: u16,
 }
 
 impl CntCfg {
@@ -267,6 +269,11 @@ impl CntCfg {
             offset_of!(Self, tai_offset),
             &self.tai_offset.to_ne_bytes(),
         );
+        put(
+            &mut b,
+            offset_of!(Self, rseq_off),
+            &self.rseq_off.to_ne_bytes(),
+        );
         b
     }
 }
@@ -293,6 +300,10 @@ pub struct CntStats {
     pub negative: u64,
     /// Frames of other flows, passed to the stack.
     pub passed: u64,
+    /// Highest reflector sequence number seen + 1 (0: none read).
+    pub rseq_top: u64,
+    /// Replies whose T2 or T3 was all zeros.
+    pub zero_ts: u64,
 }
 
 impl CntStats {
@@ -308,6 +319,8 @@ impl CntStats {
             last_seq: get_u64(b, offset_of!(Self, last_seq)),
             negative: get_u64(b, offset_of!(Self, negative)),
             passed: get_u64(b, offset_of!(Self, passed)),
+            rseq_top: get_u64(b, offset_of!(Self, rseq_top)),
+            zero_ts: get_u64(b, offset_of!(Self, zero_ts)),
         })
     }
 
@@ -322,6 +335,8 @@ impl CntStats {
         self.last_seq = self.last_seq.max(o.last_seq);
         self.negative += o.negative;
         self.passed += o.passed;
+        self.rseq_top = self.rseq_top.max(o.rseq_top);
+        self.zero_ts += o.zero_ts;
     }
 
     /// `self − earlier` for the monotone counters (a trial's share).
@@ -336,6 +351,8 @@ impl CntStats {
             last_seq: self.last_seq,
             negative: self.negative.saturating_sub(earlier.negative),
             passed: self.passed.saturating_sub(earlier.passed),
+            rseq_top: self.rseq_top,
+            zero_ts: self.zero_ts.saturating_sub(earlier.zero_ts),
         }
     }
 }

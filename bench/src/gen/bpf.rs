@@ -245,11 +245,20 @@ impl Sender {
             .map_err(err("write the generator configuration"))
     }
 
-    /// Installs the counter configuration.
+    /// Installs the counter configuration and zeroes its statistics (a
+    /// new flow: its reflector sequence numbers and order start afresh).
     pub fn configure_counter(&self, c: &CntCfg) -> Result<(), BpfError> {
         self.cnt_cfg
             .update(&KEY0, &c.to_bytes(), MapFlags::ANY)
-            .map_err(err("write the counter configuration"))
+            .map_err(err("write the counter configuration"))?;
+        let zeros: Vec<Vec<u8>> = self
+            .percpu(&self.cnt_stats, &KEY0, "cnt_stats")?
+            .iter()
+            .map(|v| vec![0u8; v.len()])
+            .collect();
+        self.cnt_stats
+            .update_percpu(&KEY0, &zeros, MapFlags::ANY)
+            .map_err(err("zero the counter statistics"))
     }
 
     /// Attaches the counter to the sender's interface.

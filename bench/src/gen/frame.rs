@@ -592,6 +592,15 @@ pub fn counter_config(flow: &Flow, session: &TestSession, kind: ReplyKind) -> Cn
         // Encrypted TWAMP: octets 0–95 of the reply are ciphertext.
         (ReplyKind::Reflector, ProbeMode::TwampEnc) => (NONE, NONE, NONE, NONE, NONE),
     };
+    // The reflector's own sequence number, where it is in clear: octet 0
+    // of unauthenticated TWAMP and of STAMP (RFC 8762 §4.3: nothing is
+    // encrypted); in authenticated/encrypted TWAMP it is in the encrypted
+    // block 0.
+    let rseq = match (kind, mode) {
+        (ReplyKind::Reflector, ProbeMode::Twamp | ProbeMode::Stamp) => o(r::SEQ.start),
+        (ReplyKind::Reflector, ProbeMode::StampAuth) => o(ar::SEQ.start),
+        _ => NONE,
+    };
     let mut measure = 0;
     if seq != NONE || t1 != NONE {
         measure |= M_RTT;
@@ -613,6 +622,7 @@ pub fn counter_config(flow: &Flow, session: &TestSession, kind: ReplyKind) -> Cn
         measure,
         t1_ptp: u8::from(session.format == TimeFormat::Ptp),
         tai_offset: host_tai_offset().0,
+        rseq_off: rseq,
         pad: 0,
     }
 }
@@ -819,6 +829,7 @@ mod tests {
             (24, 28, 16, 4, 12)
         );
         assert_eq!(c.measure, M_RTT | M_SEQ | M_RESIDENCE);
+        assert_eq!(c.rseq_off, 0, "reflector Sequence Number @0");
         assert_eq!((c.local_port, c.remote_port), (40000, 862));
         // Authenticated (112-octet layout): T3 @16, EE @24, T2 @32, seq @48, T1 @64.
         let c = counter_config(
@@ -845,9 +856,11 @@ mod tests {
             ReplyKind::Reflector,
         );
         assert_eq!(c.measure, 0, "encrypted replies can only be counted");
+        assert_eq!(c.rseq_off, NONE, "block 0 is encrypted");
         let c = counter_config(&f, &TestSession::open(ProbeMode::Twamp), ReplyKind::Echo);
         assert_eq!((c.seq_off, c.t1_off, c.t2_off), (0, 4, NONE));
         assert_eq!(c.measure, M_RTT | M_SEQ);
+        assert_eq!(c.rseq_off, NONE, "an echo has no reflector sequence number");
     }
 
     #[test]

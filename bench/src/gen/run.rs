@@ -54,8 +54,6 @@ pub struct Settings {
     pub sizes: Vec<Size>,
     pub search: SearchConfig,
     pub live: LiveConfig,
-    /// The generator's UDP source port.
-    pub src_port: u16,
     /// Warm-up before each search: this long at `warmup_pps`.
     pub warmup: Duration,
     pub warmup_pps: f64,
@@ -161,7 +159,7 @@ fn measure(
     let flow = Flow {
         src_mac: side.src_mac,
         dst_mac: side.dst_mac,
-        src: SocketAddr::new(env.sender_addr, settings.src_port),
+        src: SocketAddr::new(env.sender_addr, env.sender_port),
         dst: ep.addr,
     };
     let g = frame::build(&flow, &ep.session, ip_len).map_err(|e| e.to_string())?;
@@ -216,6 +214,19 @@ fn measure(
     let best = r.best_step();
     let pps = r.throughput_pps();
     let mut note = note;
+    let reflector_seq_top = r
+        .steps
+        .iter()
+        .map(|s| s.outcome.reflector_seq_top)
+        .max()
+        .unwrap_or(0);
+    let zero_timestamps: u64 = r.steps.iter().map(|s| s.outcome.zero_timestamps).sum();
+    if zero_timestamps > 0 {
+        note = Some(
+            note.map_or(String::new(), |n| n + "; ")
+                + &format!("{zero_timestamps} replies with a zero T2 or T3"),
+        );
+    }
     if ep.reply == ReplyKind::Reflector && best.is_some_and(|b| b.outcome.rtt.count() == 0) {
         note = Some(
             note.map_or(String::new(), |n| n + "; ")
@@ -243,8 +254,20 @@ fn measure(
             residence: best.and_then(|b| b.outcome.residence.summary()),
             rtt_cdf: best.map_or(Vec::new(), |b| b.outcome.rtt.cdf()),
             trials,
+            reflector_seq_top,
+            zero_timestamps,
         }),
     })
+}
+
+/// Set (by the binary's SIGINT/SIGTERM handler) to end the run early:
+/// trials not yet started are refused, targets not yet started are
+/// reported as skipped, and everything started is torn down as usual.
+pub static INTERRUPTED: std::sync::LazyLock<Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Runs every target at every size. Targets that cannot start are reported
@@ -258,6 +281,19 @@ pub fn run(
 ) -> Vec<TargetResult> {
     let mut out = Vec::new();
     for t in targets.iter_mut() {
+        if interrupted() {
+            for &size in &settings.sizes {
+                out.push(skipped(
+                    t.as_ref(),
+                    env,
+                    size,
+                    Status::Skipped,
+                    "interrupted".into(),
+                ));
+                progress.inc();
+            }
+            continue;
+        }
         progress.message(format!("starting {}", t.name()));
         let running = match t.start(env) {
             Ok(r) => r,
@@ -275,7 +311,43 @@ pub fn run(
             }
         };
         let ep = running.endpoint();
+        let v6 = ep.addr.is_ipv6();
+        let min = frame::min_ip_len(ep.session.mode, v6);
+        let mut done: Vec<usize> = Vec::new();
         for &size in &settings.sizes {
+            // Sizes below the mode's minimum are raised to it: measure that
+            // length once.
+            let ip_len = match size {
+                Size::Min => min,
+                Size::Ip(n) => n.max(min),
+            };
+            if done.contains(&ip_len) {
+                let mut r = skipped(
+                    t.as_ref(),
+                    env,
+                    size,
+                    Status::Skipped,
+                    format!("the mode's minimum is {min} octets: measured in the row above"),
+                );
+                r.mode = ep.session.mode.name().into();
+                r.ip_len = ip_len;
+                r.frame_len = ip_len + frame::ETH_LEN;
+                out.push(r);
+                progress.inc();
+                continue;
+            }
+            done.push(ip_len);
+            if interrupted() {
+                out.push(skipped(
+                    t.as_ref(),
+                    env,
+                    size,
+                    Status::Skipped,
+                    "interrupted".into(),
+                ));
+                progress.inc();
+                continue;
+            }
             let r = measure(env, side, t.as_ref(), &ep, size, settings, progress)
                 .unwrap_or_else(|e| skipped(t.as_ref(), env, size, Status::Failed, e));
             if let Some(m) = &r.measured {

@@ -1,8 +1,6 @@
 //! The reflectors under test. Each is a [`Target`]: set up in the lab's
 //! reflector namespace, measured, torn down (dropping or stopping the
-//! [`Running`] handle). The Ricochet paths are wired in by implementing
-//! this trait; until then they report [`TargetError::NotWired`] and the
-//! report lists them as skipped with the reason.
+//! [`Running`] handle). Ricochet's own paths are in [`super::ricochet`].
 //!
 //! | name | what | its ceiling |
 //! |---|---|---|
@@ -50,6 +48,8 @@ pub struct LabEnv {
     pub reflector_core: Option<usize>,
     /// UDP port targets listen on.
     pub port: u16,
+    /// The generator's UDP source port (the session's Sender Port).
+    pub sender_port: u16,
     /// Test mode for targets that reflect any packet (ceiling, echoes).
     pub mode: ProbeMode,
 }
@@ -119,12 +119,16 @@ pub trait Running {
 
 /// An XDP program attached in the reflector namespace, with threaded NAPI
 /// pinned to the reflector core.
-struct Attached {
+pub(crate) struct Attached {
     _link: Link,
     _progs: Programs,
 }
 
-fn attach_in(env: &LabEnv, role: Role, prog: &'static str) -> Result<Attached, TargetError> {
+pub(crate) fn attach_in(
+    env: &LabEnv,
+    role: Role,
+    prog: &'static str,
+) -> Result<Attached, TargetError> {
     let iface = env.reflector_iface.clone();
     let (progs, link) = netns::run_in(&env.reflector_netns(), move || {
         let progs = Programs::load(role).map_err(|e| e.to_string())?;
@@ -202,6 +206,9 @@ pub struct SocketEcho;
 
 /// Datagrams per recvmmsg/sendmmsg call.
 pub const ECHO_BATCH: usize = 64;
+/// `SO_RCVBUF` asked for by the socket echo and Ricochet's socket path
+/// alike (the kernel caps it at `net.core.rmem_max`).
+pub const SOCKET_RCVBUF: usize = 4 << 20;
 const ECHO_BUF: usize = 2048;
 
 struct EchoRunning {
@@ -253,7 +260,7 @@ fn echo_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
     let sock = std::net::UdpSocket::bind(addr)?;
     sock.set_read_timeout(Some(Duration::from_millis(50)))?;
     let fd = sock.as_raw_fd();
-    let size: libc::c_int = 4 << 20;
+    let size = SOCKET_RCVBUF as libc::c_int;
     // SAFETY: setsockopt on a valid socket with a pointer to a c_int that
     // lives for the call; failure only leaves the default buffer size.
     unsafe {
@@ -526,38 +533,8 @@ impl Target for External {
     }
 }
 
-// ---- Ricochet's paths (wired by the lead) -----------------------------------
-
-/// A Ricochet data path that is not connected to the harness yet.
-#[derive(Debug, Clone)]
-pub struct NotWired {
-    /// `--targets` name.
-    pub name: &'static str,
-    /// Its ceiling.
-    pub ceiling: Option<&'static str>,
-    /// What it is.
-    pub what: &'static str,
-    /// What wiring it needs.
-    pub needs: &'static str,
-}
-
-impl Target for NotWired {
-    fn name(&self) -> &str {
-        self.name
-    }
-    fn ceiling(&self) -> Option<&str> {
-        self.ceiling
-    }
-    fn describe(&self) -> String {
-        self.what.into()
-    }
-    fn start(&mut self, _env: &LabEnv) -> Result<Box<dyn Running>, TargetError> {
-        Err(TargetError::NotWired(self.needs.into()))
-    }
-}
-
 /// Every target name `--targets` accepts, in the standard order.
-pub const TARGET_NAMES: [&str; 8] = [
+pub const TARGET_NAMES: [&str; 9] = [
     "ceiling",
     "xdp",
     "afxdp-auth",
@@ -565,53 +542,27 @@ pub const TARGET_NAMES: [&str; 8] = [
     "afxdp-echo",
     "socket",
     "socket-echo",
+    "twampd",
     "external",
 ];
 
 /// The target called `name` (see [`TARGET_NAMES`]).
 pub fn by_name(name: &str, external: &External) -> Option<Box<dyn Target>> {
-    let nw = |name, ceiling, what, needs| -> Option<Box<dyn Target>> {
-        Some(Box::new(NotWired {
-            name,
-            ceiling,
-            what,
-            needs,
-        }))
-    };
+    use super::ricochet::{AfxdpEcho, RicochetAfxdp, RicochetSocket, RicochetXdp};
     match name {
         "ceiling" => Some(Box::new(Ceiling)),
         "socket-echo" => Some(Box::new(SocketEcho)),
         "external" => Some(Box::new(external.clone())),
-        "xdp" => nw(
-            "xdp",
-            Some("ceiling"),
-            "Ricochet's XDP path (unauthenticated TWAMP)",
-            "Ricochet's XDP loader and a session entry in its maps",
-        ),
-        "afxdp-auth" => nw(
-            "afxdp-auth",
-            Some("afxdp-echo"),
-            "Ricochet's AF_XDP path, authenticated TWAMP",
-            "Ricochet's AF_XDP poller and a negotiated authenticated session",
-        ),
-        "afxdp-enc" => nw(
-            "afxdp-enc",
-            Some("afxdp-echo"),
-            "Ricochet's AF_XDP path, encrypted TWAMP",
-            "Ricochet's AF_XDP poller and a negotiated encrypted session",
-        ),
-        "afxdp-echo" => nw(
-            "afxdp-echo",
-            None,
-            "bare AF_XDP echo with Ricochet's ring settings",
-            "the AF_XDP ring layer of the reflector crate",
-        ),
-        "socket" => nw(
-            "socket",
-            Some("socket-echo"),
-            "Ricochet's socket path",
-            "Ricochet's socket reflector and a session",
-        ),
+        "xdp" => Some(Box::new(RicochetXdp)),
+        "afxdp-auth" => Some(Box::new(RicochetAfxdp {
+            mode: ProbeMode::TwampAuth,
+        })),
+        "afxdp-enc" => Some(Box::new(RicochetAfxdp {
+            mode: ProbeMode::TwampEnc,
+        })),
+        "afxdp-echo" => Some(Box::new(AfxdpEcho)),
+        "socket" => Some(Box::new(RicochetSocket)),
+        "twampd" => Some(Box::new(super::twampd::Twampd::locate(None))),
         _ => None,
     }
 }

@@ -67,6 +67,11 @@ pub struct LiveOutcome {
     pub residence: Latency,
     /// Replies out of sequence order.
     pub reordered: u64,
+    /// Highest reflector sequence number read in any reply so far, + 1
+    /// (0: none read: echoes, or the number is encrypted).
+    pub reflector_seq_top: u64,
+    /// Replies of this trial whose T2 or T3 was zero.
+    pub zero_timestamps: u64,
 }
 
 impl Outcome for LiveOutcome {
@@ -95,6 +100,9 @@ pub enum TrialError {
     /// The generator thread could not enter the namespace or died.
     #[error("generator thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// The run was interrupted (SIGINT/SIGTERM) before this trial.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// Trials with the live-frames generator of a configured [`Sender`].
@@ -194,6 +202,9 @@ impl Trial for LiveTrial {
     type Error = TrialError;
 
     fn run(&mut self, rate_pps: f64, duration: Duration) -> Result<LiveOutcome, TrialError> {
+        if super::run::INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(TrialError::Interrupted);
+        }
         install_wake_handler();
         let g0 = self.sender.gen_stats()?;
         let c0 = self.sender.cnt_stats()?;
@@ -264,6 +275,8 @@ impl Trial for LiveTrial {
             rtt: Latency::from_buckets(r1).since(&Latency::from_buckets(r0)),
             residence: Latency::from_buckets(s1).since(&Latency::from_buckets(s0)),
             reordered: c1.reordered,
+            reflector_seq_top: c1.rseq_top,
+            zero_timestamps: c1.zero_ts,
         })
     }
 }

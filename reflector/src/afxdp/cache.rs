@@ -114,6 +114,16 @@ impl<S: KeySource> KeyCache<S> {
     }
 }
 
+impl<S: KeySource> KeyCache<S> {
+    /// The prepared slot `slot` as it is now (no map read), if ready.
+    pub fn ready_mut(&mut self, slot: u32) -> Option<&mut SecuredSlot> {
+        match self.entries.get_mut(slot as usize)? {
+            Entry::Ready(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,9 +29,15 @@ use super::stats::{DropReason, PollerStats, StatsSnapshot, TxStampTable, TxTimes
 use super::umem::Frame;
 use super::XskError;
 use crate::bpf::{KeysReader, Maps, XdpMeta};
-use crate::clock::{now_tai_ns, ClockCell, ClockState};
+use crate::clock::{now_tai_ns, ClockCell, ClockState, StampSource};
 use crate::engine::same_endpoint;
+use crate::stamp_engine::PacketAddrs;
 use std::net::SocketAddr;
+
+/// Copy-mode `sendto` calls per step at most (a 2048-entry ring is 64
+/// kernel TX batches; more frames than that are never outstanding at once
+/// in one step).
+const MAX_TX_KICKS: usize = 64;
 
 /// What the poller does with each frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,14 +391,34 @@ impl Worker {
     }
 
     fn kick_tx(&mut self) {
-        // Copy mode transmits only inside sendto: kick whenever frames
-        // wait; zero-copy only when the driver asks.
-        if !self.sock.zero_copy() || self.sock.tx_needs_wakeup() {
-            self.stats.tx_kicks.add(1);
-            if let Err(e) = self.sock.kick_tx() {
-                self.stats.kick_errors.add(1);
-                tracing::debug!(error = %e, "AF_XDP TX kick failed");
+        // Zero-copy: only when the driver asks.
+        if self.sock.zero_copy() {
+            if self.sock.tx_needs_wakeup() {
+                self.kick_tx_once();
             }
+            return;
+        }
+        // Copy mode transmits only inside sendto, and each call takes at
+        // most the kernel's TX batch (32 descriptors, net/xdp/xsk.c): kick
+        // until the ring is drained or a kick makes no progress, else the
+        // ring fills up and replies are dropped as TxRingFull (bounded:
+        // one call per 32 frames of the ring at most).
+        let mut left = self.sock.tx_outstanding();
+        for _ in 0..MAX_TX_KICKS {
+            self.kick_tx_once();
+            let now = self.sock.tx_outstanding();
+            if now == 0 || now >= left {
+                break;
+            }
+            left = now;
+        }
+    }
+
+    fn kick_tx_once(&mut self) {
+        self.stats.tx_kicks.add(1);
+        if let Err(e) = self.sock.kick_tx() {
+            self.stats.kick_errors.add(1);
+            tracing::debug!(error = %e, "AF_XDP TX kick failed");
         }
     }
 
@@ -476,6 +502,19 @@ impl Worker {
             }
             if inf.slot != u32::MAX {
                 self.shared.tx_stamps.record(inf.slot, inf.seq, ts);
+                // Follow-Up Telemetry of a stateful STAMP session. Zero
+                // copy: the driver's stamp from the NIC (the PHC, assumed on
+                // TAI like the RX stamps, rc_clock). Copy mode: the kernel
+                // stamps CLOCK_TAI in software when it frees the skb after
+                // transmission (xsk_destruct_skb).
+                let source = if self.sock.zero_copy() {
+                    StampSource::NicHardware
+                } else {
+                    StampSource::KernelSoftware
+                };
+                if let Some(slot) = self.cache.as_mut().and_then(|c| c.ready_mut(inf.slot)) {
+                    slot.record_tx(inf.seq, ts, source);
+                }
             }
         }
         self.stats.tx_completed.add(n as u64);
@@ -626,12 +665,17 @@ impl Worker {
                 ttl: p.ttl,
                 tos: p.tos,
             },
+            Some(PacketAddrs {
+                src: SocketAddr::new(p.src, p.sport),
+                dst: Some(SocketAddr::new(p.dst, p.dport)),
+                src_mac: None,
+            }),
             t2_stamp(meta.rx_ts_ns, ts_source),
             clock,
             batch_start,
             &mut room[p.payload_off..],
         )?;
-        let dscp = slot.dscp.unwrap_or(p.tos >> 2);
+        let dscp = r.reply_dscp.or(slot.dscp).unwrap_or(p.tos >> 2);
         let (start, rlen) =
             frame::build_reply(room, &p, r.len, dscp).map_err(|_| DropReason::NoRoom)?;
         let start = off + start;

@@ -29,6 +29,8 @@ use crate::bpf::{EntryFlags, KeyMaterial, SlotKeys, TsSource};
 use crate::clock::{ClockState, Stamp, StampSource, TimeScale};
 use crate::engine::{self, ListenerEngine, SessionEngine};
 use crate::session_table::ListenerKind;
+use crate::session_table::StampSessionSpec;
+use crate::stamp_engine::{CosPolicy, PacketAddrs, StampSessionEngine};
 
 thread_local! {
     /// The last T3 the engines of this thread took (TAI ns): the poller
@@ -46,6 +48,7 @@ fn t3_now() -> Stamp {
 enum Engine {
     Twamp(SessionEngine),
     Stamp(ListenerEngine),
+    StampSession(Box<StampSessionEngine>),
 }
 
 /// One slot's prepared state.
@@ -71,6 +74,8 @@ pub(crate) struct Reflected {
     pub seq: u32,
     /// T3, TAI nanoseconds.
     pub t3_tai_ns: u64,
+    /// The DSCP a STAMP Class of Service TLV decided for this reply.
+    pub reply_dscp: Option<u8>,
 }
 
 /// The map value of `k` with the generation zeroed.
@@ -136,6 +141,30 @@ impl SecuredSlot {
                 e.set_t3_source(t3_now);
                 Engine::Stamp(e)
             }
+            KeyMaterial::StampOpen => {
+                let mut e = ListenerEngine::new(&ListenerKind::Unauthenticated, 0, 0);
+                e.set_t3_source(t3_now);
+                Engine::Stamp(e)
+            }
+            KeyMaterial::StampSession { ssid, key } => {
+                let sender = k.sender.ok_or("a STAMP session slot without its sender")?;
+                let spec = StampSessionSpec {
+                    sender,
+                    local: SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
+                    ssid: *ssid,
+                    key: key.as_ref().map(|k| Zeroizing::new(k.to_vec())),
+                    timestamp_format: format,
+                    dscp,
+                    cos_policy: CosPolicy::ALLOW_ALL,
+                    micro_session_id: None,
+                    // The XDP program's token bucket limits the entry.
+                    rate_limit_pps: 0,
+                    rate_burst: 0,
+                };
+                let mut e = StampSessionEngine::from_spec(&spec).map_err(|e| e.to_string())?;
+                e.set_t3_source(t3_now);
+                Engine::StampSession(Box::new(e))
+            }
         };
         Ok(SecuredSlot {
             generation: k.generation,
@@ -144,6 +173,31 @@ impl SecuredSlot {
             config: config_of(k),
             engine,
         })
+    }
+
+    /// Records the transmit-completion stamp of reply `seq` (TAI
+    /// nanoseconds from the completion metadata) for a stateful STAMP
+    /// session's Follow-Up Telemetry. Other slots ignore it.
+    pub fn record_tx(&mut self, seq: u32, tx_tai_ns: u64, source: StampSource) {
+        if let Engine::StampSession(e) = &mut self.engine {
+            e.record_tx(
+                seq,
+                Stamp {
+                    ns: tx_tai_ns,
+                    scale: TimeScale::Tai,
+                    source,
+                },
+            );
+        }
+    }
+
+    /// The stateful STAMP session of this slot, if it is one.
+    #[cfg(test)]
+    pub fn stamp_session(&self) -> Option<&StampSessionEngine> {
+        match &self.engine {
+            Engine::StampSession(e) => Some(e),
+            _ => None,
+        }
     }
 
     /// Whether `k` describes this slot's session unchanged (only the
@@ -155,38 +209,55 @@ impl SecuredSlot {
     /// Reflects the sender payload `rx` into `out` (distinct buffers).
     /// `t2` comes from the XDP metadata ([`t2_stamp`]); `now` is the batch
     /// time.
+    #[allow(clippy::too_many_arguments)]
     pub fn reflect(
         &mut self,
         rx: &[u8],
         meta: RxMeta,
+        addrs: Option<PacketAddrs>,
         t2: Stamp,
         clock: &ClockState,
         now: Instant,
         out: &mut [u8],
     ) -> Result<Reflected, DropReason> {
         LAST_T3.with(|c| c.set(0));
-        let (len, seq) = match &mut self.engine {
+        let (len, seq, reply_dscp) = match &mut self.engine {
             Engine::Twamp(e) => {
                 let seq = e.next_seq();
                 let len = e
                     .reflect_at(rx, meta, t2, clock, now, out)
                     .map_err(engine_drop)?;
-                (len, seq)
+                (len, seq, None)
             }
             Engine::Stamp(e) => {
                 let len = e
-                    .reflect_at(rx, meta, t2, clock, now, out)
+                    .reflect_from(rx, meta, addrs, t2, clock, now, out)
                     .map_err(engine_drop)?;
                 let seq = rx
                     .get(..4)
                     .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                (len, seq)
+                (len, seq, e.reply_dscp())
+            }
+            Engine::StampSession(e) => {
+                // RFC 8972 §3: the SSID must match (the source was checked
+                // by the caller against the slot's sender).
+                let src = addrs.map(|a| a.src).unwrap_or(e.sender());
+                if !e.matches(src, rx) {
+                    e.count_unmatched();
+                    return Err(DropReason::WrongSource);
+                }
+                let seq = e.next_seq();
+                let len = e
+                    .reflect_at(rx, meta, addrs, t2, clock, now, out)
+                    .map_err(engine_drop)?;
+                (len, seq, e.reply_dscp())
             }
         };
         Ok(Reflected {
             len,
             seq,
             t3_tai_ns: LAST_T3.with(Cell::get),
+            reply_dscp,
         })
     }
 }
@@ -272,6 +343,7 @@ mod tests {
                 .reflect(
                     &tx,
                     meta,
+                    None,
                     t2_stamp(t2, TsSource::KernelTai),
                     &clock(),
                     now,
@@ -296,6 +368,7 @@ mod tests {
             s.reflect(
                 &bad,
                 meta,
+                None,
                 t2_stamp(t2, TsSource::KernelTai),
                 &clock(),
                 now,
@@ -307,6 +380,7 @@ mod tests {
             s.reflect(
                 &tx[..47],
                 meta,
+                None,
                 t2_stamp(t2, TsSource::KernelTai),
                 &clock(),
                 now,
@@ -334,6 +408,7 @@ mod tests {
             .reflect(
                 &tx,
                 meta,
+                None,
                 t2_stamp(1, TsSource::Nic),
                 &clock(),
                 Instant::now(),
@@ -351,5 +426,82 @@ mod tests {
         k.flags = EntryFlags::SYMMETRICAL;
         k.sender_mbz = 27;
         assert!(SecuredSlot::new(&k).is_err());
+    }
+
+    /// A stateful STAMP session slot: own counter from 0, the SSID checked,
+    /// PTP from the flags, the keys map round trip, and Follow-Up
+    /// Telemetry from the recorded completion stamp of the previous reply.
+    #[test]
+    fn stamp_session_slot_is_stateful_and_reports_completions() {
+        let sender: SocketAddr = "198.18.0.1:40000".parse().unwrap();
+        let mut k = keys(
+            KeyMaterial::StampSession {
+                ssid: 0x0707,
+                key: None,
+            },
+            1,
+        );
+        k.sender = Some(sender);
+        k.flags = EntryFlags::PTP;
+        // Through the map encoding, as the pollers read it.
+        let k = SlotKeys::from_bytes(&k.to_bytes()).unwrap().unwrap();
+        assert!(matches!(
+            k.keys,
+            KeyMaterial::StampSession {
+                ssid: 0x0707,
+                key: None
+            }
+        ));
+        let mut s = SecuredSlot::new(&k).unwrap();
+        let addrs = Some(PacketAddrs {
+            src: sender,
+            dst: Some("198.18.0.2:862".parse().unwrap()),
+            src_mac: None,
+        });
+        let mut rx = vec![0u8; 44 + 20];
+        rx[14..16].copy_from_slice(&[7, 7]);
+        rx[44..48].copy_from_slice(&[0x80, 7, 0, 16]); // Follow-Up Telemetry
+        let mut out = vec![0u8; 1500];
+        let meta = RxMeta { ttl: 64, tos: 0 };
+        let t2 = t2_stamp(1_795_756_276_000_000_000, TsSource::KernelTai);
+        let reflect = |s: &mut SecuredSlot, rx: &[u8], out: &mut [u8]| {
+            s.reflect(rx, meta, addrs, t2, &clock(), Instant::now(), out)
+        };
+        for want in 0..2u32 {
+            rx[0..4].copy_from_slice(&(500 + want).to_be_bytes());
+            let r = reflect(&mut s, &rx, &mut out).unwrap();
+            assert_eq!((r.len, r.seq), (64, want));
+            assert_eq!(&out[0..4], &want.to_be_bytes());
+            assert_eq!(out[12] & 0x40, 0x40, "PTP: Z = 1");
+        }
+        // The completion of reply 1, as the poller records it (copy mode).
+        let tx_ns = 1_795_756_276_000_500_000;
+        s.record_tx(1, tx_ns, StampSource::KernelSoftware);
+        let r = reflect(&mut s, &rx, &mut out).unwrap();
+        assert_eq!(r.seq, 2);
+        let fu = &out[48..64];
+        assert_eq!(&fu[0..4], &1u32.to_be_bytes());
+        // PTP: TAI seconds and nanoseconds of the completion stamp.
+        assert_eq!(&fu[4..8], &((tx_ns / 1_000_000_000) as u32).to_be_bytes());
+        assert_eq!(&fu[8..12], &((tx_ns % 1_000_000_000) as u32).to_be_bytes());
+        assert_eq!(fu[12], 2, "software local");
+        let c = s.stamp_session().unwrap().stamp_counters();
+        assert_eq!((c.follow_up_stamped, c.follow_up_unstamped), (1, 1));
+        // Another SSID: not this session.
+        rx[14..16].copy_from_slice(&[7, 8]);
+        assert_eq!(reflect(&mut s, &rx, &mut out), Err(DropReason::WrongSource));
+        // Authenticated variant round-trips its key.
+        let mut ka = keys(
+            KeyMaterial::StampSession {
+                ssid: 1,
+                key: Some(Zeroizing::new([4; 32])),
+            },
+            1,
+        );
+        ka.sender = Some(sender);
+        let back = SlotKeys::from_bytes(&ka.to_bytes()).unwrap().unwrap();
+        assert!(
+            matches!(back.keys, KeyMaterial::StampSession { ssid: 1, key: Some(k) } if *k == [4; 32])
+        );
     }
 }

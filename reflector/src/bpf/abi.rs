@@ -351,7 +351,8 @@ pub struct RawKeys {
     pub sender_addr: [u8; 16],
     /// Network byte order.
     pub sender_port: [u8; 2],
-    pub _pad: u16,
+    /// RFC 8972 SSID of a STAMP session slot, host order.
+    pub ssid: u16,
     pub key: [u8; KEY_LEN],
 }
 
@@ -377,6 +378,18 @@ pub enum KeyMaterial {
     TwampEncrypted(ricochet_protocol::crypto::SessionKeys),
     /// Authenticated STAMP (RFC 8762 §4.1.1): the HMAC-SHA-256 key.
     StampAuthenticated(zeroize::Zeroizing<[u8; 32]>),
+    /// A stateful STAMP session (RFC 8762 §4.3) reflected by the pollers:
+    /// its SSID (RFC 8972 §3) and, authenticated, its HMAC-SHA-256 key (a
+    /// shorter key zero-padded to 32 octets: the same HMAC, RFC 2104 §2).
+    StampSession {
+        /// The SSID.
+        ssid: u16,
+        /// The key; `None`: unauthenticated.
+        key: Option<zeroize::Zeroizing<[u8; 32]>>,
+    },
+    /// A stateless unauthenticated STAMP listener's TLV-bearing packets
+    /// ([`EntryFlags::TLV_TO_XSK`]): no key, the TLVs need user space.
+    StampOpen,
 }
 
 impl KeyMaterial {
@@ -386,12 +399,21 @@ impl KeyMaterial {
     pub const TWAMP_ENC: u8 = 2;
     /// `RC_KEYS_STAMP_AUTH`.
     pub const STAMP_AUTH: u8 = 3;
+    /// `RC_KEYS_STAMP_SESSION`.
+    pub const STAMP_SESSION: u8 = 4;
+    /// `RC_KEYS_STAMP_SESSION_AUTH`.
+    pub const STAMP_SESSION_AUTH: u8 = 5;
+    /// `RC_KEYS_STAMP_OPEN`.
+    pub const STAMP_OPEN: u8 = 6;
 
     fn mode(&self) -> u8 {
         match self {
             KeyMaterial::TwampAuthenticated(_) => Self::TWAMP_AUTH,
             KeyMaterial::TwampEncrypted(_) => Self::TWAMP_ENC,
             KeyMaterial::StampAuthenticated(_) => Self::STAMP_AUTH,
+            KeyMaterial::StampSession { key: None, .. } => Self::STAMP_SESSION,
+            KeyMaterial::StampSession { key: Some(_), .. } => Self::STAMP_SESSION_AUTH,
+            KeyMaterial::StampOpen => Self::STAMP_OPEN,
         }
     }
 }
@@ -402,6 +424,9 @@ impl std::fmt::Debug for KeyMaterial {
             KeyMaterial::TwampAuthenticated(_) => "TwampAuthenticated(<redacted>)",
             KeyMaterial::TwampEncrypted(_) => "TwampEncrypted(<redacted>)",
             KeyMaterial::StampAuthenticated(_) => "StampAuthenticated(<redacted>)",
+            KeyMaterial::StampSession { key: None, .. } => "StampSession",
+            KeyMaterial::StampSession { key: Some(_), .. } => "StampSession(<redacted>)",
+            KeyMaterial::StampOpen => "StampOpen",
         })
     }
 }
@@ -486,6 +511,13 @@ impl SlotKeys {
                 put(&mut b, k + 16, &sk.hmac);
             }
             KeyMaterial::StampAuthenticated(key) => put(&mut b, k, &key[..]),
+            KeyMaterial::StampSession { ssid, key } => {
+                put(&mut b, offset_of!(RawKeys, ssid), &ssid.to_ne_bytes());
+                if let Some(key) = key {
+                    put(&mut b, k, &key[..]);
+                }
+            }
+            KeyMaterial::StampOpen => {}
         }
         b
     }
@@ -508,6 +540,18 @@ impl SlotKeys {
                 key.copy_from_slice(&b[k..k + 32]);
                 KeyMaterial::StampAuthenticated(key)
             }
+            m @ (KeyMaterial::STAMP_SESSION | KeyMaterial::STAMP_SESSION_AUTH) => {
+                let key = (m == KeyMaterial::STAMP_SESSION_AUTH).then(|| {
+                    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+                    key.copy_from_slice(&b[k..k + 32]);
+                    key
+                });
+                KeyMaterial::StampSession {
+                    ssid: ne_u16(b, offset_of!(RawKeys, ssid)),
+                    key,
+                }
+            }
+            KeyMaterial::STAMP_OPEN => KeyMaterial::StampOpen,
             m => return Err(BpfError::BadMapData(format!("keys mode {m}"))),
         };
         let port = u16::from_be_bytes([
@@ -1090,7 +1134,7 @@ mod tests {
                 sender_family,
                 sender_addr,
                 sender_port,
-                _pad,
+                ssid,
                 key
             ]
         );

@@ -42,7 +42,7 @@ use super::abi::{
 use super::{BpfError, Maps};
 use crate::session_table::{
     DropBreakdown, ListenerKind, ListenerSpec, SessionActivity, SessionSpec, SessionTable,
-    TableError,
+    StampSessionId, StampSessionSpec, TableError,
 };
 
 fn dp(e: BpfError) -> TableError {
@@ -98,6 +98,8 @@ pub struct BpfSessionTable {
     registry: PathBuf,
     sessions: HashMap<Sid, Record>,
     listeners: HashMap<SocketAddr, (ListenerKey, Option<u32>)>,
+    /// Stateful STAMP sessions: their `sessions` entry and keys slot.
+    stamp_sessions: HashMap<StampSessionId, (SessionKey, u32)>,
     slots: Slots,
     /// Next generation / instance number (unique per table instance: it
     /// starts from the wall clock so that a restarted table does not reuse
@@ -200,6 +202,7 @@ impl BpfSessionTable {
             registry: registry.to_owned(),
             sessions: HashMap::new(),
             listeners: HashMap::new(),
+            stamp_sessions: HashMap::new(),
             slots: Slots::default(),
             next_gen: u32::try_from(now_ms() / 1000 % u64::from(u32::MAX)).unwrap_or(1) | 1,
             seen: Mutex::new(HashMap::new()),
@@ -563,7 +566,35 @@ impl SessionTable for BpfSessionTable {
             cfg.dscp = d & 0x3f;
         }
         let slot = match &spec.kind {
-            ListenerKind::Unauthenticated => None,
+            // Plain (and Extra-Padding-only) packets are reflected by the
+            // XDP program; TLV-bearing ones go to the pollers through a slot
+            // of their own, whose TLVs they process (RFC 8972 §4). Without a
+            // free slot the XDP program reflects them with the TLVs copied.
+            ListenerKind::Unauthenticated => match self.slots.take() {
+                None => {
+                    tracing::warn!(local = %spec.local, "no free keys slot: STAMP TLVs of this listener are not processed");
+                    None
+                }
+                Some(slot) => {
+                    let sk = SlotKeys {
+                        generation,
+                        instance: generation,
+                        keys: KeyMaterial::StampOpen,
+                        flags: cfg.flags,
+                        dscp: cfg.dscp,
+                        reflect_octets: 0,
+                        sender_mbz: 0,
+                        sender: None,
+                    };
+                    if let Err(e) = self.maps.write_keys(slot, &sk) {
+                        self.slots.free(slot);
+                        return Err(dp(e));
+                    }
+                    cfg.flags = cfg.flags | EntryFlags::TLV_TO_XSK;
+                    cfg.slot = slot;
+                    Some(slot)
+                }
+            },
             ListenerKind::StampAuthenticated { key: k } => {
                 let slot = self
                     .slots
@@ -596,6 +627,129 @@ impl SessionTable for BpfSessionTable {
         }
         self.listeners.insert(spec.local, (key, slot));
         Ok(())
+    }
+
+    /// A stateful STAMP session becomes a [`Mode::Secured`] `sessions`
+    /// entry (keyed by our address and port and the sender's) whose keys
+    /// slot says [`KeyMaterial::StampSession`]: every packet goes to the
+    /// AF_XDP pollers, which keep the session's own Sequence Number,
+    /// process the TLVs and fill Follow-Up Telemetry from the transmit
+    /// completions. One session per 4-tuple (the map key); the SSID is
+    /// checked by the poller. HMAC keys of at most 32 octets.
+    fn add_stamp_session(&mut self, spec: StampSessionSpec) -> Result<(), TableError> {
+        let id = spec.id();
+        if self.stamp_sessions.contains_key(&id) {
+            return Err(TableError::DataPlane(format!("{id} already exists")));
+        }
+        let key = SessionKey::new(spec.local, spec.sender)
+            .map_err(|e| TableError::Address(spec.local, e.to_string()))?;
+        if self.sessions.values().any(|r| r.key == key)
+            || self.stamp_sessions.values().any(|(k, _)| *k == key)
+        {
+            return Err(TableError::Address(
+                spec.local,
+                format!("{id}: the BPF data plane holds one session per sender and local address"),
+            ));
+        }
+        // STAMP sessions are configuration, installed again when the control
+        // plane restarts: an entry an earlier run left for this 4-tuple
+        // (with its keys slot) is replaced.
+        if let Some(old) = self.maps.session(&key).map_err(dp)? {
+            let slot = old.config.slot;
+            if old.config.mode == Mode::Secured && !self.slots.used.contains(&slot) {
+                if let Ok(Some(k)) = self.maps.read_keys(slot) {
+                    if matches!(k.keys, KeyMaterial::StampSession { .. }) {
+                        let _ = self.maps.clear_keys(slot);
+                    }
+                }
+            }
+            self.maps.remove_session(&key).map_err(dp)?;
+            tracing::info!(%id, "replaced the STAMP session an earlier run left in the maps");
+        }
+        let hmac_key = match &spec.key {
+            None => None,
+            Some(k) if k.len() <= 32 => {
+                let mut padded = zeroize::Zeroizing::new([0u8; 32]);
+                padded[..k.len()].copy_from_slice(k);
+                Some(padded)
+            }
+            Some(k) => {
+                return Err(TableError::DataPlane(format!(
+                    "{id}: a {}-octet HMAC key; the BPF data plane takes at most 32",
+                    k.len()
+                )))
+            }
+        };
+        let generation = self.generation();
+        let mut flags = EntryFlags::default();
+        if spec.timestamp_format == TimeFormat::Ptp {
+            flags = flags | EntryFlags::PTP;
+        }
+        let mut cfg = EntryConfig {
+            generation,
+            burst: spec.rate_burst,
+            ..EntryConfig::new(Mode::Secured, spec.rate_limit_pps)
+        };
+        if let Some(d) = spec.dscp {
+            flags = flags | EntryFlags::SET_DSCP;
+            cfg.dscp = d & 0x3f;
+        }
+        cfg.flags = flags;
+        let slot = self
+            .slots
+            .take()
+            .ok_or_else(|| TableError::DataPlane("no free keys slot".into()))?;
+        let sk = SlotKeys {
+            generation,
+            instance: generation,
+            keys: KeyMaterial::StampSession {
+                ssid: spec.ssid,
+                key: hmac_key,
+            },
+            flags,
+            dscp: cfg.dscp,
+            reflect_octets: 0,
+            sender_mbz: 0,
+            sender: Some(spec.sender),
+        };
+        if let Err(e) = self.maps.write_keys(slot, &sk) {
+            self.slots.free(slot);
+            return Err(dp(e));
+        }
+        cfg.slot = slot;
+        if let Err(e) = self.maps.insert_session(&key, &cfg) {
+            self.release_slot(slot);
+            return Err(dp(e));
+        }
+        self.stamp_sessions.insert(id, (key, slot));
+        Ok(())
+    }
+
+    fn remove_stamp_session(&mut self, id: &StampSessionId) -> Result<(), TableError> {
+        let (key, slot) = self
+            .stamp_sessions
+            .remove(id)
+            .ok_or_else(|| TableError::DataPlane(format!("{id}: no such STAMP session")))?;
+        self.maps.remove_session(&key).map_err(dp)?;
+        self.release_slot(slot);
+        Ok(())
+    }
+
+    fn stamp_activity(&self, id: &StampSessionId) -> Option<SessionActivity> {
+        let (key, _) = self.stamp_sessions.get(id)?;
+        let st = self.maps.session(key).ok()??.stats;
+        let drops = DropBreakdown {
+            rate_limited: st.rate_limited,
+            malformed: st.bad_length,
+            ..DropBreakdown::default()
+        };
+        Some(SessionActivity {
+            // Redirected to the pollers; their own drops are theirs.
+            reflected: st.redirected,
+            dropped: drops.rate_limited + drops.malformed,
+            drops,
+            idle: None,
+        })
     }
 
     fn remove_listener(&mut self, local: SocketAddr) -> Result<(), TableError> {

@@ -611,6 +611,14 @@ impl TxBatch {
         }
     }
 
+    /// Sets the TOS / Traffic Class of the datagram queued last (a reply
+    /// whose content decided its DSCP). Nothing if the batch is empty.
+    pub fn set_last_tos(&mut self, tos: u8) {
+        if let Some(i) = self.len.checked_sub(1) {
+            self.metas[i].tos = Some(tos);
+        }
+    }
+
     /// Encodes the control messages of `meta` into `buf`; returns the length.
     fn encode_control(meta: &TxMeta, buf: &mut [u8]) -> usize {
         let mut w = CmsgWriter::new(buf);

@@ -20,6 +20,8 @@ use thiserror::Error;
 
 use super::batch::{BatchConfig, RxBatch, RxError, RxPacket, TxBatch, TxError, TxMeta};
 use super::udp::BatchSocket;
+use crate::clock::Stamp;
+use std::net::IpAddr;
 
 /// The caller's name for a socket (a session slot, a listener id…), handed
 /// back to the handler with every packet.
@@ -42,6 +44,18 @@ pub trait Reflect {
     /// returns its length, or `None` to drop the packet (counted as
     /// declined). The reply goes back to `rx.src` from `rx.dst`.
     fn reflect(&mut self, key: SocketKey, rx: &RxPacket<'_>, tx: &mut [u8]) -> Option<usize>;
+
+    /// The transmit timestamp of a reply sent on socket `key` (only for
+    /// sockets with transmit timestamps on): its UDP payload as sent, its
+    /// destination address and the stamp.
+    fn tx_stamp(&mut self, _key: SocketKey, _payload: &[u8], _dst: IpAddr, _stamp: Stamp) {}
+
+    /// The TOS / Traffic Class the reply just built must carry, if it asked
+    /// for one (a STAMP Class of Service TLV, RFC 8972 §4.4); read once
+    /// after each successful [`Reflect::reflect`].
+    fn reply_tos(&mut self) -> Option<u8> {
+        None
+    }
 }
 
 impl<F> Reflect for F
@@ -52,6 +66,11 @@ where
         self(key, rx, tx)
     }
 }
+
+/// Room for one packet looped back on an error queue (headers included).
+const ERRQ_BUF: usize = 2048;
+/// Transmit timestamps read per socket visit.
+const ERRQ_BUDGET: usize = 64;
 
 /// The TOS / Traffic Class of a socket's replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -272,6 +291,9 @@ pub struct SocketReflector {
     counters: Arc<Counters>,
     budget: usize,
     shut_down: bool,
+    /// Scratch for transmit timestamps read from error queues.
+    errq: Box<[u8]>,
+    errq_control: Box<[u8]>,
 }
 
 impl std::fmt::Debug for SocketReflector {
@@ -305,6 +327,8 @@ impl SocketReflector {
             again: Vec::new(),
             counters: Arc::new(Counters::default()),
             budget: cfg.budget.max(1),
+            errq: vec![0u8; ERRQ_BUF].into_boxed_slice(),
+            errq_control: vec![0u8; 512].into_boxed_slice(),
             shut_down: false,
         })
     }
@@ -462,11 +486,24 @@ impl SocketReflector {
             again,
             counters,
             budget,
+            errq,
+            errq_control,
             ..
         } = self;
         let Some(Some(entry)) = slots.get_mut(idx) else {
             return;
         };
+        if entry.socket.tx_stamping() {
+            // Before the next replies are built: their Follow-Up Telemetry
+            // reports the transmit stamp of the previous one.
+            let key = entry.key;
+            entry.socket.read_tx_stamps(
+                errq,
+                errq_control,
+                ERRQ_BUDGET,
+                &mut |payload, dst, stamp| handler.tx_stamp(key, payload, dst, stamp),
+            );
+        }
         let mut s = Stats::default();
         let mut drained = false;
         let mut ovfl = None;
@@ -520,7 +557,11 @@ impl SocketReflector {
                     pushed = tx.push(meta, &mut fill);
                 }
                 match pushed {
-                    Ok(true) => {}
+                    Ok(true) => {
+                        if let Some(t) = handler.reply_tos() {
+                            tx.set_last_tos(t);
+                        }
+                    }
                     Ok(false) | Err(_) => s.declined += 1,
                 }
             }

@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use parking_lot::{ArcMutexGuard, Mutex, MutexGuard, RawMutex};
@@ -41,9 +41,13 @@ use super::reflector::{
     Stats,
 };
 use super::udp::{tos_from_dscp, BatchSocket, SocketOptions};
-use crate::clock::{ClockCell, ClockSource, ClockState, LeapState};
-use crate::engine::{EngineCounters, ListenerEngine, RxMeta, SessionEngine};
-use crate::session_table::{ListenerSpec, SessionActivity, SessionSpec, SessionTable, TableError};
+use crate::clock::{ClockCell, ClockSource, ClockState, LeapState, Stamp};
+use crate::engine::{same_endpoint, EngineCounters, ListenerEngine, RxMeta, SessionEngine};
+use crate::session_table::{
+    ListenerSpec, SessionActivity, SessionSpec, SessionTable, StampSessionId, StampSessionSpec,
+    TableError,
+};
+use crate::stamp_engine::{PacketAddrs, StampSessionEngine};
 
 /// Settings of a [`SocketSessionTable`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +102,14 @@ enum Entry {
         local: SocketAddr,
         engine: ListenerEngine,
     },
+    /// The stateful STAMP sessions on one port (RFC 8972 §3: told apart by
+    /// SSID and sender).
+    Stamp {
+        local: SocketAddr,
+        sessions: Vec<StampSessionEngine>,
+        /// Packets that matched no session, discarded.
+        unmatched: u64,
+    },
 }
 
 /// Everything the loop's handler and the table share.
@@ -107,6 +119,8 @@ struct Registry {
     sessions: HashMap<Sid, SocketKey>,
     /// By bound address.
     listeners: HashMap<SocketAddr, SocketKey>,
+    /// Stateful STAMP ports, by port.
+    stamp_ports: HashMap<u16, SocketKey>,
     next_key: SocketKey,
 }
 
@@ -117,6 +131,7 @@ impl Registry {
         match &entry {
             Entry::Session { sid, .. } => self.sessions.insert(*sid, key),
             Entry::Listener { local, .. } => self.listeners.insert(*local, key),
+            Entry::Stamp { local, .. } => self.stamp_ports.insert(local.port(), key),
         };
         self.entries.insert(key, entry);
         key
@@ -127,6 +142,7 @@ impl Registry {
         match &entry {
             Entry::Session { sid, .. } => self.sessions.remove(sid),
             Entry::Listener { local, .. } => self.listeners.remove(local),
+            Entry::Stamp { local, .. } => self.stamp_ports.remove(&local.port()),
         };
         Some(entry)
     }
@@ -134,14 +150,23 @@ impl Registry {
     fn session(&self, sid: &Sid) -> Option<&SessionEngine> {
         match self.entries.get(self.sessions.get(sid)?)? {
             Entry::Session { engine, .. } => Some(engine),
-            Entry::Listener { .. } => None,
+            _ => None,
         }
     }
 
     fn session_mut(&mut self, sid: &Sid) -> Option<&mut SessionEngine> {
         match self.entries.get_mut(self.sessions.get(sid)?)? {
             Entry::Session { engine, .. } => Some(engine),
-            Entry::Listener { .. } => None,
+            _ => None,
+        }
+    }
+
+    fn stamp_session(&self, id: &StampSessionId) -> Option<&StampSessionEngine> {
+        match self.entries.get(self.stamp_ports.get(&id.local_port)?)? {
+            Entry::Stamp { sessions, .. } => sessions
+                .iter()
+                .find(|e| e.ssid() == id.ssid && same_endpoint(e.sender(), id.sender)),
+            _ => None,
         }
     }
 
@@ -174,11 +199,46 @@ struct TableHandler {
     /// The registry, held from `begin_batch` to `end_batch`.
     batch: Option<ArcMutexGuard<RawMutex, Registry>>,
     clock: ClockState,
+    /// The TOS the last reply asked for (Class of Service TLV).
+    reply_tos: Option<u8>,
 }
 
 impl Reflect for TableHandler {
+    fn reply_tos(&mut self) -> Option<u8> {
+        self.reply_tos.take()
+    }
+
+    fn tx_stamp(&mut self, key: SocketKey, payload: &[u8], dst: IpAddr, stamp: Stamp) {
+        // Called outside a batch; lock unless one is open.
+        let mut own;
+        let reg: &mut Registry = match self.batch.as_deref_mut() {
+            Some(r) => r,
+            None => {
+                own = self.shared.lock();
+                &mut own
+            }
+        };
+        if let Some(Entry::Stamp { sessions, .. }) = reg.entries.get_mut(&key) {
+            // The reply names its session: sent to the sender, with its SSID
+            // and our Sequence Number.
+            if let Some(e) = sessions.iter_mut().find(|e| {
+                e.sender().ip().to_canonical() == dst.to_canonical() && e.reply_matches(payload)
+            }) {
+                if let Some(seq) = payload.get(..4) {
+                    e.record_tx(u32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]]), stamp);
+                }
+            }
+        }
+    }
+
     fn reflect(&mut self, key: SocketKey, rx: &RxPacket<'_>, tx: &mut [u8]) -> Option<usize> {
         let now = Instant::now();
+        self.reply_tos = None;
+        let addrs = Some(PacketAddrs {
+            src: rx.src,
+            dst: rx.dst,
+            src_mac: None,
+        });
         // RFC 5357 §4.2.1: 255 only if the TTL cannot be read.
         let meta = RxMeta {
             ttl: rx.ttl.unwrap_or(255),
@@ -201,9 +261,34 @@ impl Reflect for TableHandler {
                     .reflect_at(rx.payload, meta, rx.rx_stamp, &self.clock, now, tx)
                     .ok()
             }
-            Entry::Listener { engine, .. } => engine
-                .reflect_at(rx.payload, meta, rx.rx_stamp, &self.clock, now, tx)
-                .ok(),
+            Entry::Listener { engine, .. } => {
+                let n = engine
+                    .reflect_from(rx.payload, meta, addrs, rx.rx_stamp, &self.clock, now, tx)
+                    .ok()?;
+                self.reply_tos = engine.reply_dscp().map(|d| tos_from_dscp(d, 0));
+                Some(n)
+            }
+            Entry::Stamp {
+                sessions,
+                unmatched,
+                ..
+            } => {
+                let Some(engine) = sessions.iter_mut().find(|e| e.matches(rx.src, rx.payload))
+                else {
+                    // RFC 8972 §3: discard packets of no provisioned session.
+                    *unmatched = unmatched.saturating_add(1);
+                    return None;
+                };
+                // Follow-Up Telemetry: the transmit stamps of earlier
+                // replies came in through `tx_stamp` (SO_TIMESTAMPING on the
+                // error queue); a device that delivers none leaves Timestamp
+                // 0 and mode 0, counted by the engine.
+                let n = engine
+                    .reflect_at(rx.payload, meta, addrs, rx.rx_stamp, &self.clock, now, tx)
+                    .ok()?;
+                self.reply_tos = engine.reply_dscp().map(|d| tos_from_dscp(d, 0));
+                Some(n)
+            }
         }
     }
 
@@ -330,6 +415,7 @@ impl SocketSessionTable {
                 shared,
                 batch: None,
                 clock,
+                reply_tos: None,
             },
             housekeeping: cfg.housekeeping.max(Duration::from_millis(1)),
             clock_refresh: cfg.clock_refresh,
@@ -376,7 +462,7 @@ impl SocketSessionTable {
         let reg = self.shared.lock();
         match reg.entries.get(reg.sessions.get(sid)?)? {
             Entry::Session { local, .. } => Some(*local),
-            Entry::Listener { .. } => None,
+            _ => None,
         }
     }
 
@@ -395,7 +481,35 @@ impl SocketSessionTable {
         let reg = self.shared.lock();
         match reg.entries.get(&reg.listener_key(local)?)? {
             Entry::Listener { engine, .. } => Some(engine.counters()),
-            Entry::Session { .. } => None,
+            _ => None,
+        }
+    }
+
+    /// A stateful STAMP session's engine state, for inspection: its
+    /// counters, next Sequence Number and Follow-Up store.
+    pub fn stamp_session<R>(
+        &self,
+        id: &StampSessionId,
+        f: impl FnOnce(&StampSessionEngine) -> R,
+    ) -> Option<R> {
+        self.shared.lock().stamp_session(id).map(f)
+    }
+
+    /// Packets on a stateful STAMP port that matched no session.
+    pub fn stamp_unmatched(&self, port: u16) -> Option<u64> {
+        let reg = self.shared.lock();
+        match reg.entries.get(reg.stamp_ports.get(&port)?)? {
+            Entry::Stamp { unmatched, .. } => Some(*unmatched),
+            _ => None,
+        }
+    }
+
+    /// The address a stateful STAMP port is bound to.
+    pub fn stamp_local_addr(&self, port: u16) -> Option<SocketAddr> {
+        let reg = self.shared.lock();
+        match reg.entries.get(reg.stamp_ports.get(&port)?)? {
+            Entry::Stamp { local, .. } => Some(*local),
+            _ => None,
         }
     }
 
@@ -545,6 +659,81 @@ impl SessionTable for SocketSessionTable {
         self.register(key, socket, reply_tos)?;
         tracing::debug!(%local, "listener installed");
         Ok(())
+    }
+
+    fn add_stamp_session(&mut self, spec: StampSessionSpec) -> Result<(), TableError> {
+        let id = spec.id();
+        let engine = StampSessionEngine::from_spec(&spec)
+            .map_err(|e| TableError::DataPlane(e.to_string()))?;
+        {
+            let mut reg = self.shared.lock();
+            if reg.stamp_session(&id).is_some() {
+                return Err(TableError::DataPlane(format!("{id} already exists")));
+            }
+            if let Some(key) = reg.stamp_ports.get(&id.local_port).copied() {
+                if let Some(Entry::Stamp {
+                    sessions, local, ..
+                }) = reg.entries.get_mut(&key)
+                {
+                    if local.ip() != spec.local.ip() {
+                        return Err(TableError::Address(
+                            spec.local,
+                            format!("STAMP port {} is bound to {local}", id.local_port),
+                        ));
+                    }
+                    sessions.push(engine);
+                    tracing::debug!(%id, "STAMP session added to its port");
+                    return Ok(());
+                }
+            }
+        }
+        let (tos, reply_tos) = match spec.dscp {
+            Some(d) => (tos_from_dscp(d, 0), ReplyTos::Socket),
+            None => (0, ReplyTos::CopyReceivedDscp),
+        };
+        let mut socket = self.bind(spec.local, tos)?;
+        if let Err(e) = socket.enable_tx_timestamps() {
+            tracing::warn!(%id, error = %e, "no transmit timestamps: Follow-Up Telemetry will carry none");
+        }
+        let local = socket.local_addr();
+        let key = self.shared.lock().insert(Entry::Stamp {
+            local,
+            sessions: vec![engine],
+            unmatched: 0,
+        });
+        self.register(key, socket, reply_tos)?;
+        tracing::debug!(%id, %local, "STAMP session installed");
+        Ok(())
+    }
+
+    fn remove_stamp_session(&mut self, id: &StampSessionId) -> Result<(), TableError> {
+        let key = {
+            let mut reg = self.shared.lock();
+            let missing = || TableError::DataPlane(format!("{id}: no such STAMP session"));
+            let key = *reg.stamp_ports.get(&id.local_port).ok_or_else(missing)?;
+            let Some(Entry::Stamp { sessions, .. }) = reg.entries.get_mut(&key) else {
+                return Err(missing());
+            };
+            let before = sessions.len();
+            sessions.retain(|e| !(e.ssid() == id.ssid && same_endpoint(e.sender(), id.sender)));
+            if sessions.len() == before {
+                return Err(missing());
+            }
+            if !sessions.is_empty() {
+                return Ok(());
+            }
+            reg.remove(key);
+            key
+        };
+        self.unregister(key)
+    }
+
+    fn stamp_activity(&self, id: &StampSessionId) -> Option<SessionActivity> {
+        let now = Instant::now();
+        self.shared
+            .lock()
+            .stamp_session(id)
+            .map(|e| e.activity(now))
     }
 
     fn remove_listener(&mut self, local: SocketAddr) -> Result<(), TableError> {

@@ -24,6 +24,7 @@ use mio::unix::SourceFd;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::batch::{RxBatch, SendReport, TxBatch};
+use crate::clock::{Stamp, StampSource, TimeScale};
 
 /// Which receive timestamps to ask the kernel for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -94,6 +95,8 @@ pub struct BatchSocket {
     /// Carries IPv4 traffic (an IPv4 or a dual-stack IPv6 socket).
     v4_traffic: bool,
     timestamping: TimestampingMode,
+    /// Transmit timestamps are asked for ([`BatchSocket::enable_tx_timestamps`]).
+    tx_stamping: bool,
 }
 
 fn set_int(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
@@ -171,6 +174,7 @@ impl BatchSocket {
             v6,
             v4_traffic,
             timestamping,
+            tx_stamping: false,
         };
         s.set_tos(opts.tos)?;
         Ok(s)
@@ -209,11 +213,142 @@ impl BatchSocket {
         rx.recv_from(self.socket.as_raw_fd(), self.local.port())
     }
 
+    /// Asks the kernel for a transmit timestamp of every datagram sent
+    /// (`SOF_TIMESTAMPING_TX_SOFTWARE` / `_TX_HARDWARE`, delivered on the
+    /// error queue with the packet, read by [`Self::read_tx_stamps`]), on
+    /// top of the receive timestamps. Only with `SO_TIMESTAMPING` receive
+    /// stamps ([`TimestampingMode::Timestamping`]); returns whether it is on.
+    pub fn enable_tx_timestamps(&mut self) -> io::Result<bool> {
+        if self.timestamping != TimestampingMode::Timestamping {
+            return Ok(false);
+        }
+        set_int(
+            self.socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPING,
+            (TIMESTAMPING_FLAGS | TX_TIMESTAMPING_FLAGS) as libc::c_int,
+        )?;
+        self.tx_stamping = true;
+        Ok(true)
+    }
+
+    /// Whether transmit timestamps are on.
+    pub fn tx_stamping(&self) -> bool {
+        self.tx_stamping
+    }
+
+    /// Drains up to `max` transmit timestamps from the error queue
+    /// (`MSG_ERRQUEUE`, non-blocking) into `f`: the UDP payload of the
+    /// datagram as the kernel looped it back, its destination address,
+    /// and the stamp (hardware if the device gave one, else the kernel's
+    /// software stamp at transmission). `buf` must hold a whole looped
+    /// packet (headers included); longer ones are skipped. Returns how many
+    /// messages were read.
+    pub fn read_tx_stamps(
+        &self,
+        buf: &mut [u8],
+        control: &mut [u8],
+        max: usize,
+        f: &mut dyn FnMut(&[u8], IpAddr, Stamp),
+    ) -> usize {
+        let mut n = 0;
+        while n < max {
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            // SAFETY: msghdr is a plain C struct; all-zero is valid.
+            let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+            mh.msg_iov = &mut iov;
+            mh.msg_iovlen = 1;
+            mh.msg_control = control.as_mut_ptr().cast();
+            mh.msg_controllen = control.len() as _;
+            // SAFETY: the socket is open; `mh` points to `iov` over `buf` and
+            // to `control`, both live and exclusively borrowed for the call.
+            let r = unsafe {
+                libc::recvmsg(
+                    self.socket.as_raw_fd(),
+                    &mut mh,
+                    libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+                )
+            };
+            if r < 0 {
+                break;
+            }
+            n += 1;
+            let len = (r as usize).min(buf.len());
+            let clen = (mh.msg_controllen as usize).min(control.len());
+            if mh.msg_flags & libc::MSG_TRUNC != 0 {
+                continue;
+            }
+            let anc = super::cmsg::Ancillary::parse(&control[..clen]);
+            let stamp = match (anc.hw_stamp_ns, anc.sw_stamp_ns) {
+                (Some(ns), _) if ns != 0 => Stamp {
+                    ns,
+                    // The PHC is assumed to run on TAI (ptp4l), as for RX.
+                    scale: TimeScale::Tai,
+                    source: StampSource::NicHardware,
+                },
+                (_, Some(ns)) if ns != 0 => Stamp {
+                    ns,
+                    scale: TimeScale::Utc,
+                    source: StampSource::KernelSoftware,
+                },
+                _ => continue,
+            };
+            if let Some((dst, payload)) = looped_udp_payload(&buf[..len]) {
+                f(payload, dst, stamp);
+            }
+        }
+        n
+    }
+
     /// Sends every queued reply with as few `sendmmsg` calls as possible
     /// (one unless a message fails) and empties `tx`.
     pub fn send_batch(&self, tx: &mut TxBatch) -> SendReport {
         tx.send_on(self.socket.as_raw_fd(), self.v6)
     }
+}
+
+/// The `SO_TIMESTAMPING` flags added for transmit stamps: software and
+/// hardware, the packet looped back with them (no `OPT_TSONLY`: the reply
+/// is recognised by its content, not by a counter).
+pub const TX_TIMESTAMPING_FLAGS: libc::c_uint =
+    libc::SOF_TIMESTAMPING_TX_SOFTWARE | libc::SOF_TIMESTAMPING_TX_HARDWARE;
+
+/// The destination and UDP payload of a packet looped back on the error
+/// queue (it starts at the link-layer header: none, Ethernet or Linux
+/// cooked); `None` unless an IPv4/IPv6 + UDP header chain at one of those
+/// offsets accounts for exactly the rest of the packet.
+pub fn looped_udp_payload(pkt: &[u8]) -> Option<(IpAddr, &[u8])> {
+    for off in [0usize, 14, 16] {
+        let Some(ip) = pkt.get(off..) else { continue };
+        let Some(&first) = ip.first() else { continue };
+        let be16 = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]) as usize;
+        match first >> 4 {
+            4 if ip.len() >= 20 => {
+                let ihl = usize::from(first & 0x0f) * 4;
+                if ihl < 20 || ip[9] != 17 || be16(ip, 2) != ip.len() || ip.len() < ihl + 8 {
+                    continue;
+                }
+                if be16(ip, ihl + 4) != ip.len() - ihl {
+                    continue;
+                }
+                let dst = IpAddr::from([ip[16], ip[17], ip[18], ip[19]]);
+                return Some((dst, &ip[ihl + 8..]));
+            }
+            6 if ip.len() >= 48 => {
+                if ip[6] != 17 || be16(ip, 4) != ip.len() - 40 || be16(ip, 44) != ip.len() - 40 {
+                    continue;
+                }
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&ip[24..40]);
+                return Some((IpAddr::from(a).to_canonical(), &ip[48..]));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 fn enable_timestamping(fd: RawFd, want: RxTimestamping) -> TimestampingMode {
