@@ -1255,6 +1255,77 @@ mod tests {
         assert_eq!(b.half_open(), 1);
     }
 
+    /// Our IKE SA rekey offers only the SA's own suite: an (authentic)
+    /// answer choosing another configured suite, here GCM-256/SHA-384 with
+    /// the same group instead of the SA's GCM-128/SHA-256, is not taken up;
+    /// the old SA stays.
+    #[test]
+    fn an_ike_rekey_answer_with_a_suite_we_did_not_offer_is_ignored() {
+        use crate::config::IkeSuite;
+        let mut rng = SeqRng::new(17);
+        let now = Instant::now();
+        let mut a = ep("a.test", "b.test", &mut rng);
+        let mut b = ep("b.test", "a.test", &mut rng);
+        a.initiate(
+            now,
+            &mut rng,
+            InitiateParams {
+                local: "198.18.0.1:500".parse().unwrap(),
+                peer: "198.18.0.2:500".parse().unwrap(),
+                peer_id: None,
+                child: None,
+            },
+        )
+        .unwrap();
+        pump(&mut a, &mut b, &mut rng, now);
+        while a.poll_event().is_some() {}
+        let info = a.established().pop().unwrap();
+        assert_eq!(
+            a.sas.values().next().unwrap().suite,
+            IkeSuite::GCM128_SHA256_ECP256
+        );
+        a.rekey_ike_sa(now, &mut rng, info.spi_i, info.spi_r)
+            .unwrap();
+        let req = a.poll_transmit().expect("CREATE_CHILD_SA request");
+        let req_hdr = HeaderRepr::parse(&Header::new_checked(&req.data[..]).unwrap());
+        // B's answer, forged with B's keys, choosing a suite A never offered.
+        let ke = DhGroup::Ecp256.generate(&mut rng);
+        let payloads = vec![
+            Payload::Sa(vec![IkeSuite::GCM256_SHA384_ECP256.proposal(1, &[9; 8])]),
+            Payload::Nonce(vec![0x5a; 32]),
+            Payload::Ke {
+                group: 19,
+                data: ke.public().to_vec(),
+            },
+        ];
+        let mut inner = Vec::new();
+        let first = wire::emit_chain(&payloads, &mut inner);
+        let mut h = HeaderRepr {
+            spi_i: info.spi_i,
+            spi_r: info.spi_r,
+            next_payload: 0,
+            exchange_type: exchange::CREATE_CHILD_SA,
+            flags: FLAG_R,
+            message_id: req_hdr.message_id,
+            length: 0,
+        };
+        let sa_b = b.sas.values().next().unwrap();
+        let forged = sa_b
+            .keys
+            .as_ref()
+            .unwrap()
+            .out
+            .seal(&mut h, first, &inner, &mut rng);
+        a.handle_datagram(now, &mut rng, req.local, req.remote, &forged);
+        let ev: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+        assert!(
+            !ev.iter().any(|e| matches!(e, Event::IkeSaRekeyed { .. })),
+            "{ev:?}"
+        );
+        assert!(a.find(&info.spi_i, &info.spi_r).is_some(), "old SA kept");
+        assert_eq!(a.sas.len(), 1);
+    }
+
     /// An IKE SA rekey adds an SA until the old one is deleted: with the SA
     /// table at `max_sas` the responder refuses it (NO_ADDITIONAL_SAS) and
     /// both sides keep the old SA; with room it goes through.
