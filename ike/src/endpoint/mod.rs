@@ -1326,6 +1326,63 @@ mod tests {
         assert_eq!(a.sas.len(), 1);
     }
 
+    /// RFC 7296 §2.10: with HMAC-SHA-384 (48-octet key) the initiator's
+    /// nonce must be at least 24 octets. A 16-octet one is refused (no SA,
+    /// the INVALID_SYNTAX reply no larger than the request); 24 is taken,
+    /// and our nonce is then no longer than theirs.
+    #[test]
+    fn a_nonce_shorter_than_half_the_prf_key_is_refused() {
+        use crate::config::IkeSuite;
+        let mut rng = SeqRng::new(19);
+        let now = Instant::now();
+        let mut b = ep("b.test", "a.test", &mut rng);
+        let (a_500, b_500): (SocketAddr, SocketAddr) = (
+            "198.18.0.1:500".parse().unwrap(),
+            "198.18.0.2:500".parse().unwrap(),
+        );
+        for (spi, n) in [(1u8, 16usize), (2, 24)] {
+            let ke = DhGroup::Ecp256.generate(&mut rng);
+            let h = HeaderRepr {
+                spi_i: [spi; 8],
+                spi_r: [0; 8],
+                next_payload: 0,
+                exchange_type: exchange::IKE_SA_INIT,
+                flags: FLAG_I,
+                message_id: 0,
+                length: 0,
+            };
+            let req = clear_message(
+                h,
+                &[
+                    Payload::Sa(vec![IkeSuite::GCM256_SHA384_ECP256.proposal(1, &[])]),
+                    Payload::Ke {
+                        group: 19,
+                        data: ke.public().to_vec(),
+                    },
+                    Payload::Nonce(vec![0x33; n]),
+                ],
+            );
+            b.handle_datagram(now, &mut rng, b_500, a_500, &req);
+            let r = b.poll_transmit().expect("an answer");
+            let hdr = HeaderRepr::parse(&Header::new_checked(&r.data[..]).unwrap());
+            let pl = wire::parse_chain(hdr.next_payload, &r.data[HEADER_LEN..]).unwrap();
+            if n == 16 {
+                assert!(
+                    matches!(&pl[..], [Payload::Notify(x)] if x.ntype == notify::INVALID_SYNTAX),
+                    "{pl:?}"
+                );
+                assert_eq!(b.half_open(), 0);
+            } else {
+                let nr = pl.iter().find_map(|p| match p {
+                    Payload::Nonce(v) => Some(v.len()),
+                    _ => None,
+                });
+                assert_eq!(nr, Some(24));
+                assert_eq!(b.half_open(), 1);
+            }
+        }
+    }
+
     /// An IKE SA rekey adds an SA until the old one is deleted: with the SA
     /// table at `max_sas` the responder refuses it (NO_ADDITIONAL_SAS) and
     /// both sides keep the old SA; with room it goes through.

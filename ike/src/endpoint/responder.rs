@@ -223,6 +223,14 @@ impl Endpoint {
         natd_src: &[Vec<u8>],
         natd_dst: &[Vec<u8>],
     ) {
+        // RFC 7296 §2.10: a nonce MUST be at least half the negotiated PRF's
+        // key size (and 16 octets, checked by the parser). This also keeps
+        // our nonce, as long as theirs, from growing the response.
+        if ni.len() < suite.prf.key_len() / 2 {
+            self.stats.malformed += 1;
+            self.stateless_reply(local, remote, hdr, msg.len(), notify::INVALID_SYNTAX, &[]);
+            return;
+        }
         let ke = suite.dh.generate(rng);
         let Ok(g_ir) = ke.shared_secret(kei) else {
             self.stats.malformed += 1;
