@@ -576,6 +576,11 @@ static __always_inline int to_xsk(struct xdp_md *ctx, const struct pkt *pk,
 
 	barrier_var(meta_btf_id);
 
+	/* A refused packet only goes there to be counted: without a socket
+	 * it is dropped, and it never counts as redirected. */
+	if (origin & RC_ORIGIN_F_REFUSED)
+		return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_DROP);
+
 	/* No socket on this queue: the flags' low bits are the fallback
 	 * action, XDP_PASS (the kernel's UDP socket path may answer). */
 	int act = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
@@ -961,6 +966,12 @@ static __always_inline int ricochet(struct xdp_md *ctx, const int hwts)
 		count(RC_CNT_DROP_BAD_LENGTH);
 		return XDP_DROP;
 	}
+	/* RC_MODE_STAMP only: its packets have the unauthenticated layout
+	 * (SSID at octets 14-15, RFC 8972 §3), also those handed to the
+	 * socket for their TLVs. A secured entry may be authenticated STAMP
+	 * (SSID at 26-27), unauthenticated STAMP or TWAMP, which this program
+	 * cannot tell apart (it never reads `keys`): the pollers check the
+	 * SSID there, and user space refuses the flag on such entries. */
 	if (mode == RC_MODE_STAMP && (e->flags & RC_F_CHECK_SSID)) {
 		__u8 *p = data + pk.l4_off + sizeof(struct udphdr);
 
@@ -973,6 +984,9 @@ static __always_inline int ricochet(struct xdp_md *ctx, const int hwts)
 	if (!bucket_take(e, now)) {
 		__sync_fetch_and_add(&e->stats.rate_limited, 1);
 		count(RC_CNT_DROP_RATE_LIMITED);
+		if (secured && (e->flags & RC_F_XSK_REFUSED))
+			return to_xsk(ctx, &pk, e, origin | RC_ORIGIN_F_REFUSED,
+				      t2, ts_source);
 		return XDP_DROP;
 	}
 	if (secured)

@@ -82,9 +82,17 @@ enum rc_flags {
 	/* STAMP: packets longer than the 44-octet base (they carry RFC 8972
 	 * TLVs) go to the AF_XDP socket instead of being reflected opaquely. */
 	RC_F_TLV_TO_XSK = 1 << 5,
-	/* STAMP (RFC 8972 §3): drop packets whose SSID differs from
-	 * rc_entry.ssid. */
+	/* STAMP (RFC 8972 §3): drop packets whose SSID (octets 14-15, the
+	 * unauthenticated layout) differs from rc_entry.ssid. RC_MODE_STAMP
+	 * entries only; not valid on RC_MODE_SECURED ones (the pollers check
+	 * the SSID of secured STAMP sessions at their layout's offset). */
 	RC_F_CHECK_SSID = 1 << 6,
+	/* Secured entries: a packet the token bucket refuses still goes to
+	 * the AF_XDP socket, marked RC_ORIGIN_F_REFUSED, only so that the
+	 * poller counts it (STAMP Direct Measurement R_RxC counts every
+	 * packet received, RFC 8972 §4.5); it is never answered, and dropped
+	 * when the queue has no socket. Not counted as redirected. */
+	RC_F_XSK_REFUSED = 1 << 8,
 };
 
 /* Per-entry counters, updated with atomic adds by every CPU. */
@@ -184,6 +192,10 @@ enum rc_origin {
 	RC_ORIGIN_LISTENER = 2,
 };
 
+/* Flag bit in rc_xdp_meta.origin: refused by the token bucket, handed over
+ * to be counted only (RC_F_XSK_REFUSED). */
+#define RC_ORIGIN_F_REFUSED 0x80
+
 /* Written with bpf_xdp_adjust_meta directly in front of the frame
  * (data_meta .. data); 24 octets (kernel limit 32, multiple of 4). */
 struct rc_xdp_meta {
@@ -192,7 +204,7 @@ struct rc_xdp_meta {
 	__u32 generation;    /* rc_entry.generation */
 	__u16 payload_off;   /* offset of the UDP payload in the frame */
 	__u8 ts_source;      /* enum rc_ts_source */
-	__u8 origin;         /* enum rc_origin */
+	__u8 origin;         /* enum rc_origin | RC_ORIGIN_F_REFUSED */
 	__u32 magic;         /* RC_META_MAGIC, last: adjacent to the frame */
 };
 
@@ -215,7 +227,10 @@ enum rc_key_mode {
 
 /* Octets of rc_keys.key: the per-SID Test AES key (16) then the Test HMAC
  * key (32), in Token order (RFC 4656 §3.1, §4.1.2); or a 32-octet STAMP
- * HMAC key followed by 16 zero octets. */
+ * HMAC key followed by 16 zero octets. STAMP sessions (RC_KEYS_STAMP_
+ * SESSION*) use the tail: [32..40) Class of Service policy (u64, bit n =
+ * DSCP n permitted, RFC 8972 §4.4), [40..42) RFC 9534 Reflector
+ * Micro-session ID (u16), [42] bit 0 = that ID is set; host order. */
 #define RC_KEY_LEN 48
 
 /* Value of the `keys` array, indexed by rc_entry.slot. Written by the

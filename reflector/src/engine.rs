@@ -116,11 +116,16 @@ pub enum DropReason {
     /// (RFC 4656 §4.2, RFC 8762 §4.4: discard silently).
     #[error("HMAC verification failed")]
     BadHmac,
+    /// A STAMP request whose Return Path TLV carries Control Code "No
+    /// Reply Requested" (RFC 9503 §4.1.1, least significant bit 0): the
+    /// packet was received and processed, no reply is sent by design.
+    #[error("no reply requested (RFC 9503 Return Path Control Code 0)")]
+    NoReplyRequested,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -132,6 +137,7 @@ impl DropReason {
         DropReason::TooLong,
         DropReason::BufferTooSmall,
         DropReason::BadHmac,
+        DropReason::NoReplyRequested,
     ];
 
     const fn index(self) -> usize {
@@ -144,6 +150,7 @@ impl DropReason {
             DropReason::TooLong => 5,
             DropReason::BufferTooSmall => 6,
             DropReason::BadHmac => 7,
+            DropReason::NoReplyRequested => 8,
         }
     }
 
@@ -158,6 +165,7 @@ impl DropReason {
             DropReason::TooLong => "too_long",
             DropReason::BufferTooSmall => "buffer_too_small",
             DropReason::BadHmac => "bad_hmac",
+            DropReason::NoReplyRequested => "no_reply_requested",
         }
     }
 }
@@ -486,6 +494,7 @@ impl SessionEngine {
                 malformed: d.get(DropReason::TooShort)
                     + d.get(DropReason::TooLong)
                     + d.get(DropReason::BufferTooSmall),
+                no_reply: d.get(DropReason::NoReplyRequested),
             },
             idle: self
                 .last_reflected
@@ -653,6 +662,9 @@ const STAMP_UNAUTH_BASE: usize = StampLayout::Unauthenticated.base_len();
 #[derive(Clone)]
 pub struct ListenerEngine {
     hmac: Option<StampHmac>,
+    /// Requests received (whole, authenticated when keyed), answered or
+    /// not: the listener-wide Direct Measurement R_RxC (RFC 8972 §4.5).
+    received: u64,
     bucket: TokenBucket,
     counters: EngineCounters,
     last_reflected: Option<Instant>,
@@ -677,6 +689,7 @@ impl ListenerEngine {
                 ListenerKind::Unauthenticated => None,
                 ListenerKind::StampAuthenticated { key } => Some(StampHmac::new(&key[..])),
             },
+            received: 0,
             bucket: TokenBucket::new(rate_pps, burst),
             counters: EngineCounters::default(),
             last_reflected: None,
@@ -717,6 +730,11 @@ impl ListenerEngine {
     /// When the last packet was reflected.
     pub fn last_reflected(&self) -> Option<Instant> {
         self.last_reflected
+    }
+
+    /// Requests received (Direct Measurement R_RxC), answered or not.
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// Reflects one request (see the type's documentation) at the current
@@ -786,6 +804,16 @@ impl ListenerEngine {
         out: &mut [u8],
     ) -> Result<usize, DropReason> {
         self.last_reply_dscp = None;
+        // R_RxC (RFC 8972 §4.5) counts every request received, reflected
+        // or not (rate limit, "no reply"): a whole authenticated packet
+        // whose HMAC verifies, or any unauthenticated one.
+        if let Some(h) = &self.hmac {
+            if rx.len() < StampLayout::Authenticated.base_len() {
+                return Err(DropReason::TooShort);
+            }
+            h.verify_packet(rx).map_err(|_| DropReason::BadHmac)?;
+        }
+        self.received = self.received.wrapping_add(1);
         if !self.bucket.ready(now) {
             return Err(DropReason::RateLimited);
         }
@@ -813,17 +841,19 @@ impl ListenerEngine {
             return Ok(n);
         }
         // Listener-wide Direct Measurement counters: this packet and this
-        // reply included.
-        let n = u32::try_from(self.counters.reflected)
+        // reply included (R_RxC wraps like the 32-bit field).
+        let rxc = self.received as u32;
+        let txc = u32::try_from(self.counters.reflected)
             .unwrap_or(u32::MAX)
             .wrapping_add(1);
         let job = StampJob {
             fmt: stateless_format(layout),
             seq: 0,
             hmac: self.hmac.as_ref(),
-            env: listener_env(clock, &meta, &t2, addrs, (n, n), self.hmac.is_some()),
+            env: listener_env(clock, &meta, &t2, addrs, (rxc, txc), self.hmac.is_some()),
             t3: self.t3,
             max_len: rx.len(),
+            verified: true,
         };
         let b = build_stamp_reply(&job, rx, meta, t2, clock, out)?;
         self.last_reply_dscp = b.out.cos.map(|c| c.reply_dscp);

@@ -161,6 +161,10 @@ pub struct DropBreakdown {
     pub wrong_source: u64,
     /// Too short or too long for the session's format.
     pub malformed: u64,
+    /// STAMP requests that asked for no reply (RFC 9503 §4.1.1 Return
+    /// Path Control Code 0): received and processed, deliberately not
+    /// answered.
+    pub no_reply: u64,
 }
 
 /// Counters and liveness of one session, for REFWAIT and metrics.

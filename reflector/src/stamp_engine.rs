@@ -163,6 +163,9 @@ pub struct TlvOutcome {
     pub ts_info_at: Option<usize>,
     /// A Follow-Up Telemetry TLV was filled.
     pub follow_up_filled: bool,
+    /// The Return Path TLV asked for no reply (RFC 9503 §4.1.1, Control
+    /// Code 0): the packet is processed and counted, nothing is sent.
+    pub no_reply: bool,
 }
 
 /// The reflector's per-type TLV semantics (module docs).
@@ -272,6 +275,16 @@ impl TlvHandler for StampTlvs<'_> {
                 self.return_path_seen = true;
                 let src = env.addrs.map(|a| a.src.ip().to_canonical());
                 match ReturnPathRepr::parse(value) {
+                    // RFC 9503 §4.1.1: Control Code flags with the Reply
+                    // Request bit (the least significant) clear = "No Reply
+                    // Requested" (one-way measurement): understood, and the
+                    // caller sends nothing (stamp.md §5). Other flag bits
+                    // are MBZ: a value with any of them set is not ours to
+                    // interpret (U = 1, reply sent as for code 1 unknown).
+                    Ok(r) if r.control_code == Some(0) => {
+                        self.out.no_reply = true;
+                        TlvVerdict::Processed
+                    }
                     Ok(r) => {
                         let same_link = r.control_code == Some(1);
                         let to_source = r.control_code.is_none()
@@ -349,6 +362,9 @@ pub(crate) struct StampJob<'a> {
     pub t3: T3Source,
     /// The largest reply allowed.
     pub max_len: usize,
+    /// The caller already verified the base packet's HMAC (authenticated
+    /// layout): not done twice.
+    pub verified: bool,
 }
 
 /// What [`build_stamp_reply`] produced.
@@ -373,17 +389,32 @@ pub(crate) fn build_stamp_reply(
     if rx.len() < base {
         return Err(DropReason::TooShort);
     }
+    // An all-zero remainder after the base packet is padding, not a chain
+    // of TLVs: Type 0 is Reserved in the STAMP TLV registry (RFC 8972
+    // §5.1, stamp.md §4 table), so no RFC 8972 sender emits it, while a
+    // TWAMP Light sender (RFC 5357 Appendix I, which an unauthenticated
+    // STAMP reflector serves, RFC 8762 §4.6) and an RFC 8762 sender
+    // without extensions pad with zeros (stamp.md §2.1: "a TWAMP Light
+    // reflector sees them as padding"). RFC 8972 §4's "longer than the
+    // base ⇒ TLVs" rule, read literally, would set U on every 4 octets
+    // and M on a short tail, corrupting the sender's padding; it is
+    // returned unchanged instead (symmetric size, RFC 8762 §4.3).
+    let padding_only = rx.len() > base && rx[base..].iter().all(|&b| b == 0);
     let integrity = match job.hmac {
         Some(h) => {
-            if fmt.layout == StampLayout::Authenticated {
+            if fmt.layout == StampLayout::Authenticated && !job.verified {
                 h.verify_packet(rx).map_err(|_| DropReason::BadHmac)?;
             }
-            tlv_integrity(
-                h,
-                &rx[..SEQ_LEN],
-                &rx[base..],
-                fmt.layout == StampLayout::Authenticated,
-            )
+            if padding_only {
+                TlvIntegrity::Verified { hmac_at: None }
+            } else {
+                tlv_integrity(
+                    h,
+                    &rx[..SEQ_LEN],
+                    &rx[base..],
+                    fmt.layout == StampLayout::Authenticated,
+                )
+            }
         }
         None => TlvIntegrity::Verified { hmac_at: None },
     };
@@ -404,11 +435,16 @@ pub(crate) fn build_stamp_reply(
             None
         }
         TlvIntegrity::Verified { hmac_at } => {
-            process_tlvs_in_place(tlvs, &mut handler);
+            if !padding_only {
+                process_tlvs_in_place(tlvs, &mut handler);
+            }
             hmac_at
         }
     };
     let outcome = handler.out;
+    if outcome.no_reply {
+        return Err(DropReason::NoReplyRequested);
+    }
     // T3 as late as possible; what follows only covers TLVs and the base.
     let t3 = (job.t3)();
     if let Some(at) = outcome.ts_info_at {
@@ -477,7 +513,8 @@ pub struct StampSessionEngine {
     cos: CosPolicy,
     micro_session_id: Option<u16>,
     seq: u32,
-    /// In-profile packets received (authenticated, matching).
+    /// Test packets received (matching, whole, authenticated when keyed),
+    /// reflected or not: the Direct Measurement R_RxC.
     received: u32,
     bucket: TokenBucket,
     counters: EngineCounters,
@@ -486,6 +523,9 @@ pub struct StampSessionEngine {
     previous: Option<PreviousReply>,
     last_reply_dscp: Option<u8>,
     t3: T3Source,
+    /// The caller's mark for the pass that built the last reply (the
+    /// socket path's batch passes); 0 = none.
+    pass_mark: u64,
 }
 
 impl std::fmt::Debug for StampSessionEngine {
@@ -533,7 +573,21 @@ impl StampSessionEngine {
             previous: None,
             last_reply_dscp: None,
             t3: Stamp::now,
+            pass_mark: 0,
         })
+    }
+
+    /// Records which of the caller's passes built the last reply (the
+    /// socket path defers a packet whose session was answered in the same
+    /// pass: that reply is not sent yet, so its transmit stamp cannot be
+    /// the next Follow-Up).
+    pub fn set_pass_mark(&mut self, mark: u64) {
+        self.pass_mark = mark;
+    }
+
+    /// The mark [`Self::set_pass_mark`] recorded.
+    pub fn pass_mark(&self) -> u64 {
+        self.pass_mark
     }
 
     /// Replaces the T3 clock.
@@ -595,6 +649,12 @@ impl StampSessionEngine {
         self.stamp_counters.unmatched = self.stamp_counters.unmatched.saturating_add(1);
     }
 
+    /// The session's test packets received so far (Direct Measurement
+    /// R_RxC, RFC 8972 §4.5), reflected or not.
+    pub fn received(&self) -> u32 {
+        self.received
+    }
+
     /// The previous reply, as Follow-Up Telemetry will report it.
     pub fn previous(&self) -> Option<PreviousReply> {
         self.previous
@@ -632,11 +692,33 @@ impl StampSessionEngine {
                 malformed: d.get(DropReason::TooShort)
                     + d.get(DropReason::TooLong)
                     + d.get(DropReason::BufferTooSmall),
+                no_reply: d.get(DropReason::NoReplyRequested),
                 ..Default::default()
             },
             idle: self
                 .last_reflected
                 .map(|t| now.saturating_duration_since(t)),
+        }
+    }
+
+    /// Counts a packet of the session that a rate limit outside the
+    /// engine refused (the XDP token bucket on the BPF data plane): one of
+    /// the session's packets (SSID, whole base packet, HMAC when keyed) is
+    /// received (R_RxC) and dropped as rate limited; anything else is
+    /// counted as unmatched. The sender was checked by the caller.
+    pub fn count_refused(&mut self, rx: &[u8]) {
+        let at = self.fmt.layout.ssid_offset();
+        let ours = rx.len() >= self.fmt.base_len()
+            && rx.get(at..at + 2) == Some(&self.ssid.to_be_bytes()[..])
+            && self
+                .hmac
+                .as_ref()
+                .is_none_or(|h| h.verify_packet(rx).is_ok());
+        if ours {
+            self.received = self.received.wrapping_add(1);
+            self.counters.dropped.count(DropReason::RateLimited);
+        } else {
+            self.count_unmatched();
         }
     }
 
@@ -655,6 +737,22 @@ impl StampSessionEngine {
         out: &mut [u8],
     ) -> Result<usize, DropReason> {
         self.last_reply_dscp = None;
+        // RFC 8972 §4.5: R_RxC counts the session's test packets the
+        // reflector received, whether or not it then reflects them (rate
+        // limit, "no reply" Return Path). A packet is one of the session's
+        // once it is a whole base packet and, authenticated, its HMAC
+        // verifies (a forgery is not the sender's packet).
+        if rx.len() < self.fmt.base_len() {
+            self.counters.dropped.count(DropReason::TooShort);
+            return Err(DropReason::TooShort);
+        }
+        if let Some(h) = &self.hmac {
+            if h.verify_packet(rx).is_err() {
+                self.counters.dropped.count(DropReason::BadHmac);
+                return Err(DropReason::BadHmac);
+            }
+        }
+        self.received = self.received.wrapping_add(1);
         if !self.bucket.ready(now) {
             self.counters.dropped.count(DropReason::RateLimited);
             return Err(DropReason::RateLimited);
@@ -687,7 +785,7 @@ impl StampSessionEngine {
                 rx_tos: meta.tos,
                 addrs,
                 counters: (
-                    self.received.wrapping_add(1),
+                    self.received,
                     u32::try_from(self.counters.reflected)
                         .unwrap_or(u32::MAX)
                         .wrapping_add(1),
@@ -699,10 +797,10 @@ impl StampSessionEngine {
             },
             t3: self.t3,
             max_len: rx.len(),
+            verified: true,
         };
         match build_stamp_reply(&job, rx, meta, t2, clock, out) {
             Ok(b) => {
-                self.received = self.received.wrapping_add(1);
                 if b.out.follow_up_filled {
                     match self.previous {
                         Some(PreviousReply { tx: Some(_), .. }) => {

@@ -564,7 +564,16 @@ fn stateful_stamp_session_follow_up_from_tx_completions() {
         let prog = load();
         let m = prog.maps();
         let sender = sender_addr(false, 40011);
-        let keys = slot_keys(1, KeyMaterial::StampSession { ssid: 7, key: None }, sender);
+        let keys = slot_keys(
+            1,
+            KeyMaterial::StampSession {
+                ssid: 7,
+                key: None,
+                cos_allowed_dscp: u64::MAX,
+                micro_session_id: None,
+            },
+            sender,
+        );
         m.write_keys(1, &keys).unwrap();
         let key = SessionKey::new(reflector(false), sender).unwrap();
         m.insert_session(&key, &secured_entry(1, 1)).unwrap();
@@ -660,6 +669,111 @@ fn stateful_stamp_session_follow_up_from_tx_completions() {
             }
             _ => assert!(diffs.is_empty()),
         }
+    });
+}
+
+/// Direct Measurement on the AF_XDP path (RFC 8972 §4.5): R_RxC counts
+/// every packet of the session that arrived — those the XDP token bucket
+/// refused (handed to the poller marked refused, `XSK_REFUSED`) and a
+/// Return Path "No Reply Requested" one (RFC 9503 §4.1.1, not answered) —
+/// and R_TxC only the replies sent.
+#[test]
+fn direct_measurement_counts_refused_and_no_reply_packets() {
+    if skip() {
+        return;
+    }
+    let rig = Rig::up("axdm");
+    let _peer = rig.peer_xdp();
+    rig.in_reflector(|sender_ns, iface| {
+        let sock = sender_socket(&sender_ns, false, 40031);
+        let prog = load();
+        let m = prog.maps();
+        let sender = sender_addr(false, 40031);
+        let keys = slot_keys(
+            1,
+            KeyMaterial::StampSession {
+                ssid: 9,
+                key: None,
+                cos_allowed_dscp: u64::MAX,
+                micro_session_id: None,
+            },
+            sender,
+        );
+        m.write_keys(2, &keys).unwrap();
+        let key = SessionKey::new(reflector(false), sender).unwrap();
+        // One packet per second, burst 2 (the XDP bucket counts packets
+        // handed to the poller, the no-reply one included).
+        let mut cfg = secured_entry(2, 1);
+        cfg.rate_pps = 1;
+        cfg.burst = 2;
+        cfg.flags = EntryFlags::XSK_REFUSED;
+        m.insert_session(&key, &cfg).unwrap();
+        let idx = ifindex(&iface).unwrap();
+        let _att = prog
+            .attach(idx, AttachMode::Native)
+            .expect("native XDP on veth");
+        let shared = shared();
+        let poller = Poller::spawn(PollerConfig::new(idx, 0), m, &shared).expect("poller");
+
+        let probe = |seq: u32, no_reply: bool| {
+            let mut b = vec![0u8; 44];
+            b[0..4].copy_from_slice(&seq.to_be_bytes());
+            b[4..12].copy_from_slice(&t1_now());
+            b[12..14].copy_from_slice(&0x0001u16.to_be_bytes());
+            b[14..16].copy_from_slice(&9u16.to_be_bytes());
+            // Direct Measurement, S_TxC = seq + 1.
+            b.extend_from_slice(&[0x80, 5, 0, 12]);
+            b.extend_from_slice(&(seq + 1).to_be_bytes());
+            b.extend_from_slice(&[0; 8]);
+            if no_reply {
+                b.extend_from_slice(&[0x80, 10, 0, 8, 0, 1, 0, 4, 0, 0, 0, 0]);
+            }
+            b
+        };
+        let to = reflector(false);
+        let mut buf = [0u8; 2048];
+        let mut sent = 0u32;
+        let mut send = |no_reply: bool| {
+            sock.send_to(&probe(sent, no_reply), to).unwrap();
+            sent += 1;
+            sock.recv_from(&mut buf)
+                .ok()
+                .map(|(n, _)| buf[..n].to_vec())
+        };
+        // No reply requested: the poller sees it and answers nothing.
+        assert!(send(true).is_none(), "no reply requested");
+        wait_for(&poller, "no-reply counted", |s| {
+            s.dropped(DropReason::NoReplyRequested) == 1
+        });
+        let r = send(false).expect("first reply");
+        assert_eq!(&r[0..4], &0u32.to_be_bytes(), "first reply numbered 0");
+        assert_eq!(&r[48..60], &[0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 1]);
+        // Right after: refused by the bucket, counted by the poller.
+        assert!(send(false).is_none(), "refused by the token bucket");
+        wait_for(&poller, "refused packet counted", |s| {
+            s.dropped(DropReason::Refused) >= 1
+        });
+        // Probe until the bucket lets one through (bounded: 5 s).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let r = loop {
+            if let Some(r) = send(false) {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "no second reply");
+        };
+        let rxc = u32::from_be_bytes(r[52..56].try_into().unwrap());
+        let txc = u32::from_be_bytes(r[56..60].try_into().unwrap());
+        assert_eq!(&r[48..52], &sent.to_be_bytes(), "S_TxC copied");
+        assert_eq!(rxc, sent, "every probe received counted");
+        assert_eq!(txc, 2, "two replies");
+        let s = poller.stop().unwrap();
+        eprintln!(
+            "AF_XDP Direct Measurement: {sent} probes, R_RxC {rxc}, R_TxC {txc}, \
+             refused {}, no reply {}",
+            s.dropped(DropReason::Refused),
+            s.dropped(DropReason::NoReplyRequested)
+        );
+        assert_eq!(s.dropped(DropReason::NoReplyRequested), 1);
     });
 }
 

@@ -422,8 +422,10 @@ fn stamp_sessions_become_secured_entries_with_stamp_keys() {
         key: key.map(zeroize::Zeroizing::new),
         timestamp_format: TimeFormat::Ptp,
         dscp: Some(10),
-        cos_policy: CosPolicy::ALLOW_ALL,
-        micro_session_id: None,
+        // DSCP 10 and 46 (EF) only, and member link 9: the pollers must
+        // get both (issue 8: the AF_XDP path ignored them).
+        cos_policy: CosPolicy((1 << 10) | (1 << 46)),
+        micro_session_id: Some(9),
         rate_limit_pps: 0,
         rate_burst: 0,
     };
@@ -435,6 +437,10 @@ fn stamp_sessions_become_secured_entries_with_stamp_keys() {
         .unwrap()
         .expect("sessions entry");
     assert_eq!(e.config.mode, Mode::Secured);
+    assert!(
+        e.config.flags.contains(EntryFlags::XSK_REFUSED),
+        "refused packets reach the poller to be counted (R_RxC)"
+    );
     let k = p.maps().read_keys(e.config.slot).unwrap().expect("keys");
     assert_eq!(k.sender, Some(peer(PORT_PEER)));
     assert!(k.flags.contains(EntryFlags::PTP));
@@ -444,9 +450,13 @@ fn stamp_sessions_become_secured_entries_with_stamp_keys() {
         KeyMaterial::StampSession {
             ssid: 0x1234,
             key: Some(key),
+            cos_allowed_dscp,
+            micro_session_id,
         } => {
             assert_eq!(&key[..20], &[0xab; 20]);
             assert_eq!(&key[20..], &[0; 12], "zero-padded: the same HMAC");
+            assert_eq!(*cos_allowed_dscp, (1 << 10) | (1 << 46));
+            assert_eq!(*micro_session_id, Some(9));
         }
         other => panic!("wrong key material {other:?}"),
     }

@@ -368,3 +368,84 @@ proptest! {
         check_auth_stamp(&rx, 7, &reply, GOLDEN_KEY);
     }
 }
+
+/// (request payload, its IP TTL) of a twampy 1.3.2 TWAMP-Light capture.
+fn twampy_requests(file: &str) -> Vec<(Vec<u8>, u8)> {
+    let json = decoded_json("twampy-1.3.2", &format!("{file}.decoded.json"));
+    let v: Vec<(Vec<u8>, u8)> = json["packets"]
+        .as_array()
+        .expect("packets")
+        .iter()
+        .filter(|p| p["direction"] == "sender->reflector")
+        .map(|p| {
+            (
+                unhex(p["payload_hex"].as_str().unwrap()),
+                p["ip_ttl"]
+                    .as_u64()
+                    .or(p["ipv6_hop_limit"].as_u64())
+                    .unwrap() as u8,
+            )
+        })
+        .collect();
+    assert!(!v.is_empty(), "{file}: no requests");
+    v
+}
+
+/// A TWAMP-Light sender's zero padding (twampy `--padding 64`: 14-octet
+/// header + 64 zero octets = 78) is padding, not a chain of Reserved
+/// (type 0) TLVs: it comes back unchanged after the 44-octet STAMP base —
+/// no U flag every 4 octets, no M on the 2-octet tail (RFC 8972 §5.1 type
+/// 0 Reserved; RFC 5357 Appendix I padding; stamp.md §2.1).
+#[test]
+fn twampy_zero_padding_comes_back_unchanged() {
+    let mut l = open_listener();
+    for file in [
+        "twamp-light-v4-pad64-tos184-both",
+        "twamp-light-v6-pad64-dscpEF-both",
+    ] {
+        for (req, ttl) in twampy_requests(file) {
+            assert_eq!(req.len(), 78, "{file}");
+            assert!(req[14..].iter().all(|&b| b == 0), "capture: zero padding");
+            let reply = reflect(&mut l, &req, ttl).unwrap();
+            assert_eq!(reply.len(), 78, "symmetric size");
+            assert_eq!(&reply[24..38], &req[0..14], "sender fields copied");
+            assert_eq!(reply[40], ttl);
+            assert_eq!(&reply[44..], &req[44..], "{file}: padding unchanged");
+        }
+    }
+    // A real TLV after the base is still processed (U cleared on Extra
+    // Padding, U set on an unknown type), even when followed by zeros.
+    let mut req = twampy_requests("twamp-light-v4-pad64-tos184-both")[0]
+        .0
+        .clone();
+    req[44..48].copy_from_slice(&[0x80, 1, 0, 4]);
+    req[52..56].copy_from_slice(&[0x00, 240, 0, 0]);
+    let reply = reflect(&mut l, &req, 64).unwrap();
+    assert_eq!(reply[44], 0, "Extra Padding recognised");
+    assert_eq!(reply[52], U, "unknown type");
+}
+
+/// Direct Measurement (RFC 8972 §4.5) on a listener: R_RxC counts every
+/// request received, including those the rate limit refused; R_TxC the
+/// replies sent.
+#[test]
+fn listener_direct_measurement_counts_refused_requests() {
+    let mut l = ListenerEngine::new(&ListenerKind::Unauthenticated, 10, 1);
+    let t0 = Instant::now();
+    let mut req = vec![0u8; 44];
+    req.extend_from_slice(&[0x80, 5, 0, 12]);
+    req.extend_from_slice(&[0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let mut out = [0u8; 128];
+    let mut at = |t| {
+        l.reflect_at(&req, RxMeta::default(), Stamp::now(), &clock(), t, &mut out)
+            .map(|n| out[..n].to_vec())
+    };
+    let r = at(t0).unwrap();
+    assert_eq!(&r[48..60], &[0, 0, 0, 7, 0, 0, 0, 1, 0, 0, 0, 1]);
+    assert_eq!(at(t0), Err(DropReason::RateLimited));
+    assert_eq!(at(t0), Err(DropReason::RateLimited));
+    let r = at(t0 + Duration::from_millis(100)).unwrap();
+    // S_TxC copied; 4 received, 2 sent.
+    assert_eq!(&r[48..60], &[0, 0, 0, 7, 0, 0, 0, 4, 0, 0, 0, 2]);
+    assert_eq!(l.received(), 4);
+}

@@ -572,3 +572,101 @@ mod props {
         }
     }
 }
+
+/// A Return Path TLV (RFC 9503 §4) holding a Control Code sub-TLV.
+fn return_path(control_code: u32) -> Vec<u8> {
+    tlv(U, 10, &tlv(0, 1, &control_code.to_be_bytes()))
+}
+
+/// RFC 9503 §4.1.1 Control Code 0 ("No Reply Requested", stamp.md §5):
+/// nothing is sent, the packet is counted as received and as a no-reply
+/// drop, and the session's Sequence Number does not advance (it numbers
+/// reflected packets, RFC 8762 §4.3.1). Control Code 1 is answered.
+#[test]
+fn return_path_no_reply_is_not_answered_but_counted() {
+    let mut e = engine(&spec(3, None, TimeFormat::Ntp));
+    let clock = clock_unsync();
+    let src = StampSource::KernelSoftware;
+    let rp0 = return_path(0);
+    assert_eq!(
+        reflect(&mut e, &request(0, 3, &rp0), 0, &clock, src),
+        Err(DropReason::NoReplyRequested)
+    );
+    let r = reflect(&mut e, &request(1, 3, &return_path(1)), 0, &clock, src).unwrap();
+    assert_eq!(&r[0..4], &0u32.to_be_bytes(), "first reply numbered 0");
+    assert_eq!(r[44], 0, "Control Code 1 understood: U = 0");
+    assert_eq!(e.received(), 2);
+    let c = e.counters();
+    assert_eq!(c.reflected, 1);
+    assert_eq!(c.dropped.get(DropReason::NoReplyRequested), 1);
+    assert_eq!(e.activity(Instant::now()).drops.no_reply, 1);
+    // Other Control Code bits are MBZ: not ours to interpret, U = 1,
+    // answered.
+    let r = reflect(&mut e, &request(2, 3, &return_path(0x10)), 0, &clock, src).unwrap();
+    assert_eq!(r[44] & U, U);
+}
+
+/// Direct Measurement (RFC 8972 §4.5) on a stateful session: R_RxC counts
+/// every test packet of the session received — reflected, rate limited or
+/// "no reply" — and R_TxC the replies transmitted; a forged authenticated
+/// packet is not one of the session's.
+#[test]
+fn direct_measurement_counts_every_received_packet() {
+    let mut s = spec(4, Some(KEY), TimeFormat::Ntp);
+    s.rate_limit_pps = 10;
+    s.rate_burst = 1;
+    let mut e = engine(&s);
+    let clock = clock_unsync();
+    let h = StampHmac::new(KEY);
+    let dm = |s_txc: u32| {
+        let mut v = s_txc.to_be_bytes().to_vec();
+        v.extend_from_slice(&[0; 8]);
+        tlv(U, 5, &v)
+    };
+    let mut out = vec![0u8; 2048];
+    let t0 = Instant::now();
+    let mut at = |e: &mut StampSessionEngine, seq: u32, extra: &[u8], t: Instant| {
+        let mut area = dm(seq + 100);
+        area.extend_from_slice(extra);
+        let req = auth_request(seq, 4, &area, true);
+        e.reflect_at(
+            &req,
+            RxMeta { ttl: 64, tos: 0 },
+            addrs(),
+            t2(StampSource::KernelSoftware),
+            &clock,
+            t,
+            &mut out,
+        )
+        .map(|n| out[..n].to_vec())
+    };
+    let r = at(&mut e, 0, &[], t0).unwrap();
+    h.verify_packet(&r).unwrap();
+    assert_eq!(&r[116..128], &[0, 0, 0, 100, 0, 0, 0, 1, 0, 0, 0, 1]);
+    assert_eq!(at(&mut e, 1, &[], t0), Err(DropReason::RateLimited));
+    let later = t0 + std::time::Duration::from_millis(100);
+    assert_eq!(
+        at(&mut e, 2, &return_path(0), later),
+        Err(DropReason::NoReplyRequested)
+    );
+    // A forgery (HMAC over other octets) is not counted.
+    let mut forged = auth_request(3, 4, &dm(103), true);
+    forged[100] ^= 1;
+    assert_eq!(
+        e.reflect_at(
+            &forged,
+            RxMeta::default(),
+            addrs(),
+            t2(StampSource::KernelSoftware),
+            &clock,
+            later,
+            &mut vec![0u8; 2048],
+        ),
+        Err(DropReason::BadHmac)
+    );
+    let r = at(&mut e, 4, &[], later).unwrap();
+    h.verify_packet(&r).unwrap();
+    // S_TxC copied; received 0, 1, 2 and 4; transmitted 0 and 4.
+    assert_eq!(&r[116..128], &[0, 0, 0, 104, 0, 0, 0, 4, 0, 0, 0, 2]);
+    assert_eq!(&r[0..4], &1u32.to_be_bytes(), "second reply");
+}

@@ -249,3 +249,40 @@ fn listener_rate_limit() {
     let c = table.listener_counters(local).unwrap();
     assert_eq!(c.dropped.get(DropReason::RateLimited), 6 - n as u64);
 }
+
+/// twampy's TWAMP-Light requests with 64 zero padding octets (78 octets):
+/// the listener answers with the padding unchanged after the STAMP base —
+/// zeros are padding, not Reserved-type TLVs (no U every 4 octets).
+#[test]
+fn twampy_padding_comes_back_unchanged() {
+    let mut table = table();
+    let local = listener(
+        &mut table,
+        "127.0.0.1:0",
+        ListenerKind::Unauthenticated,
+        None,
+    );
+    let mut peer = Peer::bind("127.0.0.1:0", SEND_TTL, 0);
+    let json = decoded_json(
+        "twampy-1.3.2",
+        "twamp-light-v4-pad64-tos184-both.decoded.json",
+    );
+    let reqs: Vec<Vec<u8>> = json["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["direction"] == "sender->reflector")
+        .map(|p| unhex(p["payload_hex"].as_str().unwrap()))
+        .collect();
+    assert_eq!(reqs.len(), 10);
+    for req in &reqs {
+        assert_eq!(req.len(), 78);
+        peer.send(local, req);
+        let r = peer.recv();
+        assert_eq!(r.payload.len(), 78);
+        assert_eq!(&r.payload[24..38], &req[0..14]);
+        assert_eq!(r.payload[40], SEND_TTL);
+        assert!(r.payload[44..].iter().all(|&b| b == 0), "padding unchanged");
+    }
+    table.shutdown().unwrap();
+}

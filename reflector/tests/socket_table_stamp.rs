@@ -135,3 +135,99 @@ fn stateful_sessions_on_one_port() {
     assert!(table.stamp_local_addr(port).is_none());
     table.shutdown().unwrap();
 }
+
+/// On the socket path: a Return Path "No Reply Requested" (RFC 9503
+/// §4.1.1) gets no datagram back and is counted; Direct Measurement's
+/// R_RxC (RFC 8972 §4.5) counts it and the packets the rate limit refused,
+/// R_TxC only the replies sent.
+#[test]
+fn no_reply_and_refused_packets_in_direct_measurement() {
+    let mut table = table();
+    let mut peer = Peer::bind("127.0.0.1:0", 64, 0);
+    let port = free_port();
+    let mut s = spec(peer.addr(), port, 21);
+    // One reply per second, burst 1: the request sent right after the
+    // first reply is refused.
+    s.rate_limit_pps = 1;
+    s.rate_burst = 1;
+    table.add_stamp_session(s.clone()).unwrap();
+    let to = table.stamp_local_addr(port).unwrap();
+    let dm = tlv(0x80, 5, &[0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let no_reply = tlv(0x80, 10, &tlv(0, 1, &[0, 0, 0, 0]));
+
+    // No reply requested: silence (the bucket is full, so the silence is
+    // the Return Path's doing), counted.
+    let mut area = dm.clone();
+    area.extend_from_slice(&no_reply);
+    peer.send(to, &request(0, 21, &area));
+    peer.expect_silence("no reply requested");
+    let id = s.id();
+    eventually("no-reply counted", || {
+        table.stamp_activity(&id).unwrap().drops.no_reply == 1
+    });
+    // Reflected: R_RxC 2 (the no-reply packet counted), R_TxC 1; own
+    // Sequence Number 0 (the no-reply packet was not reflected).
+    peer.send(to, &request(1, 21, &dm));
+    let r = peer.recv();
+    assert_eq!(be32(&r.payload, 0), 0);
+    assert_eq!(r.payload[48..60], [0, 0, 0, 9, 0, 0, 0, 2, 0, 0, 0, 1]);
+    // Right after: refused by the bucket, still received.
+    peer.send(to, &request(2, 21, &dm));
+    peer.expect_silence("rate limited");
+    eventually("rate limit counted", || {
+        table.stamp_activity(&id).unwrap().drops.rate_limited == 1
+    });
+    let a = table.stamp_activity(&id).unwrap();
+    assert_eq!((a.reflected, a.drops.no_reply), (1, 1));
+    assert_eq!(table.stamp_session(&id, |e| e.received()), Some(3));
+    table.shutdown().unwrap();
+}
+
+/// Back-to-back requests of one session (bursts of 4, sent without
+/// waiting, so that several land in one receive batch): every reply's
+/// Follow-Up Telemetry carries the previous reply's Sequence Number and
+/// the kernel's software transmit stamp of it — a packet whose session was
+/// answered earlier in the same batch waits for a later pass over the
+/// batch (at most 4), after that reply was sent and its stamp read (issue
+/// 8 gap 6; loopback delivers software TX stamps before sendmmsg returns).
+#[test]
+fn back_to_back_requests_get_stamped_follow_ups() {
+    let mut table = table();
+    let mut peer = Peer::bind("127.0.0.1:0", 64, 0);
+    let port = free_port();
+    let s = spec(peer.addr(), port, 33);
+    table.add_stamp_session(s.clone()).unwrap();
+    let to = table.stamp_local_addr(port).unwrap();
+    let fut = tlv(0x80, 7, &[0; 16]);
+    let mut seq = 0u32;
+    let mut last_t3: Option<u64> = None;
+    for _round in 0..10 {
+        for k in 0..4 {
+            peer.send(to, &request(seq + k, 33, &fut));
+        }
+        for _ in 0..4 {
+            let r = peer.recv();
+            assert_eq!(be32(&r.payload, 0), seq, "replies in order");
+            let fu = &r.payload[48..64];
+            match last_t3 {
+                None => assert!(fu.iter().all(|&b| b == 0)),
+                Some(t3) => {
+                    assert_eq!(fu[0..4], (seq - 1).to_be_bytes(), "previous reply");
+                    assert_eq!(fu[12], 2, "software local stamp, reply {seq}");
+                    let tx = ntp_ns(&fu[4..12]);
+                    assert!(t3 <= tx, "T3 {t3} <= TX {tx}");
+                }
+            }
+            last_t3 = Some(ntp_ns(&r.payload[4..12]));
+            seq += 1;
+        }
+    }
+    let id = s.id();
+    let c = table.stamp_session(&id, |e| e.stamp_counters()).unwrap();
+    assert_eq!((c.follow_up_stamped, c.follow_up_unstamped), (39, 0));
+    eprintln!(
+        "socket path: {} deferrals to a later pass over 40 back-to-back requests",
+        table.loop_stats().deferred
+    );
+    table.shutdown().unwrap();
+}

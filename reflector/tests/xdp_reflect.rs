@@ -439,6 +439,54 @@ fn stamp_ssid_mismatch_is_dropped() {
     assert_eq!(p.maps().counters().unwrap().get(Counter::DropSsid), 1);
 }
 
+/// RC_F_CHECK_SSID reads the unauthenticated layout's SSID (octets 14–15,
+/// RFC 8972 §3) and applies to RC_MODE_STAMP entries only, including the
+/// TLV-bearing packets they hand to the pollers (checked before the
+/// hand-off). An authenticated STAMP packet carries its SSID at 26–27
+/// (stamp.md §2.2) and travels through a secured entry, which the program
+/// cannot tell from TWAMP or unauthenticated STAMP: the flag is refused
+/// there instead of being silently ignored (the pollers check the SSID).
+#[test]
+fn check_ssid_is_the_unauthenticated_layout_and_refused_on_secured_entries() {
+    if skip() {
+        return;
+    }
+    let mut cfg = EntryConfig::new(Mode::Stamp, 0);
+    cfg.flags = EntryFlags::CHECK_SSID | EntryFlags::TLV_TO_XSK;
+    cfg.ssid = 0x1111;
+    let p = setup(cfg);
+    let tlv = [0x80, 1, 0, 4, 0, 0, 0, 0];
+    let good = stamp_sender(0, T1, EE_SENDER, 0x1111, &tlv);
+    let bad = stamp_sender(0, T1, EE_SENDER, 0x2222, &tlv);
+    // The right SSID goes on to the socket (no socket here: PASS with
+    // metadata), a wrong one is dropped before the hand-off.
+    let (act, out) = run(&p, &probe_v4(&[], 64, 0, &[], &good));
+    assert_eq!(act, XdpAction::Pass);
+    assert!(XdpMeta::parse(&out[..XdpMeta::LEN]).is_ok());
+    assert_eq!(run(&p, &probe_v4(&[], 64, 0, &[], &bad)).0, XdpAction::Drop);
+    // 0x1111 at the authenticated offset only: not this entry's layout.
+    let mut auth_layout = vec![0u8; 112];
+    auth_layout[26..28].copy_from_slice(&0x1111u16.to_be_bytes());
+    assert_eq!(
+        run(&p, &probe_v4(&[], 64, 0, &[], &auth_layout)).0,
+        XdpAction::Drop
+    );
+    assert_eq!(p.maps().counters().unwrap().get(Counter::DropSsid), 2);
+
+    let mut secured = EntryConfig::new(Mode::Secured, 0);
+    secured.flags = EntryFlags::CHECK_SSID;
+    secured.ssid = 0x1111;
+    let q = load();
+    assert!(
+        q.maps().insert_session(&key_v4(), &secured).is_err(),
+        "CHECK_SSID on a secured entry would be ignored: refused"
+    );
+    secured.flags = EntryFlags::empty();
+    q.maps().insert_session(&key_v4(), &secured).unwrap();
+    secured.flags = EntryFlags::CHECK_SSID;
+    assert!(q.maps().update_session(&key_v4(), &secured).is_err());
+}
+
 // ---- IPv6, VLANs, IPv4 options -------------------------------------------
 
 #[test]

@@ -655,6 +655,12 @@ impl Worker {
                 return Err(DropReason::WrongSource);
             }
         }
+        if meta.refused() {
+            // Refused by the XDP token bucket: counted by the session
+            // (R_RxC), never answered.
+            slot.count_refused(&room[p.payload_off..p.payload_off + p.payload_len]);
+            return Err(DropReason::Refused);
+        }
         // The engine reads the request and writes the reply: the request
         // is copied out of the frame the reply is built in.
         let rx = scratch.get_mut(..p.payload_len).ok_or(DropReason::NoRoom)?;

@@ -146,7 +146,12 @@ impl SecuredSlot {
                 e.set_t3_source(t3_now);
                 Engine::Stamp(e)
             }
-            KeyMaterial::StampSession { ssid, key } => {
+            KeyMaterial::StampSession {
+                ssid,
+                key,
+                cos_allowed_dscp,
+                micro_session_id,
+            } => {
                 let sender = k.sender.ok_or("a STAMP session slot without its sender")?;
                 let spec = StampSessionSpec {
                     sender,
@@ -155,8 +160,8 @@ impl SecuredSlot {
                     key: key.as_ref().map(|k| Zeroizing::new(k.to_vec())),
                     timestamp_format: format,
                     dscp,
-                    cos_policy: CosPolicy::ALLOW_ALL,
-                    micro_session_id: None,
+                    cos_policy: CosPolicy(*cos_allowed_dscp),
+                    micro_session_id: *micro_session_id,
                     // The XDP program's token bucket limits the entry.
                     rate_limit_pps: 0,
                     rate_burst: 0,
@@ -188,6 +193,16 @@ impl SecuredSlot {
                     source,
                 },
             );
+        }
+    }
+
+    /// Counts a packet the XDP token bucket refused
+    /// ([`crate::bpf::XdpMeta::refused`]): a stateful STAMP session counts
+    /// it as received (Direct Measurement R_RxC, RFC 8972 §4.5) and rate
+    /// limited; other slots keep no such counter. Never answered.
+    pub fn count_refused(&mut self, rx: &[u8]) {
+        if let Engine::StampSession(e) = &mut self.engine {
+            e.count_refused(rx);
         }
     }
 
@@ -284,6 +299,7 @@ fn engine_drop(e: engine::DropReason) -> DropReason {
         engine::DropReason::NotStarted
         | engine::DropReason::Expired
         | engine::DropReason::RateLimited => DropReason::Refused,
+        engine::DropReason::NoReplyRequested => DropReason::NoReplyRequested,
     }
 }
 
@@ -438,6 +454,8 @@ mod tests {
             KeyMaterial::StampSession {
                 ssid: 0x0707,
                 key: None,
+                cos_allowed_dscp: u64::MAX,
+                micro_session_id: None,
             },
             1,
         );
@@ -449,7 +467,8 @@ mod tests {
             k.keys,
             KeyMaterial::StampSession {
                 ssid: 0x0707,
-                key: None
+                key: None,
+                ..
             }
         ));
         let mut s = SecuredSlot::new(&k).unwrap();
@@ -495,13 +514,113 @@ mod tests {
             KeyMaterial::StampSession {
                 ssid: 1,
                 key: Some(Zeroizing::new([4; 32])),
+                cos_allowed_dscp: 1 << 46,
+                micro_session_id: Some(0xbeef),
             },
             1,
         );
         ka.sender = Some(sender);
         let back = SlotKeys::from_bytes(&ka.to_bytes()).unwrap().unwrap();
         assert!(
-            matches!(back.keys, KeyMaterial::StampSession { ssid: 1, key: Some(k) } if *k == [4; 32])
+            matches!(back.keys, KeyMaterial::StampSession { ssid: 1, key: Some(k), cos_allowed_dscp, micro_session_id: Some(0xbeef) } if *k == [4; 32] && cos_allowed_dscp == 1 << 46)
         );
+    }
+
+    /// A STAMP session slot applies the session's Class of Service policy
+    /// and Micro-session ID as the socket path does (RFC 8972 §4.4,
+    /// RFC 9534 §3), carried through the keys map encoding: a permitted
+    /// DSCP1 is used for the reply (RP = 0), a refused one keeps the
+    /// received DSCP (RP = 1); the Micro-session ID TLV gets the reflector
+    /// ID with U = 0, and U = 1 on a slot without one.
+    #[test]
+    fn stamp_session_slot_applies_cos_policy_and_micro_session_id() {
+        let sender: SocketAddr = "198.18.0.1:40000".parse().unwrap();
+        let slot = |cos: u64, micro: Option<u16>| {
+            let mut k = keys(
+                KeyMaterial::StampSession {
+                    ssid: 0x0707,
+                    key: None,
+                    cos_allowed_dscp: cos,
+                    micro_session_id: micro,
+                },
+                1,
+            );
+            k.sender = Some(sender);
+            let k = SlotKeys::from_bytes(&k.to_bytes()).unwrap().unwrap();
+            SecuredSlot::new(&k).unwrap()
+        };
+        let addrs = Some(PacketAddrs {
+            src: sender,
+            dst: Some("198.18.0.2:862".parse().unwrap()),
+            src_mac: None,
+        });
+        // Base, Class of Service (DSCP1 at value bits 0-5), Micro-session
+        // ID (sender ID 0x0102, reflector ID 0).
+        let request = |dscp1: u8| {
+            let mut rx = vec![0u8; 44 + 8 + 8];
+            rx[14..16].copy_from_slice(&[7, 7]);
+            rx[44..48].copy_from_slice(&[0x80, 4, 0, 4]);
+            rx[48] = dscp1 << 2;
+            rx[52..56].copy_from_slice(&[0x80, 11, 0, 4]);
+            rx[56..58].copy_from_slice(&[1, 2]);
+            rx
+        };
+        let meta = RxMeta {
+            ttl: 64,
+            tos: 18 << 2, // received DSCP 18 (AF21)
+        };
+        let t2 = t2_stamp(1_795_756_276_000_000_000, TsSource::KernelTai);
+        let mut out = vec![0u8; 1500];
+        // Only DSCP 10 permitted; member link 9.
+        let mut s = slot(1 << 10, Some(9));
+        let r = s
+            .reflect(
+                &request(46),
+                meta,
+                addrs,
+                t2,
+                &clock(),
+                Instant::now(),
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(r.reply_dscp, Some(18), "EF refused: received DSCP kept");
+        let cos = u32::from_be_bytes(out[48..52].try_into().unwrap());
+        assert_eq!(cos >> 26, 46, "DSCP1 as asked");
+        assert_eq!((cos >> 20) & 0x3f, 18, "DSCP2 = received");
+        assert_eq!((cos >> 16) & 0x3, 1, "RP = 1: refused by policy");
+        assert_eq!(out[44] & 0x80, 0, "CoS understood");
+        assert_eq!(out[52] & 0x80, 0, "Micro-session ID understood");
+        assert_eq!(&out[56..60], &[1, 2, 0, 9], "sender ID kept, ours filled");
+        let r = s
+            .reflect(
+                &request(10),
+                meta,
+                addrs,
+                t2,
+                &clock(),
+                Instant::now(),
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(r.reply_dscp, Some(10), "permitted DSCP used");
+        let cos = u32::from_be_bytes(out[48..52].try_into().unwrap());
+        assert_eq!((cos >> 16) & 0x3, 0, "RP = 0");
+        // Everything permitted, no member-link ID: EF used, U = 1.
+        let mut s = slot(u64::MAX, None);
+        let r = s
+            .reflect(
+                &request(46),
+                meta,
+                addrs,
+                t2,
+                &clock(),
+                Instant::now(),
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(r.reply_dscp, Some(46));
+        assert_eq!(out[52] & 0x80, 0x80, "no member-link ID: U = 1");
+        assert_eq!(&out[56..60], &[1, 2, 0, 0]);
     }
 }

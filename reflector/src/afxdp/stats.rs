@@ -61,11 +61,14 @@ pub enum DropReason {
     /// Refused by the session engine (not started, expired, rate limited:
     /// states the XDP program normally filters first).
     Refused,
+    /// A STAMP request asked for no reply (RFC 9503 §4.1.1 Return Path
+    /// Control Code 0): processed and counted, not answered.
+    NoReplyRequested,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     /// All reasons in index order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::BadMetadata,
@@ -79,6 +82,7 @@ impl DropReason {
         DropReason::NoRoom,
         DropReason::TxRingFull,
         DropReason::Refused,
+        DropReason::NoReplyRequested,
     ];
 
     /// A stable name for metrics.
@@ -95,6 +99,7 @@ impl DropReason {
             DropReason::NoRoom => "no_room",
             DropReason::TxRingFull => "tx_ring_full",
             DropReason::Refused => "refused",
+            DropReason::NoReplyRequested => "no_reply_requested",
         }
     }
 }

@@ -170,6 +170,9 @@ pub enum TsSource {
     Nic = 2,
 }
 
+/// `RC_ORIGIN_F_REFUSED`: the flag bit of `rc_xdp_meta.origin`.
+const ORIGIN_F_REFUSED: u8 = 0x80;
+
 /// Which map an entry came from (`enum rc_origin`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -245,7 +248,7 @@ impl XdpMeta {
 
     /// The map the entry came from.
     pub fn origin(&self) -> Result<Origin, MetaError> {
-        match self.origin {
+        match self.origin & !ORIGIN_F_REFUSED {
             1 => Ok(Origin::Session),
             2 => Ok(Origin::Listener),
             value => Err(MetaError::BadField {
@@ -253,6 +256,12 @@ impl XdpMeta {
                 value,
             }),
         }
+    }
+
+    /// The token bucket refused this packet: it is here to be counted
+    /// only, never answered ([`EntryFlags::XSK_REFUSED`]).
+    pub fn refused(&self) -> bool {
+        self.origin & ORIGIN_F_REFUSED != 0
     }
 }
 
@@ -366,6 +375,13 @@ impl std::fmt::Debug for RawKeys {
     }
 }
 
+/// STAMP session slots: where the Class of Service policy and the
+/// Micro-session ID sit in `rc_keys.key`, after the 32-octet HMAC key
+/// (ricochet.h, `RC_KEY_LEN`).
+const STAMP_COS_AT: usize = 32;
+const STAMP_MICRO_AT: usize = 40;
+const STAMP_MICRO_FLAG_AT: usize = 42;
+
 /// The key material of a secured slot and the protection it selects
 /// (`enum rc_key_mode` with `rc_keys.key`). Zeroized on drop; `Debug`
 /// never shows it.
@@ -386,6 +402,13 @@ pub enum KeyMaterial {
         ssid: u16,
         /// The key; `None`: unauthenticated.
         key: Option<zeroize::Zeroizing<[u8; 32]>>,
+        /// Class of Service policy (RFC 8972 §4.4): bit n set = DSCP n may
+        /// be asked for (`key[32..40]`, native order).
+        cos_allowed_dscp: u64,
+        /// RFC 9534 Reflector Micro-session ID (`key[40..42]`, native
+        /// order, present when bit 0 of `key[42]` is set); `None`: the TLV
+        /// comes back with U = 1.
+        micro_session_id: Option<u16>,
     },
     /// A stateless unauthenticated STAMP listener's TLV-bearing packets
     /// ([`EntryFlags::TLV_TO_XSK`]): no key, the TLVs need user space.
@@ -511,10 +534,20 @@ impl SlotKeys {
                 put(&mut b, k + 16, &sk.hmac);
             }
             KeyMaterial::StampAuthenticated(key) => put(&mut b, k, &key[..]),
-            KeyMaterial::StampSession { ssid, key } => {
+            KeyMaterial::StampSession {
+                ssid,
+                key,
+                cos_allowed_dscp,
+                micro_session_id,
+            } => {
                 put(&mut b, offset_of!(RawKeys, ssid), &ssid.to_ne_bytes());
                 if let Some(key) = key {
                     put(&mut b, k, &key[..]);
+                }
+                put(&mut b, k + STAMP_COS_AT, &cos_allowed_dscp.to_ne_bytes());
+                if let Some(id) = micro_session_id {
+                    put(&mut b, k + STAMP_MICRO_AT, &id.to_ne_bytes());
+                    b[k + STAMP_MICRO_FLAG_AT] = 1;
                 }
             }
             KeyMaterial::StampOpen => {}
@@ -549,6 +582,9 @@ impl SlotKeys {
                 KeyMaterial::StampSession {
                     ssid: ne_u16(b, offset_of!(RawKeys, ssid)),
                     key,
+                    cos_allowed_dscp: ne_u64(b, k + STAMP_COS_AT),
+                    micro_session_id: (b[k + STAMP_MICRO_FLAG_AT] & 1 != 0)
+                        .then(|| ne_u16(b, k + STAMP_MICRO_AT)),
                 }
             }
             KeyMaterial::STAMP_OPEN => KeyMaterial::StampOpen,
@@ -769,6 +805,10 @@ impl EntryFlags {
     pub const TLV_TO_XSK: EntryFlags = EntryFlags(1 << 5);
     /// STAMP (RFC 8972 §3): drop packets whose SSID differs.
     pub const CHECK_SSID: EntryFlags = EntryFlags(1 << 6);
+    /// Secured entries: a packet the token bucket refuses still goes to
+    /// the poller, marked ([`XdpMeta::refused`]), to be counted only (STAMP
+    /// Direct Measurement R_RxC, RFC 8972 §4.5); never answered.
+    pub const XSK_REFUSED: EntryFlags = EntryFlags(1 << 8);
 
     /// No flag.
     pub const fn empty() -> EntryFlags {
@@ -829,6 +869,25 @@ impl EntryConfig {
             rate_pps,
             burst: rate_pps.max(1),
         }
+    }
+
+    /// Refuses combinations the XDP program would not honour.
+    /// [`EntryFlags::CHECK_SSID`] is checked only for [`Mode::Stamp`]
+    /// entries, whose packets have the unauthenticated layout (SSID at
+    /// octets 14–15, RFC 8972 §3): a secured entry may be authenticated
+    /// STAMP (SSID at 26–27), unauthenticated STAMP or TWAMP, which the XDP
+    /// program cannot tell apart (it never reads the keys), so there the
+    /// pollers check the SSID (`StampSessionEngine::matches`) and the flag
+    /// would be silently ignored: it is an error instead.
+    pub fn check(&self) -> Result<(), BpfError> {
+        if self.flags.contains(EntryFlags::CHECK_SSID) && self.mode != Mode::Stamp {
+            return Err(BpfError::BadMapData(format!(
+                "CHECK_SSID on a {:?} entry: the XDP program checks the SSID of \
+                 unauthenticated STAMP entries only (the pollers check secured ones)",
+                self.mode
+            )));
+        }
+        Ok(())
     }
 }
 

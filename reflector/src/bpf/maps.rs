@@ -239,11 +239,13 @@ fn read_keys(map: &MapHandle, slot: u32) -> Result<Option<SlotKeys>, BpfError> {
 }
 
 fn insert(map: &MapHandle, name: &str, key: &[u8], cfg: &EntryConfig) -> Result<(), BpfError> {
+    cfg.check()?;
     map.update(key, &RawEntry::fresh(cfg).to_bytes(), MapFlags::NO_EXIST)
         .map_err(ctx(format!("insert into {name}")))
 }
 
 fn update(map: &MapHandle, name: &str, key: &[u8], cfg: &EntryConfig) -> Result<(), BpfError> {
+    cfg.check()?;
     let old = map
         .lookup(key, MapFlags::ANY)
         .map_err(ctx(format!("read {name}")))?

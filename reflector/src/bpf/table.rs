@@ -681,7 +681,9 @@ impl SessionTable for BpfSessionTable {
             }
         };
         let generation = self.generation();
-        let mut flags = EntryFlags::default();
+        // Packets the XDP token bucket refuses still reach the poller to be
+        // counted (Direct Measurement R_RxC, RFC 8972 §4.5), not answered.
+        let mut flags = EntryFlags::XSK_REFUSED;
         if spec.timestamp_format == TimeFormat::Ptp {
             flags = flags | EntryFlags::PTP;
         }
@@ -705,6 +707,8 @@ impl SessionTable for BpfSessionTable {
             keys: KeyMaterial::StampSession {
                 ssid: spec.ssid,
                 key: hmac_key,
+                cos_allowed_dscp: spec.cos_policy.0,
+                micro_session_id: spec.micro_session_id,
             },
             flags,
             dscp: cfg.dscp,

@@ -50,6 +50,23 @@ pub trait Reflect {
     /// destination address and the stamp.
     fn tx_stamp(&mut self, _key: SocketKey, _payload: &[u8], _dst: IpAddr, _stamp: Stamp) {}
 
+    /// Whether the reply to `rx` must wait for the replies already built in
+    /// this batch to be sent and their transmit stamps read: a stateful
+    /// STAMP session's Follow-Up Telemetry (RFC 8972 §4.7) reports the
+    /// transmit stamp of the session's previous reply, which does not
+    /// exist before that reply is sent. Asked only on sockets with
+    /// transmit stamps; a deferred packet is reflected in a later pass over
+    /// the batch, after the earlier pass's `sendmmsg` and an error-queue
+    /// read (at most [`MAX_PASSES`] passes per batch: the extra syscalls
+    /// are per batch, never per packet; the last pass defers nothing).
+    fn defer(&mut self, _key: SocketKey, _rx: &RxPacket<'_>) -> bool {
+        false
+    }
+
+    /// A further pass over the batch's deferred packets begins (the
+    /// earlier pass's replies are sent, their stamps read).
+    fn begin_second_pass(&mut self) {}
+
     /// The TOS / Traffic Class the reply just built must carry, if it asked
     /// for one (a STAMP Class of Service TLV, RFC 8972 §4.4); read once
     /// after each successful [`Reflect::reflect`].
@@ -71,6 +88,9 @@ where
 const ERRQ_BUF: usize = 2048;
 /// Transmit timestamps read per socket visit.
 const ERRQ_BUDGET: usize = 64;
+/// Passes over one received batch at most ([`Reflect::defer`]): each
+/// further pass costs one `sendmmsg` and one error-queue read.
+const MAX_PASSES: usize = 4;
 
 /// The TOS / Traffic Class of a socket's replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -144,6 +164,9 @@ stats! {
     rx_syscalls,
     /// `sendmmsg` calls.
     tx_syscalls,
+    /// Deferrals of a packet to a later pass over its batch
+    /// ([`Reflect::defer`]).
+    deferred,
 }
 
 impl Stats {
@@ -294,6 +317,8 @@ pub struct SocketReflector {
     /// Scratch for transmit timestamps read from error queues.
     errq: Box<[u8]>,
     errq_control: Box<[u8]>,
+    /// Indices (in `rx`) of the packets deferred to the second pass.
+    deferred: Vec<usize>,
 }
 
 impl std::fmt::Debug for SocketReflector {
@@ -312,6 +337,8 @@ impl SocketReflector {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (commands_tx, commands) = crossbeam_channel::unbounded();
         let events = cfg.events.max(1);
+        let rx = RxBatch::new(&cfg.batch);
+        let deferred = Vec::with_capacity(rx.capacity());
         Ok(SocketReflector {
             poll,
             events: Events::with_capacity(events),
@@ -321,7 +348,7 @@ impl SocketReflector {
             slots: Vec::new(),
             free: Vec::new(),
             keys: HashMap::new(),
-            rx: RxBatch::new(&cfg.batch),
+            rx,
             tx: TxBatch::new(&cfg.batch),
             ready: Vec::with_capacity(events),
             again: Vec::new(),
@@ -329,6 +356,7 @@ impl SocketReflector {
             budget: cfg.budget.max(1),
             errq: vec![0u8; ERRQ_BUF].into_boxed_slice(),
             errq_control: vec![0u8; 512].into_boxed_slice(),
+            deferred,
             shut_down: false,
         })
     }
@@ -488,22 +516,13 @@ impl SocketReflector {
             budget,
             errq,
             errq_control,
+            deferred,
             ..
         } = self;
         let Some(Some(entry)) = slots.get_mut(idx) else {
             return;
         };
-        if entry.socket.tx_stamping() {
-            // Before the next replies are built: their Follow-Up Telemetry
-            // reports the transmit stamp of the previous one.
-            let key = entry.key;
-            entry.socket.read_tx_stamps(
-                errq,
-                errq_control,
-                ERRQ_BUDGET,
-                &mut |payload, dst, stamp| handler.tx_stamp(key, payload, dst, stamp),
-            );
-        }
+        let stamping = entry.socket.tx_stamping();
         let mut s = Stats::default();
         let mut drained = false;
         let mut ovfl = None;
@@ -521,8 +540,20 @@ impl SocketReflector {
                 }
             };
             s.rx_syscalls += 1;
+            if stamping {
+                // Before this batch's replies are built (every batch, also
+                // the later ones of this visit): their Follow-Up Telemetry
+                // reports the transmit stamp of the previous reply.
+                let key = entry.key;
+                entry.socket.read_tx_stamps(
+                    errq,
+                    errq_control,
+                    ERRQ_BUDGET,
+                    &mut |payload, dst, stamp| handler.tx_stamp(key, payload, dst, stamp),
+                );
+            }
             handler.begin_batch(entry.key);
-            for pkt in rx.iter() {
+            for (i, pkt) in rx.iter().enumerate() {
                 s.received += 1;
                 let pkt = match pkt {
                     Ok(p) => p,
@@ -541,35 +572,57 @@ impl SocketReflector {
                 if pkt.rxq_dropped.is_some() {
                     ovfl = pkt.rxq_dropped;
                 }
-                let mut meta = TxMeta::reply_to(&pkt);
-                if entry.reply_tos == ReplyTos::CopyReceivedDscp {
-                    meta.tos = Some(pkt.tos.unwrap_or(0) & 0xfc);
+                if stamping && handler.defer(entry.key, &pkt) {
+                    deferred.push(i);
+                    continue;
                 }
-                let key = entry.key;
-                let mut fill = |buf: &mut [u8]| handler.reflect(key, &pkt, buf);
-                let mut pushed = tx.push(meta, &mut fill);
-                if pushed == Err(TxError::Full) {
-                    // Only if the send batch is smaller than the receive one.
-                    let r = entry.socket.send_batch(tx);
-                    s.reflected += r.sent as u64;
-                    s.send_errors += r.failed as u64;
-                    s.tx_syscalls += r.syscalls as u64;
-                    pushed = tx.push(meta, &mut fill);
-                }
-                match pushed {
-                    Ok(true) => {
-                        if let Some(t) = handler.reply_tos() {
-                            tx.set_last_tos(t);
-                        }
-                    }
-                    Ok(false) | Err(_) => s.declined += 1,
-                }
+                reply_one(entry, tx, handler, &mut s, &pkt);
             }
             if !tx.is_empty() {
                 let r = entry.socket.send_batch(tx);
                 s.reflected += r.sent as u64;
                 s.send_errors += r.failed as u64;
                 s.tx_syscalls += r.syscalls as u64;
+            }
+            let mut passes = 1;
+            while !deferred.is_empty() {
+                // Another pass: the previous pass's replies are out; their
+                // transmit stamps (software stamps are queued before
+                // sendmmsg returns) feed the deferred replies' Follow-Up.
+                // At most MAX_PASSES per batch: syscalls stay per batch;
+                // a longer burst of one session gets unstamped Follow-Ups
+                // (counted by the session).
+                passes += 1;
+                s.deferred += deferred.len() as u64;
+                let key = entry.key;
+                entry.socket.read_tx_stamps(
+                    errq,
+                    errq_control,
+                    ERRQ_BUDGET,
+                    &mut |payload, dst, stamp| handler.tx_stamp(key, payload, dst, stamp),
+                );
+                handler.begin_second_pass();
+                let last = passes >= MAX_PASSES;
+                let mut keep = 0;
+                for j in 0..deferred.len() {
+                    let i = deferred[j];
+                    let Some(Ok(pkt)) = rx.get(i) else {
+                        continue;
+                    };
+                    if !last && handler.defer(key, &pkt) {
+                        deferred[keep] = i;
+                        keep += 1;
+                        continue;
+                    }
+                    reply_one(entry, tx, handler, &mut s, &pkt);
+                }
+                deferred.truncate(keep);
+                if !tx.is_empty() {
+                    let r = entry.socket.send_batch(tx);
+                    s.reflected += r.sent as u64;
+                    s.send_errors += r.failed as u64;
+                    s.tx_syscalls += r.syscalls as u64;
+                }
             }
             handler.end_batch();
             if n < rx.capacity() {
@@ -588,5 +641,39 @@ impl SocketReflector {
         }
         entry.stats.add(&s);
         counters.add(&s);
+    }
+}
+
+/// Builds the reply to `pkt` into the send batch (flushing a full batch
+/// first), counting a declined packet.
+fn reply_one<R: Reflect + ?Sized>(
+    entry: &mut Entry,
+    tx: &mut TxBatch,
+    handler: &mut R,
+    s: &mut Stats,
+    pkt: &RxPacket<'_>,
+) {
+    let mut meta = TxMeta::reply_to(pkt);
+    if entry.reply_tos == ReplyTos::CopyReceivedDscp {
+        meta.tos = Some(pkt.tos.unwrap_or(0) & 0xfc);
+    }
+    let key = entry.key;
+    let mut fill = |buf: &mut [u8]| handler.reflect(key, pkt, buf);
+    let mut pushed = tx.push(meta, &mut fill);
+    if pushed == Err(TxError::Full) {
+        // Only if the send batch is smaller than the receive one.
+        let r = entry.socket.send_batch(tx);
+        s.reflected += r.sent as u64;
+        s.send_errors += r.failed as u64;
+        s.tx_syscalls += r.syscalls as u64;
+        pushed = tx.push(meta, &mut fill);
+    }
+    match pushed {
+        Ok(true) => {
+            if let Some(t) = handler.reply_tos() {
+                tx.set_last_tos(t);
+            }
+        }
+        Ok(false) | Err(_) => s.declined += 1,
     }
 }

@@ -201,6 +201,12 @@ struct TableHandler {
     clock: ClockState,
     /// The TOS the last reply asked for (Class of Service TLV).
     reply_tos: Option<u8>,
+    /// Number of the current pass over a received batch (first or second,
+    /// `Reflect::defer`), from 1: a stateful STAMP session answered in this
+    /// pass (its engine carries the number) has its next packet wait for
+    /// the second pass, so that its Follow-Up Telemetry carries this
+    /// reply's transmit stamp.
+    pass: u64,
 }
 
 impl Reflect for TableHandler {
@@ -287,12 +293,31 @@ impl Reflect for TableHandler {
                     .reflect_at(rx.payload, meta, addrs, rx.rx_stamp, &self.clock, now, tx)
                     .ok()?;
                 self.reply_tos = engine.reply_dscp().map(|d| tos_from_dscp(d, 0));
+                engine.set_pass_mark(self.pass);
                 Some(n)
             }
         }
     }
 
+    fn defer(&mut self, key: SocketKey, rx: &RxPacket<'_>) -> bool {
+        let Some(reg) = self.batch.as_deref() else {
+            return false;
+        };
+        match reg.entries.get(&key) {
+            Some(Entry::Stamp { sessions, .. }) => sessions
+                .iter()
+                .find(|e| e.matches(rx.src, rx.payload))
+                .is_some_and(|e| e.pass_mark() == self.pass),
+            _ => false,
+        }
+    }
+
+    fn begin_second_pass(&mut self) {
+        self.pass += 1;
+    }
+
     fn begin_batch(&mut self, _key: SocketKey) {
+        self.pass += 1;
         self.batch = Some(Mutex::lock_arc(&self.shared.registry));
     }
 
@@ -416,6 +441,7 @@ impl SocketSessionTable {
                 batch: None,
                 clock,
                 reply_tos: None,
+                pass: 1,
             },
             housekeeping: cfg.housekeeping.max(Duration::from_millis(1)),
             clock_refresh: cfg.clock_refresh,
