@@ -249,10 +249,12 @@ pub fn control_seeds<'a>(
 ///
 /// In open mode the harness's client then follows the capture to the end
 /// (Request-TW-Session at Ready, Start-Sessions after Accept-Session, Stop
-/// after Start-Ack). In authenticated and encrypted mode it stops earlier:
-/// the harness's client draws its own session keys, under which the
-/// server's encrypted messages do not decrypt, and perfSONAR's PBKDF2 count
-/// (2048) is above the harness's limit, so these seeds cover the refusal.
+/// after Start-Ack). In authenticated, encrypted and mixed mode
+/// perfSONAR's PBKDF2 count (2048) is above the harness's limit, so the
+/// stream as captured covers that refusal, and a copy with the count
+/// lowered to [`crate::client::MAX_COUNT`] reaches Server-Start (Ready, or
+/// the wrong-secret capture's refusal); the answers after it then fail to
+/// verify, since the harness's client draws its own session keys.
 pub fn client_seeds(client_to_server: &[u8], server_to_client: &[u8]) -> Vec<Seed> {
     let Some(mode) = client_to_server.first_chunk::<4>() else {
         return Vec::new();
@@ -260,16 +262,26 @@ pub fn client_seeds(client_to_server: &[u8], server_to_client: &[u8]) -> Vec<See
     let mode = Modes(u32::from_be_bytes(*mode));
     let allowed = (mode.security().bits() & 0x0f) as u8;
     let wanted = (mode.features().bits() & 0xffff) as u16;
-    [0u8, 16]
-        .into_iter()
-        .map(|chunk| {
+    let mut streams = vec![server_to_client.to_vec()];
+    // The greeting's Count (octets 48..52, RFC 4656 §3.1) lowered to the
+    // harness's limit, so that a protected mode gets past the greeting to
+    // the token, Server-Start and the decryption of the server's answers.
+    if mode.security().bits() & 0x0e != 0 && server_to_client.len() >= 64 {
+        let mut lowered = server_to_client.to_vec();
+        lowered[48..52].copy_from_slice(&crate::client::MAX_COUNT.to_be_bytes());
+        streams.push(lowered);
+    }
+    let mut out = Vec::new();
+    for stream in &streams {
+        for chunk in [0u8, 16] {
             let mut v = vec![allowed];
             v.extend_from_slice(&wanted.to_be_bytes());
             v.push(chunk);
-            v.extend_from_slice(server_to_client);
-            ("control_client", v)
-        })
-        .collect()
+            v.extend_from_slice(stream);
+            out.push(("control_client", v));
+        }
+    }
+    out
 }
 
 /// The key seed octet of the [`crate::crypto::test_packet`] seeds re-protected

@@ -203,9 +203,12 @@ fn esp_seeds_open_under_the_harness_sas_to_strongswans_plaintext() {
 
 /// The control client's seeds replay the server side of every perfSONAR
 /// connection with the security mode its client chose: open mode for the
-/// open captures, so that the harness follows them to Start-Ack.
+/// open captures, so that the harness follows them to Start-Ack; for the
+/// protected modes also with the greeting's PBKDF2 count lowered to the
+/// harness's limit, and nothing else changed.
 #[test]
 fn control_client_seeds_follow_the_captured_mode() {
+    use ricochet_fuzz::client::MAX_COUNT;
     let seeds = ricochet_fuzz::seeds::capture_seeds();
     for (name, allowed) in [
         ("twamp-open-v4", 1u8),
@@ -224,7 +227,28 @@ fn control_client_seeds_follow_the_captured_mode() {
             .filter(|(c, (t, _))| c == name && *t == "control_client")
             .map(|(_, (_, s))| s)
             .collect();
-        assert_eq!(client.len(), 2, "{name}: whole and octet by octet");
+        let count = json["control"][0]["count"].as_u64().unwrap() as u32;
+        assert!(count > MAX_COUNT, "{name}: perfSONAR's count is refused");
+        let streams = if allowed == 1 { 1 } else { 2 };
+        assert_eq!(
+            client.len(),
+            2 * streams,
+            "{name}: in 1- and 16-octet chunks (and whole)"
+        );
+        let captured = &client[0][4..];
+        for (i, s) in client.iter().enumerate() {
+            let stream = &s[4..];
+            assert_eq!(stream.len(), captured.len(), "{name}");
+            let seed_count = u32::from_be_bytes(stream[48..52].try_into().unwrap());
+            if i < 2 {
+                assert_eq!(stream, captured, "{name}: the captured stream");
+                assert_eq!(seed_count, count, "{name}: the JSON's greeting");
+            } else {
+                assert_eq!(seed_count, MAX_COUNT, "{name}");
+                assert_eq!(&stream[..48], &captured[..48], "{name}");
+                assert_eq!(&stream[52..], &captured[52..], "{name}");
+            }
+        }
         for s in client {
             assert_eq!(s[0], allowed, "{name}: the mode twping chose");
             // The server's stream starts with the 64-octet Server-Greeting
