@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all setup build test lint unit demo fuzz bench clean
+.PHONY: all setup build test lint unit demo fuzz bench stamp-followup clean
 
 all: build
 
@@ -38,6 +38,13 @@ bench: export RICOCHET_TWAMPD ?= $(wildcard $(CURDIR)/../peers/install/bin/twamp
 bench: setup
 	$(CARGO) build --release -p ricochet-reflector --bin ricochet-reflector
 	$(CARGO) run --release -p ricochet-bench --bin ricochet-bench -- --targets all --sizes min,112,512,1500 --trial-secs 1 --max-trials 12
+
+## STAMP on the socket, XDP and AF_XDP paths in the lab (root): prints the
+## distribution of (Follow-Up T3 - in-packet T3) per path (RICOCHET_STAMP_COUNT
+## packets per path, default 2000).
+stamp-followup: setup
+	$(CARGO) build --release -p ricochet-reflector -p ricochet-control -p ricochet-bench --bins
+	RICOCHET_STAMP_COUNT=$${RICOCHET_STAMP_COUNT:-2000} $(CARGO) test --release -p ricochet-bench --test lab_stamp -- --nocapture --test-threads 1
 
 clean:
 	$(CARGO) clean

@@ -632,7 +632,13 @@ static __always_inline int reflect(struct xdp_md *ctx, struct pkt *pk,
 	__u32 pay_off = pk->l4_off + sizeof(struct udphdr);
 	__u32 len_in = pk->udp_len - sizeof(struct udphdr);
 	__u16 flags = e->flags;
-	int stamp = e->mode == RC_MODE_STAMP;
+	/* A stateless STAMP listener also serves TWAMP-Light (RFC 5357 App. I),
+	 * which STAMP is wire-compatible with (RFC 8762 §4.6): a probe shorter
+	 * than the 44-octet STAMP base can only be TWAMP-Light, answered with
+	 * the 41-octet TWAMP reflector header as the socket path does, never
+	 * longer than the probe. Stateful STAMP sessions keep the STAMP base. */
+	int stamp = e->mode == RC_MODE_STAMP &&
+		    (stateful || len_in >= STAMP_BASE);
 
 	/* Reflector header length H and where the sender padding starts. */
 	__u32 hdr = TW_REFL_HDR, pad_src = TW_SENDER_HDR;

@@ -463,10 +463,15 @@ fn control_restart_mid_stream_loses_nothing_and_adopted_sessions_expire() {
     );
     // ... removed REFWAIT after its last packet (with the sweep cadence) ...
     let last = Instant::now();
+    // The control plane deletes each map entry and then rewrites the
+    // registry: wait for both, or the check can land between the two writes.
     eventually(
         Duration::from_secs(REFWAIT_S + 10),
         "adopted sessions removed",
-        || rig.maps().session_keys().unwrap().is_empty(),
+        || {
+            rig.maps().session_keys().unwrap().is_empty()
+                && std::fs::read_to_string(rig.registry()).is_ok_and(|r| r.trim().is_empty())
+        },
     );
     assert!(
         last.elapsed() >= Duration::from_secs(REFWAIT_S - 1),

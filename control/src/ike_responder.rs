@@ -299,7 +299,7 @@ impl IkeResponder {
             metrics.add_ike_dropped(reason, n.saturating_sub(was));
         }
         self.reported = now;
-        metrics.set_ike_sas(self.endpoint.established().len());
+        metrics.set_ike_sas(self.endpoint.established_count());
     }
 
     fn publish(&mut self, id: SaId, prf: ricochet_protocol::crypto::Prf, sk_d: &[u8]) {

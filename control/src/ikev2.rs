@@ -56,6 +56,9 @@ use crate::keys::{check_secret_file, KeySource};
 /// Most SAs one table holds: bounds what a feeder can make us store.
 pub const MAX_SAS: usize = 65_536;
 
+/// Bad lines of an SA file named in its error message (and so in the log).
+const MAX_ERRORS_SHOWN: usize = 5;
+
 /// What a directory knows of one IKE SA: enough to compute its RFC 7717
 /// secret.
 #[derive(Clone)]
@@ -278,13 +281,39 @@ impl SaFile {
             .map_err(|e| format!("{what} {}: cannot read it: {e}", self.path.display()))?;
         // Whatever happens next, this version has been looked at.
         self.stamp = Some(stamp);
+        // Too many SA lines is refused before parsing: the parser's duplicate
+        // check is quadratic in the number of records.
+        let sa_lines = text
+            .lines()
+            .filter(|l| {
+                let t = l.trim();
+                !t.is_empty() && !t.starts_with('#')
+            })
+            .count();
+        if sa_lines > MAX_SAS {
+            return Err(format!(
+                "{what} {}: {sa_lines} SA lines, at most {MAX_SAS}",
+                self.path.display()
+            ));
+        }
         let records = sa_records::parse_file(&text).map_err(|errors| {
-            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            // The first few only: the message goes to the log.
+            let list: Vec<String> = errors
+                .iter()
+                .take(MAX_ERRORS_SHOWN)
+                .map(ToString::to_string)
+                .collect();
+            let more = errors.len().saturating_sub(MAX_ERRORS_SHOWN);
             format!(
-                "{what} {}: {} bad line(s): {}; the format is 'SPIi SPIr PRF KEY' per line",
+                "{what} {}: {} bad line(s): {}{}; the format is 'SPIi SPIr PRF KEY' per line",
                 self.path.display(),
                 errors.len(),
-                list.join("; ")
+                list.join("; "),
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
             )
         })?;
         if records.len() > MAX_SAS {
@@ -723,6 +752,37 @@ mod tests {
             .expect_err("bad line");
         assert!(
             e.contains("line 2") && !e.contains(&GOLDEN_IPPM[..8]),
+            "{e}"
+        );
+    }
+
+    /// A huge broken SA file gives a bounded error message (it is logged on
+    /// every re-read), and more SA lines than the table takes are refused
+    /// without parsing them.
+    #[test]
+    fn a_huge_sa_file_gives_a_bounded_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = "garbage\n".repeat(20_000);
+        let e = SaFile::load(&private_file(dir.path(), "g", &garbage)).expect_err("garbage");
+        assert!(
+            e.contains("20000 bad line(s)"),
+            "{}",
+            &e[..e.len().min(300)]
+        );
+        assert!(e.contains("and 19995 more"), "{}", &e[..e.len().min(300)]);
+        assert!(e.len() < 2048, "{} octets", e.len());
+        let mut many = String::from("# comment\n\n");
+        for i in 0..=MAX_SAS as u64 {
+            many.push_str(&format!(
+                "{:016x} {:016x} prfsha1 {}\n",
+                i + 1,
+                i + 1,
+                "11".repeat(20)
+            ));
+        }
+        let e = SaFile::load(&private_file(dir.path(), "m", &many)).expect_err("too many");
+        assert!(
+            e.contains(&format!("{} SA lines, at most {MAX_SAS}", MAX_SAS + 1)),
             "{e}"
         );
     }

@@ -19,6 +19,7 @@
 pub mod client;
 pub mod control;
 pub mod crypto;
+pub mod ike;
 pub mod keyfile;
 pub mod sa_records;
 pub mod seeds;
@@ -50,6 +51,7 @@ pub const HARNESSES: &[(&str, Harness)] = &[
     ("esp_sa", crypto::esp_sa),
     ("keyfile", keyfile::keyfile),
     ("sa_records", sa_records::sa_records),
+    ("ike", ike::responder),
 ];
 
 /// The harness of target `name`.

@@ -32,11 +32,16 @@ pub enum CaptureKind {
     TwampLight,
     /// STAMP (stamp-suite), with its reflector configuration.
     Stamp(StampFormat),
+    /// IKEv2 (strongSwan `ikev2-…`): datagrams of ports 500 and 4500.
+    Ike,
 }
 
 impl CaptureKind {
     /// Classifies a capture by its file stem; `None` for non-test captures.
     pub fn from_file_name(name: &str) -> Option<Self> {
+        if name.starts_with("ikev2-") {
+            return Some(CaptureKind::Ike);
+        }
         if name.starts_with("twamp-light") {
             return Some(CaptureKind::TwampLight);
         }
@@ -88,7 +93,27 @@ pub fn seeds_for(kind: CaptureKind, payload: &[u8]) -> Vec<Seed> {
         CaptureKind::Twamp(security) => twamp_seeds(security, payload),
         CaptureKind::TwampLight => twamp_seeds(TestSecurity::Unauthenticated, payload),
         CaptureKind::Stamp(fmt) => stamp_seeds(fmt, payload),
+        CaptureKind::Ike => ike_seeds(payload),
     }
+}
+
+/// An IKE datagram as the responder harness's input: on the NAT-T port when
+/// it starts with the non-ESP marker (an IKE SPI is never zero), in both
+/// cookie configurations.
+fn ike_seeds(payload: &[u8]) -> Vec<Seed> {
+    let ctl = if payload.starts_with(&[0; 4]) {
+        crate::ike::CTL_NATT
+    } else {
+        0
+    };
+    [0u8, 1]
+        .into_iter()
+        .map(|cfg| {
+            let mut v = vec![cfg];
+            v.extend(crate::ike::record(ctl, payload));
+            ("ike", v)
+        })
+        .collect()
 }
 
 /// T2 of the seeds (TV-7's).

@@ -73,5 +73,8 @@ fn captures_are_classified_by_peer_convention() {
         panic!("stamp capture");
     };
     assert_eq!(f.layout, StampLayout::Authenticated);
-    assert_eq!(CaptureKind::from_file_name("ikev2-a-childless-psk"), None);
+    assert_eq!(
+        CaptureKind::from_file_name("ikev2-a-childless-psk"),
+        Some(CaptureKind::Ike)
+    );
 }

@@ -214,10 +214,14 @@ impl KeyExchange {
                     return Err(CryptoError::BadPublicValue { group });
                 }
                 let params = modp_params();
-                let s = DynResidue::new(&y, params)
-                    .pow_bounded_exp(x, 256)
-                    .retrieve();
-                Ok(Zeroizing::new(s.to_be_bytes().to_vec()))
+                // g^ir and its encoding are as secret as the private value.
+                let s = Zeroizing::new(
+                    DynResidue::new(&y, params)
+                        .pow_bounded_exp(x, 256)
+                        .retrieve(),
+                );
+                let be = Zeroizing::new(s.to_be_bytes());
+                Ok(Zeroizing::new(be.to_vec()))
             }
         }
     }

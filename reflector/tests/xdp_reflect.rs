@@ -886,6 +886,43 @@ fn foreign_and_malformed_traffic_passes_untouched() {
 }
 
 #[test]
+fn stamp_listener_answers_41_to_43_octet_twamp_light_probes_in_kind() {
+    if skip() {
+        return;
+    }
+    let p = load();
+    write_clock(&p, kernel_tai_offset());
+    p.maps()
+        .insert_listener(
+            &ListenerKey::any(Family::V4, PORT_US),
+            &EntryConfig::new(Mode::Stamp, 0),
+        )
+        .unwrap();
+    // twampy's default probe: 14 octets + 27 of padding. Shorter than the
+    // STAMP base, so it is TWAMP-Light: a 41-octet reply, same size.
+    for pad in [27usize, 28, 29] {
+        let sender = twamp_sender(9, T1, EE_SENDER, &vec![0xa5; pad]);
+        let (act, out) = run(&p, &probe_v4(&[], 64, 0, &[], &sender));
+        assert_eq!(act, XdpAction::Tx, "padding {pad}");
+        let reply = out_payload(&out);
+        assert_eq!(reply.len(), sender.len(), "never longer than the probe");
+        assert_eq!(&reply[0..4], &9u32.to_be_bytes(), "stateless: copied");
+        assert_eq!(&reply[14..16], &[0, 0], "TWAMP MBZ, not a copied SSID");
+        assert_eq!(&reply[16..24].len(), &8, "T2 present");
+        assert_eq!(&reply[24..28], &9u32.to_be_bytes(), "sender sequence");
+        assert_eq!(&reply[28..36], &T1, "sender timestamp");
+        assert_eq!(reply[40], 64, "sender TTL");
+        assert_checksums(&out);
+    }
+    // Still nothing for a probe shorter than the 41-octet reply.
+    let short = twamp_sender(10, T1, EE_SENDER, &[0; 26]);
+    assert_eq!(
+        run(&p, &probe_v4(&[], 64, 0, &[], &short)).0,
+        XdpAction::Drop
+    );
+}
+
+#[test]
 fn a_wildcard_listener_answers_only_its_port_and_family() {
     if skip() {
         return;

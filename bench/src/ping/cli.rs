@@ -36,11 +36,18 @@ Examples:
   ricochet-ping -c 100000 -i 10us --json 198.51.100.7 > run.json
   ricochet-ping --raw -c 10 198.51.100.7 | awk '!/^#/ && $11 == \"ok\" {print $8}'
 
+STAMP examples (RFC 8762/8972, no TWAMP-Control):
+  ricochet-ping --stamp -c 100 -i 10ms 198.51.100.7
+  ricochet-ping --stamp --ssid 7 --tlv follow-up --tlv timestamp-info 198.51.100.7:862
+  ricochet-ping --stamp --stamp-key-file stamp.key --ssid 7 --tlv cos=EF --tlv hmac 198.51.100.7
+  ricochet-ping --stamp --tlv extra-padding=64 --tlv location --raw -c 10 '[2001:db8::7]'
+
 Exit status: 0 when every session got replies, 1 when a session got none or
 was refused, 2 when the test could not run (usage, connection, set-up, key).
 Ctrl-C stops sending and still prints the report.";
 
-/// TWAMP control-client and session-sender (RFC 5357), in every mode.
+/// TWAMP control-client and session-sender (RFC 5357), in every mode, and a
+/// STAMP session-sender (`--stamp`, RFC 8762/8972).
 ///
 /// Connects to a TWAMP server, negotiates a mode, requests one or more test
 /// sessions, sends paced test packets, and reports round-trip time, loss by
@@ -49,8 +56,9 @@ Ctrl-C stops sending and still prints the report.";
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ricochet-ping", version, after_help = AFTER_HELP)]
 pub struct Args {
-    /// The TWAMP server: a host name, an IPv4 address or an IPv6 address in
-    /// brackets, with an optional :PORT (default 862).
+    /// The TWAMP server (or, with --stamp, the STAMP reflector): a host name,
+    /// an IPv4 address or an IPv6 address in brackets, with an optional
+    /// :PORT (default 862).
     #[arg(value_name = "HOST[:PORT]")]
     pub target: String,
 
@@ -209,6 +217,10 @@ pub struct Args {
     /// ns) instead of the summary.
     #[arg(long)]
     pub raw: bool,
+
+    /// STAMP (RFC 8762/8972) instead of TWAMP: `--stamp` and its options.
+    #[command(flatten, next_help_heading = "STAMP (no TWAMP-Control)")]
+    pub stamp: super::stamp::StampArgs,
 }
 
 /// `--ikev2-token-key`.

@@ -18,6 +18,7 @@ pub mod ikev2;
 pub mod keys;
 pub mod report;
 pub mod session;
+pub mod stamp;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -262,7 +263,7 @@ impl RunReport {
     }
 }
 
-fn clock_state() -> ClockState {
+pub(crate) fn clock_state() -> ClockState {
     ClockState::read().unwrap_or(ClockState {
         tai_offset_s: 0,
         synchronized: false,
@@ -274,7 +275,7 @@ fn clock_state() -> ClockState {
     })
 }
 
-fn source_name(s: ClockSource) -> &'static str {
+pub(crate) fn source_name(s: ClockSource) -> &'static str {
     match s {
         ClockSource::Unsynchronized => "unsynchronized (free-running)",
         ClockSource::KernelDiscipline => "kernel PLL/FLL discipline (ntpd)",
@@ -283,7 +284,7 @@ fn source_name(s: ClockSource) -> &'static str {
     }
 }
 
-fn timestamping_name(m: TimestampingMode) -> &'static str {
+pub(crate) fn timestamping_name(m: TimestampingMode) -> &'static str {
     match m {
         TimestampingMode::Timestamping => "SO_TIMESTAMPING",
         TimestampingMode::TimestampNs => "SO_TIMESTAMPNS",

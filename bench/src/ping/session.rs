@@ -283,7 +283,7 @@ pub struct StampSources {
 }
 
 impl StampSources {
-    fn count(&mut self, s: StampSource) {
+    pub(crate) fn count(&mut self, s: StampSource) {
         match s {
             StampSource::NicHardware => self.nic_hardware += 1,
             StampSource::KernelSoftware => self.kernel_software += 1,

@@ -208,9 +208,7 @@ impl Endpoint {
                     peer: sa.peer,
                     reason,
                 });
-                if !sa.initiator {
-                    self.init_index.remove(&(sa.peer, sa.spi_i));
-                }
+                self.forget_init(sa);
             } else {
                 self.sa_gone(sa, reason);
             }
@@ -259,7 +257,20 @@ impl Endpoint {
             return;
         };
         if props.iter().any(|p| p.protocol == proto::IKE) {
-            // IKE SA rekey (RFC 7296 §1.3.2).
+            // IKE SA rekey (RFC 7296 §1.3.2). Each one adds an SA until the
+            // peer deletes the old one (or it expires): an authenticated peer
+            // rekeying in a loop must not grow the table past its bound.
+            // (`sa` itself is out of the table while it is being handled.)
+            if self.sas.len() + 1 >= self.config.max_sas {
+                self.respond(
+                    sa,
+                    hdr.exchange_type,
+                    hdr.message_id,
+                    &err(notify::NO_ADDITIONAL_SAS),
+                    rng,
+                );
+                return;
+            }
             let chosen = props.iter().find_map(|p| {
                 self.config
                     .ike_suites
@@ -648,12 +659,8 @@ impl Endpoint {
                                     s.copy_from_slice(&p.spi);
                                     spi_r = Some(s);
                                 }
-                                suite = self
-                                    .config
-                                    .ike_suites
-                                    .iter()
-                                    .find(|s| s.offered_in(p))
-                                    .copied();
+                                // We offered only the SA's own suite.
+                                suite = Some(sa.suite).filter(|s| s.offered_in(p));
                             }
                         }
                         _ => {}

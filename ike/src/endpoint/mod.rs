@@ -112,6 +112,10 @@ pub struct Stats {
     pub cookies_sent: u64,
     pub half_open_refused: u64,
     pub retransmissions: u64,
+    /// Stateless error replies (COOKIE, INVALID_KE_PAYLOAD, …) not sent
+    /// because they would have been larger than the unauthenticated
+    /// request (no amplification towards a spoofed source).
+    pub replies_suppressed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +189,9 @@ struct IkeSa {
     ni: Vec<u8>,
     nr: Vec<u8>,
     ke: Option<KeyExchange>,
+    /// Responder: the address the IKE_SA_INIT came from, i.e. the key of
+    /// this SA's `init_index` entry (`peer` may float to NAT-T later).
+    init_from: Option<SocketAddr>,
     /// The IKE_SA_INIT request and response as sent (signed octets).
     init_req: Vec<u8>,
     init_resp: Vec<u8>,
@@ -333,6 +340,15 @@ impl Endpoint {
             .collect()
     }
 
+    /// How many IKE SAs [`Endpoint::established`] would list, without
+    /// copying any (cheap enough for a metrics gauge on every loop turn).
+    pub fn established_count(&self) -> usize {
+        self.sas
+            .values()
+            .filter(|s| s.state == State::Established && !s.silent && s.keys.is_some())
+            .count()
+    }
+
     /// The established IKE SA with these SPIs (RFC 7717 KeyID lookup).
     pub fn find(&self, spi_i: &[u8; 8], spi_r: &[u8; 8]) -> Option<IkeSaInfo> {
         self.sas
@@ -425,7 +441,7 @@ impl Endpoint {
                 }
             }
             if sa.state == State::HalfOpen && now >= sa.created + self.config.half_open_timeout {
-                self.init_index.remove(&(sa.peer, sa.spi_i));
+                self.forget_init(&sa);
                 continue;
             }
             // A rekeyed SA whose Delete never came (a peer that rekeys and
@@ -442,7 +458,7 @@ impl Endpoint {
                     peer: sa.peer,
                     reason: DeleteReason::Rekeyed,
                 });
-                self.init_index.remove(&(sa.peer, sa.spi_i));
+                self.forget_init(&sa);
                 continue;
             }
             if let Some(o) = sa.outstanding.as_mut() {
@@ -543,10 +559,19 @@ impl Endpoint {
             .push_back(wrap(sa.local, sa.peer, ike, self.config.natt_port));
     }
 
-    fn sa_gone(&mut self, sa: &IkeSa, reason: DeleteReason) {
-        if !sa.initiator {
-            self.init_index.remove(&(sa.peer, sa.spi_i));
+    /// Drops the responder's IKE_SA_INIT retransmission index entry of `sa`
+    /// (keyed by where the IKE_SA_INIT came from, not by the current peer
+    /// address: after a NAT-T float those differ and the entry would leak).
+    fn forget_init(&mut self, sa: &IkeSa) {
+        if let Some(from) = sa.init_from {
+            if self.init_index.get(&(from, sa.spi_i)) == Some(&sa.spi_r) {
+                self.init_index.remove(&(from, sa.spi_i));
+            }
         }
+    }
+
+    fn sa_gone(&mut self, sa: &IkeSa, reason: DeleteReason) {
+        self.forget_init(sa);
         if sa.silent {
             return;
         }
@@ -564,9 +589,6 @@ impl Endpoint {
             peer: sa.peer,
             reason,
         });
-        if !sa.initiator {
-            self.init_index.remove(&(sa.peer, sa.spi_i));
-        }
     }
 
     /// Builds an encrypted message of `sa`.
@@ -667,6 +689,7 @@ impl Endpoint {
             ni,
             nr: Vec::new(),
             ke: Some(ke),
+            init_from: None,
             init_req: Vec::new(),
             init_resp: Vec::new(),
             cookie: None,
@@ -986,7 +1009,14 @@ impl Endpoint {
                 // in the header (RFC 7296 §2.5), keep no state.
                 let h = HeaderRepr::parse(&Header::new_unchecked(ike));
                 if h.exchange_type == exchange::IKE_SA_INIT && !h.is_response() {
-                    self.stateless_reply(local, remote, &h, notify::INVALID_MAJOR_VERSION, &[]);
+                    self.stateless_reply(
+                        local,
+                        remote,
+                        &h,
+                        ike.len(),
+                        notify::INVALID_MAJOR_VERSION,
+                        &[],
+                    );
                 }
                 self.stats.malformed += 1;
                 return;
@@ -998,7 +1028,13 @@ impl Endpoint {
         };
         let hdr = HeaderRepr::parse(&h);
         if hdr.exchange_type == exchange::IKE_SA_INIT && !hdr.is_response() {
-            if hdr.spi_r == [0; 8] && hdr.message_id == 0 && hdr.is_initiator() {
+            // SPIi MUST NOT be zero (RFC 7296 §3.1): an SA keyed by it
+            // would collide with the "unknown SPIr" of every other request.
+            if hdr.spi_i != [0; 8]
+                && hdr.spi_r == [0; 8]
+                && hdr.message_id == 0
+                && hdr.is_initiator()
+            {
                 self.responder_init(now, rng, local, remote, ike, &hdr);
             } else {
                 self.stats.malformed += 1;
@@ -1069,6 +1105,330 @@ mod tests {
                 return;
             }
         }
+    }
+
+    /// A peer whose IKE_AUTH arrives from another port than its IKE_SA_INIT
+    /// (NAT-T float, or a NAT rebinding) and fails: the half-open SA goes,
+    /// and so must its IKE_SA_INIT retransmission index entry (it used to be
+    /// removed under the floated address and leaked, one entry per attempt,
+    /// for any unauthenticated peer that can do the DH).
+    #[test]
+    fn failed_auth_after_a_port_change_leaves_no_init_index_entry() {
+        let mut rng = SeqRng::new(5);
+        let now = Instant::now();
+        let mut wrong = PskStore::new();
+        wrong.insert("b.test", b"not the secret");
+        let mut a = Endpoint::new(
+            Config::new(Identification::fqdn("a.test")),
+            Box::new(PskAuthenticator { store: wrong }),
+            &mut rng,
+        );
+        let mut b = ep("b.test", "a.test", &mut rng);
+        let a_500: SocketAddr = "198.18.0.1:500".parse().unwrap();
+        let a_float: SocketAddr = "198.18.0.1:4501".parse().unwrap();
+        let b_500: SocketAddr = "198.18.0.2:500".parse().unwrap();
+        for round in 0..3u8 {
+            a.initiate(
+                now,
+                &mut rng,
+                InitiateParams {
+                    local: a_500,
+                    peer: b_500,
+                    peer_id: Some(Identification::fqdn("b.test")),
+                    child: None,
+                },
+            )
+            .unwrap();
+            let init = a.poll_transmit().expect("IKE_SA_INIT");
+            b.handle_datagram(now, &mut rng, b_500, a_500, &init.data);
+            assert_eq!(b.init_index.len(), 1, "round {round}");
+            let resp = b.poll_transmit().expect("IKE_SA_INIT response");
+            a.handle_datagram(now, &mut rng, a_500, b_500, &resp.data);
+            let auth = a.poll_transmit().expect("IKE_AUTH");
+            // Same host, another source port.
+            b.handle_datagram(now, &mut rng, b_500, a_float, &auth.data);
+            let refusal = b.poll_transmit().expect("AUTHENTICATION_FAILED");
+            assert_eq!(refusal.remote, a_float);
+            assert!(b.sas.is_empty(), "round {round}");
+            assert!(
+                b.init_index.is_empty(),
+                "round {round}: {} stale entries",
+                b.init_index.len()
+            );
+            a.handle_datagram(now, &mut rng, a_500, b_500, &refusal.data);
+            while a.poll_transmit().is_some() {}
+        }
+    }
+
+    /// Stateless error replies to an unauthenticated IKE_SA_INIT are never
+    /// larger than the request: a 28-octet header-only request (INVALID_SYNTAX
+    /// would be 36) and a later-major-version header (INVALID_MAJOR_VERSION,
+    /// 36) get silence; a real request with an unsupported KE group still
+    /// gets its (smaller) INVALID_KE_PAYLOAD.
+    #[test]
+    fn stateless_replies_never_amplify() {
+        let mut rng = SeqRng::new(9);
+        let now = Instant::now();
+        let mut b = ep("b.test", "a.test", &mut rng);
+        let a_500: SocketAddr = "198.18.0.1:500".parse().unwrap();
+        let b_500: SocketAddr = "198.18.0.2:500".parse().unwrap();
+        for version in [0x20u8, 0x30] {
+            let mut m = vec![0u8; HEADER_LEN];
+            HeaderRepr {
+                spi_i: [7; 8],
+                spi_r: [0; 8],
+                next_payload: 0,
+                exchange_type: exchange::IKE_SA_INIT,
+                flags: FLAG_I,
+                message_id: 0,
+                length: HEADER_LEN as u32,
+            }
+            .emit(&mut m);
+            m[17] = version;
+            b.handle_datagram(now, &mut rng, b_500, a_500, &m);
+            assert_eq!(b.poll_transmit(), None, "version {version:#x}");
+        }
+        assert_eq!(b.stats().replies_suppressed, 2);
+        // A genuine IKE_SA_INIT in group 31 to a responder that only takes 19.
+        let mut cfg = Config::new(Identification::fqdn("b.test"));
+        cfg.ike_suites.retain(|s| s.dh == DhGroup::Ecp256);
+        let mut s = PskStore::new();
+        s.insert("a.test", b"secret");
+        let mut b19 = Endpoint::new(cfg, Box::new(PskAuthenticator { store: s }), &mut rng);
+        let mut cfg = Config::new(Identification::fqdn("a.test"));
+        cfg.ike_suites.retain(|s| s.dh == DhGroup::Curve25519);
+        let mut s = PskStore::new();
+        s.insert("b.test", b"secret");
+        let mut a = Endpoint::new(cfg, Box::new(PskAuthenticator { store: s }), &mut rng);
+        a.initiate(
+            now,
+            &mut rng,
+            InitiateParams {
+                local: a_500,
+                peer: b_500,
+                peer_id: None,
+                child: None,
+            },
+        )
+        .unwrap();
+        let init = a.poll_transmit().unwrap();
+        b19.handle_datagram(now, &mut rng, b_500, a_500, &init.data);
+        let r = b19
+            .poll_transmit()
+            .expect("NO_PROPOSAL_CHOSEN or INVALID_KE");
+        assert!(r.data.len() <= init.data.len());
+        assert_eq!(b19.stats().replies_suppressed, 0);
+    }
+
+    /// An IKE_SA_INIT request whose SPIi is zero (RFC 7296 §3.1: MUST NOT
+    /// be) creates nothing and gets no answer; the same request with its
+    /// SPIi gets the normal response.
+    #[test]
+    fn ike_sa_init_with_a_zero_spi_i_is_dropped() {
+        let mut rng = SeqRng::new(13);
+        let now = Instant::now();
+        let mut a = ep("a.test", "b.test", &mut rng);
+        let mut b = ep("b.test", "a.test", &mut rng);
+        let (a_500, b_500): (SocketAddr, SocketAddr) = (
+            "198.18.0.1:500".parse().unwrap(),
+            "198.18.0.2:500".parse().unwrap(),
+        );
+        a.initiate(
+            now,
+            &mut rng,
+            InitiateParams {
+                local: a_500,
+                peer: b_500,
+                peer_id: None,
+                child: None,
+            },
+        )
+        .unwrap();
+        let init = a.poll_transmit().unwrap().data;
+        let mut zero = init.clone();
+        zero[..8].fill(0);
+        b.handle_datagram(now, &mut rng, b_500, a_500, &zero);
+        assert_eq!(b.poll_transmit(), None);
+        assert!(b.sas.is_empty() && b.init_index.is_empty());
+        b.handle_datagram(now, &mut rng, b_500, a_500, &init);
+        assert!(b.poll_transmit().is_some());
+        assert_eq!(b.half_open(), 1);
+    }
+
+    /// Our IKE SA rekey offers only the SA's own suite: an (authentic)
+    /// answer choosing another configured suite, here GCM-256/SHA-384 with
+    /// the same group instead of the SA's GCM-128/SHA-256, is not taken up;
+    /// the old SA stays.
+    #[test]
+    fn an_ike_rekey_answer_with_a_suite_we_did_not_offer_is_ignored() {
+        use crate::config::IkeSuite;
+        let mut rng = SeqRng::new(17);
+        let now = Instant::now();
+        let mut a = ep("a.test", "b.test", &mut rng);
+        let mut b = ep("b.test", "a.test", &mut rng);
+        a.initiate(
+            now,
+            &mut rng,
+            InitiateParams {
+                local: "198.18.0.1:500".parse().unwrap(),
+                peer: "198.18.0.2:500".parse().unwrap(),
+                peer_id: None,
+                child: None,
+            },
+        )
+        .unwrap();
+        pump(&mut a, &mut b, &mut rng, now);
+        while a.poll_event().is_some() {}
+        let info = a.established().pop().unwrap();
+        assert_eq!(
+            a.sas.values().next().unwrap().suite,
+            IkeSuite::GCM128_SHA256_ECP256
+        );
+        a.rekey_ike_sa(now, &mut rng, info.spi_i, info.spi_r)
+            .unwrap();
+        let req = a.poll_transmit().expect("CREATE_CHILD_SA request");
+        let req_hdr = HeaderRepr::parse(&Header::new_checked(&req.data[..]).unwrap());
+        // B's answer, forged with B's keys, choosing a suite A never offered.
+        let ke = DhGroup::Ecp256.generate(&mut rng);
+        let payloads = vec![
+            Payload::Sa(vec![IkeSuite::GCM256_SHA384_ECP256.proposal(1, &[9; 8])]),
+            Payload::Nonce(vec![0x5a; 32]),
+            Payload::Ke {
+                group: 19,
+                data: ke.public().to_vec(),
+            },
+        ];
+        let mut inner = Vec::new();
+        let first = wire::emit_chain(&payloads, &mut inner);
+        let mut h = HeaderRepr {
+            spi_i: info.spi_i,
+            spi_r: info.spi_r,
+            next_payload: 0,
+            exchange_type: exchange::CREATE_CHILD_SA,
+            flags: FLAG_R,
+            message_id: req_hdr.message_id,
+            length: 0,
+        };
+        let sa_b = b.sas.values().next().unwrap();
+        let forged = sa_b
+            .keys
+            .as_ref()
+            .unwrap()
+            .out
+            .seal(&mut h, first, &inner, &mut rng);
+        a.handle_datagram(now, &mut rng, req.local, req.remote, &forged);
+        let ev: Vec<Event> = std::iter::from_fn(|| a.poll_event()).collect();
+        assert!(
+            !ev.iter().any(|e| matches!(e, Event::IkeSaRekeyed { .. })),
+            "{ev:?}"
+        );
+        assert!(a.find(&info.spi_i, &info.spi_r).is_some(), "old SA kept");
+        assert_eq!(a.sas.len(), 1);
+    }
+
+    /// RFC 7296 §2.10: with HMAC-SHA-384 (48-octet key) the initiator's
+    /// nonce must be at least 24 octets. A 16-octet one is refused (no SA,
+    /// the INVALID_SYNTAX reply no larger than the request); 24 is taken,
+    /// and our nonce is then no longer than theirs.
+    #[test]
+    fn a_nonce_shorter_than_half_the_prf_key_is_refused() {
+        use crate::config::IkeSuite;
+        let mut rng = SeqRng::new(19);
+        let now = Instant::now();
+        let mut b = ep("b.test", "a.test", &mut rng);
+        let (a_500, b_500): (SocketAddr, SocketAddr) = (
+            "198.18.0.1:500".parse().unwrap(),
+            "198.18.0.2:500".parse().unwrap(),
+        );
+        for (spi, n) in [(1u8, 16usize), (2, 24)] {
+            let ke = DhGroup::Ecp256.generate(&mut rng);
+            let h = HeaderRepr {
+                spi_i: [spi; 8],
+                spi_r: [0; 8],
+                next_payload: 0,
+                exchange_type: exchange::IKE_SA_INIT,
+                flags: FLAG_I,
+                message_id: 0,
+                length: 0,
+            };
+            let req = clear_message(
+                h,
+                &[
+                    Payload::Sa(vec![IkeSuite::GCM256_SHA384_ECP256.proposal(1, &[])]),
+                    Payload::Ke {
+                        group: 19,
+                        data: ke.public().to_vec(),
+                    },
+                    Payload::Nonce(vec![0x33; n]),
+                ],
+            );
+            b.handle_datagram(now, &mut rng, b_500, a_500, &req);
+            let r = b.poll_transmit().expect("an answer");
+            let hdr = HeaderRepr::parse(&Header::new_checked(&r.data[..]).unwrap());
+            let pl = wire::parse_chain(hdr.next_payload, &r.data[HEADER_LEN..]).unwrap();
+            if n == 16 {
+                assert!(
+                    matches!(&pl[..], [Payload::Notify(x)] if x.ntype == notify::INVALID_SYNTAX),
+                    "{pl:?}"
+                );
+                assert_eq!(b.half_open(), 0);
+            } else {
+                let nr = pl.iter().find_map(|p| match p {
+                    Payload::Nonce(v) => Some(v.len()),
+                    _ => None,
+                });
+                assert_eq!(nr, Some(24));
+                assert_eq!(b.half_open(), 1);
+            }
+        }
+    }
+
+    /// An IKE SA rekey adds an SA until the old one is deleted: with the SA
+    /// table at `max_sas` the responder refuses it (NO_ADDITIONAL_SAS) and
+    /// both sides keep the old SA; with room it goes through.
+    #[test]
+    fn ike_rekey_is_refused_when_the_sa_table_is_full() {
+        let mut rng = SeqRng::new(11);
+        let now = Instant::now();
+        let mut a = ep("a.test", "b.test", &mut rng);
+        let mut b = ep("b.test", "a.test", &mut rng);
+        a.initiate(
+            now,
+            &mut rng,
+            InitiateParams {
+                local: "198.18.0.1:500".parse().unwrap(),
+                peer: "198.18.0.2:500".parse().unwrap(),
+                peer_id: None,
+                child: None,
+            },
+        )
+        .unwrap();
+        pump(&mut a, &mut b, &mut rng, now);
+        assert_eq!(a.established_count(), 1);
+        assert_eq!(b.established_count(), b.established().len());
+        let info = a.established().pop().unwrap();
+        while a.poll_event().is_some() {}
+        while b.poll_event().is_some() {}
+        b.config.max_sas = 1;
+        a.rekey_ike_sa(now, &mut rng, info.spi_i, info.spi_r)
+            .unwrap();
+        pump(&mut a, &mut b, &mut rng, now);
+        let rekeyed = |e: &Event| matches!(e, Event::IkeSaRekeyed { .. });
+        let ev: Vec<Event> = std::iter::from_fn(|| a.poll_event())
+            .chain(std::iter::from_fn(|| b.poll_event()))
+            .collect();
+        assert!(!ev.iter().any(rekeyed), "{ev:?}");
+        assert_eq!(b.sas.len(), 1);
+        assert!(a.find(&info.spi_i, &info.spi_r).is_some(), "old SA kept");
+        assert!(b.find(&info.spi_i, &info.spi_r).is_some(), "old SA kept");
+        // With room again, the same rekey succeeds.
+        b.config.max_sas = 2;
+        a.rekey_ike_sa(now, &mut rng, info.spi_i, info.spi_r)
+            .unwrap();
+        pump(&mut a, &mut b, &mut rng, now);
+        assert!(std::iter::from_fn(|| b.poll_event()).any(|e| rekeyed(&e)));
+        assert!(b.find(&info.spi_i, &info.spi_r).is_none(), "old SA gone");
+        assert_eq!(b.established_count(), 1);
     }
 
     /// An authentic INFORMATIONAL request carrying an unknown payload with

@@ -103,6 +103,7 @@ impl Endpoint {
                     local,
                     remote,
                     hdr,
+                    msg.len(),
                     notify::UNSUPPORTED_CRITICAL_PAYLOAD,
                     &[t],
                 );
@@ -133,7 +134,7 @@ impl Endpoint {
             }
         }
         let (Some(props), Some((group, kei)), Some(ni)) = (sa_p, ke_p, nonce) else {
-            self.stateless_reply(local, remote, hdr, notify::INVALID_SYNTAX, &[]);
+            self.stateless_reply(local, remote, hdr, msg.len(), notify::INVALID_SYNTAX, &[]);
             return;
         };
         // DoS: bounded SA table and half-open table, cookies from the
@@ -149,7 +150,7 @@ impl Endpoint {
             if !ok {
                 let cookie = self.cookie_for(now, rng, ni, remote, &hdr.spi_i);
                 self.stats.cookies_sent += 1;
-                self.stateless_reply(local, remote, hdr, notify::COOKIE, &cookie);
+                self.stateless_reply(local, remote, hdr, msg.len(), notify::COOKIE, &cookie);
                 return;
             }
         }
@@ -162,7 +163,14 @@ impl Endpoint {
                 .map(|s| (p.number, *s))
         });
         let Some((prop_no, suite)) = chosen else {
-            self.stateless_reply(local, remote, hdr, notify::NO_PROPOSAL_CHOSEN, &[]);
+            self.stateless_reply(
+                local,
+                remote,
+                hdr,
+                msg.len(),
+                notify::NO_PROPOSAL_CHOSEN,
+                &[],
+            );
             return;
         };
         if group != suite.dh.id() {
@@ -186,6 +194,7 @@ impl Endpoint {
                         local,
                         remote,
                         hdr,
+                        msg.len(),
                         notify::INVALID_KE_PAYLOAD,
                         &suite.dh.id().to_be_bytes(),
                     );
@@ -214,10 +223,18 @@ impl Endpoint {
         natd_src: &[Vec<u8>],
         natd_dst: &[Vec<u8>],
     ) {
+        // RFC 7296 §2.10: a nonce MUST be at least half the negotiated PRF's
+        // key size (and 16 octets, checked by the parser). This also keeps
+        // our nonce, as long as theirs, from growing the response.
+        if ni.len() < suite.prf.key_len() / 2 {
+            self.stats.malformed += 1;
+            self.stateless_reply(local, remote, hdr, msg.len(), notify::INVALID_SYNTAX, &[]);
+            return;
+        }
         let ke = suite.dh.generate(rng);
         let Ok(g_ir) = ke.shared_secret(kei) else {
             self.stats.malformed += 1;
-            self.stateless_reply(local, remote, hdr, notify::INVALID_SYNTAX, &[]);
+            self.stateless_reply(local, remote, hdr, msg.len(), notify::INVALID_SYNTAX, &[]);
             return;
         };
         let spi_r = self.fresh_spi(rng);
@@ -277,6 +294,7 @@ impl Endpoint {
             ni: ni.to_vec(),
             nr,
             ke: None,
+            init_from: Some(remote),
             init_req: msg.to_vec(),
             init_resp: resp.clone(),
             cookie: None,
@@ -311,12 +329,17 @@ impl Endpoint {
     }
 
     /// An unencrypted IKE_SA_INIT response carrying one notify, keeping no
-    /// state (errors, COOKIE, INVALID_KE_PAYLOAD).
+    /// state (errors, COOKIE, INVALID_KE_PAYLOAD). The source of the request
+    /// is unauthenticated (it may be a spoofed victim), so a reply larger
+    /// than the request (`request_len` IKE octets) is not sent: no real
+    /// IKE_SA_INIT (SA, KE and Nonce payloads) is that small, only probes
+    /// and floods are.
     pub(super) fn stateless_reply(
         &mut self,
         local: SocketAddr,
         remote: SocketAddr,
         hdr: &HeaderRepr,
+        request_len: usize,
         ntype: u16,
         data: &[u8],
     ) {
@@ -330,6 +353,10 @@ impl Endpoint {
             length: 0,
         };
         let m = clear_message(h, &[Payload::Notify(Notify::status(ntype, data))]);
+        if m.len() > request_len {
+            self.stats.replies_suppressed += 1;
+            return;
+        }
         self.transmits
             .push_back(wrap(local, remote, m, self.config.natt_port));
     }

@@ -174,6 +174,7 @@ pub(super) fn rekeyed_sa(
         ni: ni.to_vec(),
         nr: nr.to_vec(),
         ke: None,
+        init_from: None,
         init_req: Vec::new(),
         init_resp: Vec::new(),
         cookie: None,
