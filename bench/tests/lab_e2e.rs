@@ -5,33 +5,18 @@
 //!
 //! Needs root (network namespaces); CI runs as root.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+#[path = "support/lab_control.rs"]
+mod lab_control;
+
 use std::path::Path;
-use std::process::{Child, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
+use lab_control::{start_control_config, write_private, Daemon};
 use ricochet_testkit::lab::{self, workspace_bin, Lab, Side};
 use serde_json::Value;
 
 const SECRET_HEX: &str = "6c61622d7365637265742d666f722d746573747321";
-
-struct Daemon {
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_private(path: &Path, text: &str) {
-    let mut f = std::fs::File::create(path).unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
 
 /// Starts ricochet-control in the reflector namespace and waits (bounded)
 /// until it accepts TWAMP-Control connections.
@@ -42,9 +27,9 @@ fn start_control(lab: &Lab, dir: &Path, ports: &str) -> Daemon {
 fn start_control_with(lab: &Lab, dir: &Path, ports: &str, data_plane: &str) -> Daemon {
     let keys = dir.join("keys.pfs");
     write_private(&keys, &format!("lab\t{SECRET_HEX}\n"));
-    let cfg = dir.join("control.toml");
-    write_private(
-        &cfg,
+    start_control_config(
+        lab,
+        dir,
         &format!(
             r#"listen = ["[::]:862", "0.0.0.0:862"]
 v6only = true
@@ -61,29 +46,7 @@ listen = "127.0.0.1:9862"
 "#,
             keys.display()
         ),
-    );
-    let bin = workspace_bin("ricochet-control");
-    let child = lab.spawn(Side::Reflector, &bin, &["--config", cfg.to_str().unwrap()]);
-    let mut d = Daemon { child };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let probe = lab.run(
-            Side::Sender,
-            "bash",
-            &["-c", "exec 3<>/dev/tcp/198.18.0.2/862"],
-        );
-        if probe.status.success() {
-            return d;
-        }
-        if let Some(status) = d.child.try_wait().unwrap() {
-            let mut err = String::new();
-            use std::io::Read;
-            d.child.stderr.take().unwrap().read_to_string(&mut err).ok();
-            panic!("ricochet-control exited with {status}: {err}");
-        }
-        assert!(Instant::now() < deadline, "ricochet-control never listened");
-        std::thread::sleep(Duration::from_millis(50)); // polling a port, not synchronising threads
-    }
+    )
 }
 
 /// Scrapes the control daemon's metrics endpoint inside the reflector namespace.

@@ -10,37 +10,22 @@
 //! (`shared/interop/strongswan-5.9.8/README.md`): SPIs and prf(SK_d, "IPPM")
 //! as charon derived them. Needs root (network namespaces); CI runs as root.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Output};
-use std::time::{Duration, Instant};
+#[path = "support/lab_control.rs"]
+mod lab_control;
 
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use lab_control::{start_control_config, write_private, Daemon};
 use ricochet_testkit::lab::{self, workspace_bin, Lab, Side};
 use serde_json::Value;
 
 const SPI_I: &str = "30c8551b66ef2dcf";
 const SPI_R: &str = "0a873f74e95d606b";
 const IPPM: &str = "7ade39607d19e8cac7a1e1a356d7549c9364fae430c1c1de669aa0ffeef01b13";
-
-struct Daemon {
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_private(path: &Path, text: &str) -> PathBuf {
-    let mut f = std::fs::File::create(path).unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path.to_owned()
-}
 
 fn golden_record() -> String {
     format!("{SPI_I} {SPI_R} prfsha256 {IPPM}\n")
@@ -49,8 +34,9 @@ fn golden_record() -> String {
 /// Starts ricochet-control with `ikev2` as its `[ikev2]` table and waits
 /// (bounded) until it accepts TWAMP-Control connections.
 fn start_control(lab: &Lab, dir: &Path, ikev2: &str) -> Daemon {
-    let cfg = write_private(
-        &dir.join("control.toml"),
+    start_control_config(
+        lab,
+        dir,
         &format!(
             r#"listen = ["[::]:862", "0.0.0.0:862"]
 test_ports = "18760-18999"
@@ -67,28 +53,7 @@ enabled = false
 {ikev2}
 "#
         ),
-    );
-    let bin = workspace_bin("ricochet-control");
-    let child = lab.spawn(Side::Reflector, &bin, &["--config", cfg.to_str().unwrap()]);
-    let mut d = Daemon { child };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let probe = lab.run(
-            Side::Sender,
-            "bash",
-            &["-c", "exec 3<>/dev/tcp/198.18.0.2/862"],
-        );
-        if probe.status.success() {
-            return d;
-        }
-        if let Some(status) = d.child.try_wait().unwrap() {
-            let mut err = String::new();
-            d.child.stderr.take().unwrap().read_to_string(&mut err).ok();
-            panic!("ricochet-control exited with {status}: {err}");
-        }
-        assert!(Instant::now() < deadline, "ricochet-control never listened");
-        std::thread::sleep(Duration::from_millis(50)); // polling a port, not synchronising threads
-    }
+    )
 }
 
 fn ping(lab: &Lab, args: &[&str]) -> (Output, Option<Value>) {

@@ -15,15 +15,15 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use hmac::Mac;
+use ricochet_testkit::charon::{self, ike_spis, text, Charon, Config};
 use ricochet_testkit::lab::{available, Lab, Side};
 
-const CHARON: &str = "/usr/lib/ipsec/charon";
 const PSK: &str = "lab-only-psk-0123456789abcdef";
 
 fn skip() -> bool {
@@ -31,10 +31,7 @@ fn skip() -> bool {
         eprintln!("skipped: needs root for network namespaces");
         return true;
     }
-    assert!(
-        Path::new(CHARON).exists(),
-        "{CHARON} missing: run scripts/setup.sh (installs strongswan-charon)"
-    );
+    charon::require();
     false
 }
 
@@ -58,135 +55,17 @@ impl Drop for Tmp {
     }
 }
 
-/// One charon daemon in the lab's sender namespace; killed on drop.
-struct Charon<'a> {
-    lab: &'a Lab,
-    proc: Child,
-    dir: PathBuf,
-}
-
-impl<'a> Charon<'a> {
-    fn start(lab: &'a Lab, dir: &Path, libipsec: bool, swanctl_conf: &str) -> Charon<'a> {
-        // kernel-libipsec must come before kernel-netlink to own the IPsec
-        // backend (this kernel has no ESP); routes are not needed.
-        let plugins = format!(
-            "random nonce openssl aes sha1 sha2 hmac gcm curve25519 kdf pem pkcs1 pubkey x509 {}kernel-netlink socket-default vici updown",
-            if libipsec { "kernel-libipsec " } else { "" }
-        );
-        let d = dir.display();
-        let conf = format!(
-            "charon {{\n  load_modular = no\n  load = {plugins}\n  install_virtual_ip = no\n  install_routes = no\n  retransmit_tries = 3\n  plugins {{\n    vici {{ socket = unix://{d}/charon.vici }}\n    kernel-libipsec {{ allow_peer_ts = yes }}\n  }}\n  filelog {{\n    lab {{\n      path = {d}/charon.log\n      default = 1\n      ike = 4\n      chd = 4\n      cfg = 1\n      knl = 1\n      flush_line = yes\n    }}\n  }}\n}}\n"
-        );
-        std::fs::write(dir.join("strongswan.conf"), conf).unwrap();
-        std::fs::write(dir.join("swanctl.conf"), swanctl_conf).unwrap();
-        if libipsec {
-            // The tunnel's inner address on charon's side.
-            let out = lab.run(
-                Side::Sender,
-                "ip",
-                &["addr", "add", "198.19.0.1/32", "dev", "lo"],
-            );
-            assert!(out.status.success());
-        }
-        let log = std::fs::File::create(dir.join("charon.out")).unwrap();
-        let proc = lab
-            .command(Side::Sender, "unshare")
-            .args([
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                &format!("mount --bind {d}/run /run && exec {CHARON}"),
-            ])
-            .env("STRONGSWAN_CONF", dir.join("strongswan.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("nsenter runs");
-        let mut c = Charon {
-            lab,
-            proc,
-            dir: dir.to_owned(),
-        };
-        let sock = dir.join("charon.vici");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            let exited = c.proc.try_wait().ok().flatten().is_some();
-            assert!(
-                Instant::now() < deadline && !exited,
-                "charon did not open its vici socket: {}",
-                std::fs::read_to_string(dir.join("charon.out")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = c.swanctl(&["--load-all", "--file", &format!("{d}/swanctl.conf")]);
-        assert!(out.status.success(), "swanctl --load-all: {}", text(&out));
-        c
-    }
-
-    fn swanctl(&self, args: &[&str]) -> Output {
-        let uri = format!("unix://{}/charon.vici", self.dir.display());
-        self.lab
-            .command(Side::Sender, "swanctl")
-            .args(args)
-            .args(["--uri", &uri])
-            .stdin(Stdio::null())
-            .output()
-            .expect("swanctl runs")
-    }
-
-    fn list_sas(&self) -> String {
-        text(&self.swanctl(&["--list-sas"]))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("charon.log")).unwrap_or_default()
-    }
-
-    /// Every value charon logged under `label` (a `%B` hex dump), in order.
-    fn logged(&self, label: &str) -> Vec<String> {
-        let log = self.log();
-        let mut out = Vec::new();
-        let mut lines = log.lines();
-        while let Some(l) = lines.next() {
-            let Some(rest) = l.split_once(&format!("{label} => ")) else {
-                continue;
-            };
-            let n: usize = rest.1.split(' ').next().unwrap().parse().unwrap();
-            let mut hex = String::new();
-            while hex.len() < 2 * n {
-                let Some(d) = lines.next() else { break };
-                let Some((_, dump)) = d.split_once(": ") else {
-                    break;
-                };
-                for tok in dump.split(' ').filter(|t| !t.is_empty()).take(16) {
-                    if hex.len() < 2 * n {
-                        hex.push_str(&tok.to_ascii_lowercase());
-                    }
-                }
-            }
-            out.push(hex);
-        }
-        out
-    }
-}
-
-impl Drop for Charon<'_> {
-    fn drop(&mut self) {
-        // By PID: the spawned process is charon itself (nsenter, unshare and
-        // sh all exec).
-        let _ = self.proc.kill();
-        let _ = self.proc.wait();
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+/// charon with the level-4 IKE and CHILD_SA logs this file reads keys
+/// from; with kernel-libipsec (inner address 198.19.0.1) when `libipsec`.
+fn start_charon<'a>(lab: &'a Lab, dir: &Path, libipsec: bool, swanctl: &str) -> Charon<'a> {
+    Charon::start(
+        lab,
+        dir,
+        &Config {
+            libipsec_inner: libipsec.then_some("198.19.0.1/32"),
+            log_levels: &[("ike", 4), ("chd", 4), ("cfg", 1), ("knl", 1)],
+            swanctl,
+        },
     )
 }
 
@@ -314,27 +193,6 @@ fn charon_ike_id(list: &str, spi_i: &str) -> String {
         .unwrap_or_else(|| panic!("no SA {spi_i} in {list}"))
 }
 
-/// The IKE SA line of `swanctl --list-sas`: (SPIi, SPIr).
-fn charon_spis(list: &str) -> Vec<(String, String)> {
-    list.lines()
-        .filter(|l| l.contains("ESTABLISHED, IKEv2"))
-        .map(|l| {
-            let mut it = l.split_whitespace().skip(4);
-            let i = it
-                .next()
-                .unwrap()
-                .trim_end_matches("_i*")
-                .trim_end_matches("_i");
-            let r = it
-                .next()
-                .unwrap()
-                .trim_end_matches("_r*")
-                .trim_end_matches("_r");
-            (i.to_owned(), r.to_owned())
-        })
-        .collect()
-}
-
 #[test]
 fn charon_initiates_childless_ecp256_then_rekeys_and_deletes() {
     if skip() {
@@ -342,7 +200,7 @@ fn charon_initiates_childless_ecp256_then_rekeys_and_deletes() {
     }
     let lab = Lab::up("k1");
     let tmp = Tmp::new("k1");
-    let charon = Charon::start(
+    let charon = start_charon(
         &lab,
         &tmp.0,
         false,
@@ -358,7 +216,7 @@ fn charon_initiates_childless_ecp256_then_rekeys_and_deletes() {
     assert_eq!(charon.logged("Sk_d secret"), vec![sk_d.to_owned()]);
     assert_eq!(field(&keys, "ippm"), ippm(sk_d));
     assert_eq!(
-        charon_spis(&charon.list_sas()),
+        ike_spis(&charon.list_sas()),
         vec![(
             field(&est, "spi_i").to_owned(),
             field(&est, "spi_r").to_owned()
@@ -377,7 +235,7 @@ fn charon_initiates_childless_ecp256_then_rekeys_and_deletes() {
     peer.expect("deleted");
     // The rekeyed SA is in use: charon's Delete on it is decrypted and answered.
     assert_eq!(
-        charon_spis(&charon.list_sas()),
+        ike_spis(&charon.list_sas()),
         vec![(
             field(&rk, "spi_i").to_owned(),
             field(&rk, "spi_r").to_owned()
@@ -402,7 +260,7 @@ fn charon_initiates_with_child_x25519_and_we_rekey_the_child() {
     }
     let lab = Lab::up("k2");
     let tmp = Tmp::new("k2");
-    let charon = Charon::start(
+    let charon = start_charon(
         &lab,
         &tmp.0,
         true,
@@ -479,7 +337,7 @@ fn we_initiate_childless_ecp256_rekey_liveness_delete() {
     }
     let lab = Lab::up("k3");
     let tmp = Tmp::new("k3");
-    let charon = Charon::start(
+    let charon = start_charon(
         &lab,
         &tmp.0,
         false,
@@ -534,7 +392,7 @@ fn we_initiate_childless_ecp256_rekey_liveness_delete() {
     assert_eq!(field(&del, "reason"), "Local");
     peer.expect("idle");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !charon_spis(&charon.list_sas()).is_empty() {
+    while !ike_spis(&charon.list_sas()).is_empty() {
         assert!(Instant::now() < deadline, "charon kept the SA");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -553,7 +411,7 @@ fn we_initiate_with_child_x25519() {
     }
     let lab = Lab::up("k4");
     let tmp = Tmp::new("k4");
-    let charon = Charon::start(
+    let charon = start_charon(
         &lab,
         &tmp.0,
         true,
@@ -641,7 +499,7 @@ fn wrong_psk_fails_cleanly_in_both_directions() {
     }
     let lab = Lab::up("k5");
     let tmp = Tmp::new("k5");
-    let charon = Charon::start(
+    let charon = start_charon(
         &lab,
         &tmp.0,
         false,
@@ -657,7 +515,7 @@ fn wrong_psk_fails_cleanly_in_both_directions() {
         assert!(charon
             .log()
             .contains("received AUTHENTICATION_FAILED notify error"));
-        assert!(charon_spis(&charon.list_sas()).is_empty());
+        assert!(ike_spis(&charon.list_sas()).is_empty());
         assert!(!peer.seen.iter().any(|l| l.starts_with("established")));
     }
     // We initiate with the wrong secret: charon refuses ours.
@@ -679,7 +537,7 @@ fn wrong_psk_fails_cleanly_in_both_directions() {
     assert!(
         charon.log().contains("pre-shared key failed") || charon.log().contains("MAC mismatch")
     );
-    assert!(charon_spis(&charon.list_sas()).is_empty());
+    assert!(ike_spis(&charon.list_sas()).is_empty());
 }
 
 #[test]
@@ -691,7 +549,7 @@ fn invalid_ke_payload_both_ways() {
     let tmp = Tmp::new("k6");
     // Charon offers X25519 and ECP-256 and sends an X25519 KE; we only take
     // ECP-256: we answer INVALID_KE_PAYLOAD(19) and charon retries.
-    let charon = Charon::start(
+    let charon = start_charon(
         &lab,
         &tmp.0,
         false,
@@ -720,7 +578,7 @@ fn invalid_ke_payload_both_ways() {
     // takes X25519 asks for group 31 and we retry.
     let tmp2 = Tmp::new("k6b");
     drop(charon);
-    let charon = Charon::start(
+    let charon = start_charon(
         &lab,
         &tmp2.0,
         false,
@@ -746,7 +604,7 @@ fn modp2048_with_aes_cbc_hmac_sha256_both_roles() {
     }
     let lab = Lab::up("k7");
     let tmp = Tmp::new("k7");
-    let charon = Charon::start(
+    let charon = start_charon(
         &lab,
         &tmp.0,
         true,
@@ -825,7 +683,7 @@ fn child_sa_rekey_with_pfs_both_ways() {
     }
     let lab = Lab::up("k8");
     let tmp = Tmp::new("k8");
-    let charon = Charon::start(
+    let charon = start_charon(
         &lab,
         &tmp.0,
         true,
@@ -903,7 +761,7 @@ fn ipv6_both_roles_childless() {
     let conf = swanctl_conf("aes128gcm16-prfsha256-x25519", false, true, PSK)
         .replace("198.18.0.1", "2001:2::1")
         .replace("198.18.0.2", "2001:2::2");
-    let charon = Charon::start(&lab, &tmp.0, false, &conf);
+    let charon = start_charon(&lab, &tmp.0, false, &conf);
     {
         let mut peer = Peer::start(&lab, &tmp.0, PSK, &["--listen", "2001:2::2"]);
         let out = charon.swanctl(&["--initiate", "--ike", "c", "--timeout", "10"]);
@@ -947,7 +805,7 @@ fn simultaneous_ike_sa_rekey_with_charon_converges() {
     }
     let lab = Lab::up("ka");
     let tmp = Tmp::new("ka");
-    let charon = Charon::start(
+    let charon = start_charon(
         &lab,
         &tmp.0,
         false,
@@ -978,7 +836,7 @@ fn simultaneous_ike_sa_rekey_with_charon_converges() {
     // Charon keeps exactly the SA we kept, with the same SK_d.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let sas = charon_spis(&charon.list_sas());
+        let sas = ike_spis(&charon.list_sas());
         if sas
             == vec![(
                 field(&rk, "spi_i").to_owned(),
@@ -1027,7 +885,7 @@ fn prf_sha384_and_aes256_gcm_with_charon() {
     }
     let lab = Lab::up("kb");
     let tmp = Tmp::new("kb");
-    let charon = Charon::start(
+    let charon = start_charon(
         &lab,
         &tmp.0,
         false,
@@ -1087,7 +945,7 @@ fn real_nat_in_front_of_either_side_moves_ike_to_4500() {
         let lab = Lab::up("kc");
         let tmp = Tmp::new("kc");
         nat_source_port(&lab, Side::Sender, "198.18.0.1");
-        let charon = Charon::start(
+        let charon = start_charon(
             &lab,
             &tmp.0,
             false,
@@ -1111,7 +969,7 @@ fn real_nat_in_front_of_either_side_moves_ike_to_4500() {
     let lab = Lab::up("kd");
     let tmp = Tmp::new("kd");
     nat_source_port(&lab, Side::Reflector, "198.18.0.2");
-    let charon = Charon::start(
+    let charon = start_charon(
         &lab,
         &tmp.0,
         false,

@@ -24,7 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -36,21 +36,13 @@ use ricochet_reflector::bpf::{ifindex, AttachMode, BpfSessionTable, PINNED_MAPS}
 use ricochet_reflector::session_table::{
     EspInner, EspLifetime, EspMode, EspSaSpec, SessionSpec, SessionTable,
 };
+use ricochet_testkit::charon::{self, text, Charon, Config};
 use ricochet_testkit::lab::{workspace_bin, Lab, Side, REFLECTOR_V4};
 use xdp_util::{load, skip};
 
-const CHARON: &str = "/usr/lib/ipsec/charon";
 const PSK: &str = "lab-only-psk-0123456789abcdef";
 const INNER_S: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 const INNER_R: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn enter(ns: &str) {
     let file = File::open(format!("/run/netns/{ns}")).expect("open netns");
@@ -141,65 +133,19 @@ fn field<'l>(line: &'l str, key: &str) -> &'l str {
 /// charon with kernel-libipsec in the sender namespace (private /run, its
 /// own strongswan.conf and vici socket), configured as the CHILD_SA's
 /// responder for 198.19.0.1/32 <-> 198.19.0.2/32 with AES-GCM-16-128.
-fn start_charon(lab: &Lab, dir: &Path) -> Proc {
-    let d = dir.display();
-    let conf = format!(
-        "charon {{\n  load_modular = no\n  load = random nonce openssl aes sha1 sha2 hmac gcm curve25519 kdf pem pkcs1 pubkey x509 kernel-libipsec kernel-netlink socket-default vici updown\n  install_virtual_ip = no\n  install_routes = no\n  retransmit_tries = 3\n  plugins {{\n    vici {{ socket = unix://{d}/charon.vici }}\n    kernel-libipsec {{ allow_peer_ts = yes }}\n  }}\n  filelog {{\n    lab {{\n      path = {d}/charon.log\n      default = 1\n      flush_line = yes\n    }}\n  }}\n}}\n"
-    );
-    std::fs::write(dir.join("strongswan.conf"), conf).unwrap();
+fn start_charon<'a>(lab: &'a Lab, dir: &Path) -> Charon<'a> {
     let swanctl = format!(
         "connections {{\n  c {{\n    version = 2\n    local_addrs = 198.18.0.1\n    remote_addrs = 198.18.0.2\n    proposals = aes128gcm16-prfsha256-x25519\n    rekey_time = 0\n    dpd_delay = 0\n    mobike = no\n    local {{\n      auth = psk\n      id = s.ike.test\n    }}\n    remote {{\n      auth = psk\n      id = r.ike.test\n    }}\n    children {{\n      t {{\n        local_ts = {INNER_S}/32\n        remote_ts = {INNER_R}/32\n        esp_proposals = aes128gcm16\n        rekey_time = 0\n      }}\n    }}\n  }}\n}}\nsecrets {{\n  ike-1 {{\n    id-1 = s.ike.test\n    id-2 = r.ike.test\n    secret = \"{PSK}\"\n  }}\n}}\n"
     );
-    std::fs::write(dir.join("swanctl.conf"), swanctl).unwrap();
-    let out = lab.run(
-        Side::Sender,
-        "ip",
-        &["addr", "add", &format!("{INNER_S}/32"), "dev", "lo"],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let log = File::create(dir.join("charon.out")).unwrap();
-    let child = lab
-        .command(Side::Sender, "unshare")
-        .args([
-            "-m",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &format!("mount --bind {d}/run /run && exec {CHARON}"),
-        ])
-        .env("STRONGSWAN_CONF", dir.join("strongswan.conf"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("nsenter runs");
-    let mut c = Proc {
-        child,
-        lines: None,
-        seen: Vec::new(),
-    };
-    let sock = dir.join("charon.vici");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        let exited = c.child.try_wait().ok().flatten().is_some();
-        assert!(
-            Instant::now() < deadline && !exited,
-            "charon did not open its vici socket: {}",
-            std::fs::read_to_string(dir.join("charon.out")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = lab
-        .command(Side::Sender, "swanctl")
-        .args(["--load-all", "--file", &format!("{d}/swanctl.conf")])
-        .args(["--uri", &format!("unix://{d}/charon.vici")])
-        .stdin(Stdio::null())
-        .output()
-        .expect("swanctl runs");
-    assert!(out.status.success(), "swanctl --load-all: {}", text(&out));
-    let _ = &mut c;
-    c
+    Charon::start(
+        lab,
+        dir,
+        &Config {
+            libipsec_inner: Some(&format!("{INNER_S}/32")),
+            log_levels: &[],
+            swanctl: &swanctl,
+        },
+    )
 }
 
 #[test]
@@ -207,10 +153,7 @@ fn twamp_in_a_charon_child_sa_is_reflected_by_the_afxdp_pollers() {
     if skip() {
         return;
     }
-    assert!(
-        Path::new(CHARON).exists(),
-        "{CHARON} missing: run scripts/setup.sh (installs strongswan-charon)"
-    );
+    charon::require();
     let ike_peer = workspace_bin("ricochet-ike-peer");
     let reflector_bin = workspace_bin("ricochet-reflector");
     let lab = Lab::up("ss");

@@ -4,6 +4,7 @@
 //! only splits link, IP and transport layers (with `etherparse`), so tests can
 //! feed the raw TWAMP/STAMP octets to the code under test and compare.
 
+pub mod charon;
 pub mod lab;
 
 use std::net::{IpAddr, SocketAddr};
