@@ -256,6 +256,18 @@ fn esp_sa_lifecycle_through_the_table() {
     assert_eq!(k3.expires_ns - k3.rekey_ns, 10_000_000_000);
     t.remove_esp_sa(0x1003).unwrap();
 
+    // a CHILD_SA removed and bound again (the next session) continues its
+    // outbound sequence numbers: never reused under the same key
+    shared.add(0, EspState::W_TX_SEQ, 5);
+    t.remove_esp_sa(0x1001).unwrap();
+    t.add_esp_sa(sa(0x1001, 0x2001, 1)).unwrap();
+    let again = t.esp_sa_activity(0x1001).unwrap();
+    assert_eq!((again.tx_seq, again.tx_packets), (5, 0));
+    // other keys under the same SPI start from 1
+    t.remove_esp_sa(0x1001).unwrap();
+    t.add_esp_sa(sa(0x1001, 0x2001, 21)).unwrap();
+    assert_eq!(t.esp_sa_activity(0x1001).unwrap().tx_seq, 0);
+
     // removing the session frees its inner slot
     t.remove_esp_sa(0x1001).unwrap();
     t.remove(&SID).unwrap();

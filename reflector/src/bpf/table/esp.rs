@@ -273,8 +273,15 @@ impl BpfSessionTable {
         } else {
             sa_flags::RAW
         };
+        // the same outbound half sent before (a CHILD_SA bound again):
+        // continue its sequence numbers
+        let retired = self
+            .esp_retired
+            .iter()
+            .position(|(s, k, _)| *s == spec.outbound_spi && *k == spec.outbound_keys);
+        let tx_seq = retired.map_or(0, |i| self.esp_retired[i].2);
         let write = || -> Result<(), TableError> {
-            self.maps.reset_esp_state(slot).map_err(dp)?;
+            self.maps.reset_esp_state_at(slot, tx_seq).map_err(dp)?;
             self.maps.write_esp_keys(slot, &keys).map_err(dp)?;
             self.maps
                 .write_esp_sa(
@@ -292,6 +299,9 @@ impl BpfSessionTable {
             let _ = self.maps.clear_esp_keys(slot);
             self.esp_slots.free(slot);
             return Err(e);
+        }
+        if let Some(i) = retired {
+            self.esp_retired.swap_remove(i);
         }
         self.esp_added += 1;
         self.esp.insert(
@@ -410,6 +420,14 @@ impl BpfSessionTable {
         if let Err(e) = self.maps.remove_esp_sa(&rec.key) {
             self.esp.insert(spi, rec);
             return Err(dp(e));
+        }
+        // its outbound half's last number, should the SA come back
+        if let Ok(st) = self.maps.esp_state(rec.slot) {
+            if self.esp_retired.len() >= MAX_ESP_SAS as usize {
+                self.esp_retired.remove(0);
+            }
+            self.esp_retired
+                .push((rec.own_out.0, rec.own_out.1.clone(), st.tx_seq));
         }
         if let Err(e) = self.maps.clear_esp_keys(rec.slot) {
             tracing::warn!(slot = rec.slot, error = %e, "clearing esp_keys failed; slot leaked");
