@@ -470,8 +470,7 @@ fn control_restart_mid_stream_loses_nothing_and_adopted_sessions_expire() {
         "adopted sessions removed",
         || {
             rig.maps().session_keys().unwrap().is_empty()
-                && std::fs::read_to_string(rig.registry())
-                    .is_ok_and(|r| r.trim().is_empty())
+                && std::fs::read_to_string(rig.registry()).is_ok_and(|r| r.trim().is_empty())
         },
     );
     assert!(
