@@ -231,6 +231,7 @@ pub fn ike_responder(config: &Config) -> Result<Option<(IkeResponder, SharedSaTa
         natt_port: r.natt_port,
         identity: r.identity.clone(),
         liveness: (r.liveness > 0).then(|| Duration::from_secs(r.liveness)),
+        test_ports: (config.test_ports.first(), config.test_ports.last()),
     };
     let table = SharedSaTable::new();
     let responder = IkeResponder::bind(&settings, psks, table.clone())?;

@@ -9,22 +9,22 @@
 //! Nothing secret is logged: SPIs, peers and reasons only.
 
 use std::io::{self, ErrorKind};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use ricochet_ike::{
-    Config as IkeConfig, DeleteReason, Endpoint, Event, Identification, OsRng, PskAuthenticator,
-    PskStore,
+    ChildPolicy, Config as IkeConfig, DeleteReason, Endpoint, Event, Identification, OsRng,
+    PskAuthenticator, PskStore, TrafficSelector,
 };
 use ricochet_protocol::sa_records::SaId;
 use zeroize::Zeroizing;
 
 use crate::event_loop::{Context, Service};
 use crate::ikev2::{SaSecret, SharedSaTable};
-use crate::metrics::{IkeDrop, IkeEvent, Metrics};
-use crate::twamp::DaemonState;
+use crate::metrics::{EspSaEvent, IkeDrop, IkeEvent};
+use crate::twamp::{apply_esp_ops, DaemonState};
 
 /// Datagrams handled per socket per loop turn (fairness with TWAMP-Control).
 const RECV_BUDGET: usize = 256;
@@ -44,6 +44,34 @@ pub struct ResponderSettings {
     pub identity: String,
     /// Send a liveness check after this long without a message (`None`: off).
     pub liveness: Option<std::time::Duration>,
+    /// The reflector's test port range (first, last): CHILD_SA traffic
+    /// selectors are narrowed to UDP on these ports on our side, so a
+    /// CHILD_SA never captures TWAMP-Control or IKE itself.
+    pub test_ports: (u16, u16),
+}
+
+/// The selectors a peer's CHILD_SA proposal is narrowed to: UDP from any
+/// port of the peer to our test ports, IPv4 and IPv6 (RFC 7296 §2.9).
+pub fn child_policy(test_ports: (u16, u16)) -> ChildPolicy {
+    let any = |first: IpAddr, last: IpAddr, ports: (u16, u16)| TrafficSelector {
+        ip_proto: 17,
+        start_port: ports.0,
+        end_port: ports.1,
+        start_addr: first,
+        end_addr: last,
+    };
+    let v4 = (
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V4(Ipv4Addr::BROADCAST),
+    );
+    let v6 = (
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        IpAddr::V6(Ipv6Addr::from(u128::MAX)),
+    );
+    ChildPolicy {
+        remote: vec![any(v4.0, v4.1, (0, 0xffff)), any(v6.0, v6.1, (0, 0xffff))],
+        local: vec![any(v4.0, v4.1, test_ports), any(v6.0, v6.1, test_ports)],
+    }
 }
 
 struct Socket {
@@ -84,6 +112,7 @@ impl IkeResponder {
         let mut config = IkeConfig::new(Identification::fqdn(&settings.identity));
         config.natt_port = settings.natt_port;
         config.liveness_interval = settings.liveness;
+        config.child_policy = Some(child_policy(settings.test_ports));
         let mut rng = OsRng;
         let endpoint = Endpoint::new(config, Box::new(PskAuthenticator { store: psks }), &mut rng);
         let mut sockets = Vec::new();
@@ -142,8 +171,10 @@ impl IkeResponder {
         }
     }
 
-    /// Publish established SAs, withdraw rekeyed and deleted ones; count.
-    fn events(&mut self, metrics: &Metrics) {
+    /// Publish established SAs, withdraw rekeyed and deleted ones, hand
+    /// CHILD_SAs to the ESP data plane; count.
+    fn events(&mut self, ctx: &mut Context<'_, DaemonState>) {
+        let metrics = ctx.metrics;
         while let Some(ev) = self.endpoint.poll_event() {
             match ev {
                 Event::IkeSaEstablished(info) => {
@@ -171,6 +202,9 @@ impl IkeResponder {
                     };
                     tracing::info!(old = %old, new = %id, peer = %new.peer, "IKE SA rekeyed; new connections must name the new SA");
                     self.table.lock().remove(&old);
+                    ctx.state
+                        .esp_link()
+                        .ike_rekeyed((old_spi_i, old_spi_r), (new.spi_i, new.spi_r));
                     self.publish(id, new.prf, &new.sk_d);
                 }
                 Event::IkeSaDeleted {
@@ -192,11 +226,53 @@ impl IkeResponder {
                     } else {
                         tracing::debug!(sa = %id, %peer, ?reason, "IKE SA set-up failed or ended");
                     }
+                    // A rekeyed SA's CHILD_SAs live on under the new one.
+                    if reason != DeleteReason::Rekeyed {
+                        let ops = ctx.state.esp_link().ike_deleted((spi_i, spi_r));
+                        apply_esp_ops(ctx, ops);
+                    }
                 }
-                // CHILD_SAs are for the ESP data plane (not this module).
-                Event::ChildSaInstalled { .. }
-                | Event::ChildSaDeleted { .. }
-                | Event::PeerAlive { .. } => {}
+                Event::ChildSaInstalled {
+                    ike_spi_i,
+                    ike_spi_r,
+                    child,
+                } => {
+                    let (spi_i, spi_r, peer) = (child.spi_i, child.spi_r, child.peer);
+                    tracing::info!(
+                        ike = %SaId { spi_i: ike_spi_i, spi_r: ike_spi_r },
+                        spi_i = %format_args!("{spi_i:08x}"),
+                        spi_r = %format_args!("{spi_r:08x}"),
+                        %peer,
+                        ts_i = ?child.ts_i,
+                        ts_r = ?child.ts_r,
+                        "CHILD_SA up"
+                    );
+                    match ctx
+                        .state
+                        .esp_link()
+                        .child_installed((ike_spi_i, ike_spi_r), child)
+                    {
+                        Ok(ops) => apply_esp_ops(ctx, ops),
+                        Err(e) => {
+                            metrics.esp_sa_event(EspSaEvent::Refused);
+                            tracing::warn!(spi_i = %format_args!("{spi_i:08x}"), spi_r = %format_args!("{spi_r:08x}"), %peer, "CHILD_SA not used by the data plane: {e}");
+                        }
+                    }
+                }
+                Event::ChildSaDeleted {
+                    ike_spi_i,
+                    ike_spi_r,
+                    spi_i,
+                    spi_r,
+                } => {
+                    tracing::info!(spi_i = %format_args!("{spi_i:08x}"), spi_r = %format_args!("{spi_r:08x}"), "CHILD_SA deleted");
+                    let ops =
+                        ctx.state
+                            .esp_link()
+                            .child_deleted((ike_spi_i, ike_spi_r), spi_i, spi_r);
+                    apply_esp_ops(ctx, ops);
+                }
+                Event::PeerAlive { .. } => {}
             }
         }
         let now = self.endpoint.stats().clone();
@@ -281,7 +357,7 @@ impl Service<DaemonState> for IkeResponder {
             }
         }
         // Publish (and count) before the peer can learn the SA is up.
-        self.events(ctx.metrics);
+        self.events(ctx);
         self.transmit();
         more
     }
@@ -293,7 +369,7 @@ impl Service<DaemonState> for IkeResponder {
     fn on_timer(&mut self, ctx: &mut Context<'_, DaemonState>) {
         self.endpoint.handle_timeout(ctx.now, &mut self.rng);
         // Publish (and count) before the peer can learn the SA is up.
-        self.events(ctx.metrics);
+        self.events(ctx);
         self.transmit();
     }
 
@@ -306,5 +382,8 @@ impl Service<DaemonState> for IkeResponder {
         }
         self.transmit();
         self.table.lock().clear();
+        // Their CHILD_SAs are gone with them.
+        let ops = ctx.state.esp_link().clear();
+        apply_esp_ops(ctx, ops);
     }
 }

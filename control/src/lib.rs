@@ -12,6 +12,8 @@
 //!   the SA socket, the in-process table) behind [`keys::KeySource`].
 //! * [`ike_responder`]: the `ike` crate's IKEv2 responder on UDP 500/4500,
 //!   a loop [`event_loop::Service`] publishing IKE SAs for RFC 7717.
+//! * [`esp_link`]: binds the responder's CHILD_SAs to started TWAMP
+//!   sessions and installs them in the ESP data plane (sans-IO decisions).
 //! * [`twamp`]: the TWAMP-Control state machine per connection, its
 //!   `ServerContext`, and the session life cycle (data plane, ports,
 //!   REFWAIT, stop grace).
@@ -29,6 +31,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod esp_link;
 pub mod event_loop;
 pub mod ike_responder;
 pub mod ikev2;

@@ -27,6 +27,7 @@
 //! | `ike_sas` | gauge | — IKE SAs of the in-process IKEv2 responder |
 //! | `ike_sa_events_total` | counter | `event`: established, rekeyed, deleted, failed |
 //! | `ike_dropped_total` | counter | `reason`: malformed, unknown_sa, decrypt_failed, bad_message_id, half_open_refused |
+//! | `esp_sa_events_total` | counter | `event`: installed, removed, failed, refused (CHILD_SAs in the ESP data plane) |
 //!
 //! The HTTP endpoint runs on its own thread (never blocks the control loop),
 //! serves one request per connection, bounds the request to
@@ -293,6 +294,31 @@ impl IkeEvent {
     }
 }
 
+/// What happened to a CHILD_SA on its way into the ESP data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EspSaEvent {
+    /// Bound to a started session and installed (`add_esp_sa`).
+    Installed,
+    /// Removed from the data plane (Delete, rekey, session end).
+    Removed,
+    /// The data plane refused an add or a remove.
+    Failed,
+    /// Not kept: over a bound or a transform the data plane lacks.
+    Refused,
+}
+
+impl EspSaEvent {
+    /// Metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            EspSaEvent::Installed => "installed",
+            EspSaEvent::Removed => "removed",
+            EspSaEvent::Failed => "failed",
+            EspSaEvent::Refused => "refused",
+        }
+    }
+}
+
 /// Why the IKE responder dropped a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IkeDrop {
@@ -344,6 +370,7 @@ impl ModeName {
 
 label_value!(
     IkeEvent,
+    EspSaEvent,
     IkeDrop,
     SetupFailure,
     SessionEnd,
@@ -386,6 +413,11 @@ struct OperationLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct IkeEventLabel {
     event: IkeEvent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EspSaEventLabel {
+    event: EspSaEvent,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -444,6 +476,7 @@ pub struct Metrics {
     ike_sas: Gauge,
     ike_events: Family<IkeEventLabel, Counter>,
     ike_dropped: Family<IkeDropLabel, Counter>,
+    esp_sa_events: Family<EspSaEventLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -479,6 +512,7 @@ impl Metrics {
             ike_sas: Gauge::default(),
             ike_events: Family::default(),
             ike_dropped: Family::default(),
+            esp_sa_events: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -585,6 +619,11 @@ impl Metrics {
             "ike_dropped",
             "IKE datagrams the responder dropped, by reason",
             m.ike_dropped.clone(),
+        );
+        registry.register(
+            "esp_sa_events",
+            "CHILD_SAs of the in-process responder in the ESP data plane, by event",
+            m.esp_sa_events.clone(),
         );
         for mode in ModeName::ALL.into_iter().filter(|m| m.is_security()) {
             let _ = m.sessions.get_or_create(&ModeLabel { mode });
@@ -732,6 +771,20 @@ impl Metrics {
         self.ike_events
             .get_or_create(&IkeEventLabel { event })
             .inc();
+    }
+
+    /// A CHILD_SA event of the ESP data plane.
+    pub fn esp_sa_event(&self, event: EspSaEvent) {
+        self.esp_sa_events
+            .get_or_create(&EspSaEventLabel { event })
+            .inc();
+    }
+
+    /// Times `event` was counted (tests and the exit report).
+    pub fn esp_sa_events(&self, event: EspSaEvent) -> u64 {
+        self.esp_sa_events
+            .get_or_create(&EspSaEventLabel { event })
+            .get()
     }
 
     /// The responder's established IKE SAs.

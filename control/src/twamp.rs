@@ -43,6 +43,9 @@ use ricochet_protocol::server::{
 use ricochet_protocol::time::NtpTimestamp;
 use ricochet_reflector::session_table::{SessionActivity, SessionSpec, SessionTable, TableError};
 
+use crate::esp_link::{EspLink, EspOp, SessionEnds};
+use crate::metrics::EspSaEvent;
+
 use crate::config::RateLimit;
 use crate::event_loop::{Action, Activity, CloseReason, ConnInfo, ConnectionHandler, Context};
 use crate::keys::{KeySource, Keys};
@@ -68,6 +71,9 @@ pub struct DaemonState {
     sessions: HashMap<Sid, Session>,
     /// Sessions an earlier run left in a data plane that outlives us.
     adopted: HashMap<Sid, Adopted>,
+    /// CHILD_SAs of the in-process IKEv2 responder and the sessions they
+    /// carry in the ESP data plane.
+    esp: EspLink,
 }
 
 /// A session found in the data plane at start: its control connection died
@@ -94,6 +100,8 @@ struct Session {
     phase: Phase,
     /// Data-plane counters already added to the metrics.
     reported: SessionActivity,
+    /// Its test addresses once installed (for binding CHILD_SAs).
+    ends: Option<SessionEnds>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +125,7 @@ impl DaemonState {
             settings,
             sessions: HashMap::new(),
             adopted: HashMap::new(),
+            esp: EspLink::default(),
         }
     }
 
@@ -281,6 +290,7 @@ fn sid_for(reflector: IpAddr) -> Result<Sid, getrandom::Error> {
 
 /// Release what session `sid` holds (entry, port, policy count, gauges).
 fn release(ctx: &mut Context<'_, DaemonState>, sid: &Sid, end: SessionEnd) {
+    unbind_esp(ctx, sid);
     let Some(s) = ctx.state.sessions.remove(sid) else {
         return;
     };
@@ -303,6 +313,8 @@ fn end_now(ctx: &mut Context<'_, DaemonState>, sid: &Sid, end: SessionEnd) {
         .get(sid)
         .is_some_and(|s| s.phase != Phase::Allocated);
     if in_table {
+        // Its ESP SAs first: they refer to the session's slot.
+        unbind_esp(ctx, sid);
         match ctx.state.table.remove(sid) {
             Ok(()) | Err(TableError::NoSuchSession(_)) => {}
             Err(e) => {
@@ -312,6 +324,57 @@ fn end_now(ctx: &mut Context<'_, DaemonState>, sid: &Sid, end: SessionEnd) {
         }
     }
     release(ctx, sid, end);
+}
+
+/// Removes the ESP SAs bound to `sid` (its CHILD_SAs stay for a later
+/// session).
+fn unbind_esp(ctx: &mut Context<'_, DaemonState>, sid: &Sid) {
+    let ops = ctx.state.esp.session_removed(sid);
+    apply_esp_ops(ctx, ops);
+}
+
+/// Applies what [`EspLink`] decided to the data plane; logs (SPIs and
+/// sessions, never keys) and counts.
+pub fn apply_esp_ops(ctx: &mut Context<'_, DaemonState>, ops: Vec<EspOp>) {
+    for op in ops {
+        match op {
+            EspOp::Add { sid, spec } => {
+                let spi = spec.inbound_spi;
+                let out = spec.outbound_spi;
+                let transform = spec.inbound_keys.name();
+                match ctx.state.table.add_esp_sa(spec) {
+                    Ok(()) => {
+                        ctx.metrics.esp_sa_event(EspSaEvent::Installed);
+                        tracing::info!(%sid, inbound_spi = %format_args!("{spi:08x}"), outbound_spi = %format_args!("{out:08x}"), transform, "CHILD_SA installed in the ESP data plane");
+                    }
+                    Err(e) => {
+                        ctx.state.esp.add_failed(spi);
+                        ctx.metrics.esp_sa_event(EspSaEvent::Failed);
+                        tracing::warn!(%sid, inbound_spi = %format_args!("{spi:08x}"), error = %e, "data plane refused a CHILD_SA; the session's ESP packets are not reflected");
+                    }
+                }
+            }
+            EspOp::Remove { sid, inbound_spi } => {
+                match ctx.state.table.remove_esp_sa(inbound_spi) {
+                    Ok(()) => {
+                        ctx.metrics.esp_sa_event(EspSaEvent::Removed);
+                        tracing::info!(%sid, inbound_spi = %format_args!("{inbound_spi:08x}"), "CHILD_SA removed from the ESP data plane");
+                    }
+                    Err(e) => {
+                        ctx.metrics.esp_sa_event(EspSaEvent::Failed);
+                        tracing::warn!(%sid, inbound_spi = %format_args!("{inbound_spi:08x}"), error = %e, "data plane cannot remove a CHILD_SA");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl DaemonState {
+    /// The CHILD_SA bindings (for the IKEv2 responder).
+    pub fn esp_link(&mut self) -> &mut EspLink {
+        &mut self.esp
+    }
 }
 
 /// Stop `sid`: a started session keeps reflecting for its grace, then the
@@ -570,6 +633,7 @@ impl ServerContext for ConnContext<'_, '_> {
                 grace: timeout.min(self.ctx.state.settings.refwait),
                 phase: Phase::Allocated,
                 reported: SessionActivity::default(),
+                ends: None,
             },
         );
         Ok(SessionGrant {
@@ -601,6 +665,11 @@ impl ServerContext for ConnContext<'_, '_> {
             Ok(()) => {
                 if let Some(s) = self.ctx.state.sessions.get_mut(&sid) {
                     s.phase = Phase::Installed;
+                    s.ends = Some(SessionEnds {
+                        sender: session.sender,
+                        reflector: session.reflector,
+                        client: self.conn.peer.ip(),
+                    });
                 }
                 self.ctx.metrics.session_started(entry.modes);
                 tracing::info!(
@@ -627,8 +696,14 @@ impl ServerContext for ConnContext<'_, '_> {
         match phase {
             Some(Phase::Installed) => match self.ctx.state.table.start(&sid) {
                 Ok(()) => {
+                    let mut ends = None;
                     if let Some(s) = self.ctx.state.sessions.get_mut(&sid) {
                         s.phase = Phase::Started(self.ctx.now);
+                        ends = s.ends;
+                    }
+                    if let Some(ends) = ends {
+                        let ops = self.ctx.state.esp.session_started(sid, ends);
+                        apply_esp_ops(self.ctx, ops);
                     }
                     Accept::Ok
                 }

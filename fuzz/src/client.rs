@@ -18,6 +18,10 @@ struct Outcome {
     failed: bool,
 }
 
+/// The largest PBKDF2 count the harness's client accepts (the seeds lower
+/// a captured greeting's count to it).
+pub const MAX_COUNT: u32 = 1024;
+
 fn request() -> RequestTwSessionRepr {
     RequestTwSessionRepr {
         ipvn: 4,
@@ -47,7 +51,7 @@ fn run(allowed: Modes, wanted: Modes, stream: &[u8], chunk: usize) -> Outcome {
         key_id: Some(control::SetUpResponseRepr::key_id_from_name(b"fuzz").expect("short name")),
         secret: Some(SharedSecret::from_slice(b"fuzz-secret")),
         // Keep PBKDF2 cheap: a greeting asking for more is refused.
-        max_count: 1024,
+        max_count: MAX_COUNT,
         max_sessions: 8,
     };
     let random = ClientRandom {

@@ -40,9 +40,14 @@ pub fn test_packet(data: &[u8]) {
     }
 }
 
-/// Input: an ESP packet for a fixed SA.
+/// The key of the fixed SA of [`esp_open`] (seeds are sealed under it).
+pub const ESP_OPEN_KEY: [u8; 16] = [0x11; 16];
+/// The salt of the fixed SA of [`esp_open`].
+pub const ESP_OPEN_SALT: [u8; 4] = [0x22; 4];
+
+/// Input: an ESP packet for a fixed SA ([`ESP_OPEN_KEY`], [`ESP_OPEN_SALT`]).
 pub fn esp_open(data: &[u8]) {
-    let sa = EspGcm128::new(&[0x11; 16], &[0x22; 4]);
+    let sa = EspGcm128::new(&ESP_OPEN_KEY, &ESP_OPEN_SALT);
     let mut buf = data.to_vec();
     let _ = sa.open(&mut buf);
 }

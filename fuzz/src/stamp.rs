@@ -778,61 +778,6 @@ pub fn tlv_writer(data: &[u8]) {
     assert_eq!(read, written);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reflect_case_round_trips() {
-        let rx = [9u8; 50];
-        let case = ReflectCase {
-            fmt: StampFormat {
-                layout: StampLayout::Authenticated,
-                mode: ReflectorMode::Stateful,
-                timestamp_format: TimeFormat::Ptp,
-            },
-            ttl: 255,
-            seq: 77,
-            t2: [8; 8],
-            error_estimate: error_estimate(0x0001),
-            max_len: 0,
-            out_len: 512,
-            rx: &rx,
-        };
-        let bytes = case.encode();
-        assert_eq!(bytes.len(), REFLECT_CONFIG_LEN + rx.len());
-        assert_eq!(ReflectCase::decode(&bytes), case);
-    }
-
-    #[test]
-    fn model_flags_the_rfc_8972_cases() {
-        // Extra Padding (recognised), an unknown type, then a Class of
-        // Service with a bad Length: processed, U, M and stop.
-        let area = [
-            0x80, 1, 0, 1, 0xaa, // Extra Padding, U set by the sender
-            0x00, 200, 0, 0, // unknown type 200
-            0x00, 4, 0, 2, 0, 0, // CoS must be 4 long
-            0x00, 1, 0, 0, // never reached
-        ];
-        let m = model_pass(&area, |t| t == 1, |_| (TlvVerdict::Processed, None));
-        assert_eq!(m.area[0], 0x00);
-        assert_eq!(m.area[5], FLAG_U);
-        assert_eq!(m.area[9], FLAG_M);
-        assert_eq!(m.area[15..], area[15..]);
-        assert_eq!(
-            m.summary,
-            TlvSummary {
-                processed: 1,
-                unrecognized: 1,
-                malformed_at: Some(9)
-            }
-        );
-        // A truncated header at the end is malformed too.
-        let m = model_pass(&[0, 1, 0], |_| true, |_| (TlvVerdict::Processed, None));
-        assert_eq!(m.area, [FLAG_M, 1, 0]);
-    }
-}
-
 /// The typed TLV layer (RFC 8972 §4.2–§4.8, RFC 9503, RFC 9534) and the
 /// conformance checker over arbitrary TLV areas: input = 1 octet of
 /// configuration (bit 0: IPv6 addresses, bit 1: a source MAC is known,
@@ -944,4 +889,59 @@ pub fn tlv_typed(data: &[u8]) {
     let _ = validate_sender(&o(&req, tos, src, dst), &exp);
     let _ = validate_reflector(&o(&rep, tos, dst, src), &exp);
     let _ = validate_pair(&o(&req, tos, src, dst), &o(&rep, tos, dst, src), &exp);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflect_case_round_trips() {
+        let rx = [9u8; 50];
+        let case = ReflectCase {
+            fmt: StampFormat {
+                layout: StampLayout::Authenticated,
+                mode: ReflectorMode::Stateful,
+                timestamp_format: TimeFormat::Ptp,
+            },
+            ttl: 255,
+            seq: 77,
+            t2: [8; 8],
+            error_estimate: error_estimate(0x0001),
+            max_len: 0,
+            out_len: 512,
+            rx: &rx,
+        };
+        let bytes = case.encode();
+        assert_eq!(bytes.len(), REFLECT_CONFIG_LEN + rx.len());
+        assert_eq!(ReflectCase::decode(&bytes), case);
+    }
+
+    #[test]
+    fn model_flags_the_rfc_8972_cases() {
+        // Extra Padding (recognised), an unknown type, then a Class of
+        // Service with a bad Length: processed, U, M and stop.
+        let area = [
+            0x80, 1, 0, 1, 0xaa, // Extra Padding, U set by the sender
+            0x00, 200, 0, 0, // unknown type 200
+            0x00, 4, 0, 2, 0, 0, // CoS must be 4 long
+            0x00, 1, 0, 0, // never reached
+        ];
+        let m = model_pass(&area, |t| t == 1, |_| (TlvVerdict::Processed, None));
+        assert_eq!(m.area[0], 0x00);
+        assert_eq!(m.area[5], FLAG_U);
+        assert_eq!(m.area[9], FLAG_M);
+        assert_eq!(m.area[15..], area[15..]);
+        assert_eq!(
+            m.summary,
+            TlvSummary {
+                processed: 1,
+                unrecognized: 1,
+                malformed_at: Some(9)
+            }
+        );
+        // A truncated header at the end is malformed too.
+        let m = model_pass(&[0, 1, 0], |_| true, |_| (TlvVerdict::Processed, None));
+        assert_eq!(m.area, [FLAG_M, 1, 0]);
+    }
 }
