@@ -352,11 +352,16 @@ struct rc_esp_keys {
 	 * (the pollers reflect the decrypted packet with that slot's state). */
 	__u32 inner_slot;
 	__u32 inner_generation;
-	/* esp_state index whose tx_seq numbers the replies: the outbound SA.
-	 * The control plane points every SA of a session at the newest
-	 * outbound SA (rekey: the outbound switches at once). */
+	/* esp_state index whose tx_seq numbers the replies: the outbound SA
+	 * (with key_out/spi_out: this SA's own, or a newer one's after a
+	 * rekey it has switched to). */
 	__u32 tx_state;
-	__u32 _pad1;
+	/* Deferred outbound switch of a rekey (RFC 7296 §2.8): 1 + the
+	 * esp_keys slot of the session's newest SA, 0 = none. Once that SA's
+	 * esp_state.rx_packets is non-zero (a packet authenticated on the new
+	 * inbound SPI, so the peer has the new SA), the pollers seal this
+	 * SA's replies with that SA's outbound half and tx_state. */
+	__u32 tx_next;
 	/* Hard lifetimes (RFC 4301 §4.4.2.1): 0 = none. Packets and octets
 	 * count both directions of this SA; expires_ns is CLOCK_TAI. The
 	 * pollers raise rekey_needed at 90 % of the packet and octet limits

@@ -170,6 +170,10 @@ pub const RATIO_GOALS: [(&str, &str, f64); 4] = [
     ("afxdp-enc", "afxdp-echo", 0.8),
     ("socket", "socket-echo", 0.8),
 ];
+/// Reported, not a goal (issue 7): the AF_XDP path with ESP against the
+/// plain AF_XDP path (authenticated TWAMP), at the same size label (the
+/// smallest ESP frame is shorter than the smallest authenticated one).
+pub const ESP_COMPARISON: (&str, &str) = ("afxdp-esp", "afxdp-auth");
 /// Ricochet's XDP path against an external reflector (perfSONAR twampd).
 pub const EXTERNAL_FACTOR: f64 = 100.0;
 /// Reflector residence p99 on the XDP path, ns.
@@ -256,6 +260,9 @@ impl Report {
                     met,
                     detail,
                 });
+            }
+            if target == ESP_COMPARISON.0 {
+                goals.push(self.esp_comparison(&size, ip_len));
             }
             if target != "xdp" {
                 continue;
@@ -345,6 +352,40 @@ impl Report {
             });
         }
         self.goals = goals;
+    }
+
+    /// The [`ESP_COMPARISON`] line for `size` (`met` is always `None`).
+    fn esp_comparison(&self, size: &str, ip_len: usize) -> Goal {
+        let (esp, plain) = ESP_COMPARISON;
+        let at = |name: &str| {
+            self.results
+                .iter()
+                .find(|r| r.target == name && r.size == size)
+        };
+        let mpps = |m: &Measured, r: &TargetResult| {
+            format!("{:.3} Mpps at {} octets", m.throughput_pps / 1e6, r.ip_len)
+        };
+        let (value, detail) = match (at(esp), at(plain)) {
+            (Some(a), Some(b)) => match (&a.measured, &b.measured) {
+                (Some(ma), Some(mb)) if mb.throughput_pps > 0.0 => (
+                    Some(ma.throughput_pps / mb.throughput_pps),
+                    format!("{} / {}; no goal", mpps(ma, a), mpps(mb, b)),
+                ),
+                (Some(_), Some(_)) => (None, format!("{plain} lost packets at every rate tried")),
+                (None, _) => (None, format!("{esp} not measured")),
+                (_, None) => (None, format!("{plain} not measured at this size")),
+            },
+            (_, None) => (None, format!("{plain} not run at this size")),
+            (None, _) => (None, format!("{esp} not run at this size")),
+        };
+        Goal {
+            goal: format!("{esp} / {plain} (reported)"),
+            size: size.to_owned(),
+            ip_len,
+            value,
+            met: None,
+            detail,
+        }
     }
 
     /// The goals as a Markdown table.
@@ -913,6 +954,49 @@ mod tests {
             t.contains("| xdp residence p99 < 1000 ns | 112 (112) | 800 ns | yes |"),
             "{t}"
         );
+    }
+
+    /// The ESP line compares by size label (the smallest ESP frame is
+    /// shorter than the smallest authenticated one) and is never a goal.
+    #[test]
+    fn esp_is_reported_against_plain_afxdp_at_the_same_size_label() {
+        let label = |mut r: TargetResult, size: &str| {
+            r.size = size.into();
+            r
+        };
+        let mut r = report();
+        r.results = vec![
+            label(
+                result("afxdp-auth", Some("afxdp-echo"), 140, 400_000.0),
+                "min",
+            ),
+            label(
+                result("afxdp-esp", Some("afxdp-echo"), 112, 300_000.0),
+                "min",
+            ),
+            label(
+                result("afxdp-esp", Some("afxdp-echo"), 512, 200_000.0),
+                "512",
+            ),
+        ];
+        r.fill_goals();
+        let esp: Vec<&Goal> = r
+            .goals
+            .iter()
+            .filter(|g| g.goal == "afxdp-esp / afxdp-auth (reported)")
+            .collect();
+        assert_eq!(esp.len(), 2, "{:#?}", r.goals);
+        assert_eq!((esp[0].size.as_str(), esp[0].ip_len), ("min", 112));
+        assert_eq!((esp[0].value, esp[0].met), (Some(0.75), None));
+        assert!(
+            esp[0]
+                .detail
+                .contains("0.300 Mpps at 112 octets / 0.400 Mpps at 140 octets"),
+            "{}",
+            esp[0].detail
+        );
+        assert_eq!((esp[1].value, esp[1].met), (None, None));
+        assert_eq!(esp[1].detail, "afxdp-auth not run at this size");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Smoke run of Ricochet's own paths in a real lab: the XDP path (the
 //! `ricochet-reflector` binary with a session and a STAMP listener programmed
 //! through `BpfSessionTable`), the AF_XDP path authenticated and encrypted,
-//! the bare AF_XDP echo, and the socket path (`SocketSessionTable`), each a
+//! the bare AF_XDP echo, the socket path (`SocketSessionTable`) and the
+//! AF_XDP path with TWAMP inside ESP-in-UDP (`add_esp_sa`), each a
 //! short search (two trials of 0.5 s at a low rate). Checks that packets
 //! were generated, reflected and counted, and what the replies carried (the
 //! reflector's own sequence numbers, nonzero T2/T3 where readable); never a
@@ -134,7 +135,14 @@ fn ricochet_paths_reflect_real_sessions_and_are_counted() {
         mode: ProbeMode::Twamp,
         startup: Duration::from_millis(10),
     };
-    let names = ["xdp", "afxdp-echo", "afxdp-auth", "afxdp-enc", "socket"];
+    let names = [
+        "xdp",
+        "afxdp-echo",
+        "afxdp-auth",
+        "afxdp-enc",
+        "socket",
+        "afxdp-esp",
+    ];
     let mut targets: Vec<Box<dyn Target>> = names
         .iter()
         .map(|n| target::by_name(n, &external).unwrap())
@@ -177,6 +185,27 @@ fn ricochet_paths_reflect_real_sessions_and_are_counted() {
     assert!(m.reflector_seq_top >= received);
     assert_eq!(m.zero_timestamps, 0);
     assert!(m.residence.as_ref().is_some_and(|d| d.count > 0));
+
+    // (c') ESP: the generator's ESP-in-UDP packets (AES-GCM, sealed with
+    // the SA's inbound keys) were decrypted, reflected, sealed again and
+    // sent back from port 4500; the counter takes only UDP 4500 -> the
+    // generator's port, and can read nothing inside.
+    let (m, _) = reflected(&results[5], &name);
+    assert_eq!(
+        results[5].ip_len,
+        20 + 8 + 8 + 8 + 8 + 41 + 1 + 2 + 16,
+        "min ESP-in-UDP: SPI/SN, IV, inner UDP, TWAMP, padding, trailer, ICV"
+    );
+    assert_eq!(results[5].mode, "twamp");
+    assert!(m.rtt.is_none() && m.residence.is_none(), "ciphertext only");
+    assert!(
+        results[5]
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("latency not readable")),
+        "{:?}",
+        results[5].note
+    );
 
     // STAMP: the XDP path's listener and the socket path's (stateless: the
     // reflector's number is the sender's, RFC 8762 §4.3).

@@ -512,20 +512,29 @@ fn charon_child_sa_from_ricochet_controls_responder_carries_the_twamp_session() 
     let sum = &j["sessions"][0]["summary"];
     assert_eq!(sum["sent"].as_u64(), Some(REKEY_COUNT), "{sum}");
     // Every request reached the reflector and was accepted across the
-    // rekey (the reflector's sequence numbers have no gap). Replies are
-    // not asserted: the data plane switches its outbound half to the new
-    // SA at once, before charon (the rekey's initiator) has installed the
-    // new inbound SA, so replies sealed in that window are dropped by
-    // charon (a known defect, see control/README.md).
+    // rekey (the reflector's sequence numbers have no gap), and every
+    // reply reached ricochet-ping: the data plane keeps sealing with the
+    // old outbound SA until a packet authenticates on the new inbound SA
+    // (charon, the rekey's initiator, installs the new SA only when it
+    // processes our CREATE_CHILD_SA response; RFC 7296 §2.8).
+    let why = || format!("{sum}\nSAs:\n{list}\ncontrol log:\n{}", control_log());
     assert_eq!(
         sum["lost_forward"].as_u64(),
         Some(0),
-        "requests lost across the rekey: {sum}\nSAs:\n{list}\ncontrol log:\n{}",
-        control_log()
+        "requests lost across the rekey: {}",
+        why()
     );
-    assert!(
-        sum["received"].as_u64().unwrap_or(0) > REKEY_COUNT / 2,
-        "the session stopped being reflected: {sum}\nSAs:\n{list}"
+    assert_eq!(
+        sum["lost_backward"].as_u64(),
+        Some(0),
+        "replies lost across the rekey: {}",
+        why()
+    );
+    assert_eq!(
+        sum["received"].as_u64(),
+        Some(REKEY_COUNT),
+        "replies missing across the rekey: {}",
+        why()
     );
     assert_eq!(installed(), 3.0, "{}", control_log());
 }

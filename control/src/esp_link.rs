@@ -17,7 +17,8 @@
 //! * the session has no CHILD_SA yet, or the new CHILD_SA has the same
 //!   selectors as the one bound (a rekey: the new one is added while the
 //!   old one is still installed, the data plane switches replies to the
-//!   newest, and the peer's Delete of the old one removes it).
+//!   newest once a packet authenticates on it, and the peer's Delete of
+//!   the old one removes it).
 //!
 //! One CHILD_SA carries one session (the data plane keys an SA's inbound
 //! SPI to one inner session): a CHILD_SA covering several sessions is bound

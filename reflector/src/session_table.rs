@@ -346,9 +346,11 @@ pub trait SessionTable: Send {
     }
     /// Installs an ESP SA pair carrying the test packets of `spec.inner`.
     /// While an older SA of the same inner session is installed both
-    /// inbound SPIs are accepted, and every reply switches at once to this
-    /// SA's outbound half (rekey without loss: add the new SA, then remove
-    /// the old one).
+    /// inbound SPIs are accepted; replies keep the older SA's outbound half
+    /// until a packet authenticates on this SA's inbound SPI (RFC 7296
+    /// §2.8: the peer has installed it), then all switch to this SA's
+    /// outbound half (rekey without loss: add the new SA, then remove the
+    /// old one). Removing this SA again (rollback) puts the others back.
     fn add_esp_sa(&mut self, spec: EspSaSpec) -> Result<(), TableError> {
         Err(TableError::Unsupported(format!(
             "ESP SA {:08x}: this data plane has no ESP (use the XDP/AF_XDP path)",

@@ -13,8 +13,9 @@
 //! a replayed and a tampered packet are never reflected and are counted
 //! (replay drops, ICV failures) while the genuine packet behind the
 //! tampered one still passes; a rekey in the middle of the stream (new SA
-//! added, replies switch to its outbound SPI, old SA still accepted, then
-//! removed) loses nothing; the daemon reports the IPsec cost (T2 → opened,
+//! added; replies stay on the old outbound SPI until a packet authenticates
+//! on the new SA, then all switch to its outbound SPI; old SA still
+//! accepted, then removed) loses nothing; the daemon reports the IPsec cost (T2 → opened,
 //! T3 → sealed) on exit.
 //!
 //! Needs root, iproute2, nsenter and ethtool. `RICOCHET_SKIP_BPF_TESTS=1`
@@ -325,18 +326,45 @@ fn esp_in_udp_session_reflects_refuses_replays_and_survives_a_rekey() {
     assert_eq!(a1.tx_seq, 41);
     assert_eq!(a1.rekey_needed & EspState::REKEY_EXPIRED, 0);
 
-    // 4. rekey mid-stream: SA 2 added; both inbound SPIs accepted, every
-    //    reply now goes out on SA 2's outbound SPI
+    // 4. rekey mid-stream: SA 2 added; both inbound SPIs accepted. The
+    //    peer may not have SA 2 yet (RFC 7296 §2.8): replies stay on SA 1's
+    //    outbound SPI and counter until a packet authenticates on SA 2
     let (k2_in, k2_out) = (gcm(3), gcm(4));
     table
         .add_esp_sa(sa_spec(sid, 0x1002, 0x2002, &k2_in, &k2_out))
         .unwrap();
     let mut sa2 = PeerSa::new(0x1002, 0x2002, &k2_in, &k2_out);
+    for _ in 0..5 {
+        let p = sa1.probe(twamp_seq);
+        step_raw(&sock, &p, &mut sa1, twamp_seq, next_refl);
+        next_refl += 1;
+        twamp_seq += 1;
+    }
+    // a forged packet on SA 2 authenticates nothing: still SA 1's half
+    let mut forged = sa2.probe(twamp_seq);
+    let last = forged.len() - 1;
+    forged[last] ^= 0x01;
+    sa2.seq -= 1;
+    sock.send_to(&forged, (REFLECTOR_V4, NATT)).unwrap();
+    assert!(
+        recv(&sock, Duration::from_millis(400)).is_none(),
+        "forged SA 2 packet reflected"
+    );
+    let p = sa1.probe(twamp_seq);
+    step_raw(&sock, &p, &mut sa1, twamp_seq, next_refl);
+    next_refl += 1;
+    twamp_seq += 1;
+    assert_eq!(
+        sa1.window.top(),
+        47,
+        "SA 1's replies 42..=47 on SA 1's half"
+    );
+    // the first authenticated SA 2 packet switches every reply to SA 2
     for i in 0..20 {
         let p = if i % 2 == 0 {
-            sa1.probe(twamp_seq)
-        } else {
             sa2.probe(twamp_seq)
+        } else {
+            sa1.probe(twamp_seq)
         };
         step_raw(&sock, &p, &mut sa2, twamp_seq, next_refl);
         next_refl += 1;
@@ -361,11 +389,11 @@ fn esp_in_udp_session_reflects_refuses_replays_and_survives_a_rekey() {
     assert!(table.esp_sa_activity(0x1001).is_none());
     let a2 = table.esp_sa_activity(0x1002).unwrap();
     assert_eq!((a2.rx_packets, a2.tx_packets), (30, 40), "{a2:?}");
-    assert_eq!((a2.replay_drops, a2.icv_failures), (0, 0));
-    assert_eq!(next_refl, 81, "81 probes, 81 reflections");
+    assert_eq!((a2.replay_drops, a2.icv_failures), (0, 1), "the forgery");
+    assert_eq!(next_refl, 87, "87 probes, 87 reflections");
     let c = table.maps().counters().unwrap();
-    // SA 1: 43, then 10 during the overlap; SA 2: 10 + 20
-    assert_eq!(c.get(Counter::EspRedirected), 43 + 10 + 30, "{c:?}");
+    // SA 1: 43, 6 before the switch, then 10; SA 2: the forgery, 10 + 20
+    assert_eq!(c.get(Counter::EspRedirected), 43 + 6 + 10 + 1 + 30, "{c:?}");
     assert_eq!(c.get(Counter::EspUnknownSpi), 1, "the removed SPI");
 
     // 5. the daemon reports the IPsec cost of every packet on exit

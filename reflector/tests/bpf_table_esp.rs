@@ -14,7 +14,9 @@ use ricochet_protocol::control::Sid;
 use ricochet_protocol::crypto::EspKeys;
 use ricochet_protocol::modes::SecurityMode;
 use ricochet_protocol::twamp_test::{SessionFormat, TestSecurity};
-use ricochet_reflector::bpf::{BpfSessionTable, Counter, KeyMaterial, Origin, XdpAction, XdpMeta};
+use ricochet_reflector::bpf::{
+    BpfSessionTable, Counter, EspState, KeyMaterial, Origin, XdpAction, XdpMeta,
+};
 use ricochet_reflector::session_table::{
     EspInner, EspLifetime, EspMode, EspSaSpec, SessionSpec, SessionTable, TableError,
 };
@@ -167,27 +169,60 @@ fn esp_sa_lifecycle_through_the_table() {
     assert_eq!((m.slot, m.generation), (0, k1.generation));
     assert_eq!(meta_of(&p, 0x1002), None, "unknown SPI passed");
 
-    // rekey: SA 2 added; both SPIs handed off; SA 1 now sends with SA 2's
-    // outbound SPI, keys and sequence counter (new generation, same SA)
+    assert_eq!(k1.tx_next, None, "nothing to switch to");
+
+    // rekey: SA 2 added; both SPIs handed off. The outbound switch is
+    // deferred (RFC 7296 §2.8): SA 1 still sends with its own half and
+    // names SA 2 (slot 1) as the one to switch to (new generation, same SA)
     t.add_esp_sa(sa(0x1002, 0x2002, 3)).unwrap();
     let k2 = p.maps().read_esp_keys(1).unwrap().expect("esp slot 1");
     assert_eq!((k2.spi_in, k2.spi_out, k2.tx_state), (0x1002, 0x2002, 1));
+    assert_eq!(k2.tx_next, None, "the newest sends with its own half");
     assert_eq!(k2.inner_slot, 0, "the same inner session");
     let k1b = p.maps().read_esp_keys(0).unwrap().unwrap();
-    assert_eq!((k1b.spi_in, k1b.spi_out, k1b.tx_state), (0x1001, 0x2002, 1));
-    assert_eq!(k1b.key_out, k2.key_out);
+    assert_eq!((k1b.spi_in, k1b.spi_out, k1b.tx_state), (0x1001, 0x2001, 0));
+    assert_eq!(k1b.tx_next, Some(1), "switches once slot 1 authenticates");
+    assert_eq!(k1b.key_out, k1.key_out, "still its own outbound keys");
     assert_eq!(k1b.key_in, k1.key_in, "SA 1 still opens with its own keys");
     assert_eq!(k1b.instance, k1.instance, "same SA: window kept by pollers");
     assert!(k1b.generation != k1.generation);
     assert_eq!(meta_of(&p, 0x1001).unwrap().generation, k1b.generation);
     assert_eq!(meta_of(&p, 0x1002).unwrap().slot, 1);
 
+    // a packet authenticated on SA 2 (what a poller counts); a further
+    // rekey (SA 3) then keeps SA 1 on SA 2's half, which the pollers had
+    // switched it to, and names SA 3 for both older SAs
+    let shared = p.maps().esp_state_shared().unwrap();
+    shared.add(1, EspState::W_RX_PACKETS, 1);
+    t.add_esp_sa(sa(0x1004, 0x2004, 11)).unwrap();
+    let k1s = p.maps().read_esp_keys(0).unwrap().unwrap();
+    assert_eq!(
+        (k1s.spi_out, k1s.tx_state, k1s.tx_next),
+        (0x2002, 1, Some(2))
+    );
+    assert_eq!(k1s.key_out, k2.key_out);
+    let k2s = p.maps().read_esp_keys(1).unwrap().unwrap();
+    assert_eq!(
+        (k2s.spi_out, k2s.tx_state, k2s.tx_next),
+        (0x2002, 1, Some(2))
+    );
+    // SA 3 abandoned (rollback): SA 2 is the newest again, on its own
+    // half; SA 1 stays on SA 2's half
+    t.remove_esp_sa(0x1004).unwrap();
+    let k2r = p.maps().read_esp_keys(1).unwrap().unwrap();
+    assert_eq!((k2r.spi_out, k2r.tx_state, k2r.tx_next), (0x2002, 1, None));
+    let k1r = p.maps().read_esp_keys(0).unwrap().unwrap();
+    assert_eq!(
+        (k1r.spi_out, k1r.tx_state, k1r.tx_next),
+        (0x2002, 1, Some(1))
+    );
+
     // the newest goes (rekey abandoned): SA 1 back on its own half
     t.remove_esp_sa(0x1002).unwrap();
     assert_eq!(meta_of(&p, 0x1002), None);
     assert!(p.maps().read_esp_keys(1).unwrap().is_none(), "slot zeroed");
     let k1c = p.maps().read_esp_keys(0).unwrap().unwrap();
-    assert_eq!((k1c.spi_out, k1c.tx_state), (0x2001, 0));
+    assert_eq!((k1c.spi_out, k1c.tx_state, k1c.tx_next), (0x2001, 0, None));
     assert_eq!(k1c.key_out, k1.key_out);
     assert_eq!(meta_of(&p, 0x1001).unwrap().generation, k1c.generation);
 
@@ -221,6 +256,18 @@ fn esp_sa_lifecycle_through_the_table() {
     assert_eq!(k3.expires_ns - k3.rekey_ns, 10_000_000_000);
     t.remove_esp_sa(0x1003).unwrap();
 
+    // a CHILD_SA removed and bound again (the next session) continues its
+    // outbound sequence numbers: never reused under the same key
+    shared.add(0, EspState::W_TX_SEQ, 5);
+    t.remove_esp_sa(0x1001).unwrap();
+    t.add_esp_sa(sa(0x1001, 0x2001, 1)).unwrap();
+    let again = t.esp_sa_activity(0x1001).unwrap();
+    assert_eq!((again.tx_seq, again.tx_packets), (5, 0));
+    // other keys under the same SPI start from 1
+    t.remove_esp_sa(0x1001).unwrap();
+    t.add_esp_sa(sa(0x1001, 0x2001, 21)).unwrap();
+    assert_eq!(t.esp_sa_activity(0x1001).unwrap().tx_seq, 0);
+
     // removing the session frees its inner slot
     t.remove_esp_sa(0x1001).unwrap();
     t.remove(&SID).unwrap();
@@ -230,7 +277,8 @@ fn esp_sa_lifecycle_through_the_table() {
 
 /// A restarted control plane (a new table on the same pins and registry)
 /// takes the pinned SAs over: still served, found by SPI, their slots not
-/// handed out again, and a rekey after the restart switches them.
+/// handed out again, and a rekey after the restart names the new SA to
+/// switch to.
 #[test]
 fn a_restarted_table_takes_the_pinned_sas_over() {
     if skip() {
@@ -250,7 +298,7 @@ fn a_restarted_table_takes_the_pinned_sas_over() {
     let mut t = BpfSessionTable::open(p.pin_dir(), &reg).unwrap();
     assert!(t.esp_sa_activity(0x1001).is_some(), "found by SPI");
     assert_eq!(meta_of(&p, 0x1001).unwrap().slot, 0, "still handed off");
-    // rekey after the restart: new slots, and SA 1 switches to SA 2's half
+    // rekey after the restart: new slots, and SA 1 waits for SA 2
     t.add_esp_sa(sa(0x1002, 0x2002, 3)).unwrap();
     let k2 = p
         .maps()
@@ -260,7 +308,10 @@ fn a_restarted_table_takes_the_pinned_sas_over() {
     assert_eq!(k2.spi_in, 0x1002);
     assert_eq!(k2.inner_slot, 0, "the same inner slot (from the registry)");
     let k1 = p.maps().read_esp_keys(0).unwrap().unwrap();
-    assert_eq!((k1.spi_in, k1.spi_out, k1.tx_state), (0x1001, 0x2002, 1));
+    assert_eq!(
+        (k1.spi_in, k1.spi_out, k1.tx_state, k1.tx_next),
+        (0x1001, 0x2001, 0, Some(1))
+    );
     // a new session does not get the inner slot of the first one
     let mut other = session();
     other.sid = Sid([0x78; 16]);

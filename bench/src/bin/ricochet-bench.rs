@@ -21,7 +21,8 @@ use ricochet_testkit::lab::{Lab, Side};
 /// replies are counted and timed by an XDP program there (no socket stack).
 ///
 /// Targets: ceiling (minimal XDP swap + XDP_TX), xdp, afxdp-auth, afxdp-enc,
-/// afxdp-echo, socket, socket-echo (bare recvmmsg/sendmmsg), twampd (perfSONAR,
+/// afxdp-esp (TWAMP inside ESP-in-UDP, AES-GCM-128; counted, latency not
+/// readable), afxdp-echo, socket, socket-echo (bare recvmmsg/sendmmsg), twampd (perfSONAR,
 /// a session negotiated over TWAMP-Control; --twampd PATH), external (any
 /// TWAMP Light/STAMP reflector, --external CMD). Targets that cannot run here
 /// are listed as skipped with the reason. The xdp and afxdp targets run the
@@ -33,6 +34,7 @@ use ricochet_testkit::lab::{Lab, Side};
 /// Examples:
 ///   ricochet-bench                                   # the standard comparison
 ///   ricochet-bench --targets ceiling,socket-echo --sizes min,1500 --trial-secs 1
+///   ricochet-bench --targets afxdp-auth,afxdp-esp --sizes min,512 --trial-secs 1
 ///   ricochet-bench --loss 0.1% --out /tmp/bench
 ///   ricochet-bench --targets external --external 'twamp-light-reflector -p 862'
 ///   ricochet-bench --targets xdp,twampd --twampd /opt/owamp/bin/twampd --sizes min

@@ -20,7 +20,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use ricochet_protocol::crypto::{PacketRole, StampHmac, TestKeys, TestProtection};
+use ricochet_protocol::crypto::{
+    EspCipher, EspKeys, PacketRole, StampHmac, TestKeys, TestProtection,
+};
 use ricochet_protocol::stamp::packet::{
     field as stamp_field, SenderPacket as StampSenderPacket, SenderRepr as StampSenderRepr,
     StampLayout,
@@ -187,6 +189,23 @@ pub struct TestSession {
     pub keys: Option<SessionKeys>,
     /// STAMP Session-Sender Identifier (RFC 8972 §3); 0 otherwise.
     pub ssid: u16,
+    /// The test packets travel inside this ESP SA (ESP-in-UDP, transport
+    /// mode); `None`: in clear.
+    pub esp: Option<EspSeal>,
+}
+
+/// The sending half of the ESP SA that carries a session's test packets
+/// (RFC 4303 transport mode, ESP-in-UDP RFC 3948): the reflector's inbound
+/// SPI and keys, and the inner UDP ports (the TWAMP session's). The keys
+/// zeroize on drop and never print.
+#[derive(Debug, Clone)]
+pub struct EspSeal {
+    pub spi: u32,
+    pub keys: EspKeys,
+    /// Inner UDP source port (the session's sender port).
+    pub inner_src_port: u16,
+    /// Inner UDP destination port (the session's reflector port).
+    pub inner_dst_port: u16,
 }
 
 impl TestSession {
@@ -197,6 +216,7 @@ impl TestSession {
             format: TimeFormat::Ntp,
             keys: None,
             ssid: 0,
+            esp: None,
         }
     }
 
@@ -227,6 +247,7 @@ impl TestSession {
             format: TimeFormat::Ntp,
             keys,
             ssid: 0,
+            esp: None,
         }
     }
 }
@@ -427,9 +448,155 @@ fn protected_header(
     Ok(())
 }
 
+/// The smallest IP packet length that carries `session`'s smallest
+/// symmetric test packet, inside ESP-in-UDP where the session has an SA.
+pub fn session_min_ip_len(session: &TestSession, v6: bool) -> usize {
+    let Some(esp) = &session.esp else {
+        return min_ip_len(session.mode, v6);
+    };
+    let Ok(cipher) = EspCipher::new(&esp.keys) else {
+        return min_ip_len(session.mode, v6);
+    };
+    (if v6 { IPV6_LEN } else { IPV4_LEN })
+        + UDP_LEN
+        + cipher.sealed_len(UDP_LEN + session.mode.min_payload())
+}
+
+/// The ESP packet (SPI to ICV) of inner sequence number `inner_seq` sealed
+/// with ESP sequence number `esp_seq`: inner UDP (ports of `esp`, checksum
+/// with the outer addresses, RFC 4303 transport mode) around the session's
+/// sender packet of `inner_len - 8` octets, zero padding after the header.
+#[allow(clippy::too_many_arguments)]
+fn sealed_probe(
+    cipher: &EspCipher,
+    esp: &EspSeal,
+    session: &TestSession,
+    flow: &Flow,
+    inner_len: usize,
+    inner_seq: u32,
+    esp_seq: u64,
+    t1: [u8; 8],
+    ee: u16,
+) -> Result<Vec<u8>, FrameError> {
+    let po = cipher.payload_offset();
+    let mut b = vec![0u8; cipher.sealed_len(inner_len)];
+    {
+        let udp = &mut b[po..po + inner_len];
+        udp[0..2].copy_from_slice(&esp.inner_src_port.to_be_bytes());
+        udp[2..4].copy_from_slice(&esp.inner_dst_port.to_be_bytes());
+        udp[4..6].copy_from_slice(&(inner_len as u16).to_be_bytes());
+        let hl = session.mode.sender_header_len();
+        protected_header(session, inner_seq, t1, ee, &mut udp[UDP_LEN..UDP_LEN + hl])?;
+        let c = udp_checksum(flow.src.ip(), flow.dst.ip(), udp);
+        udp[6..8].copy_from_slice(&c.to_be_bytes());
+    }
+    let n = cipher
+        .seal(esp.spi, esp_seq, false, 17, inner_len, &mut b)
+        .map_err(|e| FrameError::Protocol(format!("ESP seal: {e}")))?;
+    b.truncate(n);
+    Ok(b)
+}
+
+/// [`build`] for a session inside ESP-in-UDP. The generator cannot seal,
+/// so every ESP packet is precomputed: where the whole ESP packet fits a
+/// pool entry ([`POOL_MAX`] octets, the smallest sizes), pool entry `i` is
+/// the packet of inner sequence number `i` sealed with ESP sequence number
+/// `i + 1` (65536 distinct packets, sent cyclically); larger ESP packets
+/// do not fit and the template carries one sealed packet (ESP sequence
+/// number 1) sent every time. Either way the reflector sees the same ESP
+/// packets again, which only an SA with anti-replay off accepts (the
+/// target configures that, RFC 4303 §3.4.3); each is still fully
+/// decrypted and ICV-verified.
+fn build_esp(
+    flow: &Flow,
+    session: &TestSession,
+    esp: &EspSeal,
+    ip_len: usize,
+) -> Result<Generated, FrameError> {
+    let v6 = flow.dst.is_ipv6();
+    let min = session_min_ip_len(session, v6);
+    if ip_len < min {
+        return Err(FrameError::TooSmall {
+            mode: session.mode,
+            ip_len,
+            min,
+        });
+    }
+    if !matches!(session.mode, ProbeMode::Twamp | ProbeMode::Stamp) {
+        return Err(FrameError::Protocol(
+            "ESP carries unauthenticated TWAMP or STAMP here".into(),
+        ));
+    }
+    let cipher =
+        EspCipher::new(&esp.keys).map_err(|e| FrameError::Protocol(format!("ESP keys: {e}")))?;
+    let ip_hdr = if v6 { IPV6_LEN } else { IPV4_LEN };
+    let esp_len = ip_len - ip_hdr - UDP_LEN;
+    // The longest inner packet whose sealed length is exactly `esp_len`
+    // (GCM pads to 4 octets, so only every fourth length is reachable).
+    let Some(inner_len) = (UDP_LEN + session.mode.min_payload()..=esp_len)
+        .rev()
+        .find(|&n| cipher.sealed_len(n) == esp_len)
+    else {
+        return Err(FrameError::Protocol(format!(
+            "no ESP packet fills IP length {ip_len} exactly (the padding aligns to 4 \
+             octets): try {} or {}",
+            ip_len - ip_len % 4,
+            ip_len - ip_len % 4 + 4
+        )));
+    };
+    // Ethernet, IP and outer UDP as for a clear packet of that length.
+    let mut g = build(flow, &TestSession::open(ProbeMode::Twamp), ip_len)?;
+    let l4 = usize::from(g.gen.l4_off);
+    let payload_at = l4 + UDP_LEN;
+    let tai = host_tai_offset();
+    let ee = ErrorEstimate::from_error_ns(false, session.format, 1_000_000).to_bits();
+    let t1 = Timestamp::from_tai_ns(tai_now_ns(), tai, session.format).to_bytes();
+    let clear = TestSession {
+        esp: None,
+        ..session.clone()
+    };
+    g.frame[payload_at..].fill(0);
+    g.pool.clear();
+    let pool_len = if esp_len <= POOL_MAX && esp_len % 4 == 0 {
+        g.pool.reserve_exact(SLOTS);
+        for i in 0..SLOTS {
+            let p = sealed_probe(
+                &cipher,
+                esp,
+                &clear,
+                flow,
+                inner_len,
+                i as u32,
+                i as u64 + 1,
+                t1,
+                ee,
+            )?;
+            let mut e = [0u8; POOL_MAX];
+            e[..esp_len].copy_from_slice(&p);
+            g.pool.push(e);
+        }
+        esp_len
+    } else {
+        let p = sealed_probe(&cipher, esp, &clear, flow, inner_len, 0, 1, t1, ee)?;
+        g.frame[payload_at..].copy_from_slice(&p);
+        0
+    };
+    g.frame[l4 + 6..l4 + 8].fill(0);
+    let c = udp_checksum(flow.src.ip(), flow.dst.ip(), &g.frame[l4..]);
+    g.frame[l4 + 6..l4 + 8].copy_from_slice(&c.to_be_bytes());
+    g.gen.seq_off = NONE;
+    g.gen.t1_off = NONE;
+    g.gen.pool_len = pool_len as u16;
+    g.gen.t1_ptp = 0;
+    Ok(g)
+}
+
 /// Builds the generator's template frame of `ip_len` octets (IP header
 /// onwards) for `session` on `flow`.
 pub fn build(flow: &Flow, session: &TestSession, ip_len: usize) -> Result<Generated, FrameError> {
+    if let Some(esp) = &session.esp {
+        return build_esp(flow, session, esp, ip_len);
+    }
     let v6 = match (flow.src.ip(), flow.dst.ip()) {
         (IpAddr::V4(_), IpAddr::V4(_)) => false,
         (IpAddr::V6(_), IpAddr::V6(_)) => true,
@@ -554,6 +721,9 @@ pub fn counter_config(flow: &Flow, session: &TestSession, kind: ReplyKind) -> Cn
     let o = |v: usize| v as u16;
     // (seq, t1, t2, t3, ee)
     let (seq, t1, t2, t3, ee) = match (kind, mode) {
+        // Inside ESP every octet of the test packet is ciphertext: the
+        // replies can only be counted.
+        _ if session.esp.is_some() => (NONE, NONE, NONE, NONE, NONE),
         (ReplyKind::Echo, ProbeMode::Twamp | ProbeMode::Stamp) => {
             (o(s::SEQ.start), o(s::TIMESTAMP.start), NONE, NONE, NONE)
         }
@@ -597,6 +767,7 @@ pub fn counter_config(flow: &Flow, session: &TestSession, kind: ReplyKind) -> Cn
     // encrypted); in authenticated/encrypted TWAMP it is in the encrypted
     // block 0.
     let rseq = match (kind, mode) {
+        _ if session.esp.is_some() => NONE,
         (ReplyKind::Reflector, ProbeMode::Twamp | ProbeMode::Stamp) => o(r::SEQ.start),
         (ReplyKind::Reflector, ProbeMode::StampAuth) => o(ar::SEQ.start),
         _ => NONE,
@@ -861,6 +1032,101 @@ mod tests {
         assert_eq!((c.seq_off, c.t1_off, c.t2_off), (0, 4, NONE));
         assert_eq!(c.measure, M_RTT | M_SEQ);
         assert_eq!(c.rseq_off, NONE, "an echo has no reflector sequence number");
+    }
+
+    fn esp_session() -> TestSession {
+        let mut s = TestSession::open(ProbeMode::Twamp);
+        s.esp = Some(EspSeal {
+            spi: 0x0000_1001,
+            keys: EspKeys::gcm_from_keymat(&[0x31; 20]).unwrap(),
+            inner_src_port: 40000,
+            inner_dst_port: 862,
+        });
+        s
+    }
+
+    /// Opens the ESP packet in `payload` with the SA's keys (the protocol
+    /// crate's receive side) and checks what it carries: SPI, ESP sequence
+    /// number, inner UDP ports, length and checksum (etherparse), and the
+    /// TWAMP sender sequence number.
+    fn open_esp(payload: &[u8], flow: &Flow, esp_seq: u64, inner_seq: u32) -> usize {
+        let s = esp_session();
+        let esp = s.esp.as_ref().unwrap();
+        let cipher = EspCipher::new(&esp.keys).unwrap();
+        let mut pkt = payload.to_vec();
+        let o = cipher.open(&mut pkt, None).expect("ICV verifies");
+        assert_eq!((o.spi, o.seq, o.next_header), (0x1001, esp_seq, 17));
+        let inner = &pkt[o.payload.clone()];
+        let (udp, rest) = etherparse::UdpHeader::from_slice(inner).unwrap();
+        assert_eq!((udp.source_port, udp.destination_port), (40000, 862));
+        assert_eq!(usize::from(udp.length), inner.len());
+        let (IpAddr::V4(a), IpAddr::V4(b)) = (flow.src.ip(), flow.dst.ip()) else {
+            unreachable!()
+        };
+        assert_eq!(
+            udp.checksum,
+            udp.calc_checksum_ipv4_raw(a.octets(), b.octets(), rest)
+                .unwrap(),
+            "inner UDP checksum (transport mode: outer addresses)"
+        );
+        assert!(rest.len() >= ProbeMode::Twamp.min_payload());
+        assert_eq!(
+            u32::from_be_bytes(rest[0..4].try_into().unwrap()),
+            inner_seq
+        );
+        inner.len()
+    }
+
+    /// ESP-in-UDP frames: the smallest fits the pool, one distinct sealed
+    /// packet per entry; 512 carries one sealed packet in the template.
+    #[test]
+    fn esp_frames_open_with_the_inbound_sa() {
+        let mut f = flow(false);
+        f.dst.set_port(4500);
+        let s = esp_session();
+        // 20 + 8 + (8 SPI/SN + 8 IV + 49 inner + 1 pad + 2 trailer + 16 ICV);
+        // the longest inner packet of that length needs no padding: 50.
+        assert_eq!(session_min_ip_len(&s, false), 20 + 8 + 84);
+        let g = build(&f, &s, session_min_ip_len(&s, false)).unwrap();
+        assert_eq!(g.frame.len(), ETH_LEN + 112);
+        let p = check_frame(&g.frame, false);
+        assert_eq!(p, vec![0u8; 84], "template zero under the pool");
+        assert_eq!(g.gen.pool_len, 84);
+        assert_eq!((g.gen.seq_off, g.gen.t1_off), (NONE, NONE));
+        assert_eq!(g.pool.len(), SLOTS);
+        for i in [0usize, 1, 777, SLOTS - 1] {
+            let mut fr = g.frame.clone();
+            let at = ETH_LEN + IPV4_LEN + UDP_LEN;
+            fr[at..at + 84].copy_from_slice(&g.pool[i][..84]);
+            // As the generator does: the template checksum plus the sum
+            // of the octets written (RFC 1624).
+            let l4 = ETH_LEN + IPV4_LEN;
+            let ck = u16::from_be_bytes([fr[l4 + 6], fr[l4 + 7]]);
+            let c = fold(u64::from(!ck) + ones_sum(&g.pool[i][..84], 0));
+            let c = !c;
+            fr[l4 + 6..l4 + 8].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+            let p = check_frame(&fr, false);
+            assert_eq!(open_esp(&p, &f, i as u64 + 1, i as u32), 50);
+        }
+        assert_ne!(g.pool[0][..84], g.pool[1][..84]);
+        let g = build(&f, &s, 512).unwrap();
+        assert_eq!((g.gen.pool_len, g.pool.len()), (0, 0));
+        let p = check_frame(&g.frame, false);
+        assert_eq!(p.len(), 484);
+        assert_eq!(open_esp(&p, &f, 1, 0), 484 - 8 - 8 - 2 - 16);
+        assert!(matches!(
+            build(&f, &s, 111),
+            Err(FrameError::TooSmall { min: 112, .. })
+        ));
+        assert!(build(&f, &s, 513).is_err(), "ESP lengths step by 4");
+        // The counter can only count.
+        let c = counter_config(&f, &s, ReplyKind::Reflector);
+        assert_eq!(
+            (c.seq_off, c.t1_off, c.t2_off, c.rseq_off),
+            (NONE, NONE, NONE, NONE)
+        );
+        assert_eq!(c.measure, 0);
+        assert_eq!((c.local_port, c.remote_port), (40000, 4500));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `xdp` | `ricochet-reflector --path xdp --no-pollers` (the binary), own pin dir | [`BpfSessionTable`]: unauthenticated TWAMP (RFC 4656 SID) on the port, a STAMP listener on port + 1 |
 //! | `afxdp-auth`, `afxdp-enc` | `ricochet-reflector --path afxdp --cores C` | [`BpfSessionTable`]: authenticated / encrypted TWAMP with random test keys the generator's pool uses too |
+//! | `afxdp-esp` | `ricochet-reflector --path afxdp --cores C` | [`BpfSessionTable`]: unauthenticated TWAMP session inside an ESP SA (`add_esp_sa`: AES-GCM-128, transport, ESP-in-UDP 4500, anti-replay off) whose inbound keys seal the generator's pool |
 //! | `afxdp-echo` | Ricochet's XDP program and one [`Poller`] in [`PollerMode::Echo`], in-process, same ring settings as the daemon's | an authenticated session (random keys) so that the program redirects to the socket |
 //! | `socket` | [`SocketSessionTable`] with its loop on a pinned thread | unauthenticated TWAMP, or a STAMP listener with `--mode stamp` |
 //!
@@ -25,18 +26,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngCore;
 use ricochet_protocol::control::Sid;
-use ricochet_protocol::crypto::{SessionKeys as RawKeys, TestKeys};
+use ricochet_protocol::crypto::{EspKeys, SessionKeys as RawKeys, TestKeys};
 use ricochet_protocol::modes::SecurityMode;
 use ricochet_protocol::time::{NtpTimestamp, TimeFormat};
 use ricochet_protocol::twamp_test::{SessionFormat, TestSecurity};
 use ricochet_reflector::afxdp::{Poller, PollerConfig, PollerMode, PollerShared, WaitMode};
 use ricochet_reflector::bpf::{AttachMode, BpfSessionTable, LoadOptions, XdpProgram, PINNED_MAPS};
 use ricochet_reflector::clock::ClockCell;
-use ricochet_reflector::session_table::{ListenerKind, ListenerSpec, SessionSpec, SessionTable};
+use ricochet_reflector::session_table::{
+    EspInner, EspLifetime, EspMode, EspSaSpec, ListenerKind, ListenerSpec, SessionSpec,
+    SessionTable,
+};
 use ricochet_reflector::socket::{SocketOptions, SocketSessionTable, TableConfig};
 
 use super::bpf::{Role, PROG_PASS};
-use super::frame::{ProbeMode, ReplyKind, SessionKeys, TestSession};
+use super::frame::{EspSeal, ProbeMode, ReplyKind, SessionKeys, TestSession};
 use super::netns;
 use super::target::{
     attach_in, Attached, Endpoint, LabEnv, Running, Target, TargetError, SOCKET_RCVBUF,
@@ -119,6 +123,7 @@ fn secured_session(mode: ProbeMode, keys: &RawKeys) -> TestSession {
         format: TimeFormat::Ntp,
         keys: Some(SessionKeys::Twamp(Box::new(TestKeys::new(keys)))),
         ssid: 0,
+        esp: None,
     }
 }
 
@@ -367,6 +372,8 @@ fn poller_priority(pid: u32) -> usize {
 /// daemon (which detaches) and removes the pins. Field order is drop order.
 struct DaemonRunning {
     table: Option<BpfSessionTable>,
+    /// Inbound SPIs of the ESP SAs installed (removed first).
+    esp_spis: Vec<u32>,
     sids: Vec<Sid>,
     listeners: Vec<SocketAddr>,
     daemon: Daemon,
@@ -378,6 +385,17 @@ impl DaemonRunning {
     fn teardown(&mut self) -> Result<(), TargetError> {
         let mut first = Ok(());
         if let Some(mut t) = self.table.take() {
+            for spi in self.esp_spis.drain(..) {
+                if std::env::var_os("RICOCHET_BENCH_DEBUG").is_some() {
+                    eprintln!(
+                        "ricochet-bench: ESP SA {spi:08x}: {:?}",
+                        t.esp_sa_activity(spi)
+                    );
+                }
+                if let Err(e) = t.remove_esp_sa(spi) {
+                    first = first.and(Err(TargetError::Failed(format!("remove ESP SA: {e}"))));
+                }
+            }
             for sid in self.sids.drain(..) {
                 if let Err(e) = t.remove(&sid) {
                     first = first.and(Err(TargetError::Failed(format!("remove session: {e}"))));
@@ -456,6 +474,7 @@ impl Target for RicochetXdp {
         let stamp_at = SocketAddr::new(env.reflector_addr, env.port.wrapping_add(1));
         let mut running = DaemonRunning {
             table: None,
+            esp_spis: vec![],
             sids: vec![sid],
             listeners: vec![],
             daemon,
@@ -480,6 +499,29 @@ impl Target for RicochetXdp {
         }
         Ok(Box::new(running))
     }
+}
+
+/// `ricochet-reflector --path afxdp` with one queue, its poller on the
+/// reflector core at the reflector threads' priority.
+fn afxdp_daemon(env: &LabEnv, pins: &Pins) -> Result<Daemon, TargetError> {
+    let core = env.reflector_core.map(|c| c.to_string());
+    let mut args = vec!["--path", "afxdp", "--iface", &env.reflector_iface];
+    if let Some(c) = &core {
+        args.extend(["--cores", c.as_str()]);
+    }
+    if AFXDP_BUSY_POLL {
+        args.push("--busy-poll");
+    }
+    let daemon = Daemon::spawn(env, &args, pins)?;
+    pin_reflector_napi(env);
+    if env.reflector_core.is_some() {
+        if let Some(pid) = daemon.child.as_ref().map(Child::id) {
+            if poller_priority(pid) == 0 {
+                eprintln!("ricochet-bench: no AF_XDP poller thread found in the daemon");
+            }
+        }
+    }
+    Ok(daemon)
 }
 
 // ---- (c) the AF_XDP path, secured -------------------------------------------
@@ -518,23 +560,7 @@ impl Target for RicochetAfxdp {
         } else {
             "auth"
         });
-        let core = env.reflector_core.map(|c| c.to_string());
-        let mut args = vec!["--path", "afxdp", "--iface", &env.reflector_iface];
-        if let Some(c) = &core {
-            args.extend(["--cores", c.as_str()]);
-        }
-        if AFXDP_BUSY_POLL {
-            args.push("--busy-poll");
-        }
-        let daemon = Daemon::spawn(env, &args, &pins)?;
-        pin_reflector_napi(env);
-        if env.reflector_core.is_some() {
-            if let Some(pid) = daemon.child.as_ref().map(Child::id) {
-                if poller_priority(pid) == 0 {
-                    eprintln!("ricochet-bench: no AF_XDP poller thread found in the daemon");
-                }
-            }
-        }
+        let daemon = afxdp_daemon(env, &pins)?;
         let mut table = BpfSessionTable::open(&pins.dir, &pins.registry)
             .map_err(|e| failed("open the daemon's pins")(e.to_string()))?;
         let keys = random_keys();
@@ -548,6 +574,7 @@ impl Target for RicochetAfxdp {
             .map_err(|e| failed("start session")(e.to_string()))?;
         Ok(Box::new(DaemonRunning {
             table: Some(table),
+            esp_spis: vec![],
             sids: vec![sid],
             listeners: vec![],
             daemon,
@@ -558,6 +585,109 @@ impl Target for RicochetAfxdp {
                 reply: ReplyKind::Reflector,
             },
         }))
+    }
+}
+
+// ---- (c') the AF_XDP path with ESP -------------------------------------------
+
+/// The UDP port of ESP-in-UDP (RFC 3948).
+pub const ESP_UDP_PORT: u16 = 4500;
+
+/// Ricochet's AF_XDP path with the test packets inside ESP (issue 7): the
+/// daemon as for `afxdp-auth`, an unauthenticated TWAMP session as the inner
+/// session and an ESP SA for it (AES-GCM-128, transport mode, ESP-in-UDP on
+/// port 4500, random keys) installed with `add_esp_sa`. The SA's anti-replay
+/// window is off: the generator replays precomputed ESP packets (see
+/// [`super::frame`]), which a window would rightly drop; every packet is
+/// still decrypted and ICV-verified, and every reply sealed with the
+/// outbound SA. What this leaves out is the window's bitmap check.
+#[derive(Debug, Default)]
+pub struct RicochetAfxdpEsp;
+
+/// Random AES-GCM-128 keys (16-octet key + 4-octet salt, RFC 4106 §8.1).
+fn random_gcm_keys() -> Result<EspKeys, TargetError> {
+    let mut km = zeroize::Zeroizing::new([0u8; 20]);
+    rand::rng().fill_bytes(km.as_mut());
+    EspKeys::gcm_from_keymat(km.as_ref()).map_err(|e| failed("ESP keys")(e.to_string()))
+}
+
+/// A random SPI outside the reserved 0..=255 (RFC 4303 §2.1).
+fn random_spi() -> u32 {
+    loop {
+        let spi = rand::rng().next_u32();
+        if spi > 255 {
+            return spi;
+        }
+    }
+}
+
+impl Target for RicochetAfxdpEsp {
+    fn name(&self) -> &str {
+        "afxdp-esp"
+    }
+    fn ceiling(&self) -> Option<&str> {
+        Some("afxdp-echo")
+    }
+    fn describe(&self) -> String {
+        "Ricochet's AF_XDP path (ricochet-reflector --path afxdp), unauthenticated TWAMP inside \
+         ESP-in-UDP (AES-GCM-128, anti-replay off: the pool is replayed)"
+            .into()
+    }
+    fn start(&mut self, env: &LabEnv) -> Result<Box<dyn Running>, TargetError> {
+        let pins = Pins::new("esp");
+        let daemon = afxdp_daemon(env, &pins)?;
+        let mut table = BpfSessionTable::open(&pins.dir, &pins.registry)
+            .map_err(|e| failed("open the daemon's pins")(e.to_string()))?;
+        let spec = unauth_spec(env);
+        let sid = spec.sid;
+        table
+            .add(spec)
+            .map_err(|e| failed("add session")(e.to_string()))?;
+        let mut running = DaemonRunning {
+            table: None,
+            esp_spis: vec![],
+            sids: vec![sid],
+            listeners: vec![],
+            daemon,
+            _pins: pins,
+            endpoint: Endpoint {
+                addr: SocketAddr::new(env.reflector_addr, ESP_UDP_PORT),
+                session: TestSession::open(ProbeMode::Twamp),
+                reply: ReplyKind::Reflector,
+            },
+        };
+        table
+            .start(&sid)
+            .map_err(|e| failed("start session")(e.to_string()))?;
+        let inbound_keys = random_gcm_keys()?;
+        let inbound_spi = random_spi();
+        let mut outbound_spi = random_spi();
+        while outbound_spi == inbound_spi {
+            outbound_spi = random_spi();
+        }
+        let r = table.add_esp_sa(EspSaSpec {
+            inbound_spi,
+            outbound_spi,
+            inbound_keys: inbound_keys.clone(),
+            outbound_keys: random_gcm_keys()?,
+            esn: false,
+            replay_window: 0,
+            lifetime: EspLifetime::default(),
+            mode: EspMode::Transport,
+            udp_encap: true,
+            local: env.reflector_addr,
+            inner: EspInner::Session(sid),
+        });
+        running.table = Some(table);
+        r.map_err(|e| failed("add ESP SA")(e.to_string()))?;
+        running.esp_spis.push(inbound_spi);
+        running.endpoint.session.esp = Some(EspSeal {
+            spi: inbound_spi,
+            keys: inbound_keys,
+            inner_src_port: env.sender_port,
+            inner_dst_port: env.port,
+        });
+        Ok(Box::new(running))
     }
 }
 

@@ -147,7 +147,7 @@ fn measure(
     progress: &Progress,
 ) -> Result<TargetResult, String> {
     let v6 = ep.addr.is_ipv6();
-    let min = frame::min_ip_len(ep.session.mode, v6);
+    let min = frame::session_min_ip_len(&ep.session, v6);
     let (ip_len, note) = match size {
         Size::Min => (min, None),
         Size::Ip(n) if n < min => (
@@ -312,7 +312,7 @@ pub fn run(
         };
         let ep = running.endpoint();
         let v6 = ep.addr.is_ipv6();
-        let min = frame::min_ip_len(ep.session.mode, v6);
+        let min = frame::session_min_ip_len(&ep.session, v6);
         let mut done: Vec<usize> = Vec::new();
         for &size in &settings.sizes {
             // Sizes below the mode's minimum are raised to it: measure that

@@ -7,6 +7,7 @@
 //! | `ceiling` | minimal XDP: swap MACs, addresses, ports; XDP_TX | — |
 //! | `xdp` | Ricochet's XDP path (unauthenticated TWAMP/STAMP) | `ceiling` |
 //! | `afxdp-auth`, `afxdp-enc` | Ricochet's AF_XDP path, secured modes | `afxdp-echo` |
+//! | `afxdp-esp` | Ricochet's AF_XDP path, TWAMP inside ESP-in-UDP (AES-GCM-128) | `afxdp-echo` |
 //! | `afxdp-echo` | bare AF_XDP echo, same ring settings | — |
 //! | `socket` | Ricochet's socket path | `socket-echo` |
 //! | `socket-echo` | bare recvmmsg/sendmmsg echo | — |
@@ -534,11 +535,12 @@ impl Target for External {
 }
 
 /// Every target name `--targets` accepts, in the standard order.
-pub const TARGET_NAMES: [&str; 9] = [
+pub const TARGET_NAMES: [&str; 10] = [
     "ceiling",
     "xdp",
     "afxdp-auth",
     "afxdp-enc",
+    "afxdp-esp",
     "afxdp-echo",
     "socket",
     "socket-echo",
@@ -548,7 +550,9 @@ pub const TARGET_NAMES: [&str; 9] = [
 
 /// The target called `name` (see [`TARGET_NAMES`]).
 pub fn by_name(name: &str, external: &External) -> Option<Box<dyn Target>> {
-    use super::ricochet::{AfxdpEcho, RicochetAfxdp, RicochetSocket, RicochetXdp};
+    use super::ricochet::{
+        AfxdpEcho, RicochetAfxdp, RicochetAfxdpEsp, RicochetSocket, RicochetXdp,
+    };
     match name {
         "ceiling" => Some(Box::new(Ceiling)),
         "socket-echo" => Some(Box::new(SocketEcho)),
@@ -560,6 +564,7 @@ pub fn by_name(name: &str, external: &External) -> Option<Box<dyn Target>> {
         "afxdp-enc" => Some(Box::new(RicochetAfxdp {
             mode: ProbeMode::TwampEnc,
         })),
+        "afxdp-esp" => Some(Box::new(RicochetAfxdpEsp)),
         "afxdp-echo" => Some(Box::new(AfxdpEcho)),
         "socket" => Some(Box::new(RicochetSocket)),
         "twampd" => Some(Box::new(super::twampd::Twampd::locate(None))),

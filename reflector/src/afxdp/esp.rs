@@ -112,11 +112,36 @@ pub(crate) struct EspSa {
     inner_slot: u32,
     inner_generation: u32,
     tx_state: u32,
+    /// Deferred outbound switch of a rekey.
+    next: TxNext,
     life_packets: u64,
     life_bytes: u64,
     expires_ns: u64,
     rekey_ns: u64,
     selectors: EspSelectors,
+}
+
+/// An outbound half: where the replies go and what numbers them.
+struct TxHalf {
+    spi_out: u32,
+    cout: EspCipher,
+    esn: bool,
+    /// `esp_state` index of its sequence counter.
+    tx_state: u32,
+}
+
+/// The deferred outbound switch of an SA that a rekey superseded
+/// (`esp_keys.tx_next`, RFC 7296 §2.8).
+enum TxNext {
+    /// Not superseded: the own (or written) outbound half.
+    None,
+    /// Waiting for a packet to authenticate on the newest SA (its slot).
+    Waiting(u32),
+    /// It did: replies use the newest SA's outbound half.
+    Switched(Box<TxHalf>),
+    /// The newest SA's entry does not fit (another session's, gone):
+    /// stay on the written half until the control plane rewrites this SA.
+    Refused,
 }
 
 impl EspSa {
@@ -137,6 +162,10 @@ impl EspSa {
             inner_slot: k.inner_slot,
             inner_generation: k.inner_generation,
             tx_state: k.tx_state,
+            next: match k.tx_next {
+                Some(n) if n != slot => TxNext::Waiting(n),
+                _ => TxNext::None,
+            },
             life_packets: k.life_packets,
             life_bytes: k.life_bytes,
             expires_ns: k.expires_ns,
@@ -230,6 +259,63 @@ impl<S: EspKeySource> EspCache<S> {
             Entry::Failed { reason, .. } => Err(*reason),
             Entry::Empty => Err(DropReason::UnknownSlot),
         }
+    }
+}
+
+impl<S: EspKeySource> EspCache<S> {
+    /// As [`Self::lookup`], and completes a deferred outbound switch: once
+    /// a packet authenticated on the session's newest SA (its
+    /// `esp_state.rx_packets` is non-zero, seen by every poller through
+    /// the shared mapping) this SA's replies go out under that SA's
+    /// outbound half. Its `esp_keys` entry is read once per poller.
+    pub fn lookup_tx<C: EspCounters>(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        now_ns: u64,
+        counters: &C,
+    ) -> Result<&mut EspSa, DropReason> {
+        let (next, inner) = {
+            let sa = self.lookup(slot, generation, now_ns)?;
+            match sa.next {
+                TxNext::Waiting(n) => (n, (sa.inner_slot, sa.inner_generation, sa.spi_in)),
+                _ => return self.lookup(slot, generation, now_ns),
+            }
+        };
+        if counters.load(next, EspState::W_RX_PACKETS) != 0 {
+            let half = match self.source.read(next) {
+                Ok(Some(k))
+                    if (k.inner_slot, k.inner_generation) == (inner.0, inner.1)
+                        && k.spi_in != inner.2
+                        && k.tx_state == next =>
+                {
+                    EspCipher::new(&k.key_out).ok().map(|cout| TxHalf {
+                        spi_out: k.spi_out,
+                        cout,
+                        esn: k.esn,
+                        tx_state: k.tx_state,
+                    })
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(slot = next, error = %e, "esp_keys read failed");
+                    None
+                }
+            };
+            if let Entry::Ready(sa) = &mut self.entries[slot as usize] {
+                sa.next = match half {
+                    Some(h) => {
+                        tracing::debug!(slot, next, "ESP outbound switched to the new SA");
+                        TxNext::Switched(Box::new(h))
+                    }
+                    None => {
+                        tracing::warn!(slot, next, "tx_next does not name this session's SA");
+                        TxNext::Refused
+                    }
+                };
+            }
+        }
+        self.lookup(slot, generation, now_ns)
     }
 }
 
@@ -603,8 +689,13 @@ pub(crate) fn reflect<K: KeySource, C: EspCounters>(
         .get_mut(..inner.payload_len)
         .ok_or(DropReason::NoRoom)?;
     rx.copy_from_slice(&room[data_at..data_at + inner.payload_len]);
+    // the outbound half: the SA's own, or the newest SA's once switched
+    let (spi_out, cout, esn_out, tx_state) = match &sa.next {
+        TxNext::Switched(h) => (h.spi_out, &h.cout, h.esn, h.tx_state),
+        _ => (sa.spi_out, &sa.cout, sa.esn, sa.tx_state),
+    };
     // room for the reply and the largest ESP tail behind it
-    let tail = sa.cout.max_overhead();
+    let tail = cout.max_overhead();
     let out_end = room.len().checked_sub(tail).ok_or(DropReason::NoRoom)?;
     if out_end <= data_at {
         return Err(DropReason::NoRoom);
@@ -650,31 +741,30 @@ pub(crate) fn reflect<K: KeySource, C: EspCounters>(
     }
     let payload_len = inner.ip_len + ulen;
     // the outbound SA's next number: shared by every queue, never reused
-    let limit = if sa.esn {
+    let limit = if esn_out {
         u64::MAX
     } else {
         u64::from(u32::MAX)
     };
     let seq_out = c
-        .add_fetch(sa.tx_state, EspState::W_TX_SEQ, 1)
+        .add_fetch(tx_state, EspState::W_TX_SEQ, 1)
         .ok_or(DropReason::BadKeys)?;
     if seq_out == 0 || seq_out > limit {
-        c.add(sa.tx_state, EspState::W_SEQ_EXHAUSTED, 1);
-        c.or(sa.tx_state, EspState::W_REKEY, EspState::REKEY_SEQ);
+        c.add(tx_state, EspState::W_SEQ_EXHAUSTED, 1);
+        c.or(tx_state, EspState::W_REKEY, EspState::REKEY_SEQ);
         return Err(DropReason::EspSeqExhausted);
     }
     if rekey_soft(seq_out, limit) {
-        c.or(sa.tx_state, EspState::W_REKEY, EspState::REKEY_SEQ);
+        c.or(tx_state, EspState::W_REKEY, EspState::REKEY_SEQ);
     }
     if cx.scratch.len() < payload_len {
         return Err(DropReason::NoRoom);
     }
-    let esp_total = sa
-        .cout
+    let esp_total = cout
         .seal(
-            sa.spi_out,
+            spi_out,
             seq_out,
-            sa.esn,
+            esn_out,
             opened.next_header,
             payload_len,
             &mut room[esp_off..],
@@ -683,8 +773,8 @@ pub(crate) fn reflect<K: KeySource, C: EspCounters>(
     cx.stats
         .esp_t3_to_sealed
         .record((cx.tai_now)().saturating_sub(r.t3_tai_ns));
-    c.add(sa.tx_state, EspState::W_TX_PACKETS, 1);
-    c.add(sa.tx_state, EspState::W_TX_BYTES, esp_total as u64);
+    c.add(tx_state, EspState::W_TX_PACKETS, 1);
+    c.add(tx_state, EspState::W_TX_BYTES, esp_total as u64);
     // 6. outer headers
     let (start, flen) = write_outer(room, &outer, esp_total, dscp)?;
     Ok(EspReply {
@@ -871,6 +961,8 @@ mod tests {
     const IN_B: [u8; 4] = [198, 19, 0, 2];
 
     struct Case {
+        spi_in: u32,
+        spi_out: u32,
         keys_in: EspKeys,
         keys_out: EspKeys,
         esn: bool,
@@ -886,6 +978,8 @@ mod tests {
     impl Case {
         fn gcm() -> Case {
             Case {
+                spi_in: 0x1001,
+                spi_out: 0x2001,
                 keys_in: EspKeys::gcm_from_keymat(&[7; 20]).unwrap(),
                 keys_out: EspKeys::gcm_from_keymat(&[8; 20]).unwrap(),
                 esn: false,
@@ -912,8 +1006,8 @@ mod tests {
             EspSlotKeys {
                 generation: 1,
                 instance: 1,
-                spi_in: 0x1001,
-                spi_out: 0x2001,
+                spi_in: self.spi_in,
+                spi_out: self.spi_out,
                 key_in: self.keys_in.clone(),
                 key_out: self.keys_out.clone(),
                 esn: self.esn,
@@ -925,6 +1019,7 @@ mod tests {
                 // with a lifetime: an SA sending with its own outbound half
                 // (both directions count); else a rekeyed one (another's)
                 tx_state: if self.life_packets != 0 { 7 } else { 3 },
+                tx_next: None,
                 life_packets: self.life_packets,
                 life_bytes: 0,
                 expires_ns: self.expires_ns,
@@ -972,7 +1067,7 @@ mod tests {
                 (n, _) => n,
             };
             let n = cipher
-                .seal(0x1001, seq, self.esn, nh, payload.len(), &mut esp)
+                .seal(self.spi_in, seq, self.esn, nh, payload.len(), &mut esp)
                 .unwrap();
             esp.truncate(n);
             let l4 = if self.udp {
@@ -1041,6 +1136,20 @@ mod tests {
         }
 
         fn run(&mut self, frame: &[u8], esp_off: usize) -> Result<Vec<u8>, DropReason> {
+            self.run_on(None, frame, esp_off)
+        }
+
+        /// As [`Self::run`] through `sa` (one from an [`EspCache`]) if given.
+        fn run_on(
+            &mut self,
+            sa: Option<&mut EspSa>,
+            frame: &[u8],
+            esp_off: usize,
+        ) -> Result<Vec<u8>, DropReason> {
+            let sa = match sa {
+                Some(s) => s,
+                None => &mut self.sa,
+            };
             let mut room = vec![0u8; 4096];
             room[..frame.len()].copy_from_slice(frame);
             let clock = clock();
@@ -1059,13 +1168,18 @@ mod tests {
                 scale: TimeScale::Tai,
                 source: StampSource::KernelSoftware,
             };
-            let r = reflect(&mut room, frame.len(), esp_off, t2, &mut self.sa, &mut cx)?;
+            let r = reflect(&mut room, frame.len(), esp_off, t2, sa, &mut cx)?;
             Ok(room[r.start..r.start + r.len].to_vec())
         }
 
         /// Checks a reply frame's outer headers and opens it; returns the
         /// ESP sequence number, the Next Header and the plaintext payload.
         fn open(&self, reply: &[u8]) -> (u64, u8, Vec<u8>) {
+            self.open_as(reply, self.case.spi_out, &self.case.keys_out)
+        }
+
+        /// As [`Self::open`], the reply expected under outbound SA `spi`.
+        fn open_as(&self, reply: &[u8], spi: u32, keys: &EspKeys) -> (u64, u8, Vec<u8>) {
             assert_eq!(
                 &reply[..12],
                 &[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2],
@@ -1096,8 +1210,8 @@ mod tests {
                 l4
             };
             let mut esp = reply[esp_at..].to_vec();
-            assert_eq!(&esp[..4], &0x2001u32.to_be_bytes(), "outbound SPI");
-            let c = EspCipher::new(&self.case.keys_out).unwrap();
+            assert_eq!(&esp[..4], &spi.to_be_bytes(), "outbound SPI");
+            let c = EspCipher::new(keys).unwrap();
             let hi = self.case.esn.then_some(0);
             let o = c
                 .open(&mut esp, hi)
@@ -1339,5 +1453,106 @@ mod tests {
             c.lookup(MAX_ESP_SAS, 1, 0).err(),
             Some(DropReason::UnknownSlot)
         );
+    }
+
+    struct Slots(
+        std::cell::RefCell<std::collections::HashMap<u32, EspSlotKeys>>,
+        std::cell::Cell<u32>,
+    );
+    impl EspKeySource for &Slots {
+        fn read(&self, slot: u32) -> Result<Option<EspSlotKeys>, BpfError> {
+            self.1.set(self.1.get() + 1);
+            Ok(self.0.borrow().get(&slot).cloned())
+        }
+    }
+
+    /// RFC 7296 §2.8: after a rekey the replies to packets on the old SA
+    /// keep using the old outbound SA until a packet authenticates on the
+    /// new inbound SA, then the new outbound SA (its SPI, keys and shared
+    /// sequence counter), with one map read per poller, not per packet.
+    #[test]
+    fn a_rekeyed_sa_switches_its_outbound_once_the_new_sa_authenticates() {
+        let old = Case::gcm();
+        let new = Case {
+            spi_in: 0x1002,
+            spi_out: 0x2002,
+            keys_in: EspKeys::gcm_from_keymat(&[9; 20]).unwrap(),
+            keys_out: EspKeys::gcm_from_keymat(&[10; 20]).unwrap(),
+            ..Case::gcm()
+        };
+        let mut k7 = old.slot_keys();
+        k7.tx_state = 7;
+        k7.tx_next = Some(8);
+        let mut k8 = new.slot_keys();
+        k8.tx_state = 8;
+        let src = Slots(
+            std::cell::RefCell::new([(7, k7.clone()), (8, k8.clone())].into()),
+            std::cell::Cell::new(0),
+        );
+        let mut sas = EspCache::new(&src);
+        let mut rig = Rig::new(Case::gcm());
+        let (k_old, k_new) = (old.keys_out.clone(), new.keys_out.clone());
+        // before: old half, old counter; the new SA's entry is not read
+        for i in 1..=3u64 {
+            let (f, off) = old.frame(i, 862, 0, i as u32);
+            let sa = sas.lookup_tx(7, 1, 0, &rig.counters).unwrap();
+            let reply = rig.run_on(Some(sa), &f, off).unwrap();
+            assert_eq!(rig.open_as(&reply, 0x2001, &k_old).0, i);
+        }
+        assert_eq!(src.1.get(), 1, "slot 7 read once");
+        // a forgery on the new SPI does not authenticate: no switch
+        let (mut bad, off) = new.frame(1, 862, 0, 50);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let sa = sas.lookup_tx(8, 1, 0, &rig.counters).unwrap();
+        assert_eq!(rig.run_on(Some(sa), &bad, off), Err(DropReason::EspIcv));
+        let (f, off) = old.frame(4, 862, 0, 4);
+        let sa = sas.lookup_tx(7, 1, 0, &rig.counters).unwrap();
+        let reply = rig.run_on(Some(sa), &f, off).unwrap();
+        assert_eq!(rig.open_as(&reply, 0x2001, &k_old).0, 4);
+        // the first authenticated packet on the new SA: replied on the
+        // new half, and from now on the old SA's replies too
+        let (f, off) = new.frame(1, 862, 0, 51);
+        let sa = sas.lookup_tx(8, 1, 0, &rig.counters).unwrap();
+        let reply = rig.run_on(Some(sa), &f, off).unwrap();
+        assert_eq!(rig.open_as(&reply, 0x2002, &k_new).0, 1);
+        let reads = src.1.get();
+        for i in 5..=7u64 {
+            let (f, off) = old.frame(i, 862, 0, i as u32);
+            let sa = sas.lookup_tx(7, 1, 0, &rig.counters).unwrap();
+            let reply = rig.run_on(Some(sa), &f, off).unwrap();
+            let (seq, _, p) = rig.open_as(&reply, 0x2002, &k_new);
+            assert_eq!(seq, i - 3, "the new SA's counter, shared");
+            assert_eq!(&p[8 + 24..8 + 28], &(i as u32).to_be_bytes());
+        }
+        assert_eq!(src.1.get(), reads + 1, "the new SA's entry read once");
+        let c = &rig.counters;
+        assert_eq!(c.load(7, EspState::W_TX_SEQ), 4);
+        assert_eq!(c.load(7, EspState::W_TX_PACKETS), 4);
+        assert_eq!(c.load(8, EspState::W_TX_SEQ), 4);
+        assert_eq!(c.load(8, EspState::W_TX_PACKETS), 4);
+        assert_eq!(c.load(8, EspState::W_ICV), 1);
+        assert_eq!(c.load(7, EspState::W_RX_PACKETS), 7, "old SA still opens");
+        // rollback: the control plane rewrote slot 7 without tx_next
+        // (new generation, same instance): back on the old half and counter
+        k7.generation = 2;
+        k7.tx_next = None;
+        src.0.borrow_mut().insert(7, k7.clone());
+        let (f, off) = old.frame(8, 862, 0, 8);
+        let sa = sas.lookup_tx(7, 2, 0, &rig.counters).unwrap();
+        let reply = rig.run_on(Some(sa), &f, off).unwrap();
+        assert_eq!(rig.open_as(&reply, 0x2001, &k_old).0, 5);
+        // tx_next naming another session's SA is refused: own half kept
+        k7.generation = 3;
+        k7.tx_next = Some(8);
+        src.0.borrow_mut().insert(7, k7);
+        k8.inner_slot = 6;
+        src.0.borrow_mut().insert(8, k8);
+        for i in 9..=10u64 {
+            let (f, off) = old.frame(i, 862, 0, i as u32);
+            let sa = sas.lookup_tx(7, 3, 0, &rig.counters).unwrap();
+            let reply = rig.run_on(Some(sa), &f, off).unwrap();
+            assert_eq!(rig.open_as(&reply, 0x2001, &k_old).0, i - 3);
+        }
     }
 }

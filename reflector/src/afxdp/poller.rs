@@ -652,7 +652,7 @@ impl Worker {
         let ts_source = meta.ts_source().map_err(|_| DropReason::BadMetadata)?;
         if meta.origin == Origin::Esp as u8 {
             let (sas, counters) = esp.as_mut().ok_or(DropReason::BadKeys)?;
-            let sa = sas.lookup(meta.slot, meta.generation, now)?;
+            let sa = sas.lookup_tx(meta.slot, meta.generation, now, &*counters)?;
             let mut cx = EspCtx {
                 keys: cache,
                 counters: &*counters,

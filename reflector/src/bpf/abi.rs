@@ -1254,7 +1254,7 @@ mod tests {
                 inner_slot,
                 inner_generation,
                 tx_state,
-                _pad1,
+                tx_next,
                 life_packets,
                 life_bytes,
                 expires_ns,

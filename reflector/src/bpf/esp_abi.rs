@@ -60,7 +60,7 @@ pub struct RawEspKeys {
     pub inner_slot: u32,
     pub inner_generation: u32,
     pub tx_state: u32,
-    pub _pad1: u32,
+    pub tx_next: u32,
     pub life_packets: u64,
     pub life_bytes: u64,
     pub expires_ns: u64,
@@ -316,6 +316,10 @@ pub struct EspSlotKeys {
     pub inner_generation: u32,
     /// `esp_state` index of the outbound SA (its sequence counter).
     pub tx_state: u32,
+    /// Deferred outbound switch (rekey): the `esp_keys` slot of the
+    /// session's newest SA whose outbound half replaces this one's once a
+    /// packet authenticated on its inbound SPI (`esp_state.rx_packets`).
+    pub tx_next: Option<u32>,
     /// Hard lifetimes; 0 = none. `expires_ns` is CLOCK_TAI.
     pub life_packets: u64,
     pub life_bytes: u64,
@@ -420,6 +424,7 @@ impl EspSlotKeys {
         w!(inner_slot, self.inner_slot);
         w!(inner_generation, self.inner_generation);
         w!(tx_state, self.tx_state);
+        w!(tx_next, self.tx_next.map_or(0, |n| n.saturating_add(1)));
         w!(life_packets, self.life_packets);
         w!(life_bytes, self.life_bytes);
         w!(expires_ns, self.expires_ns);
@@ -491,6 +496,7 @@ impl EspSlotKeys {
             inner_slot: ne_u32(b, offset_of!(RawEspKeys, inner_slot)),
             inner_generation: ne_u32(b, offset_of!(RawEspKeys, inner_generation)),
             tx_state: ne_u32(b, offset_of!(RawEspKeys, tx_state)),
+            tx_next: ne_u32(b, offset_of!(RawEspKeys, tx_next)).checked_sub(1),
             life_packets: ne_u64(b, offset_of!(RawEspKeys, life_packets)),
             life_bytes: ne_u64(b, offset_of!(RawEspKeys, life_bytes)),
             expires_ns: ne_u64(b, offset_of!(RawEspKeys, expires_ns)),
@@ -528,6 +534,7 @@ mod tests {
             inner_slot: 3,
             inner_generation: 4,
             tx_state: 7,
+            tx_next: Some(0),
             life_packets: 1000,
             life_bytes: 0,
             expires_ns: 42,
@@ -554,6 +561,8 @@ mod tests {
         assert_eq!(&b[ki..ki + 16], &[0x11; 16], "cipher key at 0");
         assert_eq!(&b[ki + 32..ki + 36], &[0x11; 4], "salt at 32");
         assert_eq!(&b[ki + 16..ki + 32], &[0; 16]);
+        let tn = offset_of!(RawEspKeys, tx_next);
+        assert_eq!(&b[tn..tn + 4], &1u32.to_ne_bytes(), "tx_next is 1 + slot");
         let p = offset_of!(RawEspKeys, sel_local_port);
         assert_eq!(&b[p..p + 2], &862u16.to_be_bytes());
         let back = EspSlotKeys::from_bytes(&b).unwrap().unwrap();

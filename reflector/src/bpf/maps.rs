@@ -281,6 +281,18 @@ impl Maps {
             .map_err(ctx(format!("reset esp_state of slot {slot}")))
     }
 
+    /// As [`Self::reset_esp_state`], the outbound sequence counter set to
+    /// `tx_seq` (the last number used; the pollers send from the next).
+    pub fn reset_esp_state_at(&self, slot: u32, tx_seq: u64) -> Result<(), BpfError> {
+        check_esp_slot(slot)?;
+        let mut v = [0u8; EspState::LEN];
+        let at = EspState::W_TX_SEQ * 8;
+        v[at..at + 8].copy_from_slice(&tx_seq.to_ne_bytes());
+        self.esp_state
+            .update(&slot.to_ne_bytes(), &v, MapFlags::ANY)
+            .map_err(ctx(format!("reset esp_state of slot {slot}")))
+    }
+
     /// Reads the counters of ESP slot `slot`.
     pub fn esp_state(&self, slot: u32) -> Result<EspState, BpfError> {
         check_esp_slot(slot)?;

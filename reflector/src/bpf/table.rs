@@ -130,6 +130,11 @@ pub struct BpfSessionTable {
     listener_inner: HashMap<SocketAddr, (u32, u32)>,
     /// Order in which SAs were added (the newest outbound wins).
     esp_added: u64,
+    /// Outbound halves of removed SAs and the last sequence number sent
+    /// with them: a CHILD_SA removed and added again (bound to the next
+    /// session) continues its numbers instead of reusing them under the
+    /// same key (RFC 4303 §3.3.3; the peer's replay window drops them).
+    esp_retired: Vec<(u32, ricochet_protocol::crypto::EspKeys, u64)>,
 }
 
 impl std::fmt::Debug for BpfSessionTable {
@@ -242,6 +247,7 @@ impl BpfSessionTable {
             listener_dscp: HashMap::new(),
             listener_inner: HashMap::new(),
             esp_added: 0,
+            esp_retired: Vec::new(),
         };
         let text = match fs::read_to_string(registry) {
             Ok(t) => t,

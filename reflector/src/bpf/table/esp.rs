@@ -5,11 +5,17 @@
 //! `esp_sas` entry the XDP program looks the inbound SPI up in.
 //!
 //! Rekey (RFC 7296 §2.8): the new SA is added while the old one is still
-//! installed. Both inbound SPIs are then accepted, and every SA of the
-//! same inner session is rewritten (new generation) to send with the new
-//! outbound half and its sequence counter (`tx_state`), so the outbound
-//! switches at once; removing the old SA later loses nothing. Removing
-//! the newest SA points the others back at the newest one left.
+//! installed. Both inbound SPIs are then accepted. The outbound switch is
+//! deferred: the peer may install the new SA only when it processes the
+//! CREATE_CHILD_SA response, so every older SA of the inner session keeps
+//! sending with its outbound half and is rewritten (new generation) with
+//! `tx_next` = the new SA's slot. The pollers switch those SAs' replies to
+//! the new outbound half (its keys, SPI and sequence counter `tx_state`)
+//! as soon as one packet authenticated on the new inbound SPI (the new
+//! slot's shared `esp_state.rx_packets` is non-zero): all pollers at
+//! once, no lock, no syscall per packet. Removing the old SA leaves the
+//! new one sending with its own half; removing the newest SA (rollback)
+//! points the others back at the newest one left.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -255,6 +261,7 @@ impl BpfSessionTable {
             inner_slot,
             inner_generation,
             tx_state: slot,
+            tx_next: None,
             life_packets: spec.lifetime.packets,
             life_bytes: spec.lifetime.bytes,
             expires_ns,
@@ -266,8 +273,15 @@ impl BpfSessionTable {
         } else {
             sa_flags::RAW
         };
+        // the same outbound half sent before (a CHILD_SA bound again):
+        // continue its sequence numbers
+        let retired = self
+            .esp_retired
+            .iter()
+            .position(|(s, k, _)| *s == spec.outbound_spi && *k == spec.outbound_keys);
+        let tx_seq = retired.map_or(0, |i| self.esp_retired[i].2);
         let write = || -> Result<(), TableError> {
-            self.maps.reset_esp_state(slot).map_err(dp)?;
+            self.maps.reset_esp_state_at(slot, tx_seq).map_err(dp)?;
             self.maps.write_esp_keys(slot, &keys).map_err(dp)?;
             self.maps
                 .write_esp_sa(
@@ -286,6 +300,9 @@ impl BpfSessionTable {
             self.esp_slots.free(slot);
             return Err(e);
         }
+        if let Some(i) = retired {
+            self.esp_retired.swap_remove(i);
+        }
         self.esp_added += 1;
         self.esp.insert(
             spi,
@@ -300,35 +317,82 @@ impl BpfSessionTable {
             },
         );
         tracing::info!(spi = format_args!("{spi:08x}"), slot, "ESP SA installed");
-        // The outbound switches: every other SA of this session now sends
-        // with the new outbound half.
-        self.esp_repoint(spec.inner, slot, spec.outbound_spi, &spec.outbound_keys)
+        // Deferred outbound switch: the older SAs of this session keep
+        // their outbound half until the new SA authenticates a packet.
+        self.esp_settle(spec.inner)
     }
 
-    /// Points every SA of `inner` that does not send with `tx_slot` yet at
-    /// that outbound half (`spi_out`, `keys`, sequence counter of `tx_slot`).
-    fn esp_repoint(
-        &mut self,
-        inner: EspInner,
-        tx_slot: u32,
-        spi_out: u32,
-        keys: &EspKeys,
-    ) -> Result<(), TableError> {
+    /// Rewrites the SAs of `inner` after an addition or removal: the
+    /// newest sends with its own outbound half; every other one names the
+    /// newest in `tx_next` and keeps its outbound half, unless that half
+    /// is gone (its SA removed: the newest's own then) or the pollers have
+    /// already switched it to the SA its `tx_next` named (that SA's own,
+    /// kept when a further rekey moves `tx_next` on).
+    fn esp_settle(&mut self, inner: EspInner) -> Result<(), TableError> {
+        let Some((n_slot, n_out)) = self
+            .esp
+            .values()
+            .filter(|r| r.inner == Some(inner))
+            .max_by_key(|r| r.added)
+            .map(|r| (r.slot, r.own_out.clone()))
+        else {
+            return Ok(());
+        };
+        // slot -> own outbound half of this session's SAs
+        let halves: Vec<(u32, (u32, EspKeys))> = self
+            .esp
+            .values()
+            .filter(|r| r.inner == Some(inner))
+            .map(|r| (r.slot, r.own_out.clone()))
+            .collect();
+        let own_of = |slot: u32| halves.iter().find(|(s, _)| *s == slot).map(|(_, h)| h);
         let spis: Vec<u32> = self
             .esp
             .iter()
-            .filter(|(_, r)| r.inner == Some(inner) && r.current.tx_state != tx_slot)
+            .filter(|(_, r)| r.inner == Some(inner))
             .map(|(s, _)| *s)
             .collect();
         for spi in spis {
+            let Some(r) = self.esp.get(&spi) else {
+                continue;
+            };
+            let (tx_slot, tx_next) = if r.slot == n_slot {
+                (n_slot, None)
+            } else {
+                let switched = match r.current.tx_next {
+                    Some(m) if m != r.current.tx_state && own_of(m).is_some() => {
+                        let st = self.maps.esp_state(m).map_err(dp)?;
+                        (st.rx_packets != 0).then_some(m)
+                    }
+                    _ => None,
+                };
+                let tx = match switched {
+                    Some(m) => m,
+                    None if own_of(r.current.tx_state).is_some() => r.current.tx_state,
+                    None => n_slot,
+                };
+                (tx, Some(n_slot))
+            };
+            let (spi_out, keys) = if tx_slot == n_slot {
+                n_out.clone()
+            } else {
+                own_of(tx_slot).cloned().unwrap_or_else(|| n_out.clone())
+            };
+            if r.current.tx_state == tx_slot
+                && r.current.tx_next == tx_next
+                && r.current.spi_out == spi_out
+            {
+                continue;
+            }
             let generation = self.generation();
             let Some(r) = self.esp.get_mut(&spi) else {
                 continue;
             };
             r.current.generation = generation;
             r.current.spi_out = spi_out;
-            r.current.key_out = keys.clone();
+            r.current.key_out = keys;
             r.current.tx_state = tx_slot;
+            r.current.tx_next = tx_next;
             self.maps.write_esp_keys(r.slot, &r.current).map_err(dp)?;
             let old = self.maps.esp_sa(&r.key).map_err(dp)?.unwrap_or_default();
             self.maps
@@ -357,23 +421,23 @@ impl BpfSessionTable {
             self.esp.insert(spi, rec);
             return Err(dp(e));
         }
+        // its outbound half's last number, should the SA come back
+        if let Ok(st) = self.maps.esp_state(rec.slot) {
+            if self.esp_retired.len() >= MAX_ESP_SAS as usize {
+                self.esp_retired.remove(0);
+            }
+            self.esp_retired
+                .push((rec.own_out.0, rec.own_out.1.clone(), st.tx_seq));
+        }
         if let Err(e) = self.maps.clear_esp_keys(rec.slot) {
             tracing::warn!(slot = rec.slot, error = %e, "clearing esp_keys failed; slot leaked");
         } else {
             self.esp_slots.free(rec.slot);
         }
-        // SAs that sent with the removed SA's outbound half go to the
-        // newest SA of the session that is left.
-        let newest = self
-            .esp
-            .values()
-            .filter(|r| rec.inner.is_some() && r.inner == rec.inner)
-            .max_by_key(|r| r.added)
-            .map(|r| (r.slot, r.own_out.0, r.own_out.1.clone()));
-        if let (Some((slot, spi_out, keys)), Some(inner)) = (newest, rec.inner) {
-            // every SA that sent with the removed half (the newest one
-            // included) now sends with the newest one's own half
-            self.esp_repoint(inner, slot, spi_out, &keys)?;
+        // SAs that sent with (or waited for) the removed SA's outbound
+        // half go to the newest SA of the session that is left.
+        if let Some(inner) = rec.inner {
+            self.esp_settle(inner)?;
         }
         tracing::info!(spi = format_args!("{spi:08x}"), "ESP SA removed");
         Ok(())
