@@ -1107,6 +1107,26 @@ mod tests {
         }
     }
 
+    /// A ("a.test", 198.18.0.1) and B ("b.test", 198.18.0.2) with one
+    /// childless IKE SA between them, A the initiator.
+    fn established_pair(rng: &mut SeqRng, now: Instant) -> (Endpoint, Endpoint) {
+        let mut a = ep("a.test", "b.test", rng);
+        let mut b = ep("b.test", "a.test", rng);
+        a.initiate(
+            now,
+            rng,
+            InitiateParams {
+                local: "198.18.0.1:500".parse().unwrap(),
+                peer: "198.18.0.2:500".parse().unwrap(),
+                peer_id: None,
+                child: None,
+            },
+        )
+        .unwrap();
+        pump(&mut a, &mut b, rng, now);
+        (a, b)
+    }
+
     /// A peer whose IKE_AUTH arrives from another port than its IKE_SA_INIT
     /// (NAT-T float, or a NAT rebinding) and fails: the half-open SA goes,
     /// and so must its IKE_SA_INIT retransmission index entry (it used to be
@@ -1264,20 +1284,7 @@ mod tests {
         use crate::config::IkeSuite;
         let mut rng = SeqRng::new(17);
         let now = Instant::now();
-        let mut a = ep("a.test", "b.test", &mut rng);
-        let mut b = ep("b.test", "a.test", &mut rng);
-        a.initiate(
-            now,
-            &mut rng,
-            InitiateParams {
-                local: "198.18.0.1:500".parse().unwrap(),
-                peer: "198.18.0.2:500".parse().unwrap(),
-                peer_id: None,
-                child: None,
-            },
-        )
-        .unwrap();
-        pump(&mut a, &mut b, &mut rng, now);
+        let (mut a, b) = established_pair(&mut rng, now);
         while a.poll_event().is_some() {}
         let info = a.established().pop().unwrap();
         assert_eq!(
@@ -1390,20 +1397,7 @@ mod tests {
     fn ike_rekey_is_refused_when_the_sa_table_is_full() {
         let mut rng = SeqRng::new(11);
         let now = Instant::now();
-        let mut a = ep("a.test", "b.test", &mut rng);
-        let mut b = ep("b.test", "a.test", &mut rng);
-        a.initiate(
-            now,
-            &mut rng,
-            InitiateParams {
-                local: "198.18.0.1:500".parse().unwrap(),
-                peer: "198.18.0.2:500".parse().unwrap(),
-                peer_id: None,
-                child: None,
-            },
-        )
-        .unwrap();
-        pump(&mut a, &mut b, &mut rng, now);
+        let (mut a, mut b) = established_pair(&mut rng, now);
         assert_eq!(a.established_count(), 1);
         assert_eq!(b.established_count(), b.established().len());
         let info = a.established().pop().unwrap();
@@ -1439,20 +1433,7 @@ mod tests {
     fn unknown_critical_payload_in_an_sk_request_is_refused_by_notify() {
         let mut rng = SeqRng::new(1);
         let now = Instant::now();
-        let mut a = ep("a.test", "b.test", &mut rng);
-        let mut b = ep("b.test", "a.test", &mut rng);
-        a.initiate(
-            now,
-            &mut rng,
-            InitiateParams {
-                local: "198.18.0.1:500".parse().unwrap(),
-                peer: "198.18.0.2:500".parse().unwrap(),
-                peer_id: None,
-                child: None,
-            },
-        )
-        .unwrap();
-        pump(&mut a, &mut b, &mut rng, now);
+        let (a, mut b) = established_pair(&mut rng, now);
         let sa_a = a.sas.values().next().unwrap();
         let (spi_i, spi_r) = (sa_a.spi_i, sa_a.spi_r);
         for (critical, msg_id) in [(0x80u8, 2u32), (0, 3)] {
